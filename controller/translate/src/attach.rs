@@ -1,0 +1,163 @@
+//! Attaching routes to listeners: parentRef (sectionName, port), allowedRoutes
+//! (namespaces, kinds) and hostname intersection.
+
+use crate::gateways::{GATEWAY_GROUP, GatewayPlan, namespace_allowed};
+use crate::index::Index;
+use crate::status::{ParentRef, reason};
+
+/// Where a parentRef attached, or why it did not.
+pub(crate) enum Attachment {
+    /// Listener indexes with the hostnames the route serves on each (empty = any host).
+    Attached(Vec<(usize, Vec<String>)>),
+    Rejected(&'static str, String),
+}
+
+/// Whether a parentRef names a Gateway (the only parent kind Sluice serves).
+pub(crate) fn is_gateway_ref(parent: &ParentRef) -> bool {
+    parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+}
+
+/// Attaches a route of `kind` in `route_namespace` with `hostnames` through `parent`.
+/// Counts the route in every listener it attaches to (attachedRoutes).
+pub(crate) fn attach(
+    plan: &mut GatewayPlan<'_>,
+    parent: &ParentRef,
+    kind: &str,
+    route_namespace: &str,
+    hostnames: &[String],
+    index: &Index<'_>,
+) -> Attachment {
+    if let Some((_, message)) = &plan.not_accepted {
+        return Attachment::Rejected(
+            reason::NO_MATCHING_PARENT,
+            format!("Gateway {} is not accepted: {message}", plan.key),
+        );
+    }
+    let selected: Vec<usize> = (0..plan.listeners.len())
+        .filter(|&i| {
+            let listener = &plan.listeners[i];
+            parent.section_name.as_deref().is_none_or(|section| section == listener.name)
+                && parent.port.is_none_or(|port| port == listener.port)
+        })
+        .collect();
+    if selected.is_empty() {
+        let mut wanted = Vec::new();
+        if let Some(section) = &parent.section_name {
+            wanted.push(format!("named {section}"));
+        }
+        if let Some(port) = parent.port {
+            wanted.push(format!("on port {port}"));
+        }
+        return Attachment::Rejected(
+            reason::NO_MATCHING_PARENT,
+            format!("Gateway {} has no listener {}", plan.key, wanted.join(" ")),
+        );
+    }
+    let gateway_namespace = plan.key.namespace.clone();
+    let allowed: Vec<usize> = selected
+        .into_iter()
+        .filter(|&i| {
+            let listener = &plan.listeners[i];
+            listener.supports_kind(kind) && namespace_allowed(listener, &gateway_namespace, route_namespace, index)
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Attachment::Rejected(
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!("no listener of Gateway {} allows a {kind} from namespace {route_namespace}", plan.key),
+        );
+    }
+    let matched: Vec<(usize, Vec<String>)> = allowed
+        .into_iter()
+        .filter_map(|i| intersect_hostnames(plan.listeners[i].hostname.as_deref(), hostnames).map(|h| (i, h)))
+        .collect();
+    if matched.is_empty() {
+        return Attachment::Rejected(
+            reason::NO_MATCHING_LISTENER_HOSTNAME,
+            format!("no listener of Gateway {} matches the route's hostnames", plan.key),
+        );
+    }
+    for (i, _) in &matched {
+        plan.listeners[*i].attached_routes += 1;
+    }
+    let serving: Vec<(usize, Vec<String>)> = matched.into_iter().filter(|(i, _)| plan.listeners[*i].serves()).collect();
+    if serving.is_empty() {
+        return Attachment::Rejected(
+            reason::NO_MATCHING_PARENT,
+            format!("the listeners of Gateway {} this route selects are not valid", plan.key),
+        );
+    }
+    Attachment::Attached(serving)
+}
+
+/// The hostnames a route serves on a listener: `None` when they do not intersect,
+/// `Some(vec![])` for any host.
+pub(crate) fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+    let Some(listener) = listener else {
+        return Some(route.to_vec());
+    };
+    if route.is_empty() {
+        return Some(vec![listener.to_string()]);
+    }
+    let mut out: Vec<String> = route.iter().filter_map(|host| intersect(listener, host)).collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() { None } else { Some(out) }
+}
+
+/// The more specific of two hostnames if one covers the other.
+fn intersect(a: &str, b: &str) -> Option<String> {
+    if a == b {
+        return Some(a.to_string());
+    }
+    if covers(a, b) {
+        return Some(b.to_string());
+    }
+    if covers(b, a) {
+        return Some(a.to_string());
+    }
+    None
+}
+
+/// Whether wildcard `pattern` (`*.example.com`) covers `host` (exact or wildcard): the
+/// wildcard label stands for one or more labels.
+fn covers(pattern: &str, host: &str) -> bool {
+    let Some(suffix) = pattern.strip_prefix('*') else { return false };
+    let host_tail = host.strip_prefix('*').unwrap_or(host);
+    host_tail.len() > suffix.len() && host_tail.ends_with(suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|h| (*h).to_string()).collect()
+    }
+
+    #[test]
+    fn hostname_intersection() {
+        assert_eq!(intersect_hostnames(None, &[]), Some(vec![]));
+        assert_eq!(intersect_hostnames(Some("a.com"), &[]), Some(hosts(&["a.com"])));
+        assert_eq!(intersect_hostnames(Some("a.com"), &hosts(&["b.com"])), None);
+        assert_eq!(
+            intersect_hostnames(Some("*.example.com"), &hosts(&["foo.example.com", "example.com", "a.b.example.com"])),
+            Some(hosts(&["a.b.example.com", "foo.example.com"]))
+        );
+        assert_eq!(
+            intersect_hostnames(Some("foo.example.com"), &hosts(&["*.example.com"])),
+            Some(hosts(&["foo.example.com"]))
+        );
+        assert_eq!(
+            intersect_hostnames(Some("*.example.com"), &hosts(&["*.foo.example.com"])),
+            Some(hosts(&["*.foo.example.com"]))
+        );
+        assert_eq!(
+            intersect_hostnames(Some("*.foo.example.com"), &hosts(&["*.example.com"])),
+            Some(hosts(&["*.foo.example.com"]))
+        );
+        assert_eq!(intersect_hostnames(Some("*.example.com"), &hosts(&["*.example.org"])), None);
+        assert_eq!(intersect_hostnames(Some("*.example.com"), &hosts(&["example.com"])), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! Backend references → clusters (a Service port with its endpoints) or a typed error.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_snapshot::{AppProtocol, Cluster, Endpoint};
+
+use crate::index::{Index, ObjectKey};
+use crate::status::reason;
+
+/// A backendRef (or a mirror's backendRef) as the user wrote it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackendRef<'a> {
+    pub group: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub port: Option<i32>,
+}
+
+/// Why a backendRef cannot be used; becomes the route's ResolvedRefs=False condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BackendError {
+    RefNotPermitted(String),
+    InvalidKind(String),
+    BackendNotFound(String),
+    UnsupportedProtocol(String),
+}
+
+impl BackendError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::RefNotPermitted(_) => reason::REF_NOT_PERMITTED,
+            BackendError::InvalidKind(_) => reason::INVALID_KIND,
+            BackendError::BackendNotFound(_) => reason::BACKEND_NOT_FOUND,
+            BackendError::UnsupportedProtocol(_) => reason::UNSUPPORTED_PROTOCOL,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            BackendError::RefNotPermitted(m)
+            | BackendError::InvalidKind(m)
+            | BackendError::BackendNotFound(m)
+            | BackendError::UnsupportedProtocol(m) => m,
+        }
+    }
+}
+
+/// What a backend is used for: HTTP traffic checks the Service port's appProtocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Traffic {
+    Http,
+    Tcp,
+}
+
+/// Clusters built so far, shared by every Gateway of one translation so that a Service
+/// port's endpoints are computed once.
+#[derive(Default)]
+pub(crate) struct ClusterCache {
+    built: HashMap<(ObjectKey, i32), Result<Arc<Cluster>, BackendError>>,
+}
+
+/// `service/<ns>/<name>/port/<port>`, the snapshot name of a Service port.
+pub(crate) fn cluster_name(service: &ObjectKey, port: i32) -> String {
+    format!("service/{}/{}/port/{port}", service.namespace, service.name)
+}
+
+impl ClusterCache {
+    /// Resolves `backend`, referenced from a `from_kind` in `from_namespace`.
+    pub fn resolve(
+        &mut self,
+        index: &Index<'_>,
+        from_kind: &str,
+        from_namespace: &str,
+        backend: BackendRef<'_>,
+        traffic: Traffic,
+    ) -> Result<Arc<Cluster>, BackendError> {
+        let group = backend.group.unwrap_or_default();
+        let kind = backend.kind.unwrap_or("Service");
+        let namespace = backend.namespace.filter(|ns| !ns.is_empty()).unwrap_or(from_namespace);
+        let key = ObjectKey::new(namespace, backend.name);
+        if !(group.is_empty() || group == "core") || kind != "Service" {
+            let shown = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+            return Err(BackendError::InvalidKind(format!(
+                "backendRef {key} has unsupported kind {shown}; only core Services are supported"
+            )));
+        }
+        // Checked before existence, so status never tells whether the object exists.
+        if !index.reference_allowed("gateway.networking.k8s.io", from_kind, from_namespace, "", "Service", &key) {
+            return Err(BackendError::RefNotPermitted(format!(
+                "backendRef to Service {key} is not permitted by any ReferenceGrant in namespace {namespace}"
+            )));
+        }
+        let Some(port) = backend.port else {
+            return Err(BackendError::BackendNotFound(format!("backendRef to Service {key} needs a port")));
+        };
+        let cluster = self
+            .built
+            .entry((key.clone(), port))
+            .or_insert_with(|| build_cluster(index, &key, port).map(Arc::new))
+            .clone()?;
+        if traffic == Traffic::Http && cluster.app_protocol() == AppProtocol::Unspecified {
+            return Err(BackendError::UnsupportedProtocol(format!(
+                "Service {key} port {port} has an appProtocol Sluice cannot speak to over HTTP"
+            )));
+        }
+        Ok(cluster)
+    }
+}
+
+fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32) -> Result<Cluster, BackendError> {
+    let Some(service) = index.services.get(key) else {
+        return Err(BackendError::BackendNotFound(format!("Service {key} not found")));
+    };
+    let Some(service_port) = find_port(service, port) else {
+        return Err(BackendError::BackendNotFound(format!("Service {key} has no port {port}")));
+    };
+    let slices = index.endpoint_slices.get(key).map(Vec::as_slice).unwrap_or_default();
+    Ok(Cluster {
+        name: cluster_name(key, port),
+        app_protocol: app_protocol(service_port.app_protocol.as_deref()) as i32,
+        endpoints: endpoints(slices, service_port.name.as_deref().unwrap_or_default()),
+    })
+}
+
+fn find_port(service: &Service, port: i32) -> Option<&ServicePort> {
+    service.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.port == port)
+}
+
+/// Maps a Service port's appProtocol (GEP-1911). `Unspecified` marks one Sluice cannot
+/// use for HTTP (e.g. `kubernetes.io/wss` or `https`, which need backend TLS).
+fn app_protocol(value: Option<&str>) -> AppProtocol {
+    match value.unwrap_or_default() {
+        "kubernetes.io/h2c" => AppProtocol::H2c,
+        "kubernetes.io/ws" => AppProtocol::Ws,
+        "kubernetes.io/wss" | "https" | "HTTPS" => AppProtocol::Unspecified,
+        _ => AppProtocol::Http1,
+    }
+}
+
+/// Ready endpoints of the named Service port; when none is ready, the serving-and-
+/// terminating ones (so that a rolling update never leaves a gap). Deduplicated, sorted.
+fn endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Endpoint> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let slice_port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| (1..=65535).contains(p));
+        let Some(port) = slice_port else { continue };
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions.as_ref();
+            // Unknown readiness counts as ready, as the EndpointSlice API asks of consumers.
+            let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            for address in &endpoint.addresses {
+                if address.parse::<std::net::IpAddr>().is_err() {
+                    continue;
+                }
+                if is_ready && !is_terminating {
+                    ready.insert((address.clone(), port));
+                } else if serving && is_terminating {
+                    terminating.insert((address.clone(), port));
+                }
+            }
+        }
+    }
+    let (chosen, is_ready) = if ready.is_empty() { (terminating, false) } else { (ready, true) };
+    chosen.into_iter().map(|(address, port)| Endpoint { address, port, ready: is_ready }).collect()
+}

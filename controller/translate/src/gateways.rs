@@ -1,0 +1,412 @@
+//! Gateways and their listeners: validation, conflicts, certificates, allowedRoutes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_crds::{GROUP, ProxyConfigSpec};
+use sluice_snapshot::{Certificate, HttpRoute, Protocol, TcpRoute};
+
+use crate::classes::{ClassInfo, merge_proxy_config};
+use crate::index::{Index, ObjectKey};
+use crate::status::{RouteGroupKind, reason};
+
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// A condition that is not in its good state: (reason, message).
+pub(crate) type Problem = (&'static str, String);
+
+/// Which namespaces may attach routes to a listener.
+pub(crate) enum NamespacePolicy {
+    Same,
+    All,
+    Selector(GatewayListenersAllowedRoutesNamespacesSelector),
+}
+
+/// One listener of one of our Gateways, as translation proceeds.
+pub(crate) struct ListenerPlan {
+    pub name: String,
+    pub port: i32,
+    pub protocol: Protocol,
+    pub hostname: Option<String>,
+    pub tls_passthrough: bool,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    pub namespaces: NamespacePolicy,
+    /// Accepted=False when set.
+    pub not_accepted: Option<Problem>,
+    /// Conflicted=True when set.
+    pub conflicted: Option<Problem>,
+    /// ResolvedRefs=False when set.
+    pub unresolved: Option<Problem>,
+    /// Names of valid certificates (snapshot `secret/ns/name`), in certificateRefs order.
+    pub certificates: Vec<String>,
+    pub attached_routes: i32,
+    pub http_routes: Vec<HttpRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
+}
+
+impl ListenerPlan {
+    /// Whether the data plane serves this listener.
+    pub fn serves(&self) -> bool {
+        self.not_accepted.is_none()
+            && self.conflicted.is_none()
+            && !self.supported_kinds.is_empty()
+            && (self.protocol != Protocol::Https || !self.certificates.is_empty())
+    }
+
+    pub fn supports_kind(&self, kind: &str) -> bool {
+        self.supported_kinds.iter().any(|k| k.kind == kind && k.group == GATEWAY_GROUP)
+    }
+}
+
+/// One of our Gateways, as translation proceeds.
+pub(crate) struct GatewayPlan<'w> {
+    pub key: ObjectKey,
+    pub gateway: &'w Gateway,
+    pub generation: i64,
+    /// Accepted=False when set (the Gateway is not programmed at all).
+    pub not_accepted: Option<Problem>,
+    pub listeners: Vec<ListenerPlan>,
+    pub proxy_config: ProxyConfigSpec,
+    pub certificates: BTreeMap<String, Certificate>,
+    /// IP addresses requested in `spec.addresses`.
+    pub requested_addresses: Vec<String>,
+}
+
+/// Route kinds Sluice serves, per listener protocol.
+fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
+    match protocol {
+        Protocol::Http | Protocol::Https => &["HTTPRoute"],
+        Protocol::Tcp => &["TCPRoute"],
+        Protocol::Tls | Protocol::Unspecified => &[],
+    }
+}
+
+pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &Index<'_>) -> GatewayPlan<'w> {
+    let key = ObjectKey::of(gateway);
+    let generation = gateway.metadata.generation.unwrap_or_default();
+    let mut certificates = BTreeMap::new();
+    let mut listeners: Vec<ListenerPlan> =
+        gateway.spec.listeners.iter().map(|listener| plan_listener(listener, &key, index, &mut certificates)).collect();
+    mark_duplicate_names(&mut listeners);
+    mark_conflicts(&mut listeners);
+
+    let mut not_accepted = class.rejected.as_ref().map(|message| {
+        (
+            reason::INVALID_PARAMETERS,
+            format!("GatewayClass {} is not accepted: {message}", gateway.spec.gateway_class_name),
+        )
+    });
+    let gateway_config = match gateway_proxy_config(gateway, &key, index) {
+        Ok(config) => config,
+        Err(message) => {
+            not_accepted.get_or_insert((reason::INVALID_PARAMETERS, message));
+            None
+        }
+    };
+    let mut requested_addresses = Vec::new();
+    for address in gateway.spec.addresses.iter().flatten() {
+        let kind = address.r#type.as_deref().unwrap_or("IPAddress");
+        let value = address.value.clone().unwrap_or_default();
+        if kind == "IPAddress" && value.parse::<std::net::IpAddr>().is_ok() {
+            requested_addresses.push(value);
+        } else {
+            not_accepted.get_or_insert((
+                reason::UNSUPPORTED_ADDRESS,
+                format!("address {value:?} of type {kind} is not supported; only IPAddress values are"),
+            ));
+        }
+    }
+    GatewayPlan {
+        key,
+        gateway,
+        generation,
+        not_accepted,
+        listeners,
+        proxy_config: merge_proxy_config(&class.proxy_config, gateway_config.as_ref()),
+        certificates,
+        requested_addresses,
+    }
+}
+
+fn gateway_proxy_config(
+    gateway: &Gateway,
+    key: &ObjectKey,
+    index: &Index<'_>,
+) -> Result<Option<ProxyConfigSpec>, String> {
+    let Some(parameters) = gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) else {
+        return Ok(None);
+    };
+    if parameters.group != GROUP || parameters.kind != "ProxyConfig" {
+        return Err(format!(
+            "infrastructure.parametersRef must point to a ProxyConfig.{GROUP}, not {}.{}",
+            parameters.kind, parameters.group
+        ));
+    }
+    let config_key = ObjectKey::new(key.namespace.clone(), parameters.name.clone());
+    match index.proxy_configs.get(&config_key) {
+        Some(config) => Ok(Some(config.spec.clone())),
+        None => Err(format!("ProxyConfig {config_key} not found")),
+    }
+}
+
+fn plan_listener(
+    listener: &GatewayListeners,
+    gateway: &ObjectKey,
+    index: &Index<'_>,
+    certificates: &mut BTreeMap<String, Certificate>,
+) -> ListenerPlan {
+    let protocol = match listener.protocol.as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        "TLS" => Protocol::Tls,
+        "TCP" => Protocol::Tcp,
+        _ => Protocol::Unspecified,
+    };
+    let mut not_accepted = None;
+    if protocol == Protocol::Unspecified {
+        not_accepted = Some((reason::UNSUPPORTED_PROTOCOL, format!("protocol {} is not supported", listener.protocol)));
+    } else if protocol == Protocol::Tls {
+        not_accepted = Some((
+            reason::UNSUPPORTED_PROTOCOL,
+            "protocol TLS needs TLSRoute, which Sluice does not support yet".to_string(),
+        ));
+    } else if !(1..=65535).contains(&listener.port) {
+        not_accepted = Some((reason::PORT_UNAVAILABLE, format!("port {} is out of range", listener.port)));
+    }
+    let hostname = listener.hostname.clone().filter(|h| !h.is_empty());
+    if not_accepted.is_none()
+        && let Some(host) = &hostname
+        && !sluice_snapshot::valid_hostname(host)
+    {
+        not_accepted = Some((reason::UNSUPPORTED_VALUE, format!("hostname {host:?} is not a valid DNS name")));
+    }
+
+    let allowed = listener.allowed_routes.as_ref();
+    let namespaces = match allowed.and_then(|a| a.namespaces.as_ref()) {
+        None => NamespacePolicy::Same,
+        Some(ns) => match ns.from {
+            Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => NamespacePolicy::All,
+            Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => match &ns.selector {
+                Some(selector) => NamespacePolicy::Selector(selector.clone()),
+                // A Selector policy without a selector selects nothing.
+                None => NamespacePolicy::Selector(GatewayListenersAllowedRoutesNamespacesSelector {
+                    match_expressions: Some(vec![]),
+                    match_labels: Some(BTreeMap::from([(String::new(), String::new())])),
+                }),
+            },
+            Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) | None => NamespacePolicy::Same,
+        },
+    };
+
+    let valid_kinds = kinds_for(protocol);
+    let mut unresolved = None;
+    // An empty kinds list means "the protocol's default kinds", as an absent one does.
+    let supported_kinds: Vec<RouteGroupKind> = match allowed.and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) {
+        Some(requested) => {
+            let mut kinds = BTreeSet::new();
+            for kind in requested {
+                let group = kind.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_string());
+                if group == GATEWAY_GROUP && valid_kinds.contains(&kind.kind.as_str()) {
+                    kinds.insert(RouteGroupKind { group, kind: kind.kind.clone() });
+                } else if unresolved.is_none() {
+                    unresolved = Some((
+                        reason::INVALID_ROUTE_KINDS,
+                        format!(
+                            "route kind {}.{group} is not supported on a {} listener",
+                            kind.kind, listener.protocol
+                        ),
+                    ));
+                }
+            }
+            kinds.into_iter().collect()
+        }
+        None => valid_kinds
+            .iter()
+            .map(|kind| RouteGroupKind { group: GATEWAY_GROUP.into(), kind: (*kind).into() })
+            .collect(),
+    };
+
+    let tls = listener.tls.as_ref();
+    let tls_passthrough = matches!(tls.and_then(|t| t.mode.as_ref()), Some(GatewayListenersTlsMode::Passthrough));
+    let mut listener_certificates = Vec::new();
+    if protocol == Protocol::Https && not_accepted.is_none() {
+        if tls_passthrough {
+            not_accepted = Some((
+                reason::UNSUPPORTED_VALUE,
+                "HTTPS listeners terminate TLS; Passthrough needs protocol TLS".into(),
+            ));
+        }
+        let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
+        if refs.is_empty() {
+            unresolved.get_or_insert((reason::INVALID_CERTIFICATE_REF, "HTTPS listener has no certificateRefs".into()));
+        }
+        for cert_ref in refs {
+            let group = cert_ref.group.as_deref().unwrap_or_default();
+            let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
+            let namespace = cert_ref.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&gateway.namespace);
+            let secret_key = ObjectKey::new(namespace, cert_ref.name.clone());
+            let result = if !group.is_empty() || kind != "Secret" {
+                Err((
+                    reason::INVALID_CERTIFICATE_REF,
+                    format!("certificateRef {secret_key} has unsupported kind {kind}.{group}"),
+                ))
+            } else if !index.reference_allowed(GATEWAY_GROUP, "Gateway", &gateway.namespace, "", "Secret", &secret_key)
+            {
+                Err((
+                    reason::REF_NOT_PERMITTED,
+                    format!(
+                        "certificateRef to Secret {secret_key} is not permitted by any ReferenceGrant in namespace {namespace}"
+                    ),
+                ))
+            } else {
+                load_certificate(index, &secret_key)
+            };
+            match result {
+                Ok(certificate) => {
+                    listener_certificates.push(certificate.name.clone());
+                    certificates.insert(certificate.name.clone(), certificate);
+                }
+                Err(problem) => {
+                    unresolved.get_or_insert(problem);
+                }
+            }
+        }
+    }
+
+    ListenerPlan {
+        name: listener.name.clone(),
+        port: listener.port,
+        protocol,
+        hostname,
+        tls_passthrough,
+        supported_kinds,
+        namespaces,
+        not_accepted,
+        conflicted: None,
+        unresolved,
+        certificates: listener_certificates,
+        attached_routes: 0,
+        http_routes: Vec::new(),
+        tcp_routes: Vec::new(),
+    }
+}
+
+/// Reads a TLS Secret; the PEM must hold at least one certificate and one private key.
+fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
+    let Some(secret) = index.secrets.get(key) else {
+        return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {key} not found")));
+    };
+    let field = |name: &str| -> Option<Vec<u8>> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(name))
+            .map(|bytes| bytes.0.clone())
+            .or_else(|| secret.string_data.as_ref().and_then(|data| data.get(name)).map(|s| s.clone().into_bytes()))
+    };
+    let invalid = |what: &str| (reason::INVALID_CERTIFICATE_REF, format!("Secret {key}: {what}"));
+    let cert = field("tls.crt").ok_or_else(|| invalid("has no tls.crt"))?;
+    let private_key = field("tls.key").ok_or_else(|| invalid("has no tls.key"))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<_, _>>()
+        .map_err(|_| invalid("tls.crt is not valid PEM"))?;
+    if certs.is_empty() {
+        return Err(invalid("tls.crt holds no certificate"));
+    }
+    PrivateKeyDer::from_pem_slice(&private_key).map_err(|_| invalid("tls.key holds no valid private key"))?;
+    let cert_chain_pem = String::from_utf8(cert).map_err(|_| invalid("tls.crt is not UTF-8 PEM"))?;
+    let private_key_pem = String::from_utf8(private_key).map_err(|_| invalid("tls.key is not UTF-8 PEM"))?;
+    Ok(Certificate { name: format!("secret/{}/{}", key.namespace, key.name), cert_chain_pem, private_key_pem })
+}
+
+/// Listener names must be unique; later duplicates are not accepted.
+fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
+    let mut seen = BTreeSet::new();
+    for listener in listeners.iter_mut() {
+        if !seen.insert(listener.name.clone()) && listener.not_accepted.is_none() {
+            listener.not_accepted =
+                Some((reason::UNSUPPORTED_VALUE, format!("listener name {} is used twice", listener.name)));
+        }
+    }
+}
+
+/// Listeners on one port must share a protocol (ProtocolConflict) and, for the same
+/// protocol, have distinct hostnames (HostnameConflict). Every listener involved in a
+/// conflict is marked, so none of them is served in a surprising way.
+fn mark_conflicts(listeners: &mut [ListenerPlan]) {
+    let candidates: Vec<usize> = (0..listeners.len()).filter(|&i| listeners[i].not_accepted.is_none()).collect();
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for &i in &candidates {
+        by_port.entry(listeners[i].port).or_default().push(i);
+    }
+    for members in by_port.values() {
+        let protocols: BTreeSet<i32> = members.iter().map(|&i| listeners[i].protocol as i32).collect();
+        let tcp_shared = members.len() > 1 && members.iter().any(|&i| listeners[i].protocol == Protocol::Tcp);
+        if protocols.len() > 1 || tcp_shared {
+            for &i in members {
+                listeners[i].conflicted = Some((
+                    reason::PROTOCOL_CONFLICT,
+                    format!("port {} is used by listeners of different or exclusive protocols", listeners[i].port),
+                ));
+            }
+            continue;
+        }
+        let mut hostnames: BTreeMap<&str, usize> = BTreeMap::new();
+        for &i in members {
+            *hostnames.entry(listeners[i].hostname.as_deref().unwrap_or_default()).or_default() += 1;
+        }
+        let clashing: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| hostnames.get(listeners[i].hostname.as_deref().unwrap_or_default()).is_some_and(|n| *n > 1))
+            .collect();
+        for i in clashing {
+            listeners[i].conflicted = Some((
+                reason::HOSTNAME_CONFLICT,
+                format!("another listener on port {} has the same hostname", listeners[i].port),
+            ));
+        }
+    }
+}
+
+/// Whether a route in `namespace` may attach to `listener` (allowedRoutes.namespaces).
+pub(crate) fn namespace_allowed(
+    listener: &ListenerPlan,
+    gateway_namespace: &str,
+    namespace: &str,
+    index: &Index<'_>,
+) -> bool {
+    match &listener.namespaces {
+        NamespacePolicy::Same => namespace == gateway_namespace,
+        NamespacePolicy::All => true,
+        NamespacePolicy::Selector(selector) => {
+            let empty = BTreeMap::new();
+            let labels = index.namespace_labels.get(namespace).copied().unwrap_or(&empty);
+            selector_matches(selector, labels)
+        }
+    }
+}
+
+fn selector_matches(
+    selector: &GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_match = selector.match_labels.iter().flatten().all(|(key, value)| labels.get(key) == Some(value));
+    let expressions_match = selector.match_expressions.iter().flatten().all(|expression| {
+        let values = expression.values.as_deref().unwrap_or_default();
+        let value = labels.get(&expression.key);
+        match expression.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_match && expressions_match
+}

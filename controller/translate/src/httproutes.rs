@@ -1,0 +1,472 @@
+//! HTTPRoutes: rules → snapshot routes (one per rule match), filters, backends, precedence.
+
+use std::cmp::Reverse;
+use std::str::FromStr;
+
+use gateway_api::httproutes::{
+    HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPath,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePath,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+};
+use sluice_snapshot::{
+    Cluster, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
+    PathModifier, RequestMirror, RequestRedirect, Timeouts, UrlRewrite, ValueMatch, ValueMatchType, WeightedBackend,
+    http_filter, path_modifier, weighted_backend,
+};
+
+use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, cluster_name};
+use crate::index::{Index, ObjectKey};
+
+/// Answer for the share of traffic of an invalid backendRef, and for rules without any.
+pub(crate) const INVALID_BACKEND_STATUS: u32 = 500;
+
+/// A rule ready to be placed on listeners.
+pub(crate) struct CompiledRule {
+    pub index: usize,
+    pub matches: Vec<HttpMatch>,
+    pub filters: Vec<HttpFilter>,
+    pub backends: Vec<WeightedBackend>,
+    pub timeouts: Option<Timeouts>,
+}
+
+/// An HTTPRoute's rules compiled once, whatever listeners it attaches to.
+pub(crate) struct CompiledRoute {
+    pub rules: Vec<CompiledRule>,
+    /// Rules dropped, with why (`rule <i>: ...`).
+    pub invalid_rules: Vec<String>,
+    /// The first unresolved reference (ResolvedRefs=False).
+    pub unresolved: Option<BackendError>,
+    /// Clusters the rules reference.
+    pub clusters: Vec<std::sync::Arc<Cluster>>,
+}
+
+/// Orders snapshot routes on a listener as the HTTPRoute spec ranks matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RouteOrder {
+    path_rank: u8,
+    path_length: Reverse<usize>,
+    has_method: Reverse<bool>,
+    headers: Reverse<usize>,
+    query_params: Reverse<usize>,
+    /// Position of the route by age, then namespace/name (see `by_age`).
+    route_rank: usize,
+    rule: usize,
+    match_index: usize,
+}
+
+fn route_order(route_rank: usize, rule: usize, match_index: usize, http_match: &HttpMatch) -> RouteOrder {
+    let path = http_match.path.as_ref();
+    let (path_rank, path_length) = match path.map(|p| (p.r#type(), p.value.len())) {
+        Some((PathMatchType::Exact, len)) => (0, len),
+        Some((PathMatchType::RegularExpression, len)) => (1, len),
+        Some((_, len)) => (2, len),
+        None => (2, 1),
+    };
+    RouteOrder {
+        path_rank,
+        path_length: Reverse(path_length),
+        has_method: Reverse(!http_match.method.is_empty()),
+        headers: Reverse(http_match.headers.len()),
+        query_params: Reverse(http_match.query_params.len()),
+        route_rank,
+        rule,
+        match_index,
+    }
+}
+
+/// Compiles every rule of `route`; invalid rules are dropped and reported.
+pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledRoute {
+    let key = ObjectKey::of(route);
+    let mut compiled =
+        CompiledRoute { rules: Vec::new(), invalid_rules: Vec::new(), unresolved: None, clusters: Vec::new() };
+    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+        match compile_rule(&key, i, rule, index, cache, &mut compiled) {
+            Ok(rule) => compiled.rules.push(rule),
+            Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {problem}")),
+        }
+    }
+    compiled
+}
+
+fn compile_rule(
+    route: &ObjectKey,
+    rule_index: usize,
+    rule: &HttpRouteRules,
+    index: &Index<'_>,
+    cache: &mut ClusterCache,
+    out: &mut CompiledRoute,
+) -> Result<CompiledRule, String> {
+    let default_match = [HttpRouteRulesMatches::default()];
+    let user_matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
+    let matches = user_matches.iter().map(compile_match).collect::<Result<Vec<_>, _>>()?;
+    let path_types: Vec<PathMatchType> =
+        matches.iter().map(|m| m.path.as_ref().map_or(PathMatchType::Prefix, |p| p.r#type())).collect();
+
+    let mut filters = Vec::new();
+    let mut terminal = false;
+    for filter in rule.filters.iter().flatten() {
+        let filter = compile_filter(route, filter, &path_types, index, cache, out)?;
+        terminal |= matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_)));
+        filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
+    }
+
+    let backend_refs = rule.backend_refs.as_deref().unwrap_or_default();
+    if terminal && !backend_refs.is_empty() {
+        return Err("a RequestRedirect filter cannot be combined with backendRefs".into());
+    }
+    let mut backends = Vec::new();
+    for backend in backend_refs {
+        let reference = BackendRef {
+            group: backend.group.as_deref(),
+            kind: backend.kind.as_deref(),
+            name: &backend.name,
+            namespace: backend.namespace.as_deref(),
+            port: backend.port,
+        };
+        let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
+        let mut backend_filters = Vec::new();
+        for filter in backend.filters.iter().flatten() {
+            // Backend filters share the rule filters' schema; reuse one conversion.
+            let as_rule_filter: HttpRouteRulesFilters =
+                serde_json::to_value(filter)
+                    .and_then(serde_json::from_value)
+                    .map_err(|error| format!("backendRef filter cannot be read: {error}"))?;
+            let filter = compile_filter(route, &as_rule_filter, &path_types, index, cache, out)?;
+            if matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_))) {
+                return Err("RequestRedirect is not supported as a backendRef filter".into());
+            }
+            backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
+        }
+        let resolved = cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http);
+        backends.push(weighted_backend(reference, &route.namespace, weight, resolved, backend_filters, out));
+    }
+    if !terminal && backend_refs.is_empty() {
+        filters.push(HttpFilter {
+            kind: Some(http_filter::Kind::DirectResponse(DirectResponse {
+                status: INVALID_BACKEND_STATUS,
+                body: String::new(),
+            })),
+        });
+    }
+    Ok(CompiledRule { index: rule_index, matches, filters, backends, timeouts: compile_timeouts(rule)? })
+}
+
+/// Builds the snapshot backend for one backendRef, remembering the first failure.
+fn weighted_backend(
+    reference: BackendRef<'_>,
+    route_namespace: &str,
+    weight: u32,
+    resolved: Result<std::sync::Arc<Cluster>, BackendError>,
+    filters: Vec<HttpFilter>,
+    out: &mut CompiledRoute,
+) -> WeightedBackend {
+    let namespace = reference.namespace.filter(|ns| !ns.is_empty()).unwrap_or(route_namespace);
+    let name = cluster_name(&ObjectKey::new(namespace, reference.name), reference.port.unwrap_or_default());
+    let target = match resolved {
+        Ok(cluster) => {
+            let target = weighted_backend::Target::Cluster(cluster.name.clone());
+            out.clusters.push(cluster);
+            target
+        }
+        Err(error) => {
+            out.unresolved.get_or_insert(error);
+            weighted_backend::Target::Invalid(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
+        }
+    };
+    WeightedBackend { name, weight, target: Some(target), filters }
+}
+
+fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
+    let path = match &user.path {
+        None => PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() },
+        Some(path) => {
+            let value = path.value.clone().unwrap_or_else(|| "/".into());
+            let kind = match path.r#type {
+                Some(HttpRouteRulesMatchesPathType::Exact) => PathMatchType::Exact,
+                Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
+                    check_regex(&value)?;
+                    PathMatchType::RegularExpression
+                }
+                Some(HttpRouteRulesMatchesPathType::PathPrefix) | None => PathMatchType::Prefix,
+            };
+            if kind != PathMatchType::RegularExpression && !value.starts_with('/') {
+                return Err(format!("path {value:?} must start with /"));
+            }
+            PathMatch { r#type: kind as i32, value }
+        }
+    };
+    let mut headers: Vec<ValueMatch> = Vec::new();
+    for header in user.headers.iter().flatten() {
+        // The first match for a header name wins; names compare case-insensitively.
+        if headers.iter().any(|h| h.name.eq_ignore_ascii_case(&header.name)) {
+            continue;
+        }
+        check_header_name(&header.name)?;
+        let kind = match header.r#type {
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                check_regex(&header.value)?;
+                ValueMatchType::RegularExpression
+            }
+            _ => ValueMatchType::Exact,
+        };
+        headers.push(ValueMatch { r#type: kind as i32, name: header.name.clone(), value: header.value.clone() });
+    }
+    let mut query_params: Vec<ValueMatch> = Vec::new();
+    for param in user.query_params.iter().flatten() {
+        if query_params.iter().any(|q| q.name == param.name) {
+            continue;
+        }
+        if param.name.is_empty() {
+            return Err("query parameter match needs a name".into());
+        }
+        let kind = match param.r#type {
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                check_regex(&param.value)?;
+                ValueMatchType::RegularExpression
+            }
+            _ => ValueMatchType::Exact,
+        };
+        query_params.push(ValueMatch { r#type: kind as i32, name: param.name.clone(), value: param.value.clone() });
+    }
+    let method = user.method.as_ref().map(method_name).unwrap_or_default().to_string();
+    Ok(HttpMatch { path: Some(path), headers, query_params, method })
+}
+
+fn method_name(method: &HttpRouteRulesMatchesMethod) -> &'static str {
+    match method {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    }
+}
+
+/// Orders routes as the spec breaks ties: oldest first (routes without a creation time
+/// last), then by namespace/name.
+pub(crate) fn by_age<K: kube::Resource>(routes: &[std::sync::Arc<K>]) -> Vec<&K> {
+    let mut sorted: Vec<&K> = routes.iter().map(|r| r.as_ref()).collect();
+    sorted.sort_by(|a, b| {
+        let (a, b) = (a.meta(), b.meta());
+        let created = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            (m.creation_timestamp.is_none(), m.creation_timestamp.as_ref().map(|t| t.0))
+        };
+        created(a).cmp(&created(b)).then_with(|| a.namespace.cmp(&b.namespace)).then_with(|| a.name.cmp(&b.name))
+    });
+    sorted
+}
+
+fn check_regex(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern).map(|_| ()).map_err(|error| format!("invalid regular expression {pattern:?}: {error}"))
+}
+
+fn compile_filter(
+    route: &ObjectKey,
+    filter: &HttpRouteRulesFilters,
+    path_types: &[PathMatchType],
+    index: &Index<'_>,
+    cache: &mut ClusterCache,
+    out: &mut CompiledRoute,
+) -> Result<HttpFilter, String> {
+    let missing = |field: &str| format!("filter type {:?} needs its {field} field", filter.r#type);
+    let kind = match filter.r#type {
+        HttpRouteRulesFiltersType::RequestHeaderModifier => {
+            let modifier = filter.request_header_modifier.as_ref().ok_or_else(|| missing("requestHeaderModifier"))?;
+            http_filter::Kind::RequestHeaderModifier(header_modifier(
+                modifier.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                modifier.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                modifier.remove.iter().flatten(),
+            )?)
+        }
+        HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+            let modifier = filter.response_header_modifier.as_ref().ok_or_else(|| missing("responseHeaderModifier"))?;
+            http_filter::Kind::ResponseHeaderModifier(header_modifier(
+                modifier.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                modifier.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                modifier.remove.iter().flatten(),
+            )?)
+        }
+        HttpRouteRulesFiltersType::RequestRedirect => {
+            let redirect = filter.request_redirect.as_ref().ok_or_else(|| missing("requestRedirect"))?;
+            let status_code = u32::try_from(redirect.status_code.unwrap_or(302)).unwrap_or(0);
+            if !matches!(status_code, 301 | 302 | 303 | 307 | 308) {
+                return Err(format!("redirect statusCode {status_code} is not supported"));
+            }
+            let port = u32::try_from(redirect.port.unwrap_or(0)).ok().filter(|p| *p <= 65535);
+            let port = port.ok_or_else(|| format!("redirect port {:?} is out of range", redirect.port))?;
+            check_hostname(redirect.hostname.as_deref().unwrap_or_default(), "redirect hostname")?;
+            http_filter::Kind::RequestRedirect(RequestRedirect {
+                scheme: match redirect.scheme {
+                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
+                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
+                    None => String::new(),
+                },
+                hostname: redirect.hostname.clone().unwrap_or_default(),
+                path: redirect.path.as_ref().map(redirect_path).transpose()?.flatten(),
+                port,
+                status_code,
+            })
+        }
+        HttpRouteRulesFiltersType::UrlRewrite => {
+            let rewrite = filter.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
+            check_hostname(rewrite.hostname.as_deref().unwrap_or_default(), "rewrite hostname")?;
+            http_filter::Kind::UrlRewrite(UrlRewrite {
+                hostname: rewrite.hostname.clone().unwrap_or_default(),
+                path: rewrite.path.as_ref().map(rewrite_path).transpose()?.flatten(),
+            })
+        }
+        HttpRouteRulesFiltersType::RequestMirror => {
+            let mirror = filter.request_mirror.as_ref().ok_or_else(|| missing("requestMirror"))?;
+            let (numerator, denominator) = match (&mirror.fraction, mirror.percent) {
+                (Some(fraction), _) => (fraction.numerator, fraction.denominator.unwrap_or(100)),
+                (None, Some(percent)) => (percent, 100),
+                (None, None) => (1, 1),
+            };
+            let numerator = u32::try_from(numerator).map_err(|_| "mirror fraction must not be negative".to_string())?;
+            let denominator = u32::try_from(denominator).ok().filter(|d| *d > 0 && numerator <= *d);
+            let denominator = denominator
+                .ok_or_else(|| "mirror fraction must be at most 1 with a positive denominator".to_string())?;
+            let backend = &mirror.backend_ref;
+            let reference = BackendRef {
+                group: backend.group.as_deref(),
+                kind: backend.kind.as_deref(),
+                name: &backend.name,
+                namespace: backend.namespace.as_deref(),
+                port: backend.port,
+            };
+            match cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http) {
+                Ok(cluster) => {
+                    let kind = http_filter::Kind::RequestMirror(RequestMirror {
+                        cluster: cluster.name.clone(),
+                        numerator,
+                        denominator,
+                    });
+                    out.clusters.push(cluster);
+                    kind
+                }
+                Err(error) => {
+                    // The mirror is skipped; the route reports the reference.
+                    out.unresolved.get_or_insert(error);
+                    return Ok(HttpFilter { kind: None });
+                }
+            }
+        }
+        HttpRouteRulesFiltersType::ExtensionRef => {
+            let name = filter.extension_ref.as_ref().map(|e| format!("{}.{} {}", e.kind, e.group, e.name));
+            return Err(format!("ExtensionRef filter {} is not supported", name.unwrap_or_default()));
+        }
+        HttpRouteRulesFiltersType::Cors => return Err("the CORS filter is not supported yet".into()),
+    };
+    if let http_filter::Kind::RequestRedirect(RequestRedirect { path: Some(path), .. })
+    | http_filter::Kind::UrlRewrite(UrlRewrite { path: Some(path), .. }) = &kind
+        && matches!(path.kind, Some(path_modifier::Kind::ReplacePrefixMatch(_)))
+        && path_types.iter().any(|t| *t != PathMatchType::Prefix)
+    {
+        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
+    }
+    Ok(HttpFilter { kind: Some(kind) })
+}
+
+fn header_modifier<'a>(
+    set: impl Iterator<Item = (&'a String, &'a String)>,
+    add: impl Iterator<Item = (&'a String, &'a String)>,
+    remove: impl Iterator<Item = &'a String>,
+) -> Result<HeaderModifier, String> {
+    let header = |(name, value): (&String, &String)| {
+        check_header_name(name)?;
+        if !sluice_snapshot::valid_header_value(value) {
+            return Err(format!("the value of header {name:?} contains control characters"));
+        }
+        Ok(Header { name: name.clone(), value: value.clone() })
+    };
+    let remove = remove.map(|name| check_header_name(name).map(|()| name.clone()));
+    Ok(HeaderModifier {
+        set: set.map(header).collect::<Result<_, _>>()?,
+        add: add.map(header).collect::<Result<_, _>>()?,
+        remove: remove.collect::<Result<_, _>>()?,
+    })
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    if sluice_snapshot::valid_token(name) { Ok(()) } else { Err(format!("{name:?} is not a valid header name")) }
+}
+
+fn check_hostname(hostname: &str, what: &str) -> Result<(), String> {
+    if hostname.is_empty() || sluice_snapshot::valid_hostname(hostname) {
+        Ok(())
+    } else {
+        Err(format!("{what} {hostname:?} is not a valid hostname"))
+    }
+}
+
+fn path_modifier_of(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    full_type: bool,
+) -> Result<Option<PathModifier>, String> {
+    let kind = if full_type {
+        full.map(|p| path_modifier::Kind::ReplaceFullPath(p.clone())).ok_or("ReplaceFullPath needs replaceFullPath")?
+    } else {
+        path_modifier::Kind::ReplacePrefixMatch(prefix.cloned().ok_or("ReplacePrefixMatch needs replacePrefixMatch")?)
+    };
+    if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
+        && !path.starts_with('/')
+    {
+        return Err(format!("replacement path {path:?} must start with /"));
+    }
+    Ok(Some(PathModifier { kind: Some(kind) }))
+}
+
+fn redirect_path(path: &HttpRouteRulesFiltersRequestRedirectPath) -> Result<Option<PathModifier>, String> {
+    let full = path.r#type == gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
+    path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
+}
+
+fn rewrite_path(path: &HttpRouteRulesFiltersUrlRewritePath) -> Result<Option<PathModifier>, String> {
+    let full = path.r#type == gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
+    path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
+}
+
+fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, String> {
+    let Some(timeouts) = &rule.timeouts else { return Ok(None) };
+    let parse = |value: &Option<String>, field: &str| -> Result<u64, String> {
+        match value {
+            None => Ok(0),
+            Some(text) => gateway_api::Duration::from_str(text)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|error| format!("timeouts.{field} {text:?} is not a valid duration: {error}")),
+        }
+    };
+    let request_ms = parse(&timeouts.request, "request")?;
+    let backend_request_ms = parse(&timeouts.backend_request, "backendRequest")?;
+    if request_ms != 0 && backend_request_ms > request_ms {
+        return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+    }
+    Ok(Some(Timeouts { request_ms, backend_request_ms }))
+}
+
+/// The snapshot routes of one compiled rule on one listener.
+pub(crate) fn place_rule<'a>(
+    key: &'a ObjectKey,
+    route_rank: usize,
+    rule: &'a CompiledRule,
+    hostnames: &'a [String],
+) -> impl Iterator<Item = (RouteOrder, HttpRoute)> + 'a {
+    rule.matches.iter().enumerate().map(move |(j, http_match)| {
+        let order = route_order(route_rank, rule.index, j, http_match);
+        let snapshot_route = HttpRoute {
+            name: format!("httproute/{}/{}/rule/{}/match/{j}", key.namespace, key.name, rule.index),
+            hostnames: hostnames.to_vec(),
+            r#match: Some(http_match.clone()),
+            filters: rule.filters.clone(),
+            backends: rule.backends.clone(),
+            timeouts: rule.timeouts,
+        };
+        (order, snapshot_route)
+    })
+}

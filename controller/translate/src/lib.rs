@@ -1,0 +1,479 @@
+//! Sluice's translator: one pure function from every watched object to what the
+//! controller must do.
+//!
+//! ```text
+//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, ReferenceGrants, Services,
+//!         EndpointSlices, Secrets, Namespaces, ProxyConfigs)
+//!    │ translate()          no client, no clock, no I/O; deterministic
+//!    ▼
+//!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates)
+//!         │                Infra (ports, ProxyConfig, labels) for the deployer
+//!         └─ status of every GatewayClass, Gateway (+ listeners) and route parentRef
+//! ```
+//!
+//! User mistakes never fail translation: they become status conditions with the reasons
+//! Gateway API v1.5.1 defines, and invalid backends answer 500 for their share of traffic.
+
+mod attach;
+mod backends;
+mod classes;
+mod features;
+mod gateways;
+mod httproutes;
+mod index;
+pub mod status;
+mod tcproutes;
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sluice_crds::ProxyConfigSpec;
+use sluice_snapshot::{Cluster, Listener, Snapshot, TlsMode};
+
+pub use features::SUPPORTED_FEATURES;
+pub use index::ObjectKey;
+pub use status::{
+    CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef,
+    RouteGroupKind, RouteParentStatus, RouteStatus,
+};
+pub use world::{Skipped, World};
+
+use attach::{Attachment, attach, is_gateway_ref};
+use backends::{BackendError, ClusterCache};
+use gateways::{GatewayPlan, ListenerPlan, plan_gateway};
+use httproutes::{RouteOrder, by_age, compile_route, place_rule};
+use index::Index;
+use status::reason;
+use tcproutes::compile_tcp_route;
+
+/// Everything translation decides.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Per accepted Gateway: what its data plane serves and how to deploy it.
+    pub gateways: BTreeMap<ObjectKey, GatewayOutput>,
+    pub status: Status,
+}
+
+/// What one Gateway's data plane gets and how it is deployed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GatewayOutput {
+    pub snapshot: Snapshot,
+    pub infra: Infra,
+}
+
+/// What the deployer creates for a Gateway.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Infra {
+    /// Distinct listener ports the data plane binds (also the Service's ports), sorted.
+    pub ports: Vec<InfraPort>,
+    /// The GatewayClass's ProxyConfig merged with the Gateway's own.
+    pub proxy_config: ProxyConfigSpec,
+    /// `spec.infrastructure.labels`/`annotations` of the Gateway.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// IP addresses the Gateway asks for in `spec.addresses`.
+    pub requested_addresses: Vec<String>,
+}
+
+/// One port of the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct InfraPort {
+    pub port: i32,
+    /// `TCP` for every listener protocol Sluice serves (HTTP, HTTPS and TCP all run on TCP).
+    pub protocol: String,
+}
+
+/// Status of every object Sluice is responsible for, keyed by name.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
+}
+
+/// Snapshot routes placed on one listener of one Gateway, before ordering.
+type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
+
+/// State of one translation pass.
+struct Translation<'w> {
+    index: Index<'w>,
+    plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
+    cache: ClusterCache,
+    clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+    http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
+    tcp_routes: Placed<usize, Vec<sluice_snapshot::TcpRoute>>,
+}
+
+/// Translates the whole World. Pure and deterministic.
+pub fn translate(world: &World) -> Output {
+    let index = Index::new(world);
+    let mut output = Output::default();
+    let classes = classes::translate_classes(world, &index, &mut output.status.gateway_classes);
+    let mut plans = BTreeMap::new();
+    for gateway in &world.gateways {
+        if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
+            let plan = plan_gateway(gateway, class, &index);
+            plans.insert(plan.key.clone(), plan);
+        }
+    }
+    let mut pass = Translation {
+        index,
+        plans,
+        cache: ClusterCache::default(),
+        clusters: BTreeMap::new(),
+        http_routes: BTreeMap::new(),
+        tcp_routes: BTreeMap::new(),
+    };
+    for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.http_route(route, rank) {
+            output.status.http_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.tcp_route(route, rank) {
+            output.status.tcp_routes.insert(key, status);
+        }
+    }
+    pass.finish(&mut output);
+    output
+}
+
+fn parent_refs<'a>(refs: impl Iterator<Item = ParentRefView<'a>>) -> Vec<ParentRef> {
+    refs.map(|p| ParentRef {
+        group: p.group.cloned(),
+        kind: p.kind.cloned(),
+        namespace: p.namespace.cloned(),
+        name: p.name.clone(),
+        section_name: p.section_name.cloned(),
+        port: p.port,
+    })
+    .collect()
+}
+
+/// The fields of a parentRef, common to every route kind's generated type.
+struct ParentRefView<'a> {
+    group: Option<&'a String>,
+    kind: Option<&'a String>,
+    namespace: Option<&'a String>,
+    name: &'a String,
+    section_name: Option<&'a String>,
+    port: Option<i32>,
+}
+
+impl Translation<'_> {
+    fn add_clusters(&mut self, gateway: &ObjectKey, clusters: &[std::sync::Arc<Cluster>]) {
+        let gateway_clusters = match self.clusters.get_mut(gateway) {
+            Some(existing) => existing,
+            None => self.clusters.entry(gateway.clone()).or_default(),
+        };
+        for cluster in clusters {
+            if !gateway_clusters.contains_key(&cluster.name) {
+                gateway_clusters.insert(cluster.name.clone(), cluster.clone());
+            }
+        }
+    }
+
+    fn http_route(
+        &mut self,
+        route: &gateway_api::httproutes::HttpRoute,
+        rank: usize,
+    ) -> Option<(ObjectKey, RouteStatus)> {
+        let key = ObjectKey::of(route);
+        let generation = route.metadata.generation.unwrap_or_default();
+        let parents = parent_refs(route.spec.parent_refs.iter().flatten().map(|p| ParentRefView {
+            group: p.group.as_ref(),
+            kind: p.kind.as_ref(),
+            namespace: p.namespace.as_ref(),
+            name: &p.name,
+            section_name: p.section_name.as_ref(),
+            port: p.port,
+        }));
+        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+            return None;
+        }
+        let compiled = compile_route(route, &self.index, &mut self.cache);
+        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
+        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
+        let mut statuses = Vec::new();
+        for parent in parents {
+            if !our_parent(&parent, &key, &self.plans) {
+                continue;
+            }
+            let gateway_key = parent_gateway(&parent, &key);
+            let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
+            let attachment = match invalid_hostname {
+                Some(bad) => Attachment::Rejected(
+                    reason::UNSUPPORTED_VALUE,
+                    format!("hostname {bad:?} is not a valid DNS name or wildcard"),
+                ),
+                None => attach(plan, &parent, "HTTPRoute", &key.namespace, &hostnames, &self.index),
+            };
+            if let Attachment::Attached(listeners) = &attachment
+                && !all_invalid
+            {
+                self.add_clusters(&gateway_key, &compiled.clusters);
+                for (listener, hosts) in listeners {
+                    let placed = self.http_routes.entry((gateway_key.clone(), *listener)).or_default();
+                    for rule in &compiled.rules {
+                        placed.extend(place_rule(&key, rank, rule, hosts));
+                    }
+                }
+            }
+            let conditions = route_conditions(
+                &attachment,
+                compiled.unresolved.as_ref(),
+                &compiled.invalid_rules,
+                all_invalid,
+                generation,
+            );
+            statuses.push(RouteParentStatus {
+                parent_ref: parent,
+                controller_name: CONTROLLER_NAME.into(),
+                conditions,
+            });
+        }
+        Some((key, RouteStatus { parents: statuses }))
+    }
+
+    fn tcp_route(
+        &mut self,
+        route: &gateway_api::experimental::tcproutes::TcpRoute,
+        rank: usize,
+    ) -> Option<(ObjectKey, RouteStatus)> {
+        let key = ObjectKey::of(route);
+        let generation = route.metadata.generation.unwrap_or_default();
+        let parents = parent_refs(route.spec.parent_refs.iter().flatten().map(|p| ParentRefView {
+            group: p.group.as_ref(),
+            kind: p.kind.as_ref(),
+            namespace: p.namespace.as_ref(),
+            name: &p.name,
+            section_name: p.section_name.as_ref(),
+            port: p.port,
+        }));
+        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+            return None;
+        }
+        let compiled = compile_tcp_route(route, &self.index, &mut self.cache);
+        let mut statuses = Vec::new();
+        for parent in parents {
+            if !our_parent(&parent, &key, &self.plans) {
+                continue;
+            }
+            let gateway_key = parent_gateway(&parent, &key);
+            let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
+            let attachment = attach(plan, &parent, "TCPRoute", &key.namespace, &[], &self.index);
+            if let Attachment::Attached(listeners) = &attachment {
+                self.add_clusters(&gateway_key, &compiled.clusters);
+                for (listener, _) in listeners {
+                    self.tcp_routes
+                        .entry((gateway_key.clone(), *listener))
+                        .or_default()
+                        .push((rank, compiled.routes.clone()));
+                }
+            }
+            let conditions = route_conditions(&attachment, compiled.unresolved.as_ref(), &[], false, generation);
+            statuses.push(RouteParentStatus {
+                parent_ref: parent,
+                controller_name: CONTROLLER_NAME.into(),
+                conditions,
+            });
+        }
+        Some((key, RouteStatus { parents: statuses }))
+    }
+
+    /// Orders every listener's routes and emits status and outputs per Gateway.
+    fn finish(mut self, output: &mut Output) {
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.http_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].http_routes = routes.into_iter().map(|(_, route)| route).collect();
+            }
+        }
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.tcp_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].tcp_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
+            }
+        }
+        for (key, plan) in self.plans {
+            output.status.gateways.insert(key.clone(), gateway_status(&plan));
+            if plan.not_accepted.is_none() {
+                let clusters = self.clusters.remove(&key).unwrap_or_default();
+                output.gateways.insert(key, gateway_output(plan, clusters));
+            }
+        }
+    }
+}
+
+/// The Gateway a parentRef names (the route's namespace by default).
+fn parent_gateway(parent: &ParentRef, route: &ObjectKey) -> ObjectKey {
+    let namespace = parent.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| route.namespace.clone());
+    ObjectKey::new(namespace, parent.name.clone())
+}
+
+/// Whether a parentRef names a Gateway of one of our GatewayClasses. Other parents get
+/// no status from Sluice (another controller, or nothing, owns them).
+fn our_parent(parent: &ParentRef, route: &ObjectKey, plans: &BTreeMap<ObjectKey, GatewayPlan<'_>>) -> bool {
+    is_gateway_ref(parent) && plans.contains_key(&parent_gateway(parent, route))
+}
+
+fn route_conditions(
+    attachment: &Attachment,
+    unresolved: Option<&BackendError>,
+    invalid_rules: &[String],
+    all_invalid: bool,
+    generation: i64,
+) -> Vec<Condition> {
+    let accepted = match attachment {
+        Attachment::Rejected(why, message) => Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
+        Attachment::Attached(_) if all_invalid => Condition::new(
+            reason::ACCEPTED,
+            false,
+            reason::UNSUPPORTED_VALUE,
+            format!("every rule is invalid: {}", invalid_rules.join("; ")),
+            generation,
+        ),
+        Attachment::Attached(_) => {
+            Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "Route is accepted", generation)
+        }
+    };
+    let resolved = match unresolved {
+        Some(error) => Condition::new(reason::RESOLVED_REFS, false, error.reason(), error.message(), generation),
+        None => Condition::new(
+            reason::RESOLVED_REFS,
+            true,
+            reason::RESOLVED_REFS,
+            "All references are resolved",
+            generation,
+        ),
+    };
+    let mut conditions = vec![accepted, resolved];
+    if !all_invalid && !invalid_rules.is_empty() {
+        conditions.push(Condition::new(
+            reason::PARTIALLY_INVALID,
+            true,
+            reason::UNSUPPORTED_VALUE,
+            format!("Dropped Rule(s): {}", invalid_rules.join("; ")),
+            generation,
+        ));
+    }
+    conditions
+}
+
+fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
+    let generation = plan.generation;
+    let listeners: Vec<ListenerStatus> = plan.listeners.iter().map(|l| listener_status(l, plan, generation)).collect();
+    let serving = plan.listeners.iter().filter(|l| l.serves()).count();
+    let invalid = plan.listeners.len() - serving;
+    let conditions = match &plan.not_accepted {
+        Some((why, message)) => vec![
+            Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
+            Condition::new(reason::PROGRAMMED, false, reason::INVALID, "The Gateway is not accepted", generation),
+        ],
+        None => {
+            let accepted = if invalid == 0 {
+                Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "Gateway is accepted", generation)
+            } else {
+                Condition::new(
+                    reason::ACCEPTED,
+                    true,
+                    reason::LISTENERS_NOT_VALID,
+                    format!("{invalid} of {} listeners are not valid", plan.listeners.len()),
+                    generation,
+                )
+            };
+            let programmed = if serving > 0 {
+                Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Gateway is programmed", generation)
+            } else {
+                Condition::new(reason::PROGRAMMED, false, reason::INVALID, "No listener is valid", generation)
+            };
+            vec![accepted, programmed]
+        }
+    };
+    GatewayStatus { conditions, listeners }
+}
+
+fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: i64) -> ListenerStatus {
+    let condition = |type_: &str, problem: &Option<(&'static str, String)>, good: &str, message: &str| match problem {
+        Some((why, text)) => Condition::new(type_, false, why, text.clone(), generation),
+        None => Condition::new(type_, true, good, message, generation),
+    };
+    let mut accepted = condition(reason::ACCEPTED, &listener.not_accepted, reason::ACCEPTED, "Listener is accepted");
+    let conflicted = match &listener.conflicted {
+        Some((why, text)) => {
+            accepted = Condition::new(reason::ACCEPTED, false, why, text.clone(), generation);
+            Condition::new(reason::CONFLICTED, true, why, text.clone(), generation)
+        }
+        None => Condition::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "No conflicts", generation),
+    };
+    let resolved =
+        condition(reason::RESOLVED_REFS, &listener.unresolved, reason::RESOLVED_REFS, "All references are resolved");
+    let programmed = if listener.serves() && plan.not_accepted.is_none() {
+        Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Listener is programmed", generation)
+    } else {
+        Condition::new(reason::PROGRAMMED, false, reason::INVALID, "Listener is not valid", generation)
+    };
+    ListenerStatus {
+        name: listener.name.clone(),
+        supported_kinds: listener.supported_kinds.clone(),
+        attached_routes: listener.attached_routes,
+        conditions: vec![accepted, conflicted, resolved, programmed],
+    }
+}
+
+fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::Arc<Cluster>>) -> GatewayOutput {
+    let mut ports = BTreeSet::new();
+    let mut listeners = Vec::new();
+    let mut used_certificates = BTreeSet::new();
+    for listener in plan.listeners {
+        if !listener.serves() {
+            continue;
+        }
+        ports.insert(InfraPort { port: listener.port, protocol: "TCP".into() });
+        used_certificates.extend(listener.certificates.iter().cloned());
+        listeners.push(Listener {
+            name: format!("gateway/{}/{}/listener/{}", plan.key.namespace, plan.key.name, listener.name),
+            port: u32::try_from(listener.port).unwrap_or_default(),
+            protocol: listener.protocol as i32,
+            hostname: listener.hostname.unwrap_or_default(),
+            tls_mode: if listener.tls_passthrough {
+                TlsMode::Passthrough as i32
+            } else if listener.certificates.is_empty() {
+                TlsMode::Unspecified as i32
+            } else {
+                TlsMode::Terminate as i32
+            },
+            certificates: listener.certificates,
+            http_routes: listener.http_routes,
+            tcp_routes: listener.tcp_routes,
+        });
+    }
+    let infrastructure = plan.gateway.spec.infrastructure.as_ref();
+    let snapshot = Snapshot {
+        gateway: plan.key.to_string(),
+        version: None,
+        listeners,
+        clusters: clusters.into_values().map(|cluster| cluster.as_ref().clone()).collect(),
+        certificates: plan
+            .certificates
+            .into_iter()
+            .filter(|(name, _)| used_certificates.contains(name))
+            .map(|(_, c)| c)
+            .collect(),
+    };
+    GatewayOutput {
+        snapshot,
+        infra: Infra {
+            ports: ports.into_iter().collect(),
+            proxy_config: plan.proxy_config,
+            labels: infrastructure.and_then(|i| i.labels.clone()).unwrap_or_default(),
+            annotations: infrastructure.and_then(|i| i.annotations.clone()).unwrap_or_default(),
+            requested_addresses: plan.requested_addresses,
+        },
+    }
+}

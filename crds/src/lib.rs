@@ -1,0 +1,125 @@
+//! Sluice's own CRDs (API group `gateway.sluice.dev`, version `v1alpha1`).
+//!
+//! `ProxyConfig` tunes the data plane deployed for a Gateway. A GatewayClass points at one
+//! with `spec.parametersRef`; a Gateway may override it with
+//! `spec.infrastructure.parametersRef` (same namespace as the Gateway).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of Sluice's own resources.
+pub const GROUP: &str = "gateway.sluice.dev";
+
+/// How the data plane of a Gateway is deployed and tuned.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.sluice.dev",
+    version = "v1alpha1",
+    kind = "ProxyConfig",
+    plural = "proxyconfigs",
+    shortname = "pxc",
+    namespaced,
+    derive = "Default",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfigSpec {
+    /// Data-plane replicas (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Resource requests and limits of the data-plane container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Type of the Service in front of the data plane (default LoadBalancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+    /// externalTrafficPolicy of that Service (LoadBalancer and NodePort only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+    /// Labels added to every generated resource and the data-plane pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to every generated resource and the data-plane pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Data-plane image (default: the image matching the controller's version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Data-plane log filter, e.g. `info` or `sluice_dataplane=debug` (default info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// Service type for a Gateway's data plane.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// An external load balancer (the default).
+    #[default]
+    LoadBalancer,
+    /// A port on every node.
+    NodePort,
+    /// Reachable inside the cluster only (internal gateways).
+    ClusterIP,
+}
+
+/// externalTrafficPolicy of the data-plane Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExternalTrafficPolicy {
+    /// Balance across all nodes (the Kubernetes default).
+    #[default]
+    Cluster,
+    /// Keep client source IPs; only nodes with a data-plane pod answer.
+    Local,
+}
+
+/// The CustomResourceDefinition YAML of every Sluice CRD, as shipped in `crds/yaml/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let crd = ProxyConfig::crd();
+    Ok(format!(
+        "# Generated from crds/src/lib.rs: run `UPDATE_CRDS=1 cargo test -p sluice-crds` to refresh.\n{}",
+        serde_yaml::to_string(&crd)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_yaml_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/yaml/gateway.sluice.dev_proxyconfigs.yaml");
+        let generated = crd_yaml().unwrap();
+        if std::env::var_os("UPDATE_CRDS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(shipped == generated, "crds/yaml is stale: run `UPDATE_CRDS=1 cargo test -p sluice-crds`");
+    }
+
+    #[test]
+    fn parses_a_user_manifest() {
+        let yaml = r#"
+apiVersion: gateway.sluice.dev/v1alpha1
+kind: ProxyConfig
+metadata: {name: internal, namespace: infra}
+spec:
+  replicas: 3
+  serviceType: ClusterIP
+  externalTrafficPolicy: Local
+  labels: {team: platform}
+  resources: {limits: {cpu: "1", memory: 256Mi}}
+"#;
+        let config: ProxyConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.spec.replicas, Some(3));
+        assert_eq!(config.spec.service_type, Some(ServiceType::ClusterIP));
+        assert_eq!(config.spec.external_traffic_policy, Some(ExternalTrafficPolicy::Local));
+        assert_eq!(config.spec.labels.get("team").map(String::as_str), Some("platform"));
+        assert!(config.spec.resources.is_some());
+    }
+}

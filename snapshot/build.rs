@@ -1,0 +1,21 @@
+//! Compiles the snapshot .proto with a vendored protoc, so no system install is needed,
+//! and derives proto3-JSON serde impls (pbjson) for snapshot files and golden tests.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("snapshot_descriptor.bin");
+    let proto = "proto/sluice/snapshot/v1/snapshot.proto";
+    println!("cargo:rerun-if-changed={proto}");
+
+    prost_build::Config::new()
+        .protoc_executable(protoc)
+        .file_descriptor_set_path(&descriptor_path)
+        .compile_protos(&[proto], &["proto"])?;
+
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.build(&[".sluice.snapshot.v1"])?;
+    Ok(())
+}

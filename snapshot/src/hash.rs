@@ -1,0 +1,113 @@
+//! Content hashing and monotonic version stamping.
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{Snapshot, Version};
+
+/// Hex SHA-256 of the snapshot's protobuf encoding with `version` cleared.
+///
+/// The encoding is deterministic: the model has no maps, and every list is ordered by the
+/// translator, so equal content always hashes equal.
+pub fn content_hash(snapshot: &Snapshot) -> String {
+    let mut unversioned = snapshot.clone();
+    unversioned.version = None;
+    let digest = Sha256::digest(unversioned.encode_to_vec());
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Assigns versions to one Gateway's snapshots: the generation grows by one for every
+/// change of content and never goes backwards.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Versioner {
+    current: Option<Version>,
+}
+
+impl Versioner {
+    /// A versioner whose next generation is above `floor` (e.g. the highest generation a
+    /// reconnecting data plane reports after a controller restart).
+    pub fn resuming_above(floor: u64) -> Self {
+        Self { current: Some(Version { generation: floor, content_hash: String::new() }) }
+    }
+
+    /// The version of the latest stamped snapshot.
+    pub fn current(&self) -> Option<&Version> {
+        self.current.as_ref()
+    }
+
+    /// Raises the floor so the next generation is above `generation`; never lowers it.
+    pub fn observe(&mut self, generation: u64) {
+        let current = self.current.get_or_insert_with(Version::default);
+        if generation > current.generation {
+            current.generation = generation;
+            current.content_hash.clear();
+        }
+    }
+
+    /// Stamps `snapshot` with a new version if its content differs from the last one;
+    /// returns `None` (and leaves the snapshot untouched) when nothing changed.
+    pub fn stamp(&mut self, snapshot: &mut Snapshot) -> Option<Version> {
+        let hash = content_hash(snapshot);
+        let previous = self.current.as_ref();
+        if previous.is_some_and(|version| version.content_hash == hash) {
+            return None;
+        }
+        let generation = previous.map_or(1, |version| version.generation.saturating_add(1));
+        let version = Version { generation, content_hash: hash };
+        snapshot.version = Some(version.clone());
+        self.current = Some(version.clone());
+        Some(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Listener;
+
+    fn snapshot(port: u32) -> Snapshot {
+        Snapshot {
+            gateway: "default/gw".into(),
+            listeners: vec![Listener { name: "l".into(), port, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hash_ignores_version_and_tracks_content() {
+        let mut a = snapshot(80);
+        let plain = content_hash(&a);
+        a.version = Some(Version { generation: 9, content_hash: "x".into() });
+        assert_eq!(content_hash(&a), plain);
+        assert_ne!(content_hash(&snapshot(81)), plain);
+        assert_eq!(plain.len(), 64);
+    }
+
+    #[test]
+    fn versions_grow_only_on_change() {
+        let mut versioner = Versioner::default();
+        let mut first = snapshot(80);
+        assert_eq!(versioner.stamp(&mut first).map(|v| v.generation), Some(1));
+        let mut same = snapshot(80);
+        assert_eq!(versioner.stamp(&mut same), None);
+        assert_eq!(same.version, None);
+        let mut changed = snapshot(81);
+        assert_eq!(versioner.stamp(&mut changed).map(|v| v.generation), Some(2));
+        // Going back to earlier content is still a new, higher version.
+        let mut back = snapshot(80);
+        assert_eq!(versioner.stamp(&mut back).map(|v| v.generation), Some(3));
+    }
+
+    #[test]
+    fn resume_and_observe_never_go_backwards() {
+        let mut versioner = Versioner::resuming_above(41);
+        let mut s = snapshot(80);
+        assert_eq!(versioner.stamp(&mut s).map(|v| v.generation), Some(42));
+        versioner.observe(7);
+        assert_eq!(versioner.current().map(|v| v.generation), Some(42));
+        versioner.observe(100);
+        // Same content, but the floor moved: it must be re-stamped above it.
+        let mut again = snapshot(80);
+        assert_eq!(versioner.stamp(&mut again).map(|v| v.generation), Some(101));
+    }
+}

@@ -1,0 +1,44 @@
+//! The Sluice config snapshot: everything one Gateway's data plane serves.
+//!
+//! ```text
+//!  translate ──► Snapshot (gen 0, no hash) ──► Versioner::stamp ──► push ──► data plane
+//!                                                                      validate() + compile
+//! ```
+//!
+//! The types are generated from `proto/sluice/snapshot/v1/snapshot.proto` (prost) with
+//! proto3-JSON serde impls (pbjson), so a snapshot travels as protobuf over gRPC and as
+//! JSON/YAML in files and golden tests. This crate knows neither kube nor pingora.
+
+mod hash;
+mod validate;
+
+pub use hash::{Versioner, content_hash};
+pub use validate::{ValidationError, valid_header_value, valid_hostname, valid_token, validate};
+
+/// Generated snapshot types (`sluice.snapshot.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/sluice.snapshot.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/sluice.snapshot.v1.serde.rs"));
+}
+
+pub use v1::*;
+
+/// Errors reading a snapshot file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is neither valid JSON nor YAML of a snapshot.
+    #[error("cannot parse snapshot: {0}")]
+    Parse(String),
+}
+
+impl Snapshot {
+    /// Parses a snapshot from its JSON or YAML form (proto3 JSON field names).
+    pub fn from_text(text: &str) -> Result<Self, Error> {
+        match serde_json::from_str(text) {
+            Ok(snapshot) => Ok(snapshot),
+            Err(json_err) => serde_yaml::from_str(text)
+                .map_err(|yaml_err| Error::Parse(format!("as JSON: {json_err}; as YAML: {yaml_err}"))),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! `validate()`: rejects any snapshot the data plane could not execute.
+//!
+//! The translator only emits valid snapshots; this is the data plane's guard (a snapshot
+//! that fails is NACKed and the last good one keeps serving) and the translator's self-check
+//! in tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::{
+    DirectResponse, HttpFilter, HttpRoute, Listener, PathMatchType, PathModifier, Protocol, Snapshot, TlsMode,
+    ValueMatch, ValueMatchType, WeightedBackend, http_filter, path_modifier, weighted_backend,
+};
+
+/// The problems found in a snapshot, each prefixed with the name of the offending item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid snapshot: {}", problems.join("; "))]
+pub struct ValidationError {
+    /// One line per problem, e.g. `httproute/ns/r/rule/0/match/0: invalid regex ...`.
+    pub problems: Vec<String>,
+}
+
+/// Checks every invariant the data plane relies on.
+pub fn validate(snapshot: &Snapshot) -> Result<(), ValidationError> {
+    let mut check = Checker::default();
+    check.snapshot(snapshot);
+    if check.problems.is_empty() { Ok(()) } else { Err(ValidationError { problems: check.problems }) }
+}
+
+#[derive(Default)]
+struct Checker<'a> {
+    problems: Vec<String>,
+    clusters: BTreeSet<&'a str>,
+}
+
+/// Whether `value` is an HTTP token (header names, methods).
+pub fn valid_token(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `value` may be sent as a header value (no CR, LF, NUL or other controls).
+pub fn valid_header_value(value: &str) -> bool {
+    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn valid_port(port: u32) -> bool {
+    (1..=65535).contains(&port)
+}
+
+impl<'a> Checker<'a> {
+    fn problem(&mut self, at: &str, what: impl std::fmt::Display) {
+        self.problems.push(format!("{at}: {what}"));
+    }
+
+    fn snapshot(&mut self, snapshot: &'a Snapshot) {
+        if snapshot.gateway.is_empty() {
+            self.problem("snapshot", "gateway is empty");
+        }
+        for cluster in &snapshot.clusters {
+            if !self.clusters.insert(&cluster.name) {
+                self.problem(&cluster.name, "duplicate cluster name");
+            }
+            for endpoint in &cluster.endpoints {
+                if endpoint.address.parse::<IpAddr>().is_err() {
+                    self.problem(&cluster.name, format!("endpoint address {:?} is not an IP", endpoint.address));
+                }
+                if !valid_port(endpoint.port) {
+                    self.problem(&cluster.name, format!("endpoint port {} out of range", endpoint.port));
+                }
+            }
+        }
+        let mut certificates = BTreeSet::new();
+        for certificate in &snapshot.certificates {
+            if !certificates.insert(certificate.name.as_str()) {
+                self.problem(&certificate.name, "duplicate certificate name");
+            }
+            if !certificate.cert_chain_pem.contains("-----BEGIN") || !certificate.private_key_pem.contains("-----BEGIN")
+            {
+                self.problem(&certificate.name, "certificate chain or private key is not PEM");
+            }
+        }
+        let mut listener_names = BTreeSet::new();
+        let mut ports: BTreeMap<u32, Vec<&Listener>> = BTreeMap::new();
+        for listener in &snapshot.listeners {
+            if !listener_names.insert(listener.name.as_str()) {
+                self.problem(&listener.name, "duplicate listener name");
+            }
+            ports.entry(listener.port).or_default().push(listener);
+            self.listener(listener, &certificates);
+        }
+        for (port, listeners) in ports {
+            let protocols: BTreeSet<i32> = listeners.iter().map(|l| l.protocol).collect();
+            if protocols.len() > 1 {
+                self.problem(&format!("port {port}"), "listeners with different protocols share the port");
+            }
+            let hostnames: BTreeSet<&str> = listeners.iter().map(|l| l.hostname.as_str()).collect();
+            if hostnames.len() != listeners.len() {
+                self.problem(&format!("port {port}"), "listeners on the port share a hostname");
+            }
+            if listeners.iter().any(|l| l.protocol() == Protocol::Tcp) && listeners.len() > 1 {
+                self.problem(&format!("port {port}"), "a TCP listener cannot share its port");
+            }
+        }
+    }
+
+    fn listener(&mut self, listener: &'a Listener, certificates: &BTreeSet<&str>) {
+        let at = listener.name.as_str();
+        if !valid_port(listener.port) {
+            self.problem(at, format!("port {} out of range", listener.port));
+        }
+        let protocol = Protocol::try_from(listener.protocol).unwrap_or(Protocol::Unspecified);
+        if protocol == Protocol::Unspecified {
+            self.problem(at, "protocol is unspecified");
+        }
+        if !listener.hostname.is_empty() && !valid_hostname(&listener.hostname) {
+            self.problem(at, format!("invalid hostname {:?}", listener.hostname));
+        }
+        for name in &listener.certificates {
+            if !certificates.contains(name.as_str()) {
+                self.problem(at, format!("unknown certificate {name}"));
+            }
+        }
+        let terminates =
+            protocol == Protocol::Https || (protocol == Protocol::Tls && listener.tls_mode() == TlsMode::Terminate);
+        if terminates && listener.certificates.is_empty() {
+            self.problem(at, "terminates TLS without a certificate");
+        }
+        let serves_http = matches!(protocol, Protocol::Http | Protocol::Https);
+        if !serves_http && !listener.http_routes.is_empty() {
+            self.problem(at, "HTTP routes on a non-HTTP listener");
+        }
+        if protocol != Protocol::Tcp && !listener.tcp_routes.is_empty() {
+            self.problem(at, "TCP routes on a non-TCP listener");
+        }
+        for route in &listener.http_routes {
+            self.http_route(route);
+        }
+        for route in &listener.tcp_routes {
+            for backend in &route.backends {
+                self.backend(&route.name, backend);
+                if !backend.filters.is_empty() {
+                    self.problem(&route.name, "TCP backends take no filters");
+                }
+            }
+        }
+    }
+
+    fn http_route(&mut self, route: &'a HttpRoute) {
+        let at = route.name.as_str();
+        if at.is_empty() {
+            self.problem("http route", "name is empty");
+        }
+        for hostname in &route.hostnames {
+            if !valid_hostname(hostname) {
+                self.problem(at, format!("invalid hostname {hostname:?}"));
+            }
+        }
+        let path_type = route.r#match.as_ref().and_then(|m| m.path.as_ref()).map(|p| p.r#type());
+        if let Some(http_match) = &route.r#match {
+            if let Some(path) = &http_match.path {
+                match path.r#type() {
+                    PathMatchType::Unspecified => self.problem(at, "path match type is unspecified"),
+                    PathMatchType::Exact | PathMatchType::Prefix => {
+                        if !path.value.starts_with('/') {
+                            self.problem(at, format!("path {:?} does not start with /", path.value));
+                        }
+                    }
+                    PathMatchType::RegularExpression => self.regex(at, &path.value),
+                }
+            }
+            for header in &http_match.headers {
+                self.value_match(at, "header", header);
+                if !valid_token(&header.name) {
+                    self.problem(at, format!("invalid header name {:?}", header.name));
+                }
+            }
+            for param in &http_match.query_params {
+                self.value_match(at, "query parameter", param);
+            }
+            if !http_match.method.is_empty() && !valid_token(&http_match.method) {
+                self.problem(at, format!("invalid method {:?}", http_match.method));
+            }
+        }
+        let mut terminal = false;
+        for filter in &route.filters {
+            terminal |= self.filter(at, filter, path_type);
+        }
+        if terminal && !route.backends.is_empty() {
+            self.problem(at, "a redirect or direct response cannot have backends");
+        }
+        for backend in &route.backends {
+            self.backend(at, backend);
+            for filter in &backend.filters {
+                if self.filter(at, filter, path_type) {
+                    self.problem(at, "backend filters cannot redirect or answer directly");
+                }
+            }
+        }
+    }
+
+    fn value_match(&mut self, at: &str, what: &str, value_match: &ValueMatch) {
+        if value_match.name.is_empty() {
+            self.problem(at, format!("{what} match has an empty name"));
+        }
+        match value_match.r#type() {
+            ValueMatchType::Unspecified => self.problem(at, format!("{what} match type is unspecified")),
+            ValueMatchType::Exact => {}
+            ValueMatchType::RegularExpression => self.regex(at, &value_match.value),
+        }
+    }
+
+    fn regex(&mut self, at: &str, pattern: &str) {
+        if let Err(error) = regex::Regex::new(pattern) {
+            self.problem(at, format!("invalid regular expression {pattern:?}: {error}"));
+        }
+    }
+
+    /// Checks one filter; returns true when it ends the request (redirect, direct response).
+    fn filter(&mut self, at: &str, filter: &HttpFilter, path_type: Option<PathMatchType>) -> bool {
+        let Some(kind) = &filter.kind else {
+            self.problem(at, "filter has no kind");
+            return false;
+        };
+        match kind {
+            http_filter::Kind::RequestHeaderModifier(modifier)
+            | http_filter::Kind::ResponseHeaderModifier(modifier) => {
+                let names = modifier.set.iter().chain(&modifier.add).map(|h| &h.name).chain(&modifier.remove);
+                for name in names {
+                    if !valid_token(name) {
+                        self.problem(at, format!("invalid header name {name:?}"));
+                    }
+                }
+                for header in modifier.set.iter().chain(&modifier.add) {
+                    if !valid_header_value(&header.value) {
+                        self.problem(at, format!("invalid value for header {:?}", header.name));
+                    }
+                }
+                false
+            }
+            http_filter::Kind::RequestRedirect(redirect) => {
+                if !["", "http", "https"].contains(&redirect.scheme.as_str()) {
+                    self.problem(at, format!("unsupported redirect scheme {:?}", redirect.scheme));
+                }
+                if !matches!(redirect.status_code, 301 | 302 | 303 | 307 | 308) {
+                    self.problem(at, format!("unsupported redirect status {}", redirect.status_code));
+                }
+                if redirect.port > 65535 {
+                    self.problem(at, format!("redirect port {} out of range", redirect.port));
+                }
+                if !redirect.hostname.is_empty() && !valid_hostname(&redirect.hostname) {
+                    self.problem(at, format!("invalid redirect hostname {:?}", redirect.hostname));
+                }
+                self.path_modifier(at, redirect.path.as_ref(), path_type);
+                true
+            }
+            http_filter::Kind::UrlRewrite(rewrite) => {
+                if !rewrite.hostname.is_empty() && !valid_hostname(&rewrite.hostname) {
+                    self.problem(at, format!("invalid rewrite hostname {:?}", rewrite.hostname));
+                }
+                self.path_modifier(at, rewrite.path.as_ref(), path_type);
+                false
+            }
+            http_filter::Kind::RequestMirror(mirror) => {
+                if !self.clusters.contains(mirror.cluster.as_str()) {
+                    self.problem(at, format!("mirror to unknown cluster {}", mirror.cluster));
+                }
+                if mirror.denominator == 0 || mirror.numerator > mirror.denominator {
+                    self.problem(at, format!("invalid mirror fraction {}/{}", mirror.numerator, mirror.denominator));
+                }
+                false
+            }
+            http_filter::Kind::DirectResponse(response) => {
+                self.direct_response(at, response);
+                true
+            }
+        }
+    }
+
+    fn path_modifier(&mut self, at: &str, modifier: Option<&PathModifier>, path_type: Option<PathMatchType>) {
+        match modifier.and_then(|m| m.kind.as_ref()) {
+            Some(path_modifier::Kind::ReplacePrefixMatch(prefix)) => {
+                if path_type != Some(PathMatchType::Prefix) {
+                    self.problem(at, "ReplacePrefixMatch needs a PathPrefix match");
+                }
+                if !prefix.starts_with('/') {
+                    self.problem(at, format!("replacement prefix {prefix:?} does not start with /"));
+                }
+            }
+            Some(path_modifier::Kind::ReplaceFullPath(path)) if !path.starts_with('/') => {
+                self.problem(at, format!("replacement path {path:?} does not start with /"));
+            }
+            Some(path_modifier::Kind::ReplaceFullPath(_)) | None => {}
+        }
+    }
+
+    fn direct_response(&mut self, at: &str, response: &DirectResponse) {
+        if !(200..=599).contains(&response.status) {
+            self.problem(at, format!("direct response status {} out of range", response.status));
+        }
+    }
+
+    fn backend(&mut self, at: &str, backend: &WeightedBackend) {
+        match &backend.target {
+            Some(weighted_backend::Target::Cluster(cluster)) => {
+                if !self.clusters.contains(cluster.as_str()) {
+                    self.problem(at, format!("backend {} points to unknown cluster {cluster}", backend.name));
+                }
+            }
+            Some(weighted_backend::Target::Invalid(response)) => self.direct_response(at, response),
+            None => self.problem(at, format!("backend {} has no target", backend.name)),
+        }
+    }
+}
+
+/// A DNS name as Gateway API allows it: lower-case labels, optionally a leading `*.`.
+pub fn valid_hostname(hostname: &str) -> bool {
+    let name = hostname.strip_prefix("*.").unwrap_or(hostname);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cluster, Endpoint, HttpMatch, PathMatch, RequestRedirect, http_filter::Kind};
+
+    fn route(path: PathMatch) -> HttpRoute {
+        HttpRoute {
+            name: "httproute/ns/r/rule/0/match/0".into(),
+            r#match: Some(HttpMatch { path: Some(path), ..Default::default() }),
+            backends: vec![WeightedBackend {
+                name: "service/ns/svc/port/80".into(),
+                weight: 1,
+                target: Some(weighted_backend::Target::Cluster("service/ns/svc/port/80".into())),
+                filters: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(routes: Vec<HttpRoute>) -> Snapshot {
+        Snapshot {
+            gateway: "ns/gw".into(),
+            listeners: vec![Listener {
+                name: "gateway/ns/gw/listener/http".into(),
+                port: 80,
+                protocol: Protocol::Http as i32,
+                http_routes: routes,
+                ..Default::default()
+            }],
+            clusters: vec![Cluster {
+                name: "service/ns/svc/port/80".into(),
+                endpoints: vec![Endpoint { address: "10.0.0.1".into(), port: 8080, ready: true }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn prefix(value: &str) -> PathMatch {
+        PathMatch { r#type: PathMatchType::Prefix as i32, value: value.into() }
+    }
+
+    #[test]
+    fn accepts_a_plain_snapshot() {
+        assert_eq!(validate(&snapshot(vec![route(prefix("/"))])), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_regex_and_unknown_cluster() {
+        let mut bad = route(PathMatch { r#type: PathMatchType::RegularExpression as i32, value: "/(".into() });
+        bad.backends[0].target = Some(weighted_backend::Target::Cluster("nope".into()));
+        let error = validate(&snapshot(vec![bad])).unwrap_err();
+        assert_eq!(error.problems.len(), 2, "{error}");
+        assert!(error.problems[0].contains("invalid regular expression"));
+        assert!(error.problems[1].contains("unknown cluster nope"));
+    }
+
+    #[test]
+    fn rejects_redirect_with_backends_and_bad_status() {
+        let mut r = route(prefix("/"));
+        r.filters.push(HttpFilter {
+            kind: Some(Kind::RequestRedirect(RequestRedirect { status_code: 200, ..Default::default() })),
+        });
+        let error = validate(&snapshot(vec![r])).unwrap_err();
+        assert!(error.to_string().contains("unsupported redirect status 200"));
+        assert!(error.to_string().contains("cannot have backends"));
+    }
+
+    #[test]
+    fn rejects_conflicting_listeners_and_bad_endpoints() {
+        let mut s = snapshot(vec![]);
+        let mut tcp = s.listeners[0].clone();
+        tcp.name = "gateway/ns/gw/listener/tcp".into();
+        tcp.protocol = Protocol::Tcp as i32;
+        s.listeners.push(tcp);
+        s.clusters[0].endpoints[0].address = "pod-a".into();
+        let error = validate(&s).unwrap_err();
+        assert!(error.to_string().contains("different protocols"), "{error}");
+        assert!(error.to_string().contains("not an IP"), "{error}");
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(valid_hostname("foo.example.com"));
+        assert!(valid_hostname("*.example.com"));
+        assert!(!valid_hostname("*"));
+        assert!(!valid_hostname("Foo.com"));
+        assert!(!valid_hostname("a..b"));
+    }
+}
