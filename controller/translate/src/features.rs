@@ -2,12 +2,16 @@
 //! `status.supportedFeatures`. The conformance suite tests exactly these, so a name is
 //! added here only together with the code (and tests) that implement it.
 
-/// Feature names (Gateway API v1.5.1 `pkg/features`), sorted.
+/// Feature names (Gateway API v1.5.1 `pkg/features`), sorted. TCPRoute is served too, but
+/// v1.5.1 defines no feature name for it.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
@@ -15,6 +19,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
@@ -27,7 +32,6 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
-    "TCPRoute",
 ];
 
 pub(crate) fn supported_features() -> Vec<String> {

@@ -12,7 +12,7 @@ use sluice_crds::{GROUP, ProxyConfigSpec};
 use sluice_snapshot::{Certificate, HttpRoute, Protocol, TcpRoute};
 
 use crate::classes::{ClassInfo, merge_proxy_config};
-use crate::index::{Index, ObjectKey};
+use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
 use crate::status::{RouteGroupKind, reason};
 
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -336,41 +336,51 @@ fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
 }
 
 /// Listeners on one port must share a protocol (ProtocolConflict) and, for the same
-/// protocol, have distinct hostnames (HostnameConflict). Every listener involved in a
-/// conflict is marked, so none of them is served in a surprising way.
+/// protocol, have distinct hostnames (HostnameConflict); a TCP listener has its port to
+/// itself. As the conformance suite expects, the first listener in spec order wins: the
+/// later ones in a conflict are marked and not served.
 fn mark_conflicts(listeners: &mut [ListenerPlan]) {
-    let candidates: Vec<usize> = (0..listeners.len()).filter(|&i| listeners[i].not_accepted.is_none()).collect();
     let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for &i in &candidates {
-        by_port.entry(listeners[i].port).or_default().push(i);
-    }
-    for members in by_port.values() {
-        let protocols: BTreeSet<i32> = members.iter().map(|&i| listeners[i].protocol as i32).collect();
-        let tcp_shared = members.len() > 1 && members.iter().any(|&i| listeners[i].protocol == Protocol::Tcp);
-        if protocols.len() > 1 || tcp_shared {
-            for &i in members {
-                listeners[i].conflicted = Some((
-                    reason::PROTOCOL_CONFLICT,
-                    format!("port {} is used by listeners of different or exclusive protocols", listeners[i].port),
-                ));
-            }
+    for i in 0..listeners.len() {
+        if listeners[i].not_accepted.is_some() {
             continue;
         }
-        let mut hostnames: BTreeMap<&str, usize> = BTreeMap::new();
-        for &i in members {
-            *hostnames.entry(listeners[i].hostname.as_deref().unwrap_or_default()).or_default() += 1;
+        let port = listeners[i].port;
+        let winners = by_port.entry(port).or_default();
+        let conflict = winners.iter().find_map(|&w| {
+            let (winner, candidate) = (&listeners[w], &listeners[i]);
+            if winner.protocol != candidate.protocol || candidate.protocol == Protocol::Tcp {
+                Some((
+                    reason::PROTOCOL_CONFLICT,
+                    format!(
+                        "port {port} is already used by listener {} with protocol {}",
+                        winner.name,
+                        protocol_name(winner.protocol)
+                    ),
+                ))
+            } else if winner.hostname == candidate.hostname {
+                Some((
+                    reason::HOSTNAME_CONFLICT,
+                    format!("listener {} on port {port} already has this hostname", winner.name),
+                ))
+            } else {
+                None
+            }
+        });
+        match conflict {
+            Some(conflict) => listeners[i].conflicted = Some(conflict),
+            None => winners.push(i),
         }
-        let clashing: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&i| hostnames.get(listeners[i].hostname.as_deref().unwrap_or_default()).is_some_and(|n| *n > 1))
-            .collect();
-        for i in clashing {
-            listeners[i].conflicted = Some((
-                reason::HOSTNAME_CONFLICT,
-                format!("another listener on port {} has the same hostname", listeners[i].port),
-            ));
-        }
+    }
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http => "HTTP",
+        Protocol::Https => "HTTPS",
+        Protocol::Tls => "TLS",
+        Protocol::Tcp => "TCP",
+        Protocol::Unspecified => "unsupported",
     }
 }
 
@@ -385,9 +395,15 @@ pub(crate) fn namespace_allowed(
         NamespacePolicy::Same => namespace == gateway_namespace,
         NamespacePolicy::All => true,
         NamespacePolicy::Selector(selector) => {
-            let empty = BTreeMap::new();
-            let labels = index.namespace_labels.get(namespace).copied().unwrap_or(&empty);
-            selector_matches(selector, labels)
+            // A namespace without a Namespace object (standalone files) still carries the
+            // name label the API server would give it.
+            match index.namespace_labels.get(namespace) {
+                Some(labels) => selector_matches(selector, labels),
+                None => {
+                    let labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string())]);
+                    selector_matches(selector, &labels)
+                }
+            }
         }
     }
 }

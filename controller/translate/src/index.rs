@@ -49,11 +49,14 @@ pub(crate) struct Index<'w> {
     pub endpoint_slices: HashMap<ObjectKey, Vec<&'w EndpointSlice>>,
     pub secrets: HashMap<ObjectKey, &'w Secret>,
     pub proxy_configs: HashMap<ObjectKey, &'w ProxyConfig>,
-    /// Namespace labels; a namespace missing here has no labels.
-    pub namespace_labels: HashMap<&'w str, &'w BTreeMap<String, String>>,
+    /// Namespace labels, with `kubernetes.io/metadata.name` as the API server sets it.
+    pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants by the namespace they live in (the target namespace).
     pub grants: HashMap<&'w str, Vec<&'w ReferenceGrant>>,
 }
+
+/// The label the API server puts on every Namespace, holding its name.
+pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -76,8 +79,10 @@ impl<'w> Index<'w> {
         }
         let mut namespace_labels = HashMap::new();
         for namespace in &world.namespaces {
-            if let (Some(name), Some(labels)) = (&namespace.metadata.name, &namespace.metadata.labels) {
-                namespace_labels.insert(name.as_str(), labels);
+            if let Some(name) = &namespace.metadata.name {
+                let mut labels = namespace.metadata.labels.clone().unwrap_or_default();
+                labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+                namespace_labels.insert(name.clone(), labels);
             }
         }
         Index {

@@ -413,10 +413,14 @@ fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: 
     };
     let resolved =
         condition(reason::RESOLVED_REFS, &listener.unresolved, reason::RESOLVED_REFS, "All references are resolved");
-    let programmed = if listener.serves() && plan.not_accepted.is_none() {
-        Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Listener is programmed", generation)
-    } else {
-        Condition::new(reason::PROGRAMMED, false, reason::INVALID, "Listener is not valid", generation)
+    let programmed = match (&listener.conflicted, listener.serves() && plan.not_accepted.is_none()) {
+        (Some((why, text)), _) => Condition::new(reason::PROGRAMMED, false, why, text.clone(), generation),
+        (None, true) => {
+            Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Listener is programmed", generation)
+        }
+        (None, false) => {
+            Condition::new(reason::PROGRAMMED, false, reason::INVALID, "Listener is not valid", generation)
+        }
     };
     ListenerStatus {
         name: listener.name.clone(),

@@ -25,6 +25,10 @@ fn cases() -> Vec<PathBuf> {
 fn render(input: &str) -> String {
     let (world, skipped) = World::from_manifests(input);
     let mut output = translate(&world);
+    // The feature list is the same for every class; it is checked once, in its own test.
+    for class in output.status.gateway_classes.values_mut() {
+        class.supported_features = vec![format!("<{} features>", class.supported_features.len())];
+    }
     for gateway in output.gateways.values_mut() {
         sluice_snapshot::validate(&gateway.snapshot)
             .unwrap_or_else(|error| panic!("translator emitted an invalid snapshot: {error}"));
