@@ -1,5 +1,6 @@
 //! Golden tests: `testdata/NAME.in.yaml` (Kubernetes manifests) → `testdata/NAME.out.yaml`
-//! (skipped documents, status, and per Gateway the snapshot and infra).
+//! (skipped documents, status, and per Gateway the snapshot and infra). Each case is its
+//! own test, plus one that checks translation does not depend on input order.
 //!
 //! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p sluice-translate`
 //! and review the diff.
@@ -8,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use libtest_mimic::{Arguments, Failed, Trial};
 use sluice_translate::{World, translate};
 
 fn cases() -> Vec<PathBuf> {
@@ -22,60 +24,57 @@ fn cases() -> Vec<PathBuf> {
 }
 
 /// The golden rendering: readable YAML, private keys and long PEM blobs elided.
-fn render(input: &str) -> String {
+fn render(input: &str) -> Result<String, Failed> {
     let (world, skipped) = World::from_manifests(input);
     let mut output = translate(&world);
     // The feature list is the same for every class; it is checked once, in its own test.
     for class in output.status.gateway_classes.values_mut() {
         class.supported_features = vec![format!("<{} features>", class.supported_features.len())];
     }
-    for gateway in output.gateways.values_mut() {
-        sluice_snapshot::validate(&gateway.snapshot)
-            .unwrap_or_else(|error| panic!("translator emitted an invalid snapshot: {error}"));
-        for certificate in &mut gateway.snapshot.certificates {
+    for (gateway, out) in output.gateways.iter_mut() {
+        sluice_snapshot::validate(&out.snapshot)
+            .map_err(|error| format!("translator emitted an invalid snapshot for {gateway}: {error}"))?;
+        for certificate in &mut out.snapshot.certificates {
             certificate.cert_chain_pem = format!("<{} bytes of PEM>", certificate.cert_chain_pem.len());
             certificate.private_key_pem = "<redacted>".into();
         }
     }
-    let mut rendered = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
-        "skipped".into(),
-        serde_yaml::to_value(&skipped).unwrap(),
-    )]))
-    .unwrap();
+    let skipped = serde_yaml::Mapping::from_iter([("skipped".into(), serde_yaml::to_value(&skipped).unwrap())]);
+    let mut rendered = serde_yaml::to_string(&skipped).unwrap();
     rendered.push_str(&serde_yaml::to_string(&output).unwrap());
-    rendered
+    Ok(rendered)
 }
 
-#[test]
-fn golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let cases = cases();
-    assert!(cases.len() >= 60, "expected at least 60 golden cases, found {}", cases.len());
-    let mut failures = Vec::new();
-    for input_path in &cases {
-        let input = std::fs::read_to_string(input_path).unwrap();
-        let rendered = render(&input);
-        let output_path = PathBuf::from(input_path.to_string_lossy().replace(".in.yaml", ".out.yaml"));
-        if update {
-            std::fs::write(&output_path, &rendered).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&output_path).unwrap_or_default();
-        if expected != rendered {
-            failures.push(output_path.display().to_string());
-        }
+fn check_case(input_path: &Path, update: bool) -> Result<(), Failed> {
+    let input = std::fs::read_to_string(input_path).map_err(|e| format!("{}: {e}", input_path.display()))?;
+    let rendered = render(&input)?;
+    let output_path = PathBuf::from(input_path.to_string_lossy().replace(".in.yaml", ".out.yaml"));
+    if update {
+        std::fs::write(&output_path, &rendered).map_err(|e| format!("{}: {e}", output_path.display()))?;
+        return Ok(());
     }
-    assert!(
-        failures.is_empty(),
-        "golden files differ (run UPDATE_GOLDEN=1 cargo test -p sluice-translate and review the diff):\n{}",
-        failures.join("\n")
-    );
+    let expected = std::fs::read_to_string(&output_path).unwrap_or_default();
+    if expected == rendered {
+        return Ok(());
+    }
+    let first_difference = expected
+        .lines()
+        .zip(rendered.lines())
+        .enumerate()
+        .find(|(_, (want, got))| want != got)
+        .map(|(line, (want, got))| format!("line {}: expected {want:?}, got {got:?}", line + 1))
+        .unwrap_or_else(|| "the outputs differ in length".into());
+    Err(format!(
+        "{} differs ({first_difference}); run UPDATE_GOLDEN=1 cargo test -p sluice-translate and review the diff",
+        output_path.display()
+    )
+    .into())
 }
 
-#[test]
-fn translation_does_not_depend_on_input_order() {
-    for input_path in cases() {
-        let input = std::fs::read_to_string(&input_path).unwrap();
+/// Translating the same objects in reverse order must give the same output.
+fn check_order_independence(cases: &[PathBuf]) -> Result<(), Failed> {
+    for input_path in cases {
+        let input = std::fs::read_to_string(input_path).unwrap();
         let (world, _) = World::from_manifests(&input);
         let mut reversed = world.clone();
         reversed.gateway_classes.reverse();
@@ -88,6 +87,29 @@ fn translation_does_not_depend_on_input_order() {
         reversed.secrets.reverse();
         reversed.namespaces.reverse();
         reversed.proxy_configs.reverse();
-        assert_eq!(translate(&world), translate(&reversed), "{}", input_path.display());
+        if translate(&world) != translate(&reversed) {
+            return Err(format!("{}: output depends on input order", input_path.display()).into());
+        }
     }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let cases = cases();
+    let mut trials: Vec<Trial> = cases
+        .iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().trim_end_matches(".in.yaml").to_string();
+            let path = path.clone();
+            Trial::test(format!("golden::{name}"), move || check_case(&path, update))
+        })
+        .collect();
+    let count = cases.len();
+    trials.push(Trial::test("golden::at_least_60_cases", move || {
+        if count >= 60 { Ok(()) } else { Err(format!("expected at least 60 golden cases, found {count}").into()) }
+    }));
+    trials.push(Trial::test("golden::order_independence", move || check_order_independence(&cases)));
+    libtest_mimic::run(&args, trials).exit();
 }
