@@ -1,30 +1,61 @@
-//! `sluice-dataplane`: executes Sluice config snapshots.
+//! `sluice-dataplane`: serves one Gateway's config snapshot with Pingora.
 //!
-//! The proxy itself (Pingora listeners, routing, filters, live swaps) is being built;
-//! today the binary checks a snapshot file the way the proxy will before applying it.
+//! ```text
+//!  --snapshot FILE ──(poll, 250 ms)──► parse → validate → compile ──ArcSwap──► proxy
+//!                                         │ on error: keep serving the last good tables
+//!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
+//! ```
 
-use std::path::PathBuf;
+mod path;
+mod proxy;
+mod routes;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 use clap::Parser;
-use sluice_snapshot::Snapshot;
+use pingora_core::server::Server;
+use sluice_snapshot::{Protocol, Snapshot};
+
+use crate::proxy::{SluiceProxy, Tables};
+use crate::routes::compile;
 
 #[derive(Parser)]
 #[command(name = "sluice-dataplane", version, about = "The Sluice data plane")]
 struct Cli {
-    /// Snapshot file (proto3 JSON or YAML) to load.
+    /// Snapshot file (proto3 JSON or YAML); reloaded when it changes.
     #[arg(long)]
     snapshot: PathBuf,
-    /// Validate the snapshot, print a summary and exit.
+    /// Validate and compile the snapshot, print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Admin endpoint (`/ready`, `/config`), e.g. 127.0.0.1:9901.
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+fn load(path: &Path) -> Result<(Snapshot, routes::Compiled)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let snapshot = Snapshot::from_text(&text)?;
+    let compiled = compile(&snapshot)?;
+    Ok((snapshot, compiled))
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let text = std::fs::read_to_string(&cli.snapshot).with_context(|| format!("reading {}", cli.snapshot.display()))?;
-    let snapshot = Snapshot::from_text(&text)?;
-    sluice_snapshot::validate(&snapshot)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let (snapshot, compiled) = load(&cli.snapshot)?;
     let routes: usize = snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len()).sum();
     println!(
         "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
@@ -33,8 +64,98 @@ fn main() -> Result<()> {
         snapshot.clusters.len(),
         snapshot.certificates.len()
     );
-    if !cli.check {
-        bail!("serving is not implemented yet; use --check");
+    if cli.check {
+        return Ok(());
     }
+    let mut http_ports: Vec<u16> = snapshot
+        .listeners
+        .iter()
+        .filter(|l| l.protocol() == Protocol::Http)
+        .filter_map(|l| u16::try_from(l.port).ok())
+        .collect();
+    http_ports.sort_unstable();
+    http_ports.dedup();
+    if http_ports.is_empty() {
+        bail!("the snapshot has no HTTP listener to serve");
+    }
+    let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
+    spawn_file_watcher(cli.snapshot.clone(), tables.clone());
+    if let Some(admin) = &cli.admin {
+        // Ready once a snapshot is applied (it is, by now) and the listeners accept.
+        let probe_host =
+            if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
+        let probe = format!("{probe_host}:{}", http_ports[0]);
+        spawn_admin(admin, tables.clone(), probe)?;
+    }
+
+    let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
+    server.bootstrap();
+    let proxy = SluiceProxy { tables, tls_ports: Vec::new() };
+    let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+    for port in &http_ports {
+        service.add_tcp(&format!("{}:{port}", cli.bind));
+    }
+    server.add_service(service);
+    tracing::info!(ports = ?http_ports, "serving");
+    server.run_forever()
+}
+
+/// Reloads the snapshot file when its modification time or size changes. A snapshot that
+/// does not parse, validate or compile is logged and the last good one keeps serving.
+fn spawn_file_watcher(path: PathBuf, tables: Tables) {
+    std::thread::spawn(move || {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = stamp(&path);
+            if now == last || now.is_none() {
+                continue;
+            }
+            last = now;
+            match load(&path) {
+                Ok((snapshot, compiled)) => {
+                    tables.store(Arc::new(compiled));
+                    tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
+                }
+                Err(error) => tracing::warn!("keeping the last good snapshot: {error:#}"),
+            }
+        }
+    });
+}
+
+/// A tiny admin endpoint: `/ready` and `/config`.
+fn spawn_admin(address: &str, tables: Tables, probe: String) -> Result<()> {
+    let ready = AtomicBool::new(false);
+    let listener = TcpListener::bind(address).with_context(|| format!("binding admin address {address}"))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buffer = [0u8; 1024];
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buffer[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            if path == "/ready" && !ready.load(Ordering::Relaxed) && std::net::TcpStream::connect(&probe).is_ok() {
+                ready.store(true, Ordering::Relaxed);
+            }
+            let (status, body) = match path {
+                "/ready" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
+                "/ready" => ("503 Service Unavailable", "listeners are not accepting yet\n".to_string()),
+                "/config" => {
+                    let current = tables.load();
+                    ("200 OK", format!("gateway={} generation={}\n", current.gateway, current.generation))
+                }
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
     Ok(())
 }

@@ -1,0 +1,128 @@
+//! Request path normalization. The proxy routes on the normalized path and forwards the
+//! same normalized path, so that no `..`, `//` or encoded variant can reach a backend
+//! path that routing did not see.
+
+use std::borrow::Cow;
+
+/// Normalizes an origin-form path (without query): decodes percent-encoded unreserved
+/// characters (RFC 3986 §2.3; `%2F` stays encoded, it is not a separator), merges repeated
+/// slashes and removes `.` and `..` segments (§5.2.4). Always returns a path starting with `/`.
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    if is_normal(path) {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut segments: Vec<&str> = Vec::new();
+    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || (trailing_slash && !out.ends_with('/')) {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Fast path: already normal (the common case costs one scan, no allocation).
+fn is_normal(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    let mut previous = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' => return false,
+            b'/' if previous == b'/' => return false,
+            b'.' if previous == b'/' => {
+                let next = bytes.get(i + 1).copied();
+                if next.is_none() || next == Some(b'/') || next == Some(b'.') {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        previous = b;
+    }
+    true
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(value) = hex_pair(bytes[i + 1], bytes[i + 2])
+        {
+            let c = char::from(value);
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
+                out.push(c);
+            } else {
+                // Keep the escape, with upper-case hex so equal paths compare equal.
+                out.push('%');
+                out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                out.push(bytes[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+fn hex_pair(high: u8, low: u8) -> Option<u8> {
+    let h = (high as char).to_digit(16)?;
+    let l = (low as char).to_digit(16)?;
+    u8::try_from(h * 16 + l).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn normalizes_like_rfc3986() {
+        for (input, expected) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E/b", "/a/b"),
+            ("/%61dmin", "/admin"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("", "/"),
+            ("/100%", "/100%"),
+        ] {
+            assert_eq!(normalize(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        assert!(matches!(normalize("/api/v1/items"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(normalize("/a/.hidden"), std::borrow::Cow::Borrowed(_)));
+    }
+}

@@ -1,0 +1,371 @@
+//! The HTTP proxy: Pingora `ProxyHttp` phases over the compiled tables.
+//!
+//! ```text
+//!  request_filter:  load tables once (ArcSwap) → port → listener by Host → route
+//!                   → redirect / direct response / invalid share (500) / no endpoint (503)
+//!                   → else remember the chosen endpoint
+//!  upstream_peer:   the chosen endpoint (h2c by appProtocol), timeouts
+//!  upstream_request_filter: rule + backend request filters, URL rewrite, X-Forwarded-*
+//!  response_filter: response header filters
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::protocols::ALPN;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+use sluice_snapshot::{AppProtocol, HeaderModifier, HttpFilter, RequestRedirect, http_filter, path_modifier};
+
+use crate::path::normalize;
+use crate::routes::{Compiled, RequestView, Route, Target, terminal_filter};
+
+/// Shared, atomically swapped routing tables.
+pub type Tables = Arc<ArcSwap<Compiled>>;
+
+/// The Sluice HTTP proxy.
+pub struct SluiceProxy {
+    pub tables: Tables,
+    /// Listener ports served with TLS (for X-Forwarded-Proto and redirects).
+    pub tls_ports: Vec<u16>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestContext {
+    route: Option<Arc<Route>>,
+    backend_filters: Vec<HttpFilter>,
+    endpoint: Option<(SocketAddr, AppProtocol)>,
+    matched_path: String,
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestContext::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if ambiguous_framing(&session.req_header().headers) || stripped_content_length(session) {
+            // Request smuggling shapes: answer 400 and close, never forward.
+            session.set_keepalive(None);
+            return respond(session, 400, None).await;
+        }
+        let tables = self.tables.load();
+        let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
+        let Some(port_table) = tables.ports.get(&port) else {
+            return respond(session, 404, None).await;
+        };
+        let header = session.req_header();
+        let host = request_host(header);
+        let raw_path = header.uri.path();
+        let path = normalize(raw_path);
+        let query = header.uri.query();
+        if path != raw_path {
+            // Forward exactly what was routed.
+            let normalized = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let uri =
+                normalized.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "path", e))?;
+            let path_owned = path.to_string();
+            session.req_header_mut().set_uri(uri);
+            ctx.matched_path = path_owned;
+        } else {
+            ctx.matched_path = path.to_string();
+        }
+        let header = session.req_header();
+        let Some(listener) = port_table.listener(&host) else {
+            return respond(session, 404, None).await;
+        };
+        let view = RequestView {
+            host: &host,
+            path: &ctx.matched_path,
+            query: header.uri.query(),
+            method: &header.method,
+            headers: &header.headers,
+        };
+        let Some(route) = listener.find(&view).cloned() else {
+            tracing::debug!(listener = listener.name, host, path = ctx.matched_path, "no route matches");
+            return respond(session, 404, None).await;
+        };
+        tracing::debug!(route = route.name, "matched");
+        if let Some(kind) = terminal_filter(&route.filters) {
+            match kind {
+                http_filter::Kind::RequestRedirect(redirect) => {
+                    let tls = self.tls_ports.contains(&port);
+                    let location =
+                        redirect_location(redirect, &route, tls, &host, port, &ctx.matched_path, header.uri.query());
+                    let status = u16::try_from(redirect.status_code).unwrap_or(302);
+                    return respond(session, status, Some(location)).await;
+                }
+                http_filter::Kind::DirectResponse(direct) => {
+                    return respond(session, u16::try_from(direct.status).unwrap_or(500), None).await;
+                }
+                _ => {}
+            }
+        }
+        let Some((target, filters)) = route.backends.pick() else {
+            // No backend, or every weight is zero.
+            return respond(session, 500, None).await;
+        };
+        match target {
+            Target::Status(status) => respond(session, *status, None).await,
+            Target::Cluster(cluster) => match cluster.pick() {
+                None => {
+                    tracing::debug!(cluster = cluster.name, "no endpoint");
+                    respond(session, 503, None).await
+                }
+                Some(endpoint) => {
+                    ctx.endpoint = Some((endpoint, cluster.app_protocol));
+                    ctx.backend_filters = filters.to_vec();
+                    ctx.route = Some(route);
+                    Ok(false)
+                }
+            },
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let Some((endpoint, app_protocol)) = ctx.endpoint else {
+            return Err(Error::explain(ErrorType::InternalError, "no endpoint chosen"));
+        };
+        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        if app_protocol == AppProtocol::H2c {
+            peer.options.alpn = ALPN::H2;
+        }
+        if let Some(route) = &ctx.route {
+            if route.backend_timeout_ms > 0 {
+                let timeout = Duration::from_millis(route.backend_timeout_ms);
+                peer.options.total_connection_timeout = Some(timeout);
+                peer.options.read_timeout = Some(timeout);
+            } else if route.request_timeout_ms > 0 {
+                peer.options.read_timeout = Some(Duration::from_millis(route.request_timeout_ms));
+            }
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        for filter in route.filters.iter().chain(ctx.backend_filters.iter()) {
+            match &filter.kind {
+                Some(http_filter::Kind::RequestHeaderModifier(modifier)) => modify_request(upstream_request, modifier)?,
+                Some(http_filter::Kind::UrlRewrite(rewrite)) => {
+                    if !rewrite.hostname.is_empty() {
+                        upstream_request.insert_header(http::header::HOST, rewrite.hostname.as_str())?;
+                    }
+                    if let Some(path) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
+                        let new_path = rewrite_path(path, route.path_prefix.as_deref(), &ctx.matched_path);
+                        let uri = match upstream_request.uri.query() {
+                            Some(q) => format!("{new_path}?{q}"),
+                            None => new_path,
+                        };
+                        let uri = uri
+                            .parse::<http::Uri>()
+                            .map_err(|e| Error::because(ErrorType::InternalError, "rewrite", e))?;
+                        upstream_request.set_uri(uri);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        if let Some(client) = client {
+            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(existing) => format!("{existing}, {client}"),
+                None => client,
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
+        let proto = if self.tls_ports.contains(&port) { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else { return Ok(()) };
+        for filter in route.filters.iter().chain(ctx.backend_filters.iter()) {
+            if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
+                for header in &modifier.set {
+                    upstream_response.insert_header(header.name.clone(), header.value.as_str())?;
+                }
+                for header in &modifier.add {
+                    upstream_response.append_header(header.name.clone(), header.value.as_str())?;
+                }
+                for name in &modifier.remove {
+                    upstream_response.remove_header(name.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn modify_request(request: &mut RequestHeader, modifier: &HeaderModifier) -> Result<()> {
+    for header in &modifier.set {
+        request.insert_header(header.name.clone(), header.value.as_str())?;
+    }
+    for header in &modifier.add {
+        request.append_header(header.name.clone(), header.value.as_str())?;
+    }
+    for name in &modifier.remove {
+        request.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
+/// Whether the request's body framing is ambiguous: Content-Length together with
+/// Transfer-Encoding, or Content-Length values that disagree or do not parse.
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().peekable();
+    if lengths.peek().is_none() {
+        return false;
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    let mut seen: Option<u64> = None;
+    for value in lengths {
+        let Ok(text) = value.to_str() else { return true };
+        for part in text.split(',') {
+            let Ok(length) = part.trim().parse::<u64>() else { return true };
+            if seen.is_some_and(|s| s != length) {
+                return true;
+            }
+            seen = Some(length);
+        }
+    }
+    false
+}
+
+/// Pingora drops Content-Length when Transfer-Encoding is present (RFC 9112 §6.3) and turns
+/// keep-alive off. On an HTTP/1.1 request that did not ask to close, keep-alive being off
+/// with Transfer-Encoding present therefore means both headers came in: refuse it. (With
+/// `Connection: close` the two cases look alike; Transfer-Encoding then wins and the
+/// connection closes, which is also safe.)
+fn stripped_content_length(session: &Session) -> bool {
+    let header = session.req_header();
+    if header.version != http::Version::HTTP_11 || !header.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let asked_close = header
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    !asked_close && session.as_downstream().get_keepalive().is_none()
+}
+
+/// The request's host: the Host header (or the URI authority), lower-cased, without port.
+fn request_host(header: &RequestHeader) -> String {
+    let raw = header
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| header.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let without_port = if raw.starts_with('[') {
+        raw.split_once(']').map_or(raw, |(v6, _)| v6.trim_start_matches('['))
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(host, _)| host)
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Applies a path modifier to `path` (the normalized request path).
+fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&str>, path: &str) -> String {
+    match kind {
+        path_modifier::Kind::ReplaceFullPath(full) => full.clone(),
+        path_modifier::Kind::ReplacePrefixMatch(replacement) => {
+            let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
+            let rest = path.get(prefix.len()..).unwrap_or_default();
+            let base = replacement.trim_end_matches('/');
+            let joined = format!("{base}{rest}");
+            if joined.is_empty() { "/".to_string() } else { joined }
+        }
+    }
+}
+
+/// The Location of a RequestRedirect, as Gateway API defines it.
+fn redirect_location(
+    redirect: &RequestRedirect,
+    route: &Route,
+    listener_tls: bool,
+    host: &str,
+    listener_port: u16,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let scheme =
+        if redirect.scheme.is_empty() { if listener_tls { "https" } else { "http" } } else { redirect.scheme.as_str() };
+    let port = if redirect.port != 0 {
+        u16::try_from(redirect.port).unwrap_or(listener_port)
+    } else if !redirect.scheme.is_empty() {
+        if scheme == "https" { 443 } else { 80 }
+    } else {
+        listener_port
+    };
+    let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+    let hostname = if redirect.hostname.is_empty() { host } else { redirect.hostname.as_str() };
+    let new_path = match redirect.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(kind) => rewrite_path(kind, route.path_prefix.as_deref(), path),
+        None => path.to_string(),
+    };
+    let authority = if default_port { hostname.to_string() } else { format!("{hostname}:{port}") };
+    match query {
+        Some(q) => format!("{scheme}://{authority}{new_path}?{q}"),
+        None => format!("{scheme}://{authority}{new_path}"),
+    }
+}
+
+/// Answers the request directly: an empty body, `Location` when redirecting.
+async fn respond(session: &mut Session, status: u16, location: Option<String>) -> Result<bool> {
+    let mut response = ResponseHeader::build(status, Some(2))?;
+    if let Some(location) = location {
+        response.insert_header(http::header::LOCATION, location)?;
+    }
+    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(response), false).await?;
+    session.write_response_body(Some(Bytes::new()), true).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites() {
+        let replace = |replacement: &str, prefix: &str, path: &str| {
+            rewrite_path(&path_modifier::Kind::ReplacePrefixMatch(replacement.into()), Some(prefix), path)
+        };
+        assert_eq!(replace("/bar", "/foo", "/foo/baz"), "/bar/baz");
+        assert_eq!(replace("/bar", "/foo", "/foo"), "/bar");
+        assert_eq!(replace("/", "/foo", "/foo/baz"), "/baz");
+        assert_eq!(replace("/", "/foo", "/foo"), "/");
+        assert_eq!(replace("/bar/", "/foo/", "/foo/baz"), "/bar/baz");
+        assert_eq!(replace("/new", "/", "/x/y"), "/new/x/y");
+    }
+}

@@ -1,0 +1,462 @@
+//! Compiled routing tables: a snapshot turned into what the request path needs, built off
+//! the request path and swapped in whole.
+//!
+//! ```text
+//!  Snapshot ──compile──► Compiled { ports: port → PortTable }
+//!                           PortTable: listener chosen by Host (exact > longest wildcard > any)
+//!                           ListenerTable: candidate routes by Host, in precedence order
+//!                           Route: match (path, headers, query, method) + action
+//! ```
+//!
+//! Listeners are isolated: a request is routed by the most specific listener whose
+//! hostname matches, never by another. Within a listener, routes whose hostname matches
+//! the request more specifically come first (exact, then longer wildcards, then routes
+//! for any host); within those, the snapshot's order, which is the spec's precedence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use regex::Regex;
+use sluice_snapshot::{
+    AppProtocol, Cluster, HttpFilter, HttpRoute, PathMatchType, Protocol, Snapshot, ValueMatchType, http_filter,
+    weighted_backend,
+};
+
+/// Everything the proxy needs for one snapshot.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    pub gateway: String,
+    pub generation: u64,
+    pub ports: HashMap<u16, PortTable>,
+}
+
+/// The listeners sharing one port.
+#[derive(Debug, Default)]
+pub struct PortTable {
+    pub protocol: Option<Protocol>,
+    by_exact: HashMap<String, usize>,
+    by_wildcard: HashMap<String, usize>,
+    any: Option<usize>,
+    pub listeners: Vec<ListenerTable>,
+}
+
+/// One listener: its routes, grouped by the hosts they serve.
+#[derive(Debug, Default)]
+pub struct ListenerTable {
+    pub name: String,
+    routes: Vec<Arc<Route>>,
+    /// Candidate route indexes for an exact host, in evaluation order.
+    by_exact: HashMap<String, Arc<[usize]>>,
+    /// Candidate route indexes for hosts under a wildcard suffix (`.example.com`).
+    by_wildcard: HashMap<String, Arc<[usize]>>,
+    /// Routes that serve any host.
+    any: Arc<[usize]>,
+}
+
+/// One snapshot route, ready to match.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    path: PathMatcher,
+    headers: Vec<(http::HeaderName, ValueMatcher)>,
+    query_params: Vec<(String, ValueMatcher)>,
+    method: Option<http::Method>,
+    pub path_prefix: Option<String>,
+    pub filters: Vec<HttpFilter>,
+    pub backends: Backends,
+    pub request_timeout_ms: u64,
+    pub backend_timeout_ms: u64,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(String),
+    /// Prefix without its trailing slash ("" for "/").
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// Where a route's traffic goes: weighted targets.
+#[derive(Debug, Default)]
+pub struct Backends {
+    /// (weight, target, the backendRef's own filters)
+    targets: Vec<(u32, Target, Vec<HttpFilter>)>,
+    total_weight: u64,
+    counter: AtomicUsize,
+}
+
+/// One weighted backend of a route.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Cluster(Arc<ClusterTable>),
+    /// An invalid backendRef: its share of traffic gets this status.
+    Status(u16),
+}
+
+/// A backend cluster's endpoints, balanced round robin.
+#[derive(Debug)]
+pub struct ClusterTable {
+    pub name: String,
+    pub app_protocol: AppProtocol,
+    pub endpoints: Vec<std::net::SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl ClusterTable {
+    /// The next endpoint in round-robin order, or `None` when there is none (503).
+    pub fn pick(&self) -> Option<std::net::SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.get(n % self.endpoints.len()).copied()
+    }
+}
+
+/// Why a snapshot could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Invalid(#[from] sluice_snapshot::ValidationError),
+    #[error("{route}: {problem}")]
+    Route { route: String, problem: String },
+}
+
+impl Backends {
+    /// Picks a target by smooth weighted rotation over the integer weights: deterministic,
+    /// spreads each weight evenly, and needs only one atomic counter.
+    pub fn pick(&self) -> Option<(&Target, &[HttpFilter])> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) as u64;
+        // Stride through the weight space with a step coprime to it, so consecutive
+        // requests land on different targets instead of exhausting one weight first.
+        let slot = n.wrapping_mul(stride(self.total_weight)) % self.total_weight;
+        let mut acc = 0u64;
+        for (weight, target, filters) in &self.targets {
+            acc += u64::from(*weight);
+            if slot < acc {
+                return Some((target, filters));
+            }
+        }
+        None
+    }
+}
+
+/// A step coprime with `n`, close to n·φ, so `k·step mod n` visits every slot spread out.
+fn stride(n: u64) -> u64 {
+    if n <= 2 {
+        return 1;
+    }
+    let mut step = ((n as f64) * 0.618_033_988_75) as u64;
+    step = step.max(1);
+    while gcd(step, n) != 1 {
+        step += 1;
+    }
+    step
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Builds the routing tables for `snapshot` (validated first).
+pub fn compile(snapshot: &Snapshot) -> Result<Compiled, CompileError> {
+    sluice_snapshot::validate(snapshot)?;
+    let clusters: HashMap<&str, Arc<ClusterTable>> =
+        snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c)))).collect();
+    let mut ports: HashMap<u16, PortTable> = HashMap::new();
+    for listener in &snapshot.listeners {
+        let Ok(port) = u16::try_from(listener.port) else { continue };
+        let table = ports.entry(port).or_default();
+        table.protocol = Some(listener.protocol());
+        let mut routes = Vec::new();
+        for route in &listener.http_routes {
+            routes.push(Arc::new(compile_route(route, &clusters)?));
+        }
+        let listener_table = listener_table(listener.name.clone(), routes, &listener.http_routes);
+        let index = table.listeners.len();
+        table.listeners.push(listener_table);
+        match listener.hostname.strip_prefix('*') {
+            _ if listener.hostname.is_empty() => table.any = Some(index),
+            Some(suffix) => {
+                table.by_wildcard.insert(suffix.to_string(), index);
+            }
+            None => {
+                table.by_exact.insert(listener.hostname.clone(), index);
+            }
+        }
+    }
+    let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
+    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports })
+}
+
+fn cluster_table(cluster: &Cluster) -> ClusterTable {
+    let endpoints = cluster
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let ip: std::net::IpAddr = e.address.parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, u16::try_from(e.port).ok()?))
+        })
+        .collect();
+    ClusterTable {
+        name: cluster.name.clone(),
+        app_protocol: cluster.app_protocol(),
+        endpoints,
+        next: AtomicUsize::new(0),
+    }
+}
+
+fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>) -> Result<Route, CompileError> {
+    let problem = |problem: String| CompileError::Route { route: route.name.clone(), problem };
+    let http_match = route.r#match.clone().unwrap_or_default();
+    let (path, path_prefix) = match &http_match.path {
+        None => (PathMatcher::Prefix(String::new()), Some("/".to_string())),
+        Some(p) => match p.r#type() {
+            PathMatchType::Exact => (PathMatcher::Exact(p.value.clone()), None),
+            PathMatchType::Prefix | PathMatchType::Unspecified => {
+                (PathMatcher::Prefix(p.value.trim_end_matches('/').to_string()), Some(p.value.clone()))
+            }
+            PathMatchType::RegularExpression => (PathMatcher::Regex(full_regex(&p.value).map_err(problem)?), None),
+        },
+    };
+    let value_matcher = |kind: ValueMatchType, value: &str| -> Result<ValueMatcher, CompileError> {
+        Ok(match kind {
+            ValueMatchType::RegularExpression => ValueMatcher::Regex(full_regex(value).map_err(problem)?),
+            _ => ValueMatcher::Exact(value.to_string()),
+        })
+    };
+    let mut headers = Vec::new();
+    for header in &http_match.headers {
+        let name = http::HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|e| problem(format!("header name {:?}: {e}", header.name)))?;
+        headers.push((name, value_matcher(header.r#type(), &header.value)?));
+    }
+    let mut query_params = Vec::new();
+    for param in &http_match.query_params {
+        query_params.push((param.name.clone(), value_matcher(param.r#type(), &param.value)?));
+    }
+    let method = if http_match.method.is_empty() {
+        None
+    } else {
+        Some(http::Method::from_bytes(http_match.method.as_bytes()).map_err(|e| problem(e.to_string()))?)
+    };
+    let mut targets = Vec::new();
+    for backend in &route.backends {
+        let target = match &backend.target {
+            Some(weighted_backend::Target::Cluster(name)) => match clusters.get(name.as_str()) {
+                Some(cluster) => Target::Cluster(cluster.clone()),
+                None => return Err(problem(format!("unknown cluster {name}"))),
+            },
+            Some(weighted_backend::Target::Invalid(response)) => {
+                Target::Status(u16::try_from(response.status).unwrap_or(500))
+            }
+            None => Target::Status(500),
+        };
+        targets.push((backend.weight, target, backend.filters.clone()));
+    }
+    let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
+    let timeouts = route.timeouts.unwrap_or_default();
+    Ok(Route {
+        name: route.name.clone(),
+        path,
+        headers,
+        query_params,
+        method,
+        path_prefix,
+        filters: route.filters.clone(),
+        backends: Backends { targets, total_weight, counter: AtomicUsize::new(0) },
+        request_timeout_ms: timeouts.request_ms,
+        backend_timeout_ms: timeouts.backend_request_ms,
+    })
+}
+
+/// Gateway API regular expressions match the whole value.
+fn full_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("regex {pattern:?}: {e}"))
+}
+
+fn listener_table(name: String, routes: Vec<Arc<Route>>, source: &[HttpRoute]) -> ListenerTable {
+    let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut any = Vec::new();
+    for (i, route) in source.iter().enumerate() {
+        if route.hostnames.is_empty() {
+            any.push(i);
+        }
+        for host in &route.hostnames {
+            match host.strip_prefix('*') {
+                Some(suffix) => wildcard.entry(suffix.to_string()).or_default().push(i),
+                None => exact.entry(host.clone()).or_default().push(i),
+            }
+        }
+    }
+    // Candidates for a host under a wildcard: that wildcard's routes, then those of every
+    // shorter wildcard covering it, then routes for any host.
+    let wildcard_chain = |suffix: &str| -> Vec<usize> {
+        let mut covering: Vec<&String> = wildcard.keys().filter(|other| suffix.ends_with(other.as_str())).collect();
+        covering.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut chain: Vec<usize> = covering.into_iter().flat_map(|s| wildcard[s].iter().copied()).collect();
+        chain.extend(&any);
+        chain
+    };
+    let by_wildcard: HashMap<String, Arc<[usize]>> =
+        wildcard.keys().map(|suffix| (suffix.clone(), wildcard_chain(suffix).into())).collect();
+    let by_exact: HashMap<String, Arc<[usize]>> = exact
+        .iter()
+        .map(|(host, own)| {
+            let mut chain = own.clone();
+            match longest_wildcard_suffix(host, |suffix| wildcard.contains_key(suffix)) {
+                Some(suffix) => chain.extend(wildcard_chain(suffix)),
+                None => chain.extend(&any),
+            }
+            (host.clone(), chain.into())
+        })
+        .collect();
+    ListenerTable { name, routes, by_exact, by_wildcard, any: any.into() }
+}
+
+/// The longest `.suffix` of `host` (at least one label removed) accepted by `known`.
+fn longest_wildcard_suffix(host: &str, known: impl Fn(&str) -> bool) -> Option<&str> {
+    let mut rest = host;
+    while let Some(dot) = rest.find('.') {
+        let suffix = &rest[dot..];
+        if known(suffix) {
+            return Some(suffix);
+        }
+        rest = &rest[dot + 1..];
+    }
+    None
+}
+
+impl PortTable {
+    /// The listener that owns `host` on this port: exact hostname, else the longest
+    /// matching wildcard, else the listener without hostname.
+    pub fn listener(&self, host: &str) -> Option<&ListenerTable> {
+        let index = self
+            .by_exact
+            .get(host)
+            .or_else(|| {
+                longest_wildcard_suffix(host, |s| self.by_wildcard.contains_key(s))
+                    .and_then(|s| self.by_wildcard.get(s))
+            })
+            .copied()
+            .or(self.any)?;
+        self.listeners.get(index)
+    }
+}
+
+/// What a request looks like to the matcher.
+pub struct RequestView<'a> {
+    pub host: &'a str,
+    /// Normalized path, without query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a http::Method,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl ListenerTable {
+    /// The first route matching the request, in precedence order.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<&Arc<Route>> {
+        let candidates = self
+            .by_exact
+            .get(request.host)
+            .or_else(|| {
+                longest_wildcard_suffix(request.host, |s| self.by_wildcard.contains_key(s))
+                    .and_then(|s| self.by_wildcard.get(s))
+            })
+            .unwrap_or(&self.any);
+        candidates.iter().filter_map(|&i| self.routes.get(i)).find(|route| route.matches(request))
+    }
+}
+
+impl Route {
+    fn matches(&self, request: &RequestView<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatcher::Exact(value) => request.path == value,
+            PathMatcher::Prefix(prefix) => {
+                request.path.starts_with(prefix.as_str())
+                    && (request.path.len() == prefix.len() || request.path.as_bytes().get(prefix.len()) == Some(&b'/'))
+            }
+            PathMatcher::Regex(regex) => regex.is_match(request.path),
+        };
+        if !path_ok {
+            return false;
+        }
+        if self.method.as_ref().is_some_and(|m| m != request.method) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|(name, matcher)| {
+            request.headers.get_all(name).iter().any(|value| value.to_str().is_ok_and(|v| matcher.matches(v)))
+        });
+        headers_ok
+            && self.query_params.iter().all(|(name, matcher)| {
+                first_query_value(request.query, name).is_some_and(|value| matcher.matches(&value))
+            })
+    }
+}
+
+impl ValueMatcher {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatcher::Exact(expected) => value == expected,
+            ValueMatcher::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+/// The first value of query parameter `name` (exact, case-sensitive name), decoded.
+fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key) == name).then(|| percent_decode(value))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) in a query component.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// Whether a route's filters end the request without a backend.
+pub fn terminal_filter(filters: &[HttpFilter]) -> Option<&http_filter::Kind> {
+    filters
+        .iter()
+        .filter_map(|f| f.kind.as_ref())
+        .find(|kind| matches!(kind, http_filter::Kind::RequestRedirect(_) | http_filter::Kind::DirectResponse(_)))
+}

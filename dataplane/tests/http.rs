@@ -1,0 +1,339 @@
+//! Loopback integration tests of the HTTP data plane: real sockets, real backends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sluice_snapshot::{
+    Cluster, DirectResponse, Endpoint, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, Listener, PathMatch,
+    PathMatchType, PathModifier, Protocol, RequestRedirect, Snapshot, UrlRewrite, ValueMatch, ValueMatchType,
+    WeightedBackend, http_filter, path_modifier, weighted_backend,
+};
+use support::{DataPlane, Echo, free_port, get, raw, request};
+
+fn cluster(name: &str, ports: &[u16]) -> Cluster {
+    Cluster {
+        name: name.into(),
+        app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
+        endpoints: ports
+            .iter()
+            .map(|p| Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
+            .collect(),
+    }
+}
+
+fn to(cluster: &str, weight: u32) -> WeightedBackend {
+    WeightedBackend {
+        name: cluster.into(),
+        weight,
+        target: Some(weighted_backend::Target::Cluster(cluster.into())),
+        filters: vec![],
+    }
+}
+
+fn path(kind: PathMatchType, value: &str) -> HttpMatch {
+    HttpMatch { path: Some(PathMatch { r#type: kind as i32, value: value.into() }), ..Default::default() }
+}
+
+fn route(name: &str, hosts: &[&str], m: HttpMatch, backends: Vec<WeightedBackend>) -> HttpRoute {
+    HttpRoute {
+        name: name.into(),
+        hostnames: hosts.iter().map(|h| (*h).into()).collect(),
+        r#match: Some(m),
+        backends,
+        ..Default::default()
+    }
+}
+
+fn filter(kind: http_filter::Kind) -> HttpFilter {
+    HttpFilter { kind: Some(kind) }
+}
+
+fn snapshot(port: u16, routes: Vec<HttpRoute>, clusters: Vec<Cluster>) -> Snapshot {
+    Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![Listener {
+            name: "gateway/test/gw/listener/http".into(),
+            port: u32::from(port),
+            protocol: Protocol::Http as i32,
+            http_routes: routes,
+            ..Default::default()
+        }],
+        clusters,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn matches_hosts_paths_headers_queries_and_methods() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let header_match = HttpMatch {
+        headers: vec![ValueMatch {
+            r#type: ValueMatchType::Exact as i32,
+            name: "x-env".into(),
+            value: "canary".into(),
+        }],
+        ..path(PathMatchType::Prefix, "/")
+    };
+    let query_match = HttpMatch {
+        query_params: vec![ValueMatch {
+            r#type: ValueMatchType::RegularExpression as i32,
+            name: "v".into(),
+            value: "[0-9]+".into(),
+        }],
+        ..path(PathMatchType::Prefix, "/q")
+    };
+    let method_match = HttpMatch { method: "POST".into(), ..path(PathMatchType::Prefix, "/m") };
+    let plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            route("exact", &["app.example.com"], path(PathMatchType::Exact, "/exact"), vec![to("b", 1)]),
+            route(
+                "regex",
+                &["app.example.com"],
+                path(PathMatchType::RegularExpression, "/v[0-9]+/items"),
+                vec![to("b", 1)],
+            ),
+            route("prefix", &["app.example.com"], path(PathMatchType::Prefix, "/api/"), vec![to("b", 1)]),
+            route("header", &["app.example.com"], header_match, vec![to("b", 1)]),
+            route("query", &["app.example.com"], query_match, vec![to("b", 1)]),
+            route("method", &["app.example.com"], method_match, vec![to("b", 1)]),
+            route("wild", &["*.wild.example.com"], path(PathMatchType::Prefix, "/"), vec![to("b", 1)]),
+            route("any", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)]),
+        ],
+        vec![cluster("a", &[a.port]), cluster("b", &[b.port])],
+    ));
+    let backend = |host: &str, p: &str, extra: &[&str]| get(port, host, p, extra).echo("backend").map(String::from);
+    assert_eq!(backend("app.example.com", "/exact", &[]).as_deref(), Some("b"));
+    assert_eq!(
+        backend("app.example.com", "/exact/more", &[]).as_deref(),
+        Some("a"),
+        "exact does not match longer paths"
+    );
+    assert_eq!(backend("app.example.com", "/v2/items", &[]).as_deref(), Some("b"));
+    assert_eq!(backend("app.example.com", "/v2/items/x", &[]).as_deref(), Some("a"), "regex matches the whole path");
+    assert_eq!(backend("app.example.com", "/api", &[]).as_deref(), Some("b"), "prefix /api/ matches /api");
+    assert_eq!(backend("app.example.com", "/api/x", &[]).as_deref(), Some("b"));
+    assert_eq!(backend("app.example.com", "/apix", &[]).as_deref(), Some("a"), "prefixes match whole segments");
+    assert_eq!(backend("app.example.com", "/", &["X-Env: canary"]).as_deref(), Some("b"));
+    assert_eq!(backend("app.example.com", "/q?v=12", &[]).as_deref(), Some("b"));
+    assert_eq!(backend("app.example.com", "/q?v=x", &[]).as_deref(), Some("a"));
+    assert_eq!(
+        backend("APP.example.com:80", "/exact", &[]).as_deref(),
+        Some("b"),
+        "host is case-insensitive, port ignored"
+    );
+    assert_eq!(backend("a.b.wild.example.com", "/", &[]).as_deref(), Some("b"));
+    assert_eq!(backend("other.example.org", "/", &[]).as_deref(), Some("a"));
+    assert_eq!(request(port, "POST", "app.example.com", "/m", &["content-length: 0"]).echo("backend"), Some("b"));
+    assert_eq!(request(port, "GET", "app.example.com", "/m", &[]).echo("backend"), Some("a"));
+    drop(plane);
+}
+
+#[test]
+fn unmatched_requests_get_404_and_broken_backends_500_or_503() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let invalid = WeightedBackend {
+        name: "service/ns/missing/port/80".into(),
+        weight: 1,
+        target: Some(weighted_backend::Target::Invalid(DirectResponse { status: 500, body: String::new() })),
+        filters: vec![],
+    };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            route("ok", &["app.example.com"], path(PathMatchType::Prefix, "/ok"), vec![to("a", 1)]),
+            route("invalid", &["app.example.com"], path(PathMatchType::Prefix, "/invalid"), vec![invalid]),
+            route("empty", &["app.example.com"], path(PathMatchType::Prefix, "/empty"), vec![to("empty", 1)]),
+            route("zero", &["app.example.com"], path(PathMatchType::Prefix, "/zero"), vec![to("a", 0)]),
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::DirectResponse(DirectResponse {
+                    status: 500,
+                    body: String::new(),
+                }))],
+                ..route("none", &["app.example.com"], path(PathMatchType::Prefix, "/none"), vec![])
+            },
+        ],
+        vec![cluster("a", &[a.port]), cluster("empty", &[])],
+    ));
+    assert_eq!(get(port, "app.example.com", "/ok", &[]).status, 200);
+    assert_eq!(get(port, "app.example.com", "/nothing", &[]).status, 404);
+    assert_eq!(get(port, "elsewhere.example.com", "/ok", &[]).status, 404);
+    assert_eq!(get(port, "app.example.com", "/invalid", &[]).status, 500);
+    assert_eq!(get(port, "app.example.com", "/empty", &[]).status, 503);
+    assert_eq!(get(port, "app.example.com", "/zero", &[]).status, 500);
+    assert_eq!(get(port, "app.example.com", "/none", &[]).status, 500);
+}
+
+#[test]
+fn header_filters_rewrites_and_redirects() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let set = |name: &str, value: &str| Header { name: name.into(), value: value.into() };
+    let request_modifier = HeaderModifier {
+        set: vec![set("x-set", "one")],
+        add: vec![set("x-add", "two")],
+        remove: vec!["x-remove".into()],
+    };
+    let response_modifier =
+        HeaderModifier { set: vec![set("x-resp", "three")], add: vec![], remove: vec!["x-backend".into()] };
+    let prefix_rewrite = UrlRewrite {
+        hostname: "internal.example.com".into(),
+        path: Some(PathModifier { kind: Some(path_modifier::Kind::ReplacePrefixMatch("/v2".into())) }),
+    };
+    let redirect = |scheme: &str, port: u32, path: Option<path_modifier::Kind>, status: u32| RequestRedirect {
+        scheme: scheme.into(),
+        hostname: "new.example.com".into(),
+        path: path.map(|kind| PathModifier { kind: Some(kind) }),
+        port,
+        status_code: status,
+    };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            HttpRoute {
+                filters: vec![
+                    filter(http_filter::Kind::RequestHeaderModifier(request_modifier)),
+                    filter(http_filter::Kind::ResponseHeaderModifier(response_modifier)),
+                ],
+                ..route("headers", &[], path(PathMatchType::Prefix, "/headers"), vec![to("a", 1)])
+            },
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::UrlRewrite(prefix_rewrite))],
+                ..route("rewrite", &[], path(PathMatchType::Prefix, "/v1"), vec![to("a", 1)])
+            },
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::RequestRedirect(redirect("https", 0, None, 301)))],
+                ..route("to-https", &[], path(PathMatchType::Prefix, "/secure"), vec![])
+            },
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::RequestRedirect(redirect(
+                    "",
+                    8080,
+                    Some(path_modifier::Kind::ReplacePrefixMatch("/moved".into())),
+                    307,
+                )))],
+                ..route("moved", &[], path(PathMatchType::Prefix, "/old"), vec![])
+            },
+        ],
+        vec![cluster("a", &[a.port])],
+    ));
+    let response = get(port, "app.example.com", "/headers", &["x-remove: gone", "x-add: first"]);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo("x-set"), Some("one"));
+    assert!(response.body.contains("x-add: first") && response.body.contains("x-add: two"), "{}", response.body);
+    assert_eq!(response.echo("x-remove"), None);
+    assert_eq!(response.echo("x-forwarded-proto"), Some("http"));
+    assert_eq!(response.echo("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(response.header("x-resp"), Some("three"));
+    assert_eq!(response.header("x-backend"), None);
+
+    let response = get(port, "app.example.com", "/v1/items?page=2", &[]);
+    assert_eq!(response.echo("path"), Some("/v2/items?page=2"));
+    assert_eq!(response.echo("host"), Some("internal.example.com"));
+
+    let response = get(port, "app.example.com", "/secure/x?y=1", &[]);
+    assert_eq!(response.status, 301);
+    assert_eq!(response.header("location"), Some("https://new.example.com/secure/x?y=1"));
+
+    let response = get(port, "app.example.com", "/old/page", &[]);
+    assert_eq!(response.status, 307);
+    assert_eq!(response.header("location"), Some("http://new.example.com:8080/moved/page"));
+}
+
+#[test]
+fn weights_split_traffic() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("split", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 3), to("b", 1)])],
+        vec![cluster("a", &[a.port]), cluster("b", &[b.port])],
+    ));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..200 {
+        let backend = get(port, "x", "/", &[]).echo("backend").unwrap_or("none").to_string();
+        *counts.entry(backend).or_default() += 1;
+    }
+    assert_eq!(counts.get("a").copied().unwrap_or(0) + counts.get("b").copied().unwrap_or(0), 200, "{counts:?}");
+    assert_eq!(counts.get("a"), Some(&150), "{counts:?}");
+}
+
+#[test]
+fn routes_and_forwards_the_normalized_path() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            route("admin", &[], path(PathMatchType::Prefix, "/admin"), vec![to("b", 1)]),
+            route("rest", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)]),
+        ],
+        vec![cluster("a", &[a.port]), cluster("b", &[b.port])],
+    ));
+    for variant in ["/public/../admin/x", "//admin//x", "/%61dmin/x", "/public/%2e%2e/admin/x"] {
+        let response = get(port, "x", variant, &[]);
+        assert_eq!(response.echo("backend"), Some("b"), "{variant}");
+        assert_eq!(response.echo("path"), Some("/admin/x"), "{variant}");
+    }
+}
+
+#[test]
+fn reloads_new_snapshots_and_keeps_the_last_good_one() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let first = snapshot(
+        port,
+        vec![route("one", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port]), cluster("b", &[b.port])],
+    );
+    let plane = DataPlane::start(&first);
+    assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("a"));
+
+    let mut second = first.clone();
+    second.listeners[0].http_routes = vec![route("two", &[], path(PathMatchType::Prefix, "/"), vec![to("b", 1)])];
+    plane.write_snapshot(&serde_json::to_string(&second).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(port, "x", "/", &[]).echo("backend") != Some("b") {
+        assert!(Instant::now() < deadline, "the new snapshot was not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // An invalid snapshot (unknown cluster) is refused; the last good one keeps serving.
+    let mut broken = second.clone();
+    broken.listeners[0].http_routes[0].backends = vec![to("nope", 1)];
+    plane.write_snapshot(&serde_json::to_string(&broken).unwrap());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"));
+    plane.write_snapshot("{ not json");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"));
+    assert!(plane.admin("/ready").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn rejects_request_smuggling_shapes() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port])],
+    ));
+    let both = raw(
+        port,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    );
+    assert_eq!(both.status, 400, "Content-Length with Transfer-Encoding");
+    assert!(!both.body.contains("smuggled"), "the connection must close after the 400: {}", both.body);
+    let conflicting = raw(
+        port,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcd",
+    );
+    assert_eq!(conflicting.status, 400, "conflicting Content-Length");
+}

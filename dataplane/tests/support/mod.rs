@@ -1,0 +1,218 @@
+//! Test support: echo backends, a raw HTTP/1.1 client and a data-plane process, all on
+//! loopback.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_snapshot::Snapshot;
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An HTTP/1.1 backend answering every request with `200` and a body describing it:
+/// `backend=NAME`, `method=`, `path=` (with query), then every header as `name: value`.
+pub struct Echo {
+    pub port: u16,
+    pub name: String,
+}
+
+impl Echo {
+    pub fn start(name: &str) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = name.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let backend = backend.clone();
+                std::thread::spawn(move || serve_echo(stream, &backend));
+            }
+        });
+        Echo { port, name: name.to_string() }
+    }
+}
+
+fn serve_echo(stream: TcpStream, backend: &str) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end().to_string();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    content_length = value.trim().parse().unwrap_or(0);
+                }
+                headers.push(format!("{}: {}", name.to_ascii_lowercase(), value.trim()));
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or_default();
+        let path = parts.next().unwrap_or_default();
+        let mut text = format!("backend={backend}\nmethod={method}\npath={path}\n");
+        for header in &headers {
+            text.push_str(header);
+            text.push('\n');
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {backend}\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// A `key=value` or `name: value` line of an echo body.
+    pub fn echo(&self, key: &str) -> Option<&str> {
+        self.body
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}=")).or_else(|| line.strip_prefix(&format!("{key}: "))))
+    }
+}
+
+/// Sends raw bytes and reads the whole response (the request should say `connection: close`).
+pub fn raw(port: u16, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    parse_response(&bytes)
+}
+
+pub fn parse_response(bytes: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .collect();
+    Response { status, headers, body: body.to_string() }
+}
+
+/// `GET` with a Host header and optional extra header lines.
+pub fn get(port: u16, host: &str, path: &str, extra: &[&str]) -> Response {
+    request(port, "GET", host, path, extra)
+}
+
+pub fn request(port: u16, method: &str, host: &str, path: &str, extra: &[&str]) -> Response {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    for line in extra {
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    text.push_str("\r\n");
+    raw(port, text.as_bytes())
+}
+
+/// A running data plane serving a snapshot file.
+pub struct DataPlane {
+    child: Child,
+    pub snapshot_path: PathBuf,
+    pub admin_port: u16,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DataPlane {
+    pub fn start(snapshot: &Snapshot) -> DataPlane {
+        let dir = std::env::temp_dir().join(format!("sluice-dp-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let snapshot_path = dir.join("snapshot.json");
+        std::fs::write(&snapshot_path, serde_json::to_string_pretty(snapshot).unwrap()).unwrap();
+        let admin_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
+            .args(["--snapshot", snapshot_path.to_str().unwrap(), "--bind", "127.0.0.1"])
+            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let plane = DataPlane { child, snapshot_path, admin_port, _dir: TempDir(dir) };
+        plane.wait_ready();
+        plane
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.admin_port)) {
+                let _ = stream.write_all(b"GET /ready HTTP/1.1\r\n\r\n");
+                let mut text = String::new();
+                let _ = stream.read_to_string(&mut text);
+                if text.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("data plane did not become ready");
+    }
+
+    /// Replaces the snapshot file atomically (write then rename).
+    pub fn write_snapshot(&self, text: &str) {
+        let tmp = self.snapshot_path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.snapshot_path).unwrap();
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
