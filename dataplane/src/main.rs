@@ -9,6 +9,8 @@
 mod path;
 mod proxy;
 mod routes;
+mod tcp;
+mod tls;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -67,38 +69,64 @@ fn main() -> Result<()> {
     if cli.check {
         return Ok(());
     }
-    let mut http_ports: Vec<u16> = snapshot
-        .listeners
-        .iter()
-        .filter(|l| l.protocol() == Protocol::Http)
-        .filter_map(|l| u16::try_from(l.port).ok())
-        .collect();
-    http_ports.sort_unstable();
-    http_ports.dedup();
-    if http_ports.is_empty() {
-        bail!("the snapshot has no HTTP listener to serve");
-    }
+    let ports_of = |protocol: Protocol| -> Vec<u16> {
+        let mut ports: Vec<u16> = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.protocol() == protocol)
+            .filter_map(|l| u16::try_from(l.port).ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    };
+    let (http_ports, https_ports, tcp_ports) =
+        (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp));
+    let Some(first_port) = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied() else {
+        bail!("the snapshot has no listener to serve");
+    };
     let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
     spawn_file_watcher(cli.snapshot.clone(), tables.clone());
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =
             if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
-        let probe = format!("{probe_host}:{}", http_ports[0]);
+        let probe = format!("{probe_host}:{first_port}");
         spawn_admin(admin, tables.clone(), probe)?;
     }
 
     let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
     server.bootstrap();
-    let proxy = SluiceProxy { tables, tls_ports: Vec::new() };
-    let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
-    for port in &http_ports {
-        service.add_tcp(&format!("{}:{port}", cli.bind));
+    if !http_ports.is_empty() || !https_ports.is_empty() {
+        let proxy = SluiceProxy { tables: tables.clone() };
+        let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+        for port in &http_ports {
+            service.add_tcp(&format!("{}:{port}", cli.bind));
+        }
+        for port in &https_ports {
+            let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+            settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
+            settings.enable_h2();
+            service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
+        }
+        server.add_service(service);
     }
-    server.add_service(service);
-    tracing::info!(ports = ?http_ports, "serving");
+    for port in &tcp_ports {
+        let app = tcp::TcpProxy { tables: tables.clone(), port: *port };
+        let mut service = pingora_core::services::listening::Service::new(format!("tcp-{port}"), app);
+        service.add_tcp(&format!("{}:{port}", cli.bind));
+        server.add_service(service);
+    }
+    tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, "serving");
     server.run_forever()
 }
+
+/// No TLS accept callbacks: the certificate comes from the SNI resolver.
+struct NoCallbacks;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for NoCallbacks {}
 
 /// Reloads the snapshot file when its modification time or size changes. A snapshot that
 /// does not parse, validate or compile is logged and the last good one keeps serving.

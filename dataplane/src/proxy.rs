@@ -32,8 +32,6 @@ pub type Tables = Arc<ArcSwap<Compiled>>;
 /// The Sluice HTTP proxy.
 pub struct SluiceProxy {
     pub tables: Tables,
-    /// Listener ports served with TLS (for X-Forwarded-Proto and redirects).
-    pub tls_ports: Vec<u16>,
 }
 
 /// Per-request state.
@@ -102,7 +100,7 @@ impl ProxyHttp for SluiceProxy {
         if let Some(kind) = terminal_filter(&route.filters) {
             match kind {
                 http_filter::Kind::RequestRedirect(redirect) => {
-                    let tls = self.tls_ports.contains(&port);
+                    let tls = tables.tls.contains_key(&port);
                     let location =
                         redirect_location(redirect, &route, tls, &host, port, &ctx.matched_path, header.uri.query());
                     let status = u16::try_from(redirect.status_code).unwrap_or(302);
@@ -194,7 +192,7 @@ impl ProxyHttp for SluiceProxy {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
-        let proto = if self.tls_ports.contains(&port) { "https" } else { "http" };
+        let proto = if self.tables.load().tls.contains_key(&port) { "https" } else { "http" };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         Ok(())
     }

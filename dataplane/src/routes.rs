@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use pingora_rustls::sign::CertifiedKey;
 use regex::Regex;
 use sluice_snapshot::{
-    AppProtocol, Cluster, HttpFilter, HttpRoute, PathMatchType, Protocol, Snapshot, ValueMatchType, http_filter,
-    weighted_backend,
+    AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, PathMatchType, Protocol, Snapshot, ValueMatchType,
+    WeightedBackend, http_filter, weighted_backend,
 };
 
 /// Everything the proxy needs for one snapshot.
@@ -29,6 +30,40 @@ pub struct Compiled {
     pub gateway: String,
     pub generation: u64,
     pub ports: HashMap<u16, PortTable>,
+    /// Certificates of the TLS-terminating ports, chosen by SNI.
+    pub tls: HashMap<u16, CertificateTable>,
+    /// Backends of the TCP ports.
+    pub tcp: HashMap<u16, Backends>,
+}
+
+/// The certificates of the listeners sharing one TLS port.
+#[derive(Debug, Default)]
+pub struct CertificateTable {
+    by_exact: HashMap<String, Arc<CertifiedKey>>,
+    by_wildcard: HashMap<String, Arc<CertifiedKey>>,
+    any: Option<Arc<CertifiedKey>>,
+}
+
+impl CertificateTable {
+    /// The certificate for a TLS server name: the listener with that exact hostname, else
+    /// the longest matching wildcard, else the listener without hostname. Without SNI, the
+    /// listener without hostname, else any listener's.
+    pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self
+                .any
+                .clone()
+                .or_else(|| self.by_exact.values().chain(self.by_wildcard.values()).next().cloned());
+        };
+        self.by_exact
+            .get(&name)
+            .or_else(|| {
+                longest_wildcard_suffix(&name, |s| self.by_wildcard.contains_key(s))
+                    .and_then(|s| self.by_wildcard.get(s))
+            })
+            .or(self.any.as_ref())
+            .cloned()
+    }
 }
 
 /// The listeners sharing one port.
@@ -130,6 +165,11 @@ pub enum CompileError {
 }
 
 impl Backends {
+    fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
+        let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
+        Backends { targets, total_weight, counter: AtomicUsize::new(0) }
+    }
+
     /// Picks a target by smooth weighted rotation over the integer weights: deterministic,
     /// spreads each weight evenly, and needs only one atomic counter.
     pub fn pick(&self) -> Option<(&Target, &[HttpFilter])> {
@@ -176,9 +216,46 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, CompileError> {
     sluice_snapshot::validate(snapshot)?;
     let clusters: HashMap<&str, Arc<ClusterTable>> =
         snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c)))).collect();
+    let certificates: HashMap<&str, &Certificate> =
+        snapshot.certificates.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut ports: HashMap<u16, PortTable> = HashMap::new();
+    let mut tls: HashMap<u16, CertificateTable> = HashMap::new();
+    let mut tcp: HashMap<u16, Backends> = HashMap::new();
     for listener in &snapshot.listeners {
         let Ok(port) = u16::try_from(listener.port) else { continue };
+        if listener.protocol() == Protocol::Tcp {
+            if let Some(route) = listener.tcp_routes.first() {
+                let targets = route
+                    .backends
+                    .iter()
+                    .map(|b| backend_target(b, &clusters).map(|t| (b.weight, t, Vec::new())))
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(|problem| CompileError::Route { route: route.name.clone(), problem })?;
+                tcp.insert(port, Backends::new(targets));
+            } else {
+                tcp.insert(port, Backends::default());
+            }
+            continue;
+        }
+        if listener.protocol() == Protocol::Https {
+            let key = match listener.certificates.first().and_then(|name| certificates.get(name.as_str())) {
+                Some(certificate) => certified_key(certificate)
+                    .map_err(|problem| CompileError::Route { route: listener.name.clone(), problem })?,
+                None => {
+                    return Err(CompileError::Route { route: listener.name.clone(), problem: "no certificate".into() });
+                }
+            };
+            let table = tls.entry(port).or_default();
+            match listener.hostname.strip_prefix('*') {
+                _ if listener.hostname.is_empty() => table.any = Some(key),
+                Some(suffix) => {
+                    table.by_wildcard.insert(suffix.to_string(), key);
+                }
+                None => {
+                    table.by_exact.insert(listener.hostname.clone(), key);
+                }
+            }
+        }
         let table = ports.entry(port).or_default();
         table.protocol = Some(listener.protocol());
         let mut routes = Vec::new();
@@ -199,7 +276,7 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, CompileError> {
         }
     }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
-    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports })
+    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp })
 }
 
 fn cluster_table(cluster: &Cluster) -> ClusterTable {
@@ -255,19 +332,8 @@ fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>)
     };
     let mut targets = Vec::new();
     for backend in &route.backends {
-        let target = match &backend.target {
-            Some(weighted_backend::Target::Cluster(name)) => match clusters.get(name.as_str()) {
-                Some(cluster) => Target::Cluster(cluster.clone()),
-                None => return Err(problem(format!("unknown cluster {name}"))),
-            },
-            Some(weighted_backend::Target::Invalid(response)) => {
-                Target::Status(u16::try_from(response.status).unwrap_or(500))
-            }
-            None => Target::Status(500),
-        };
-        targets.push((backend.weight, target, backend.filters.clone()));
+        targets.push((backend.weight, backend_target(backend, clusters).map_err(problem)?, backend.filters.clone()));
     }
-    let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
     let timeouts = route.timeouts.unwrap_or_default();
     Ok(Route {
         name: route.name.clone(),
@@ -277,10 +343,42 @@ fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>)
         method,
         path_prefix,
         filters: route.filters.clone(),
-        backends: Backends { targets, total_weight, counter: AtomicUsize::new(0) },
+        backends: Backends::new(targets),
         request_timeout_ms: timeouts.request_ms,
         backend_timeout_ms: timeouts.backend_request_ms,
     })
+}
+
+fn backend_target(backend: &WeightedBackend, clusters: &HashMap<&str, Arc<ClusterTable>>) -> Result<Target, String> {
+    Ok(match &backend.target {
+        Some(weighted_backend::Target::Cluster(name)) => match clusters.get(name.as_str()) {
+            Some(cluster) => Target::Cluster(cluster.clone()),
+            None => return Err(format!("unknown cluster {name}")),
+        },
+        Some(weighted_backend::Target::Invalid(response)) => {
+            Target::Status(u16::try_from(response.status).unwrap_or(500))
+        }
+        None => Target::Status(500),
+    })
+}
+
+/// Parses a certificate's PEM chain and key into what rustls serves.
+fn certified_key(certificate: &Certificate) -> Result<Arc<CertifiedKey>, String> {
+    use pingora_rustls::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certificate.cert_chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: certificate chain: {e}", certificate.name))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in the chain", certificate.name));
+    }
+    let key = PrivateKeyDer::from_pem_slice(certificate.private_key_pem.as_bytes())
+        .map_err(|e| format!("{}: private key: {e}", certificate.name))?;
+    pingora_rustls::install_default_crypto_provider();
+    let provider = pingora_rustls::CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
+    let signing_key =
+        provider.key_provider.load_private_key(key).map_err(|e| format!("{}: private key: {e}", certificate.name))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
 /// Gateway API regular expressions match the whole value.

@@ -1,0 +1,261 @@
+//! TLS termination with SNI certificate selection, live certificate replacement, and TCP
+//! listeners, on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_snapshot::{
+    Certificate, Cluster, Endpoint, HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot,
+    TcpRoute, TlsMode, WeightedBackend, weighted_backend,
+};
+use support::{DataPlane, Echo, free_port, parse_response};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+fn certificate(name: &str, file: &str) -> Certificate {
+    Certificate {
+        name: name.into(),
+        cert_chain_pem: fixture(&format!("{file}.crt")),
+        private_key_pem: fixture(&format!("{file}.key")),
+    }
+}
+
+fn cluster(name: &str, ports: &[u16]) -> Cluster {
+    Cluster {
+        name: name.into(),
+        app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
+        endpoints: ports
+            .iter()
+            .map(|p| Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
+            .collect(),
+    }
+}
+
+fn to(cluster: &str, weight: u32) -> WeightedBackend {
+    WeightedBackend {
+        name: cluster.into(),
+        weight,
+        target: Some(weighted_backend::Target::Cluster(cluster.into())),
+        filters: vec![],
+    }
+}
+
+fn catch_all(name: &str, backend: &str) -> HttpRoute {
+    HttpRoute {
+        name: name.into(),
+        r#match: Some(HttpMatch {
+            path: Some(PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() }),
+            ..Default::default()
+        }),
+        backends: vec![to(backend, 1)],
+        ..Default::default()
+    }
+}
+
+fn https_listener(name: &str, port: u16, hostname: &str, certificate: &str, backend: &str) -> Listener {
+    Listener {
+        name: format!("gateway/test/gw/listener/{name}"),
+        port: u32::from(port),
+        protocol: Protocol::Https as i32,
+        hostname: hostname.into(),
+        tls_mode: TlsMode::Terminate as i32,
+        certificates: vec![certificate.into()],
+        http_routes: vec![catch_all(name, backend)],
+        ..Default::default()
+    }
+}
+
+/// A TLS client trusting only the test CA; returns the response and the peer's leaf certificate.
+fn https_get(port: u16, server_name: &str, path: &str) -> (support::Response, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = fixture("ca.crt");
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nhost: {server_name}\r\nconnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut bytes = Vec::new();
+    let _ = tls.read_to_end(&mut bytes);
+    let leaf = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    (parse_response(&bytes), leaf)
+}
+
+use rustls_pki_types::pem::PemObject;
+
+fn der_of(file: &str) -> Vec<u8> {
+    rustls_pki_types::CertificateDer::from_pem_slice(fixture(&format!("{file}.crt")).as_bytes()).unwrap().to_vec()
+}
+
+#[test]
+fn terminates_tls_with_the_certificate_chosen_by_sni_and_swaps_it_live() {
+    let (a, w) = (Echo::start("a"), Echo::start("w"));
+    let port = free_port();
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![
+            https_listener("a", port, "a.example.com", "secret/test/a", "a"),
+            https_listener("wild", port, "*.wild.example.com", "secret/test/wild", "w"),
+        ],
+        clusters: vec![cluster("a", &[a.port]), cluster("w", &[w.port])],
+        certificates: vec![certificate("secret/test/a", "a.example.com"), certificate("secret/test/wild", "wild")],
+        ..Default::default()
+    };
+    let plane = DataPlane::start(&snapshot);
+
+    let (response, leaf) = https_get(port, "a.example.com", "/hello");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo("backend"), Some("a"));
+    assert_eq!(response.echo("x-forwarded-proto"), Some("https"));
+    assert_eq!(leaf, der_of("a.example.com"));
+
+    let (response, leaf) = https_get(port, "sub.wild.example.com", "/");
+    assert_eq!(response.echo("backend"), Some("w"));
+    assert_eq!(leaf, der_of("wild"));
+
+    // Replace listener a's certificate with the wildcard one: the next handshake for
+    // a.example.com presents it (and the client, expecting a.example.com, refuses it).
+    let mut swapped = snapshot.clone();
+    swapped.certificates[0] = certificate("secret/test/a", "wild");
+    plane.write_snapshot(&serde_json::to_string(&swapped).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let leaf = presented_certificate(port, "a.example.com");
+        if leaf == der_of("wild") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new certificate was not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leaf certificate presented for SNI `sni`, accepted whatever it is.
+fn presented_certificate(port: u16, sni: &str) -> Vec<u8> {
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while connection.is_handshaking() {
+        if connection.complete_io(&mut socket).is_err() {
+            break;
+        }
+    }
+    connection.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default()
+}
+
+#[test]
+fn tcp_listeners_proxy_bytes_to_weighted_backends() {
+    // A TCP echo backend that prefixes what it sends back with its name.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in backend.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || stream.write_all(&[b"tcp-echo:", &buffer[..n]].concat()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (port, dead_port) = (free_port(), free_port());
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![
+            Listener {
+                name: "gateway/test/gw/listener/db".into(),
+                port: u32::from(port),
+                protocol: Protocol::Tcp as i32,
+                tcp_routes: vec![TcpRoute { name: "tcproute/test/db/rule/0".into(), backends: vec![to("db", 1)] }],
+                ..Default::default()
+            },
+            Listener {
+                name: "gateway/test/gw/listener/dead".into(),
+                port: u32::from(dead_port),
+                protocol: Protocol::Tcp as i32,
+                tcp_routes: vec![TcpRoute { name: "tcproute/test/dead/rule/0".into(), backends: vec![to("empty", 1)] }],
+                ..Default::default()
+            },
+        ],
+        clusters: vec![cluster("db", &[backend_port]), cluster("empty", &[])],
+        ..Default::default()
+    };
+    let _plane = DataPlane::start(&snapshot);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for message in ["hello", "again"] {
+        client.write_all(message.as_bytes()).unwrap();
+        let mut buffer = [0u8; 64];
+        let n = client.read(&mut buffer).unwrap();
+        assert_eq!(&buffer[..n], format!("tcp-echo:{message}").as_bytes());
+    }
+    // A listener whose backend has no endpoint closes connections at once.
+    let mut dead = TcpStream::connect(("127.0.0.1", dead_port)).unwrap();
+    dead.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buffer = [0u8; 8];
+    assert_eq!(dead.read(&mut buffer).unwrap_or(0), 0);
+}
