@@ -17,7 +17,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
@@ -43,13 +43,16 @@ struct Cli {
     /// Admin endpoint (`/ready`, `/config`), e.g. 127.0.0.1:9901.
     #[arg(long)]
     admin: Option<String>,
+    /// How often the snapshot file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    poll_interval_ms: u64,
 }
 
-fn load(path: &Path) -> Result<(Snapshot, routes::Compiled)> {
+fn load(path: &Path) -> Result<(String, Snapshot, routes::Compiled)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let snapshot = Snapshot::from_text(&text)?;
     let compiled = compile(&snapshot)?;
-    Ok((snapshot, compiled))
+    Ok((text, snapshot, compiled))
 }
 
 fn main() -> Result<()> {
@@ -57,7 +60,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let (snapshot, compiled) = load(&cli.snapshot)?;
+    let (text, snapshot, compiled) = load(&cli.snapshot)?;
     let routes: usize = snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len()).sum();
     println!(
         "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
@@ -86,7 +89,7 @@ fn main() -> Result<()> {
         bail!("the snapshot has no listener to serve");
     };
     let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
-    spawn_file_watcher(cli.snapshot.clone(), tables.clone());
+    spawn_file_watcher(cli.snapshot.clone(), tables.clone(), Duration::from_millis(cli.poll_interval_ms.max(1)), &text);
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =
@@ -128,23 +131,28 @@ struct NoCallbacks;
 #[async_trait::async_trait]
 impl pingora_core::listeners::TlsAccept for NoCallbacks {}
 
-/// Reloads the snapshot file when its modification time or size changes. A snapshot that
-/// does not parse, validate or compile is logged and the last good one keeps serving.
-fn spawn_file_watcher(path: PathBuf, tables: Tables) {
+/// Reloads the snapshot file when its content changes. The watcher hashes the bytes it
+/// parses, so a change is never missed, however fast files are replaced or however coarse
+/// file timestamps are. Replace the file atomically (write another file, rename it over)
+/// so that no half-written file is read. A snapshot that does not parse, validate or
+/// compile is logged and the last good one keeps serving.
+fn spawn_file_watcher(path: PathBuf, tables: Tables, interval: Duration, initial: &str) {
+    let mut last = content_hash(initial.as_bytes());
     std::thread::spawn(move || {
-        let stamp = |path: &Path| {
-            std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-        };
-        let mut last = stamp(&path);
         loop {
-            std::thread::sleep(Duration::from_millis(250));
-            let now = stamp(&path);
-            if now == last || now.is_none() {
+            std::thread::sleep(interval);
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let hash = content_hash(&bytes);
+            if hash == last {
                 continue;
             }
-            last = now;
-            match load(&path) {
-                Ok((snapshot, compiled)) => {
+            last = hash;
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| Ok(Snapshot::from_text(text)?))
+                .and_then(|snapshot| Ok((compile(&snapshot)?, snapshot)));
+            match parsed {
+                Ok((compiled, snapshot)) => {
                     tables.store(Arc::new(compiled));
                     tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
                 }
@@ -152,6 +160,13 @@ fn spawn_file_watcher(path: PathBuf, tables: Tables) {
             }
         }
     });
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A tiny admin endpoint: `/ready` and `/config`.

@@ -161,6 +161,10 @@ impl Drop for TempDir {
 
 impl DataPlane {
     pub fn start(snapshot: &Snapshot) -> DataPlane {
+        Self::start_with(snapshot, &[])
+    }
+
+    pub fn start_with(snapshot: &Snapshot, extra_args: &[&str]) -> DataPlane {
         let dir = std::env::temp_dir().join(format!("sluice-dp-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let snapshot_path = dir.join("snapshot.json");
@@ -169,6 +173,7 @@ impl DataPlane {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
             .args(["--snapshot", snapshot_path.to_str().unwrap(), "--bind", "127.0.0.1"])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
