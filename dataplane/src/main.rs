@@ -6,6 +6,7 @@
 //!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
 //! ```
 
+mod mirror;
 mod path;
 mod proxy;
 mod routes;

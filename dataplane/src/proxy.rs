@@ -20,7 +20,7 @@ use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_snapshot::{AppProtocol, HeaderModifier, HttpFilter, RequestRedirect, http_filter, path_modifier};
 
 use crate::path::normalize;
@@ -52,6 +52,10 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if headers_too_large(&session.req_header().headers) {
+            session.set_keepalive(None);
+            return respond(session, 431, None).await;
+        }
         if ambiguous_framing(&session.req_header().headers) || stripped_content_length(session) {
             // Request smuggling shapes: answer 400 and close, never forward.
             session.set_keepalive(None);
@@ -143,12 +147,13 @@ impl ProxyHttp for SluiceProxy {
             peer.options.alpn = ALPN::H2;
         }
         if let Some(route) = &ctx.route {
-            if route.backend_timeout_ms > 0 {
-                let timeout = Duration::from_millis(route.backend_timeout_ms);
+            // The tighter of the two Gateway API timeouts bounds connecting and every read
+            // from the backend; a timeout answers 504.
+            let limit = [route.backend_timeout_ms, route.request_timeout_ms].into_iter().filter(|t| *t > 0).min();
+            if let Some(ms) = limit {
+                let timeout = Duration::from_millis(ms);
                 peer.options.total_connection_timeout = Some(timeout);
                 peer.options.read_timeout = Some(timeout);
-            } else if route.request_timeout_ms > 0 {
-                peer.options.read_timeout = Some(Duration::from_millis(route.request_timeout_ms));
             }
         }
         Ok(Box::new(peer))
@@ -194,7 +199,41 @@ impl ProxyHttp for SluiceProxy {
         let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
         let proto = if self.tables.load().tls.contains_key(&port) { "https" } else { "http" };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
+        for (cluster, numerator, denominator) in &route.mirrors {
+            if *numerator == 0 || rand::random_range(0..*denominator) >= *numerator {
+                continue;
+            }
+            if let Some(endpoint) = cluster.pick() {
+                tokio::spawn(crate::mirror::send(endpoint, upstream_request.clone()));
+            }
+        }
         Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, _ctx: &mut Self::CTX) -> FailToProxy {
+        use pingora_core::ErrorSource;
+        let code = match error.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            // Gateway API timeouts answer 504; a backend that cannot be reached, 503.
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if error.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 503,
+            _ => match error.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match error.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn response_filter(
@@ -232,6 +271,19 @@ fn modify_request(request: &mut RequestHeader, modifier: &HeaderModifier) -> Res
         request.remove_header(name.as_str());
     }
     Ok(())
+}
+
+/// Limits on request headers, answered with 431: at most this many header fields...
+pub const MAX_REQUEST_HEADERS: usize = 100;
+/// ...and at most this many bytes of names and values together.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+fn headers_too_large(headers: &http::HeaderMap) -> bool {
+    if headers.len() > MAX_REQUEST_HEADERS {
+        return true;
+    }
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    bytes > MAX_REQUEST_HEADER_BYTES
 }
 
 /// Whether the request's body framing is ambiguous: Content-Length together with

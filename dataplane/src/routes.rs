@@ -99,6 +99,8 @@ pub struct Route {
     method: Option<http::Method>,
     pub path_prefix: Option<String>,
     pub filters: Vec<HttpFilter>,
+    /// Mirrors of the rule: cluster and the share of requests to copy (numerator, denominator).
+    pub mirrors: Vec<(Arc<ClusterTable>, u32, u32)>,
     pub backends: Backends,
     pub request_timeout_ms: u64,
     pub backend_timeout_ms: u64,
@@ -334,8 +336,18 @@ fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>)
     for backend in &route.backends {
         targets.push((backend.weight, backend_target(backend, clusters).map_err(problem)?, backend.filters.clone()));
     }
+    let mut mirrors = Vec::new();
+    for filter in &route.filters {
+        if let Some(http_filter::Kind::RequestMirror(mirror)) = &filter.kind {
+            let cluster = clusters
+                .get(mirror.cluster.as_str())
+                .ok_or_else(|| problem(format!("unknown mirror cluster {}", mirror.cluster)))?;
+            mirrors.push((cluster.clone(), mirror.numerator, mirror.denominator));
+        }
+    }
     let timeouts = route.timeouts.unwrap_or_default();
     Ok(Route {
+        mirrors,
         name: route.name.clone(),
         path,
         headers,

@@ -337,3 +337,97 @@ fn rejects_request_smuggling_shapes() {
     );
     assert_eq!(conflicting.status, 400, "conflicting Content-Length");
 }
+
+#[test]
+fn hostile_headers_get_defined_answers() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port])],
+    ));
+    let huge = format!("x-big: {}", "a".repeat(70 * 1024));
+    assert_eq!(get(port, "x", "/", &[huge.as_str()]).status, 431, "one huge header");
+    let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(get(port, "x", "/", &many).status, 431, "too many headers");
+    let nul = raw(port, b"GET / HTTP/1.1\r\nhost: x\r\nx-evil: a\0b\r\nconnection: close\r\n\r\n");
+    assert_eq!(nul.status, 400, "NUL in a header value");
+    let cr = raw(port, b"GET / HTTP/1.1\r\nhost: x\r\nx-evil: a\rb\r\nconnection: close\r\n\r\n");
+    assert_eq!(cr.status, 400, "bare CR in a header value");
+    // Still serving normally afterwards.
+    assert_eq!(get(port, "x", "/", &[]).status, 200);
+}
+
+#[test]
+fn mirrors_requests_and_times_out_slow_backends() {
+    let (a, mirror) = (Echo::start("a"), Echo::start("mirror"));
+    let slow = Echo::start_with_delay("slow", Duration::from_secs(3));
+    let port = free_port();
+    let mirror_all = sluice_snapshot::RequestMirror { cluster: "mirror".into(), numerator: 1, denominator: 1 };
+    let mirror_none = sluice_snapshot::RequestMirror { cluster: "mirror".into(), numerator: 0, denominator: 100 };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::RequestMirror(mirror_all))],
+                ..route("mirrored", &[], path(PathMatchType::Prefix, "/mirrored"), vec![to("a", 1)])
+            },
+            HttpRoute {
+                filters: vec![filter(http_filter::Kind::RequestMirror(mirror_none))],
+                ..route("unmirrored", &[], path(PathMatchType::Prefix, "/unmirrored"), vec![to("a", 1)])
+            },
+            HttpRoute {
+                timeouts: Some(sluice_snapshot::Timeouts { request_ms: 500, backend_request_ms: 0 }),
+                ..route("slow", &[], path(PathMatchType::Prefix, "/slow"), vec![to("slow", 1)])
+            },
+        ],
+        vec![cluster("a", &[a.port]), cluster("mirror", &[mirror.port]), cluster("slow", &[slow.port])],
+    ));
+    for i in 0..5 {
+        assert_eq!(get(port, "x", &format!("/mirrored/{i}"), &[]).echo("backend"), Some("a"));
+        assert_eq!(get(port, "x", &format!("/unmirrored/{i}"), &[]).echo("backend"), Some("a"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mirror.seen().len() < 5 {
+        assert!(Instant::now() < deadline, "mirror saw {:?}", mirror.seen());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = mirror.seen();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.iter().all(|line| line.starts_with("GET /mirrored/")), "{seen:?}");
+
+    let started = Instant::now();
+    assert_eq!(get(port, "x", "/slow", &[]).status, 504);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn upgrades_websockets_to_the_backend() {
+    use std::io::{Read, Write};
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("ws", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port])],
+    ));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "connection closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(b"ping").unwrap();
+    let mut buffer = [0u8; 64];
+    let n = stream.read(&mut buffer).unwrap();
+    assert_eq!(&buffer[..n], b"ws-echo:ping");
+}

@@ -21,24 +21,37 @@ pub fn free_port() -> u16 {
 pub struct Echo {
     pub port: u16,
     pub name: String,
+    /// Request lines (`METHOD path`) received, in order.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Echo {
     pub fn start(name: &str) -> Echo {
+        Self::start_with_delay(name, Duration::ZERO)
+    }
+
+    /// An echo backend that waits `delay` before answering each request.
+    pub fn start_with_delay(name: &str, delay: Duration) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let backend = name.to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let backend = backend.clone();
-                std::thread::spawn(move || serve_echo(stream, &backend));
+                let (backend, log) = (backend.clone(), log.clone());
+                std::thread::spawn(move || serve_echo(stream, &backend, delay, &log));
             }
         });
-        Echo { port, name: name.to_string() }
+        Echo { port, name: name.to_string(), seen }
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
-fn serve_echo(stream: TcpStream, backend: &str) {
+fn serve_echo(stream: TcpStream, backend: &str, delay: Duration, log: &std::sync::Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -71,6 +84,24 @@ fn serve_echo(stream: TcpStream, backend: &str) {
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or_default();
         let path = parts.next().unwrap_or_default();
+        log.lock().unwrap().push(format!("{method} {path}"));
+        if headers.iter().any(|h| h == "upgrade: websocket") {
+            // Accept the upgrade, then echo raw bytes until the client closes.
+            let _ = writer
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+            let mut buffer = [0u8; 1024];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if writer.write_all(&[b"ws-echo:", &buffer[..n]].concat()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(delay);
         let mut text = format!("backend={backend}\nmethod={method}\npath={path}\n");
         for header in &headers {
             text.push_str(header);
