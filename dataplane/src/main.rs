@@ -6,6 +6,7 @@
 //!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
 //! ```
 
+mod metrics;
 mod mirror;
 mod path;
 mod proxy;
@@ -26,6 +27,7 @@ use clap::Parser;
 use pingora_core::server::Server;
 use sluice_snapshot::{Protocol, Snapshot};
 
+use crate::metrics::Metrics;
 use crate::proxy::{SluiceProxy, Tables};
 use crate::routes::compile;
 
@@ -44,15 +46,18 @@ struct Cli {
     /// Admin endpoint (`/ready`, `/config`), e.g. 127.0.0.1:9901.
     #[arg(long)]
     admin: Option<String>,
+    /// Print one JSON access-log line per request to stdout.
+    #[arg(long)]
+    access_log: bool,
     /// How often the snapshot file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_interval_ms: u64,
 }
 
-fn load(path: &Path) -> Result<(String, Snapshot, routes::Compiled)> {
+fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let snapshot = Snapshot::from_text(&text)?;
-    let compiled = compile(&snapshot)?;
+    let compiled = compile(&snapshot, metrics)?;
     Ok((text, snapshot, compiled))
 }
 
@@ -61,7 +66,9 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let (text, snapshot, compiled) = load(&cli.snapshot)?;
+    let metrics = Arc::new(Metrics::default());
+    let (text, snapshot, compiled) = load(&cli.snapshot, &metrics)?;
+    metrics.generation.store(compiled.generation, Ordering::Relaxed);
     let routes: usize = snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len()).sum();
     println!(
         "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
@@ -90,19 +97,29 @@ fn main() -> Result<()> {
         bail!("the snapshot has no listener to serve");
     };
     let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
-    spawn_file_watcher(cli.snapshot.clone(), tables.clone(), Duration::from_millis(cli.poll_interval_ms.max(1)), &text);
+    spawn_file_watcher(
+        cli.snapshot.clone(),
+        tables.clone(),
+        metrics.clone(),
+        Duration::from_millis(cli.poll_interval_ms.max(1)),
+        &text,
+    );
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =
             if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
         let probe = format!("{probe_host}:{first_port}");
-        spawn_admin(admin, tables.clone(), probe)?;
+        spawn_admin(admin, tables.clone(), metrics.clone(), probe)?;
     }
 
     let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
     server.bootstrap();
     if !http_ports.is_empty() || !https_ports.is_empty() {
-        let proxy = SluiceProxy { tables: tables.clone() };
+        let proxy = SluiceProxy {
+            tables: tables.clone(),
+            unmatched: metrics.route(metrics::NO_ROUTE),
+            access_log: cli.access_log,
+        };
         let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
         for port in &http_ports {
             service.add_tcp(&format!("{}:{port}", cli.bind));
@@ -137,7 +154,7 @@ impl pingora_core::listeners::TlsAccept for NoCallbacks {}
 /// file timestamps are. Replace the file atomically (write another file, rename it over)
 /// so that no half-written file is read. A snapshot that does not parse, validate or
 /// compile is logged and the last good one keeps serving.
-fn spawn_file_watcher(path: PathBuf, tables: Tables, interval: Duration, initial: &str) {
+fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, interval: Duration, initial: &str) {
     let mut last = content_hash(initial.as_bytes());
     std::thread::spawn(move || {
         loop {
@@ -151,13 +168,18 @@ fn spawn_file_watcher(path: PathBuf, tables: Tables, interval: Duration, initial
             let parsed = std::str::from_utf8(&bytes)
                 .map_err(anyhow::Error::from)
                 .and_then(|text| Ok(Snapshot::from_text(text)?))
-                .and_then(|snapshot| Ok((compile(&snapshot)?, snapshot)));
+                .and_then(|snapshot| Ok((compile(&snapshot, &metrics)?, snapshot)));
             match parsed {
                 Ok((compiled, snapshot)) => {
+                    metrics.generation.store(compiled.generation, Ordering::Relaxed);
+                    metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
                     tables.store(Arc::new(compiled));
                     tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
                 }
-                Err(error) => tracing::warn!("keeping the last good snapshot: {error:#}"),
+                Err(error) => {
+                    metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("keeping the last good snapshot: {error:#}");
+                }
             }
         }
     });
@@ -171,8 +193,9 @@ fn content_hash(bytes: &[u8]) -> u64 {
 }
 
 /// A tiny admin endpoint: `/ready` and `/config`.
-fn spawn_admin(address: &str, tables: Tables, probe: String) -> Result<()> {
+fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: String) -> Result<()> {
     let ready = AtomicBool::new(false);
+    let registry = metrics.registry();
     let listener = TcpListener::bind(address).with_context(|| format!("binding admin address {address}"))?;
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -188,6 +211,13 @@ fn spawn_admin(address: &str, tables: Tables, probe: String) -> Result<()> {
             let (status, body) = match path {
                 "/ready" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
                 "/ready" => ("503 Service Unavailable", "listeners are not accepting yet\n".to_string()),
+                "/metrics" => {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => ("200 OK", text),
+                        Err(_) => ("500 Internal Server Error", "cannot render metrics\n".to_string()),
+                    }
+                }
                 "/config" => {
                     let current = tables.load();
                     ("200 OK", format!("gateway={} generation={}\n", current.gateway, current.generation))

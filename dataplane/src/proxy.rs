@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_snapshot::{AppProtocol, HeaderModifier, HttpFilter, RequestRedirect, http_filter, path_modifier};
 
+use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::routes::{Compiled, RequestView, Route, Target, terminal_filter};
 
@@ -32,11 +33,15 @@ pub type Tables = Arc<ArcSwap<Compiled>>;
 /// The Sluice HTTP proxy.
 pub struct SluiceProxy {
     pub tables: Tables,
+    /// Metrics of requests that matched no route.
+    pub unmatched: Arc<RouteMetrics>,
+    /// Whether to print a JSON access-log line per request.
+    pub access_log: bool,
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestContext {
+    started: Instant,
     route: Option<Arc<Route>>,
     backend_filters: Vec<HttpFilter>,
     endpoint: Option<(SocketAddr, AppProtocol)>,
@@ -48,7 +53,13 @@ impl ProxyHttp for SluiceProxy {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestContext::default()
+        RequestContext {
+            started: Instant::now(),
+            route: None,
+            backend_filters: Vec::new(),
+            endpoint: None,
+            matched_path: String::new(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -101,6 +112,7 @@ impl ProxyHttp for SluiceProxy {
             return respond(session, 404, None).await;
         };
         tracing::debug!(route = route.name, "matched");
+        ctx.route = Some(route.clone());
         if let Some(kind) = terminal_filter(&route.filters) {
             match kind {
                 http_filter::Kind::RequestRedirect(redirect) => {
@@ -130,7 +142,6 @@ impl ProxyHttp for SluiceProxy {
                 Some(endpoint) => {
                     ctx.endpoint = Some((endpoint, cluster.app_protocol));
                     ctx.backend_filters = filters.to_vec();
-                    ctx.route = Some(route);
                     Ok(false)
                 }
             },
@@ -210,7 +221,7 @@ impl ProxyHttp for SluiceProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, _ctx: &mut Self::CTX) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut Self::CTX) -> FailToProxy {
         use pingora_core::ErrorSource;
         let code = match error.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -230,10 +241,36 @@ impl ProxyHttp for SluiceProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        if error.esource() == &ErrorSource::Upstream
+            && let Some(route) = &ctx.route
+        {
+            route.metrics.upstream_error();
+        }
         if code > 0 {
             let _ = session.respond_error(code).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut Self::CTX) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let metrics = ctx.route.as_ref().map_or(&self.unmatched, |route| &route.metrics);
+        metrics.record(status, elapsed);
+        if self.access_log {
+            let header = session.req_header();
+            let line = serde_json::json!({
+                "client": session.client_addr().map(|a| a.to_string()),
+                "method": header.method.as_str(),
+                "host": request_host(header),
+                "path": header.uri.path(),
+                "status": status,
+                "route": ctx.route.as_ref().map(|r| r.name.as_str()),
+                "upstream": ctx.endpoint.map(|(a, _)| a.to_string()),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            });
+            println!("{line}");
+        }
     }
 
     async fn response_filter(

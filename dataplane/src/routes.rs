@@ -102,6 +102,7 @@ pub struct Route {
     /// Mirrors of the rule: cluster and the share of requests to copy (numerator, denominator).
     pub mirrors: Vec<(Arc<ClusterTable>, u32, u32)>,
     pub backends: Backends,
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     pub request_timeout_ms: u64,
     pub backend_timeout_ms: u64,
 }
@@ -214,7 +215,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 /// Builds the routing tables for `snapshot` (validated first).
-pub fn compile(snapshot: &Snapshot) -> Result<Compiled, CompileError> {
+pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result<Compiled, CompileError> {
     sluice_snapshot::validate(snapshot)?;
     let clusters: HashMap<&str, Arc<ClusterTable>> =
         snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c)))).collect();
@@ -262,7 +263,7 @@ pub fn compile(snapshot: &Snapshot) -> Result<Compiled, CompileError> {
         table.protocol = Some(listener.protocol());
         let mut routes = Vec::new();
         for route in &listener.http_routes {
-            routes.push(Arc::new(compile_route(route, &clusters)?));
+            routes.push(Arc::new(compile_route(route, &clusters, metrics)?));
         }
         let listener_table = listener_table(listener.name.clone(), routes, &listener.http_routes);
         let index = table.listeners.len();
@@ -298,7 +299,11 @@ fn cluster_table(cluster: &Cluster) -> ClusterTable {
     }
 }
 
-fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>) -> Result<Route, CompileError> {
+fn compile_route(
+    route: &HttpRoute,
+    clusters: &HashMap<&str, Arc<ClusterTable>>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Route, CompileError> {
     let problem = |problem: String| CompileError::Route { route: route.name.clone(), problem };
     let http_match = route.r#match.clone().unwrap_or_default();
     let (path, path_prefix) = match &http_match.path {
@@ -356,6 +361,7 @@ fn compile_route(route: &HttpRoute, clusters: &HashMap<&str, Arc<ClusterTable>>)
         path_prefix,
         filters: route.filters.clone(),
         backends: Backends::new(targets),
+        metrics: metrics.route(&route.name),
         request_timeout_ms: timeouts.request_ms,
         backend_timeout_ms: timeouts.backend_request_ms,
     })

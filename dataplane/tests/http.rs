@@ -431,3 +431,59 @@ fn upgrades_websockets_to_the_backend() {
     let n = stream.read(&mut buffer).unwrap();
     assert_eq!(&buffer[..n], b"ws-echo:ping");
 }
+
+#[test]
+fn exposes_metrics_and_an_access_log() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let plane = DataPlane::start_with(
+        &snapshot(
+            port,
+            vec![
+                route("httproute/ns/ok/rule/0/match/0", &[], path(PathMatchType::Prefix, "/ok"), vec![to("a", 1)]),
+                route(
+                    "httproute/ns/down/rule/0/match/0",
+                    &[],
+                    path(PathMatchType::Prefix, "/down"),
+                    vec![to("empty", 1)],
+                ),
+            ],
+            vec![cluster("a", &[a.port]), cluster("empty", &[])],
+        ),
+        &["--access-log"],
+    );
+    for _ in 0..3 {
+        assert_eq!(get(port, "x", "/ok", &[]).status, 200);
+    }
+    assert_eq!(get(port, "x", "/down", &[]).status, 503);
+    assert_eq!(get(port, "x", "/nothing", &[]).status, 404);
+    let metrics = plane.admin("/metrics");
+    assert!(
+        metrics.contains(r#"sluice_requests_total{route="httproute/ns/ok/rule/0/match/0",code="200"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_requests_total{route="httproute/ns/down/rule/0/match/0",code="503"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"sluice_requests_total{route="none",code="404"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_request_duration_seconds_count{route="httproute/ns/ok/rule/0/match/0"} 3"#),
+        "{metrics}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = plane.stdout();
+        if log.lines().filter(|l| l.starts_with('{')).count() >= 5 || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<serde_json::Value> =
+        log.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    assert_eq!(lines[3]["status"], 503);
+    assert_eq!(lines[3]["route"], "httproute/ns/down/rule/0/match/0");
+    assert_eq!(lines[4]["status"], 404);
+    assert_eq!(lines[0]["path"], "/ok");
+}

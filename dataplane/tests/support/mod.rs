@@ -206,7 +206,7 @@ impl DataPlane {
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .args(extra_args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap()))
             .spawn()
             .unwrap();
         let plane = DataPlane { child, snapshot_path, admin_port, _dir: TempDir(dir) };
@@ -235,6 +235,11 @@ impl DataPlane {
         let tmp = self.snapshot_path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &self.snapshot_path).unwrap();
+    }
+
+    /// What the data plane printed to stdout so far (the access log, when enabled).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.snapshot_path.with_file_name("stdout.log")).unwrap_or_default()
     }
 
     pub fn admin(&self, path: &str) -> String {

@@ -1,0 +1,214 @@
+//! Prometheus metrics of the data plane, recorded with atomics only on the request path.
+//!
+//! Counters live per route name and survive snapshot swaps (a route keeps its series when
+//! the config changes); `/metrics` renders them through a prometheus-client collector.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Distinct status codes tracked per route; rarer codes count under their class.
+const STATUS_SLOTS: usize = 12;
+
+/// The label of requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// Every metric of one data plane.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    pub generation: AtomicU64,
+    pub reloads_applied: AtomicU64,
+    pub reloads_rejected: AtomicU64,
+}
+
+/// Counters of one route.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    status_codes: [AtomicU16; STATUS_SLOTS],
+    status_counts: [AtomicU64; STATUS_SLOTS],
+    /// Codes that found no slot, by class (1xx..5xx).
+    other_by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    upstream_errors: AtomicU64,
+}
+
+impl RouteMetrics {
+    /// Records one finished request.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.count_status(status);
+        let seconds = elapsed.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_status(&self, status: u16) {
+        for (code, count) in self.status_codes.iter().zip(&self.status_counts) {
+            let current = code.load(Ordering::Relaxed);
+            let claimed = current == status
+                || (current == 0
+                    && match code.compare_exchange(0, status, Ordering::Relaxed, Ordering::Relaxed) {
+                        Ok(_) => true,
+                        Err(other) => other == status,
+                    });
+            if claimed {
+                count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.other_by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// The counters of `route`, created on first use and kept across snapshot swaps.
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        let mut routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.entry(route.to_string()).or_default().clone()
+    }
+
+    /// A registry exposing these metrics.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut registry = Registry::with_prefix("sluice");
+        registry.register_collector(Box::new(MetricsCollector(self.clone())));
+        registry
+    }
+}
+
+#[derive(Debug)]
+struct MetricsCollector(Arc<Metrics>);
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metrics = &self.0;
+        let routes: Vec<(String, Arc<RouteMetrics>)> = {
+            let routes = metrics.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut list: Vec<_> = routes.iter().map(|(name, m)| (name.clone(), m.clone())).collect();
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list
+        };
+
+        let mut family =
+            encoder.encode_descriptor("requests", "Requests by route and status code", None, MetricType::Counter)?;
+        for (route, m) in &routes {
+            for (code, count) in m.status_codes.iter().zip(&m.status_counts) {
+                let code = code.load(Ordering::Relaxed);
+                if code != 0 {
+                    let labels = [("route", route.clone()), ("code", code.to_string())];
+                    ConstCounter::new(count.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            for (class, count) in m.other_by_class.iter().enumerate() {
+                let value = count.load(Ordering::Relaxed);
+                if value != 0 {
+                    let labels = [("route", route.clone()), ("code", format!("{}xx", class + 1))];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "request_duration_seconds",
+            "Time from request headers to the end of the response, by route",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (route, m) in &routes {
+            let buckets: Vec<(f64, u64)> =
+                BUCKETS.iter().zip(&m.buckets).map(|(bound, count)| (*bound, count.load(Ordering::Relaxed))).collect();
+            let count = m.count.load(Ordering::Relaxed);
+            let sum = m.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let labels = [("route", route.clone())];
+            family.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(
+                sum,
+                count,
+                &buckets_with_inf(buckets, count),
+                None,
+            )?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "upstream_errors",
+            "Failed attempts to reach a backend, by route",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, m) in &routes {
+            let labels = [("route", route.clone())];
+            ConstCounter::new(m.upstream_errors.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let gauge = ConstGauge::new(i64::try_from(metrics.generation.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "config_generation",
+            "Generation of the snapshot being served",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family =
+            encoder.encode_descriptor("config_reloads", "Snapshot reloads by result", None, MetricType::Counter)?;
+        for (result, value) in [("applied", &metrics.reloads_applied), ("rejected", &metrics.reloads_rejected)] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        Ok(())
+    }
+}
+
+fn buckets_with_inf(mut buckets: Vec<(f64, u64)>, count: u64) -> Vec<(f64, u64)> {
+    buckets.push((f64::INFINITY, count));
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let metrics = Arc::new(Metrics::default());
+        let route = metrics.route("httproute/ns/r/rule/0/match/0");
+        route.record(200, Duration::from_millis(3));
+        route.record(200, Duration::from_millis(30));
+        route.record(503, Duration::from_millis(1));
+        for code in 0..20u16 {
+            route.record(400 + code, Duration::from_millis(1));
+        }
+        metrics.generation.store(7, Ordering::Relaxed);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+        assert!(
+            text.contains(r#"sluice_requests_total{route="httproute/ns/r/rule/0/match/0",code="200"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"code="503"} 1"#), "{text}");
+        // 20 distinct 4xx codes: the slots fill up and the rest count under 4xx.
+        assert!(text.contains(r#"code="4xx"}"#), "{text}");
+        assert!(
+            text.contains(r#"sluice_request_duration_seconds_count{route="httproute/ns/r/rule/0/match/0"} 23"#),
+            "{text}"
+        );
+        assert!(text.contains("sluice_config_generation 7"), "{text}");
+    }
+}
