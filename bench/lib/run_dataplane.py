@@ -111,7 +111,7 @@ def wrk(url, host, seconds):
 def oha_p99(url, host, rate, seconds):
     if not shutil.which("oha"):
         return None
-    out = subprocess.run(["taskset", "-c", "0", "oha", "--no-tui", "-j", "-q", str(int(rate)), "-z", f"{seconds}s",
+    out = subprocess.run(["taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "-q", str(int(rate)), "-z", f"{seconds}s",
                           "-c", "32", "-H", f"Host: {host}", url], capture_output=True, text=True).stdout
     try:
         return json.loads(out)["latencyPercentiles"]["p99"] * 1000
