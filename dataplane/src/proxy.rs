@@ -9,6 +9,7 @@
 //!  response_filter: response header filters
 //! ```
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +22,27 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use sluice_snapshot::{AppProtocol, HeaderModifier, HttpFilter, RequestRedirect, http_filter, path_modifier};
+use sluice_snapshot::{AppProtocol, HeaderModifier, RequestRedirect, http_filter, path_modifier};
 
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::routes::{Compiled, RequestView, Route, Target, terminal_filter};
+
+/// Applies a header modifier (set, then add, then remove) to a request or response head;
+/// the two Pingora types share these methods but no trait.
+macro_rules! modify_headers {
+    ($head:expr, $modifier:expr) => {
+        for header in &$modifier.set {
+            $head.insert_header(header.name.clone(), header.value.as_str())?;
+        }
+        for header in &$modifier.add {
+            $head.append_header(header.name.clone(), header.value.as_str())?;
+        }
+        for name in &$modifier.remove {
+            $head.remove_header(name.as_str());
+        }
+    };
+}
 
 /// Shared, atomically swapped routing tables.
 pub type Tables = Arc<ArcSwap<Compiled>>;
@@ -43,9 +60,11 @@ pub struct SluiceProxy {
 pub struct RequestContext {
     started: Instant,
     route: Option<Arc<Route>>,
-    backend_filters: Vec<HttpFilter>,
+    /// Index of the chosen weighted backend in the route (for its filters).
+    backend: Option<usize>,
     endpoint: Option<(SocketAddr, AppProtocol)>,
-    matched_path: String,
+    /// Whether the request came in over TLS.
+    tls: bool,
 }
 
 #[async_trait]
@@ -53,13 +72,7 @@ impl ProxyHttp for SluiceProxy {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestContext {
-            started: Instant::now(),
-            route: None,
-            backend_filters: Vec::new(),
-            endpoint: None,
-            matched_path: String::new(),
-        }
+        RequestContext { started: Instant::now(), route: None, backend: None, endpoint: None, tls: false }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -77,38 +90,33 @@ impl ProxyHttp for SluiceProxy {
         let Some(port_table) = tables.ports.get(&port) else {
             return respond(session, 404, None).await;
         };
+        ctx.tls = tables.tls.contains_key(&port);
         let header = session.req_header();
-        let host = request_host(header);
         let raw_path = header.uri.path();
-        let path = normalize(raw_path);
-        let query = header.uri.query();
-        if path != raw_path {
-            // Forward exactly what was routed.
-            let normalized = match query {
+        if let Cow::Owned(path) = normalize(raw_path) {
+            // Forward exactly what is routed: the normalized path.
+            let normalized = match header.uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
+                None => path,
             };
             let uri =
                 normalized.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "path", e))?;
-            let path_owned = path.to_string();
             session.req_header_mut().set_uri(uri);
-            ctx.matched_path = path_owned;
-        } else {
-            ctx.matched_path = path.to_string();
         }
         let header = session.req_header();
+        let host = request_host(header);
         let Some(listener) = port_table.listener(&host) else {
             return respond(session, 404, None).await;
         };
         let view = RequestView {
             host: &host,
-            path: &ctx.matched_path,
+            path: header.uri.path(),
             query: header.uri.query(),
             method: &header.method,
             headers: &header.headers,
         };
         let Some(route) = listener.find(&view).cloned() else {
-            tracing::debug!(listener = listener.name, host, path = ctx.matched_path, "no route matches");
+            tracing::debug!(listener = listener.name, %host, path = header.uri.path(), "no route matches");
             return respond(session, 404, None).await;
         };
         tracing::debug!(route = route.name, "matched");
@@ -116,9 +124,15 @@ impl ProxyHttp for SluiceProxy {
         if let Some(kind) = terminal_filter(&route.filters) {
             match kind {
                 http_filter::Kind::RequestRedirect(redirect) => {
-                    let tls = tables.tls.contains_key(&port);
-                    let location =
-                        redirect_location(redirect, &route, tls, &host, port, &ctx.matched_path, header.uri.query());
+                    let location = redirect_location(
+                        redirect,
+                        &route,
+                        ctx.tls,
+                        &host,
+                        port,
+                        header.uri.path(),
+                        header.uri.query(),
+                    );
                     let status = u16::try_from(redirect.status_code).unwrap_or(302);
                     return respond(session, status, Some(location)).await;
                 }
@@ -128,7 +142,7 @@ impl ProxyHttp for SluiceProxy {
                 _ => {}
             }
         }
-        let Some((target, filters)) = route.backends.pick() else {
+        let Some((index, target)) = route.backends.pick() else {
             // No backend, or every weight is zero.
             return respond(session, 500, None).await;
         };
@@ -141,7 +155,7 @@ impl ProxyHttp for SluiceProxy {
                 }
                 Some(endpoint) => {
                     ctx.endpoint = Some((endpoint, cluster.app_protocol));
-                    ctx.backend_filters = filters.to_vec();
+                    ctx.backend = Some(index);
                     Ok(false)
                 }
             },
@@ -177,7 +191,8 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(route) = ctx.route.clone() else { return Ok(()) };
-        for filter in route.filters.iter().chain(ctx.backend_filters.iter()) {
+        let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
+        for filter in route.filters.iter().chain(backend_filters) {
             match &filter.kind {
                 Some(http_filter::Kind::RequestHeaderModifier(modifier)) => modify_request(upstream_request, modifier)?,
                 Some(http_filter::Kind::UrlRewrite(rewrite)) => {
@@ -185,7 +200,9 @@ impl ProxyHttp for SluiceProxy {
                         upstream_request.insert_header(http::header::HOST, rewrite.hostname.as_str())?;
                     }
                     if let Some(path) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
-                        let new_path = rewrite_path(path, route.path_prefix.as_deref(), &ctx.matched_path);
+                        // The routed (normalized) path of the downstream request.
+                        let routed_path = session.req_header().uri.path();
+                        let new_path = rewrite_path(path, route.path_prefix.as_deref(), routed_path);
                         let uri = match upstream_request.uri.query() {
                             Some(q) => format!("{new_path}?{q}"),
                             None => new_path,
@@ -207,9 +224,7 @@ impl ProxyHttp for SluiceProxy {
             };
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
-        let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
-        let proto = if self.tables.load().tls.contains_key(&port) { "https" } else { "http" };
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        upstream_request.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         for (cluster, numerator, denominator) in &route.mirrors {
             if *numerator == 0 || rand::random_range(0..*denominator) >= *numerator {
                 continue;
@@ -280,17 +295,10 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(route) = &ctx.route else { return Ok(()) };
-        for filter in route.filters.iter().chain(ctx.backend_filters.iter()) {
+        let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
+        for filter in route.filters.iter().chain(backend_filters) {
             if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
-                for header in &modifier.set {
-                    upstream_response.insert_header(header.name.clone(), header.value.as_str())?;
-                }
-                for header in &modifier.add {
-                    upstream_response.append_header(header.name.clone(), header.value.as_str())?;
-                }
-                for name in &modifier.remove {
-                    upstream_response.remove_header(name.as_str());
-                }
+                modify_headers!(upstream_response, modifier);
             }
         }
         Ok(())
@@ -298,15 +306,7 @@ impl ProxyHttp for SluiceProxy {
 }
 
 fn modify_request(request: &mut RequestHeader, modifier: &HeaderModifier) -> Result<()> {
-    for header in &modifier.set {
-        request.insert_header(header.name.clone(), header.value.as_str())?;
-    }
-    for header in &modifier.add {
-        request.append_header(header.name.clone(), header.value.as_str())?;
-    }
-    for name in &modifier.remove {
-        request.remove_header(name.as_str());
-    }
+    modify_headers!(request, modifier);
     Ok(())
 }
 
@@ -366,7 +366,7 @@ fn stripped_content_length(session: &Session) -> bool {
 }
 
 /// The request's host: the Host header (or the URI authority), lower-cased, without port.
-fn request_host(header: &RequestHeader) -> String {
+fn request_host(header: &RequestHeader) -> Cow<'_, str> {
     let raw = header
         .headers
         .get(http::header::HOST)
@@ -378,7 +378,12 @@ fn request_host(header: &RequestHeader) -> String {
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, _)| host)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Applies a path modifier to `path` (the normalized request path).

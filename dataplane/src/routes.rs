@@ -168,6 +168,11 @@ pub enum CompileError {
 }
 
 impl Backends {
+    /// The filters of the backend at `index` (from `pick`).
+    pub fn filters(&self, index: usize) -> &[HttpFilter] {
+        self.targets.get(index).map_or(&[], |(_, _, filters)| filters.as_slice())
+    }
+
     fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
         let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
         Backends { targets, total_weight, counter: AtomicUsize::new(0) }
@@ -175,7 +180,7 @@ impl Backends {
 
     /// Picks a target by smooth weighted rotation over the integer weights: deterministic,
     /// spreads each weight evenly, and needs only one atomic counter.
-    pub fn pick(&self) -> Option<(&Target, &[HttpFilter])> {
+    pub fn pick(&self) -> Option<(usize, &Target)> {
         if self.total_weight == 0 {
             return None;
         }
@@ -184,10 +189,10 @@ impl Backends {
         // requests land on different targets instead of exhausting one weight first.
         let slot = n.wrapping_mul(stride(self.total_weight)) % self.total_weight;
         let mut acc = 0u64;
-        for (weight, target, filters) in &self.targets {
+        for (index, (weight, target, _)) in self.targets.iter().enumerate() {
             acc += u64::from(*weight);
             if slot < acc {
-                return Some((target, filters));
+                return Some((index, target));
             }
         }
         None

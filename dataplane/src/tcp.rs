@@ -24,7 +24,7 @@ impl ServerApp for TcpProxy {
         let endpoint = {
             let tables = self.tables.load();
             match tables.tcp.get(&self.port).and_then(|backends| backends.pick()) {
-                Some((Target::Cluster(cluster), _)) => cluster.pick(),
+                Some((_, Target::Cluster(cluster))) => cluster.pick(),
                 // An invalid backend, no backend or no endpoint: close the connection.
                 _ => None,
             }

@@ -8,31 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sluice_snapshot::{
-    Cluster, DirectResponse, Endpoint, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, Listener, PathMatch,
+    Cluster, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, Listener, PathMatch,
     PathMatchType, PathModifier, Protocol, RequestRedirect, Snapshot, UrlRewrite, ValueMatch, ValueMatchType,
     WeightedBackend, http_filter, path_modifier, weighted_backend,
 };
-use support::{DataPlane, Echo, free_port, get, raw, request};
-
-fn cluster(name: &str, ports: &[u16]) -> Cluster {
-    Cluster {
-        name: name.into(),
-        app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
-        endpoints: ports
-            .iter()
-            .map(|p| Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
-            .collect(),
-    }
-}
-
-fn to(cluster: &str, weight: u32) -> WeightedBackend {
-    WeightedBackend {
-        name: cluster.into(),
-        weight,
-        target: Some(weighted_backend::Target::Cluster(cluster.into())),
-        filters: vec![],
-    }
-}
+use support::{DataPlane, Echo, cluster, free_port, get, raw, request, to};
 
 fn path(kind: PathMatchType, value: &str) -> HttpMatch {
     HttpMatch { path: Some(PathMatch { r#type: kind as i32, value: value.into() }), ..Default::default() }

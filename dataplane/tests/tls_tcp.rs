@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_snapshot::{
-    Certificate, Cluster, Endpoint, HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot,
-    TcpRoute, TlsMode, WeightedBackend, weighted_backend,
+    Certificate, HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot, TcpRoute, TlsMode,
 };
-use support::{DataPlane, Echo, free_port, parse_response};
+use support::{DataPlane, Echo, cluster, free_port, parse_response, to};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -27,26 +26,6 @@ fn certificate(name: &str, file: &str) -> Certificate {
         name: name.into(),
         cert_chain_pem: fixture(&format!("{file}.crt")),
         private_key_pem: fixture(&format!("{file}.key")),
-    }
-}
-
-fn cluster(name: &str, ports: &[u16]) -> Cluster {
-    Cluster {
-        name: name.into(),
-        app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
-        endpoints: ports
-            .iter()
-            .map(|p| Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
-            .collect(),
-    }
-}
-
-fn to(cluster: &str, weight: u32) -> WeightedBackend {
-    WeightedBackend {
-        name: cluster.into(),
-        weight,
-        target: Some(weighted_backend::Target::Cluster(cluster.into())),
-        filters: vec![],
     }
 }
 

@@ -180,3 +180,34 @@ fn endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Endpoint> {
     let (chosen, is_ready) = if ready.is_empty() { (terminating, false) } else { (ready, true) };
     chosen.into_iter().map(|(address, port)| Endpoint { address, port, ready: is_ready }).collect()
 }
+
+/// Answer for the share of traffic of an invalid backendRef (and for rules without any).
+pub(crate) const INVALID_BACKEND_STATUS: u32 = 500;
+
+/// The snapshot backend for one backendRef: its cluster when it resolved (collected into
+/// `clusters`), else a 500 share, remembering the first failure in `unresolved`.
+pub(crate) fn weighted_backend(
+    reference: BackendRef<'_>,
+    route_namespace: &str,
+    weight: u32,
+    resolved: Result<Arc<Cluster>, BackendError>,
+    filters: Vec<sluice_snapshot::HttpFilter>,
+    clusters: &mut Vec<Arc<Cluster>>,
+    unresolved: &mut Option<BackendError>,
+) -> sluice_snapshot::WeightedBackend {
+    use sluice_snapshot::{DirectResponse, WeightedBackend, weighted_backend::Target};
+    let namespace = reference.namespace.filter(|ns| !ns.is_empty()).unwrap_or(route_namespace);
+    let name = cluster_name(&ObjectKey::new(namespace, reference.name), reference.port.unwrap_or_default());
+    let target = match resolved {
+        Ok(cluster) => {
+            let target = Target::Cluster(cluster.name.clone());
+            clusters.push(cluster);
+            target
+        }
+        Err(error) => {
+            unresolved.get_or_insert(error);
+            Target::Invalid(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
+        }
+    };
+    WeightedBackend { name, weight, target: Some(target), filters }
+}

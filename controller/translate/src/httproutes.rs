@@ -12,14 +12,13 @@ use gateway_api::httproutes::{
 use sluice_snapshot::{
     Cluster, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
     PathModifier, RequestMirror, RequestRedirect, Timeouts, UrlRewrite, ValueMatch, ValueMatchType, WeightedBackend,
-    http_filter, path_modifier, weighted_backend,
+    http_filter, path_modifier,
 };
 
-use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, cluster_name};
+use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
 use crate::index::{Index, ObjectKey};
 
-/// Answer for the share of traffic of an invalid backendRef, and for rules without any.
-pub(crate) const INVALID_BACKEND_STATUS: u32 = 500;
+use crate::backends::INVALID_BACKEND_STATUS;
 
 /// A rule ready to be placed on listeners.
 pub(crate) struct CompiledRule {
@@ -139,7 +138,15 @@ fn compile_rule(
             backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
         }
         let resolved = cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http);
-        backends.push(weighted_backend(reference, &route.namespace, weight, resolved, backend_filters, out));
+        backends.push(weighted_backend(
+            reference,
+            &route.namespace,
+            weight,
+            resolved,
+            backend_filters,
+            &mut out.clusters,
+            &mut out.unresolved,
+        ));
     }
     if !terminal && backend_refs.is_empty() {
         filters.push(HttpFilter {
@@ -150,31 +157,6 @@ fn compile_rule(
         });
     }
     Ok(CompiledRule { index: rule_index, matches, filters, backends, timeouts: compile_timeouts(rule)? })
-}
-
-/// Builds the snapshot backend for one backendRef, remembering the first failure.
-fn weighted_backend(
-    reference: BackendRef<'_>,
-    route_namespace: &str,
-    weight: u32,
-    resolved: Result<std::sync::Arc<Cluster>, BackendError>,
-    filters: Vec<HttpFilter>,
-    out: &mut CompiledRoute,
-) -> WeightedBackend {
-    let namespace = reference.namespace.filter(|ns| !ns.is_empty()).unwrap_or(route_namespace);
-    let name = cluster_name(&ObjectKey::new(namespace, reference.name), reference.port.unwrap_or_default());
-    let target = match resolved {
-        Ok(cluster) => {
-            let target = weighted_backend::Target::Cluster(cluster.name.clone());
-            out.clusters.push(cluster);
-            target
-        }
-        Err(error) => {
-            out.unresolved.get_or_insert(error);
-            weighted_backend::Target::Invalid(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
-        }
-    };
-    WeightedBackend { name, weight, target: Some(target), filters }
 }
 
 fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {

@@ -142,26 +142,25 @@ pub fn translate(world: &World) -> Output {
     output
 }
 
-fn parent_refs<'a>(refs: impl Iterator<Item = ParentRefView<'a>>) -> Vec<ParentRef> {
-    refs.map(|p| ParentRef {
-        group: p.group.cloned(),
-        kind: p.kind.cloned(),
-        namespace: p.namespace.cloned(),
-        name: p.name.clone(),
-        section_name: p.section_name.cloned(),
-        port: p.port,
-    })
-    .collect()
-}
-
-/// The fields of a parentRef, common to every route kind's generated type.
-struct ParentRefView<'a> {
-    group: Option<&'a String>,
-    kind: Option<&'a String>,
-    namespace: Option<&'a String>,
-    name: &'a String,
-    section_name: Option<&'a String>,
-    port: Option<i32>,
+/// The parentRefs of a route, as status echoes them. Every route kind has its own
+/// generated parentRef type with the same fields, hence a macro.
+macro_rules! parent_refs {
+    ($route:expr) => {
+        $route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| ParentRef {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            })
+            .collect::<Vec<ParentRef>>()
+    };
 }
 
 impl Translation<'_> {
@@ -184,14 +183,7 @@ impl Translation<'_> {
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
         let generation = route.metadata.generation.unwrap_or_default();
-        let parents = parent_refs(route.spec.parent_refs.iter().flatten().map(|p| ParentRefView {
-            group: p.group.as_ref(),
-            kind: p.kind.as_ref(),
-            namespace: p.namespace.as_ref(),
-            name: &p.name,
-            section_name: p.section_name.as_ref(),
-            port: p.port,
-        }));
+        let parents = parent_refs!(route);
         if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
             return None;
         }
@@ -247,14 +239,7 @@ impl Translation<'_> {
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
         let generation = route.metadata.generation.unwrap_or_default();
-        let parents = parent_refs(route.spec.parent_refs.iter().flatten().map(|p| ParentRefView {
-            group: p.group.as_ref(),
-            kind: p.kind.as_ref(),
-            namespace: p.namespace.as_ref(),
-            name: &p.name,
-            section_name: p.section_name.as_ref(),
-            port: p.port,
-        }));
+        let parents = parent_refs!(route);
         if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
             return None;
         }

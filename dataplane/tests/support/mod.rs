@@ -257,3 +257,25 @@ impl Drop for DataPlane {
         let _ = self.child.wait();
     }
 }
+
+/// A cluster of loopback endpoints on `ports`.
+pub fn cluster(name: &str, ports: &[u16]) -> sluice_snapshot::Cluster {
+    sluice_snapshot::Cluster {
+        name: name.into(),
+        app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
+        endpoints: ports
+            .iter()
+            .map(|p| sluice_snapshot::Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
+            .collect(),
+    }
+}
+
+/// A weighted backend sending to `cluster`.
+pub fn to(cluster: &str, weight: u32) -> sluice_snapshot::WeightedBackend {
+    sluice_snapshot::WeightedBackend {
+        name: cluster.into(),
+        weight,
+        target: Some(sluice_snapshot::weighted_backend::Target::Cluster(cluster.into())),
+        filters: vec![],
+    }
+}
