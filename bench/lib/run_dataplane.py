@@ -151,10 +151,13 @@ def main():
         for n in ROUTES:
             subprocess.run([sys.executable, gen, work, str(n), str(PROXY_PORT), str(BACKEND_PORT)], check=True)
             runs = {p: [] for p in PROXIES}
+            # Calibration: nginx's closed-loop maximum sets the fixed rate (50%) for latency.
+            calibration = measure("nginx", work, n)
+            rate = calibration["rps"] * 0.5 if calibration else None
+            print(f"  N={n} fixed latency rate: {rate or 0:.0f} req/s (50% of nginx's maximum)", flush=True)
             for r in range(ROUNDS):
                 for proxy in PROXIES:  # interleaved rounds
-                    nginx_max = statistics.median([x["rps"] for x in runs.get("nginx", [])]) if runs.get("nginx") else None
-                    result = measure(proxy, work, n, rate=nginx_max * 0.5 if nginx_max else None)
+                    result = measure(proxy, work, n, rate=rate)
                     if result is None:
                         print(f"  {proxy}: did not start", flush=True)
                         continue

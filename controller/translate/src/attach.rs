@@ -18,10 +18,11 @@ pub(crate) fn is_gateway_ref(parent: &ParentRef) -> bool {
         && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
 }
 
-/// Attaches a route of `kind` in `route_namespace` with `hostnames` through `parent`.
-/// Counts the route in every listener it attaches to (attachedRoutes).
+/// Attaches a route of `kind` in `route_namespace` with `hostnames` through `parent`. The
+/// caller counts the route in `attachedRoutes` of the listeners when the route ends up
+/// Accepted (only accepted routes count).
 pub(crate) fn attach(
-    plan: &mut GatewayPlan<'_>,
+    plan: &GatewayPlan<'_>,
     parent: &ParentRef,
     kind: &str,
     route_namespace: &str,
@@ -54,6 +55,13 @@ pub(crate) fn attach(
             format!("Gateway {} has no listener {}", plan.key, wanted.join(" ")),
         );
     }
+    let selected: Vec<usize> = selected.into_iter().filter(|&i| plan.listeners[i].accepted()).collect();
+    if selected.is_empty() {
+        return Attachment::Rejected(
+            reason::NO_MATCHING_PARENT,
+            format!("the listeners of Gateway {} this route selects are not accepted", plan.key),
+        );
+    }
     let gateway_namespace = plan.key.namespace.clone();
     let allowed: Vec<usize> = selected
         .into_iter()
@@ -78,17 +86,7 @@ pub(crate) fn attach(
             format!("no listener of Gateway {} matches the route's hostnames", plan.key),
         );
     }
-    for (i, _) in &matched {
-        plan.listeners[*i].attached_routes += 1;
-    }
-    let serving: Vec<(usize, Vec<String>)> = matched.into_iter().filter(|(i, _)| plan.listeners[*i].serves()).collect();
-    if serving.is_empty() {
-        return Attachment::Rejected(
-            reason::NO_MATCHING_PARENT,
-            format!("the listeners of Gateway {} this route selects are not valid", plan.key),
-        );
-    }
-    Attachment::Attached(serving)
+    Attachment::Attached(matched)
 }
 
 /// The hostnames a route serves on a listener: `None` when they do not intersect,

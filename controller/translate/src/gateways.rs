@@ -58,6 +58,12 @@ impl ListenerPlan {
             && (self.protocol != Protocol::Https || !self.certificates.is_empty())
     }
 
+    /// Whether the listener is accepted: routes may attach to it (even if it cannot be
+    /// programmed, e.g. for a missing certificate).
+    pub fn accepted(&self) -> bool {
+        self.not_accepted.is_none() && self.conflicted.is_none()
+    }
+
     pub fn supports_kind(&self, kind: &str) -> bool {
         self.supported_kinds.iter().any(|k| k.kind == kind && k.group == GATEWAY_GROUP)
     }
@@ -108,6 +114,12 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
             None
         }
     };
+    if !listeners.iter().any(ListenerPlan::accepted) {
+        not_accepted.get_or_insert((
+            reason::LISTENERS_NOT_VALID,
+            "no listener is accepted, so the Gateway has nothing to serve".to_string(),
+        ));
+    }
     let mut requested_addresses = Vec::new();
     for address in gateway.spec.addresses.iter().flatten() {
         let kind = address.r#type.as_deref().unwrap_or("IPAddress");
@@ -337,39 +349,46 @@ fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
 
 /// Listeners on one port must share a protocol (ProtocolConflict) and, for the same
 /// protocol, have distinct hostnames (HostnameConflict); a TCP listener has its port to
-/// itself. As the conformance suite expects, the first listener in spec order wins: the
-/// later ones in a conflict are marked and not served.
+/// itself. As Gateway API v1.5.1 requires, no conflicting listener is picked as a winner:
+/// every listener involved in a conflict is marked and none of them is served.
 fn mark_conflicts(listeners: &mut [ListenerPlan]) {
     let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for i in 0..listeners.len() {
-        if listeners[i].not_accepted.is_some() {
-            continue;
+    for (i, listener) in listeners.iter().enumerate() {
+        if listener.not_accepted.is_none() {
+            by_port.entry(listener.port).or_default().push(i);
         }
-        let port = listeners[i].port;
-        let winners = by_port.entry(port).or_default();
-        let conflict = winners.iter().find_map(|&w| {
-            let (winner, candidate) = (&listeners[w], &listeners[i]);
-            if winner.protocol != candidate.protocol || candidate.protocol == Protocol::Tcp {
-                Some((
+    }
+    for (port, members) in by_port {
+        let protocols: BTreeSet<&str> = members.iter().map(|&i| protocol_name(listeners[i].protocol)).collect();
+        let exclusive = members.len() > 1 && members.iter().any(|&i| listeners[i].protocol == Protocol::Tcp);
+        if protocols.len() > 1 || exclusive {
+            let list = protocols.into_iter().collect::<Vec<_>>().join(", ");
+            for &i in &members {
+                listeners[i].conflicted = Some((
                     reason::PROTOCOL_CONFLICT,
                     format!(
-                        "port {port} is already used by listener {} with protocol {}",
-                        winner.name,
-                        protocol_name(winner.protocol)
+                        "port {port} is used by several listeners with protocols {list}; a TCP port cannot be shared"
                     ),
-                ))
-            } else if winner.hostname == candidate.hostname {
-                Some((
-                    reason::HOSTNAME_CONFLICT,
-                    format!("listener {} on port {port} already has this hostname", winner.name),
-                ))
-            } else {
-                None
+                ));
             }
-        });
-        match conflict {
-            Some(conflict) => listeners[i].conflicted = Some(conflict),
-            None => winners.push(i),
+            continue;
+        }
+        let mut by_hostname: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for &i in &members {
+            by_hostname.entry(listeners[i].hostname.clone()).or_default().push(i);
+        }
+        for (hostname, same) in by_hostname.into_iter().filter(|(_, same)| same.len() > 1) {
+            let names: Vec<String> = same.iter().map(|&i| listeners[i].name.clone()).collect();
+            for &i in &same {
+                listeners[i].conflicted = Some((
+                    reason::HOSTNAME_CONFLICT,
+                    format!(
+                        "listeners {} on port {port} share the hostname {:?}",
+                        names.join(", "),
+                        hostname.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
         }
     }
 }

@@ -164,10 +164,14 @@ macro_rules! parent_refs {
 }
 
 impl Translation<'_> {
-    fn add_clusters(&mut self, gateway: &ObjectKey, clusters: &[std::sync::Arc<Cluster>]) {
-        let gateway_clusters = match self.clusters.get_mut(gateway) {
+    fn add_clusters(
+        all: &mut BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+        gateway: &ObjectKey,
+        clusters: &[std::sync::Arc<Cluster>],
+    ) {
+        let gateway_clusters = match all.get_mut(gateway) {
             Some(existing) => existing,
-            None => self.clusters.entry(gateway.clone()).or_default(),
+            None => all.entry(gateway.clone()).or_default(),
         };
         for cluster in clusters {
             if !gateway_clusters.contains_key(&cluster.name) {
@@ -208,8 +212,14 @@ impl Translation<'_> {
             if let Attachment::Attached(listeners) = &attachment
                 && !all_invalid
             {
-                self.add_clusters(&gateway_key, &compiled.clusters);
+                if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
+                    Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                }
                 for (listener, hosts) in listeners {
+                    plan.listeners[*listener].attached_routes += 1;
+                    if !plan.listeners[*listener].serves() {
+                        continue;
+                    }
                     let placed = self.http_routes.entry((gateway_key.clone(), *listener)).or_default();
                     for rule in &compiled.rules {
                         placed.extend(place_rule(&key, rank, rule, hosts));
@@ -253,8 +263,14 @@ impl Translation<'_> {
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
             let attachment = attach(plan, &parent, "TCPRoute", &key.namespace, &[], &self.index);
             if let Attachment::Attached(listeners) = &attachment {
-                self.add_clusters(&gateway_key, &compiled.clusters);
+                if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
+                    Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                }
                 for (listener, _) in listeners {
+                    plan.listeners[*listener].attached_routes += 1;
+                    if !plan.listeners[*listener].serves() {
+                        continue;
+                    }
                     self.tcp_routes
                         .entry((gateway_key.clone(), *listener))
                         .or_default()
