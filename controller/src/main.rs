@@ -41,7 +41,8 @@ fn main() -> Result<()> {
             }
             let (world, skipped) = World::from_manifests(&text);
             for skip in &skipped {
-                eprintln!("skipped document {} {}: {}", skip.document, skip.object, skip.reason);
+                let at = skip.document.map(|d| format!("document {d} ")).unwrap_or_default();
+                eprintln!("skipped {at}{}: {}", skip.object, skip.reason);
             }
             let output = translate(&world);
             let rendered = if status_only {

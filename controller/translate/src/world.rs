@@ -30,8 +30,8 @@ pub struct World {
 /// A manifest document that was not taken into the World, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
-    /// Position of the document in the stream (0-based).
-    pub document: usize,
+    /// Position of the document in the stream (0-based), when one document is meant.
+    pub document: Option<usize>,
     /// `Kind namespace/name` when known.
     pub object: String,
     pub reason: String,
@@ -49,15 +49,55 @@ impl World {
                 Ok(serde_yaml::Value::Null) => continue,
                 Ok(value) => value,
                 Err(reason) => {
-                    skipped.push(Skipped { document, object: String::new(), reason });
+                    skipped.push(Skipped { document: Some(document), object: String::new(), reason });
                     continue;
                 }
             };
             if let Err((object, reason)) = world.add_value(value) {
-                skipped.push(Skipped { document, object, reason });
+                skipped.push(Skipped { document: Some(document), object, reason });
             }
         }
+        world.keep_last_definitions(&mut skipped);
         (world, skipped)
+    }
+
+    /// A manifest stream may define the same object twice; as with `kubectl apply`, the
+    /// later definition replaces the earlier one, which is reported as skipped.
+    fn keep_last_definitions(&mut self, skipped: &mut Vec<Skipped>) {
+        fn dedupe<T: kube::Resource<DynamicType = ()>>(objects: &mut Vec<Arc<T>>, skipped: &mut Vec<Skipped>) {
+            let mut seen = std::collections::HashSet::new();
+            let mut kept = Vec::with_capacity(objects.len());
+            for object in objects.drain(..).rev() {
+                let meta = object.meta();
+                let key = (meta.namespace.clone(), meta.name.clone());
+                if seen.insert(key) {
+                    kept.push(object);
+                } else {
+                    skipped.push(Skipped {
+                        document: None,
+                        object: format!(
+                            "{} {}/{}",
+                            T::kind(&()),
+                            meta.namespace.as_deref().unwrap_or_default(),
+                            meta.name.as_deref().unwrap_or_default()
+                        ),
+                        reason: "defined again later in the stream; the later definition is used".into(),
+                    });
+                }
+            }
+            kept.reverse();
+            *objects = kept;
+        }
+        dedupe(&mut self.gateway_classes, skipped);
+        dedupe(&mut self.gateways, skipped);
+        dedupe(&mut self.http_routes, skipped);
+        dedupe(&mut self.tcp_routes, skipped);
+        dedupe(&mut self.reference_grants, skipped);
+        dedupe(&mut self.services, skipped);
+        dedupe(&mut self.endpoint_slices, skipped);
+        dedupe(&mut self.secrets, skipped);
+        dedupe(&mut self.namespaces, skipped);
+        dedupe(&mut self.proxy_configs, skipped);
     }
 
     /// Adds one manifest; on failure returns the object's description and the reason.
