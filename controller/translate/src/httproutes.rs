@@ -106,6 +106,11 @@ fn compile_rule(
     let mut terminal = false;
     for filter in rule.filters.iter().flatten() {
         let filter = compile_filter(route, filter, &path_types, index, cache, out)?;
+        if matches!(filter.kind, Some(http_filter::Kind::DirectResponse(_))) {
+            // An unresolvable custom filter: the whole rule answers with an error.
+            let timeouts = compile_timeouts(rule)?;
+            return Ok(CompiledRule { index: rule_index, matches, filters: vec![filter], backends: vec![], timeouts });
+        }
         terminal |= matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_)));
         filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
     }
@@ -137,7 +142,17 @@ fn compile_rule(
             }
             backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
         }
-        let resolved = cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http);
+        // A backend whose own custom filter cannot be resolved answers 500 for its share.
+        let unresolvable = backend_filters.iter().any(|f| matches!(f.kind, Some(http_filter::Kind::DirectResponse(_))));
+        let resolved = if unresolvable {
+            backend_filters.clear();
+            Err(BackendError::InvalidKind(format!(
+                "backendRef {} has an unsupported ExtensionRef filter",
+                backend.name
+            )))
+        } else {
+            cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http)
+        };
         backends.push(weighted_backend(
             reference,
             &route.namespace,
@@ -339,8 +354,14 @@ fn compile_filter(
             }
         }
         HttpRouteRulesFiltersType::ExtensionRef => {
+            // Sluice resolves no custom filter. The filter must not be skipped: requests it
+            // would have processed get 500, and the route reports the reference.
             let name = filter.extension_ref.as_ref().map(|e| format!("{}.{} {}", e.kind, e.group, e.name));
-            return Err(format!("ExtensionRef filter {} is not supported", name.unwrap_or_default()));
+            out.unresolved.get_or_insert(BackendError::InvalidKind(format!(
+                "ExtensionRef filter {} is not supported; matching requests get 500",
+                name.unwrap_or_default()
+            )));
+            http_filter::Kind::DirectResponse(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
         }
         HttpRouteRulesFiltersType::Cors => return Err("the CORS filter is not supported yet".into()),
     };
