@@ -42,6 +42,8 @@ pub(crate) struct ListenerPlan {
     pub conflicted: Option<Problem>,
     /// ResolvedRefs=False when set.
     pub unresolved: Option<Problem>,
+    /// OverlappingTLSConfig=True (OverlappingHostnames) when set: the other listeners.
+    pub overlapping_tls: Option<String>,
     /// Names of valid certificates (snapshot `secret/ns/name`), in certificateRefs order.
     pub certificates: Vec<String>,
     pub attached_routes: i32,
@@ -100,6 +102,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
         gateway.spec.listeners.iter().map(|listener| plan_listener(listener, &key, index, &mut certificates)).collect();
     mark_duplicate_names(&mut listeners);
     mark_conflicts(&mut listeners);
+    mark_overlapping_tls(&mut listeners);
 
     let mut not_accepted = class.rejected.as_ref().map(|message| {
         (
@@ -300,6 +303,7 @@ fn plan_listener(
         namespaces,
         not_accepted,
         conflicted: None,
+        overlapping_tls: None,
         unresolved,
         certificates: listener_certificates,
         attached_routes: 0,
@@ -389,6 +393,28 @@ fn mark_conflicts(listeners: &mut [ListenerPlan]) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// TLS listeners on one port whose hostnames overlap (equal hostnames are a conflict
+/// already; here a wildcard covering another hostname, or a listener without hostname next
+/// to others) get OverlappingTLSConfig, as v1.5.1 requires of every controller.
+fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
+    let tls: Vec<usize> =
+        (0..listeners.len()).filter(|&i| listeners[i].protocol == Protocol::Https && listeners[i].accepted()).collect();
+    for &i in &tls {
+        let others: Vec<String> = tls
+            .iter()
+            .filter(|&&j| j != i && listeners[j].port == listeners[i].port)
+            .filter(|&&j| match (&listeners[i].hostname, &listeners[j].hostname) {
+                (Some(a), Some(b)) => crate::attach::intersect_hostnames(Some(a), std::slice::from_ref(b)).is_some(),
+                _ => true,
+            })
+            .map(|&j| listeners[j].name.clone())
+            .collect();
+        if !others.is_empty() {
+            listeners[i].overlapping_tls = Some(others.join(", "));
         }
     }
 }

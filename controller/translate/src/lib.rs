@@ -423,11 +423,22 @@ fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: 
             Condition::new(reason::PROGRAMMED, false, reason::INVALID, "Listener is not valid", generation)
         }
     };
+    let mut conditions = vec![accepted, conflicted, resolved, programmed];
+    // A negative-polarity condition: present only when true.
+    if let Some(others) = &listener.overlapping_tls {
+        conditions.push(Condition::new(
+            reason::OVERLAPPING_TLS_CONFIG,
+            true,
+            reason::OVERLAPPING_HOSTNAMES,
+            format!("the hostname overlaps with TLS listeners {others}; clients coalescing connections may reach the wrong listener"),
+            generation,
+        ));
+    }
     ListenerStatus {
         name: listener.name.clone(),
         supported_kinds: listener.supported_kinds.clone(),
         attached_routes: listener.attached_routes,
-        conditions: vec![accepted, conflicted, resolved, programmed],
+        conditions,
     }
 }
 

@@ -131,6 +131,8 @@ pub mod reason {
     pub const CONFLICTED: &str = "Conflicted";
     pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
     pub const SUPPORTED_VERSION: &str = "SupportedVersion";
+    pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
+    pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
 
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const INVALID: &str = "Invalid";
