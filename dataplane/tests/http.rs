@@ -467,3 +467,23 @@ fn exposes_metrics_and_an_access_log() {
     assert_eq!(lines[4]["status"], 404);
     assert_eq!(lines[0]["path"], "/ok");
 }
+
+#[test]
+fn strips_hop_by_hop_headers() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port])],
+    ));
+    let response = raw(
+        port,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close, x-private\r\nx-private: secret\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-kept: yes\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo("x-kept"), Some("yes"));
+    for header in ["x-private", "keep-alive", "proxy-connection"] {
+        assert_eq!(response.echo(header), None, "{header} must not reach the backend: {}", response.body);
+    }
+}
