@@ -44,6 +44,19 @@ impl Versioner {
         }
     }
 
+    /// Takes `version` as the current one when it is newer: a reconnecting data plane
+    /// already serves this content under a higher generation (the controller restarted),
+    /// so adopting it avoids a reload with the same content. Returns whether it was taken.
+    pub fn adopt(&mut self, version: &Version) -> bool {
+        match &self.current {
+            Some(current) if current.generation >= version.generation => false,
+            _ => {
+                self.current = Some(version.clone());
+                true
+            }
+        }
+    }
+
     /// Stamps `snapshot` with a new version if its content differs from the last one;
     /// returns `None` (and leaves the snapshot untouched) when nothing changed.
     pub fn stamp(&mut self, snapshot: &mut Snapshot) -> Option<Version> {
@@ -109,5 +122,19 @@ mod tests {
         // Same content, but the floor moved: it must be re-stamped above it.
         let mut again = snapshot(80);
         assert_eq!(versioner.stamp(&mut again).map(|v| v.generation), Some(101));
+    }
+
+    #[test]
+    fn adopt_takes_only_newer_versions() {
+        let mut versioner = Versioner::default();
+        let mut s = snapshot(80);
+        let stamped = versioner.stamp(&mut s).unwrap();
+        let reported = Version { generation: 57, content_hash: stamped.content_hash.clone() };
+        assert!(versioner.adopt(&reported));
+        assert_eq!(versioner.current(), Some(&reported));
+        // Same content again: nothing to push.
+        assert_eq!(versioner.stamp(&mut snapshot(80)), None);
+        assert!(!versioner.adopt(&Version { generation: 3, content_hash: "old".into() }));
+        assert_eq!(versioner.stamp(&mut snapshot(81)).map(|v| v.generation), Some(58));
     }
 }

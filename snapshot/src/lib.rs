@@ -24,6 +24,14 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The push service between controller and data planes (`sluice.push.v1`): messages and
+/// tonic client/server stubs. Enabled by the `grpc` feature.
+#[cfg(feature = "grpc")]
+#[allow(clippy::all, missing_docs)]
+pub mod push {
+    include!(concat!(env!("OUT_DIR"), "/sluice.push.v1.rs"));
+}
+
 /// Errors reading a snapshot file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

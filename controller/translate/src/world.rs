@@ -61,9 +61,24 @@ impl World {
         (world, skipped)
     }
 
+    /// Appends `other`'s objects to this World. Follow with [`World::keep_last_definitions`]
+    /// when both may define the same object (e.g. worlds read from several files).
+    pub fn extend(&mut self, other: &World) {
+        self.gateway_classes.extend(other.gateway_classes.iter().cloned());
+        self.gateways.extend(other.gateways.iter().cloned());
+        self.http_routes.extend(other.http_routes.iter().cloned());
+        self.tcp_routes.extend(other.tcp_routes.iter().cloned());
+        self.reference_grants.extend(other.reference_grants.iter().cloned());
+        self.services.extend(other.services.iter().cloned());
+        self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
+        self.secrets.extend(other.secrets.iter().cloned());
+        self.namespaces.extend(other.namespaces.iter().cloned());
+        self.proxy_configs.extend(other.proxy_configs.iter().cloned());
+    }
+
     /// A manifest stream may define the same object twice; as with `kubectl apply`, the
     /// later definition replaces the earlier one, which is reported as skipped.
-    fn keep_last_definitions(&mut self, skipped: &mut Vec<Skipped>) {
+    pub fn keep_last_definitions(&mut self, skipped: &mut Vec<Skipped>) {
         fn dedupe<T: kube::Resource<DynamicType = ()>>(objects: &mut Vec<Arc<T>>, skipped: &mut Vec<Skipped>) {
             let mut seen = std::collections::HashSet::new();
             let mut kept = Vec::with_capacity(objects.len());

@@ -1,0 +1,140 @@
+//! The control plane's commands, shared by `sluice-controller` and the all-in-one `sluice`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use sluice_translate::{World, translate};
+
+use crate::standalone;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Translate Gateway API manifests (files or directories of *.yaml) and print the
+    /// resulting status and per-Gateway snapshots as YAML.
+    Translate {
+        /// Manifest files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print only the status, not the snapshots.
+        #[arg(long)]
+        status_only: bool,
+    },
+    /// Standalone mode: serve the Gateways defined in a directory of Gateway API YAML on
+    /// this machine, one data-plane process per Gateway, following every file change.
+    Run {
+        /// The directory of manifests (GatewayClass, Gateway, routes, ReferenceGrants,
+        /// Services with static EndpointSlices, Secrets).
+        dir: PathBuf,
+        /// Write the full status as YAML to this file after every change.
+        #[arg(long, default_value = "sluice-status.yaml")]
+        status_file: PathBuf,
+        /// The address the Gateways' listeners bind to.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// How long the directory must be quiet before a change is applied (ms).
+        #[arg(long, default_value_t = 5)]
+        quiet_ms: u64,
+        /// Print only problems, not every status change.
+        #[arg(long)]
+        quiet: bool,
+        /// The data-plane program (default: the one installed beside this program).
+        #[arg(long)]
+        dataplane: Option<PathBuf>,
+    },
+}
+
+/// Runs a command. `dataplane` is how to start a data plane when the user names none.
+pub fn execute(command: Command, dataplane: Vec<OsString>) -> Result<()> {
+    match command {
+        Command::Translate { paths, status_only } => print_translation(&paths, status_only),
+        Command::Run { dir, status_file, bind, quiet_ms, quiet, dataplane: program } => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+                )
+                .try_init();
+            let dataplane = match program {
+                Some(program) => vec![program.into_os_string()],
+                None => dataplane,
+            };
+            let options = standalone::Options {
+                dir,
+                dataplane,
+                status_file: Some(status_file),
+                bind,
+                quiet_period: Duration::from_millis(quiet_ms),
+                quiet,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(standalone::run(options, shutdown_signal()))
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+fn print_translation(paths: &[PathBuf], status_only: bool) -> Result<()> {
+    let mut text = String::new();
+    for path in paths {
+        read_manifests(path, &mut text)?;
+    }
+    let (world, skipped) = World::from_manifests(&text);
+    for skip in &skipped {
+        let at = skip.document.map(|d| format!("document {d} ")).unwrap_or_default();
+        eprintln!("skipped {at}{}: {}", skip.object, skip.reason);
+    }
+    let output = translate(&world);
+    let rendered = if status_only {
+        serde_yaml::to_string(&output.status)?
+    } else {
+        let mut output = output;
+        for gateway in output.gateways.values_mut() {
+            for certificate in &mut gateway.snapshot.certificates {
+                certificate.private_key_pem = "<redacted>".into();
+            }
+        }
+        serde_yaml::to_string(&output)?
+    };
+    print!("{rendered}");
+    Ok(())
+}
+/// Appends the manifests at `path` (a file, or every *.yaml/*.yml below a directory, in
+/// name order) to `text`, as separate YAML documents.
+fn read_manifests(path: &Path, text: &mut String) -> Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading directory {}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let is_yaml = entry.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+            if entry.is_dir() || is_yaml {
+                read_manifests(&entry, text)?;
+            }
+        }
+        return Ok(());
+    }
+    let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.push_str("\n---\n");
+    text.push_str(&content);
+    text.push('\n');
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! The push server: one gRPC stream per data-plane pod, each receiving only its own
+//! Gateway's versioned snapshots, answering ACK or NACK.
+//!
+//! ```text
+//!  publish(gateway, snapshot) ──► Versioner::stamp ──(changed?)──► watch channel per Gateway
+//!                                                                   │ one stream task per pod
+//!  pod: Hello{gateway, pod, current} ──► identity check ──► resume ─┴─► Snapshot vN ──► pod
+//!  pod: Ack/Nack ──► per-pod bookkeeping ──► progress() ──► Programmed condition
+//! ```
+//!
+//! Versions never go backwards: a reconnecting pod reports what it serves, and the server
+//! either adopts that version (same content, e.g. after a controller restart: no reload)
+//! or stamps its own content above it.
+
+pub mod ca;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sluice_snapshot::push::config_push_server::{ConfigPush, ConfigPushServer};
+use sluice_snapshot::push::{ControlPlaneMessage, DataPlaneMessage, Hello, control_plane_message, data_plane_message};
+use sluice_snapshot::{Snapshot, Version, Versioner};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How the push server learns who a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authentication {
+    /// The client certificate's URI SAN names the one Gateway it may read (mTLS).
+    ClientCertificate,
+    /// No authentication: only for a server bound to loopback (standalone mode, tests).
+    LoopbackOnly,
+}
+
+/// What one data-plane pod has applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProgress {
+    /// The last version the pod applied (ACKed, or reported when it connected).
+    pub applied: Option<u64>,
+    /// The last version the pod rejected, with its error, if it is not yet superseded.
+    pub rejected: Option<(u64, String)>,
+    /// Whether the pod's stream is open.
+    pub connected: bool,
+}
+
+/// The push state of one Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayProgress {
+    /// The version of the latest published snapshot.
+    pub version: Option<u64>,
+    pub pods: BTreeMap<String, PodProgress>,
+}
+
+impl GatewayProgress {
+    /// `Ok(())` when every connected pod applied the current version (and at least one
+    /// is connected); else why not, for the Gateway's `Programmed` condition message.
+    pub fn programmed(&self) -> Result<(), String> {
+        let Some(version) = self.version else {
+            return Err("no configuration has been published yet".into());
+        };
+        let connected: Vec<_> = self.pods.iter().filter(|(_, pod)| pod.connected).collect();
+        if connected.is_empty() {
+            return Err(format!("waiting for a data plane to connect and apply version {version}"));
+        }
+        if let Some((pod, (rejected, error))) =
+            connected.iter().find_map(|(name, pod)| pod.rejected.as_ref().map(|r| (name, r)))
+        {
+            return Err(format!("data plane {pod} rejected version {rejected} and serves the previous one: {error}"));
+        }
+        let behind: Vec<&str> =
+            connected.iter().filter(|(_, pod)| pod.applied != Some(version)).map(|(name, _)| name.as_str()).collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("waiting for data planes {} to apply version {version}", behind.join(", ")))
+        }
+    }
+}
+
+struct GatewayState {
+    versioner: Versioner,
+    /// The latest stamped snapshot; every stream of this Gateway watches it.
+    current: watch::Sender<Option<Arc<Snapshot>>>,
+    pods: BTreeMap<String, PodState>,
+}
+
+#[derive(Default)]
+struct PodState {
+    progress: PodProgress,
+    /// The stream that owns this pod's entry (a reconnect may overlap the old stream).
+    stream: u64,
+}
+
+impl GatewayState {
+    fn new() -> Self {
+        Self { versioner: Versioner::default(), current: watch::Sender::new(None), pods: BTreeMap::new() }
+    }
+
+    fn progress(&self) -> GatewayProgress {
+        GatewayProgress {
+            version: self.versioner.current().filter(|v| !v.content_hash.is_empty()).map(|v| v.generation),
+            pods: self.pods.iter().map(|(name, pod)| (name.clone(), pod.progress.clone())).collect(),
+        }
+    }
+
+    /// Re-stamps the current content (after the floor moved) and publishes it.
+    fn restamp(&mut self) {
+        let Some(snapshot) = self.current.borrow().clone() else { return };
+        let mut snapshot = (*snapshot).clone();
+        if self.versioner.stamp(&mut snapshot).is_some() {
+            self.current.send_replace(Some(Arc::new(snapshot)));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    gateways: Mutex<BTreeMap<String, GatewayState>>,
+    /// Bumped whenever any Gateway's progress changes.
+    progress: watch::Sender<u64>,
+    streams: AtomicU64,
+}
+
+/// The push server's state; cheap to clone. Serve it with [`PushServer::serve`].
+#[derive(Clone, Default)]
+pub struct PushServer {
+    shared: Arc<Shared>,
+}
+
+impl PushServer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn gateways(&self) -> MutexGuard<'_, BTreeMap<String, GatewayState>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters more than stopping pushes, so a poisoned lock is taken over.
+        self.shared.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn progress_changed(&self) {
+        self.shared.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Publishes a Gateway's latest snapshot. It is stamped with a new version and pushed
+    /// to the Gateway's data planes only if its content changed; returns the new version.
+    pub fn publish(&self, gateway: &str, mut snapshot: Snapshot) -> Option<Version> {
+        let mut gateways = self.gateways();
+        let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
+        let version = state.versioner.stamp(&mut snapshot)?;
+        state.current.send_replace(Some(Arc::new(snapshot)));
+        drop(gateways);
+        self.progress_changed();
+        Some(version)
+    }
+
+    /// Forgets a deleted Gateway; its open streams stay open but receive nothing more.
+    pub fn remove(&self, gateway: &str) {
+        self.gateways().remove(gateway);
+        self.progress_changed();
+    }
+
+    /// The Gateways that have a published snapshot or a connected pod.
+    pub fn progress(&self) -> BTreeMap<String, GatewayProgress> {
+        self.gateways().iter().map(|(name, state)| (name.clone(), state.progress())).collect()
+    }
+
+    /// Changes whenever some Gateway's progress changed.
+    pub fn watch_progress(&self) -> watch::Receiver<u64> {
+        self.shared.progress.subscribe()
+    }
+
+    /// The tonic service, for serving beside other services. Its streams end when
+    /// `closing` turns true (a graceful shutdown cannot finish while streams are open).
+    pub fn service(
+        &self,
+        authentication: Authentication,
+        closing: watch::Receiver<bool>,
+    ) -> ConfigPushServer<PushService> {
+        ConfigPushServer::new(PushService { server: self.clone(), authentication, closing })
+            .max_decoding_message_size(64 * 1024)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Serves the push service on `listener` until `shutdown` completes. With `tls`
+    /// (server certificate and key, CA for client certificates) clients must present a
+    /// certificate from that CA; without it the listener must be on loopback.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<ServerTls>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let address: SocketAddr = listener.local_addr()?;
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .tcp_nodelay(true);
+        let authentication = match tls {
+            Some(tls) => {
+                let config = tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.private_key_pem))
+                    .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+                builder = builder.tls_config(config).context("push server TLS")?;
+                Authentication::ClientCertificate
+            }
+            None => {
+                anyhow::ensure!(
+                    address.ip().is_loopback(),
+                    "the push server without TLS may only listen on loopback, not {address}"
+                );
+                Authentication::LoopbackOnly
+            }
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (closing, closed) = watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
+        builder
+            .add_service(self.service(authentication, closed))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("push server")
+    }
+
+    /// Registers a pod's stream; returns the stream id, the channel to watch and whether
+    /// the current snapshot must be sent first.
+    fn connect(&self, hello: &Hello) -> (u64, watch::Receiver<Option<Arc<Snapshot>>>) {
+        let stream = self.shared.streams.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut gateways = self.gateways();
+        let state = gateways.entry(hello.gateway.clone()).or_insert_with(GatewayState::new);
+        let reported = hello.current.clone().filter(|v| v.generation > 0);
+        if let Some(reported) = &reported {
+            let ours = state.current.borrow().as_ref().and_then(|s| s.version.clone());
+            match ours {
+                Some(ours) if ours.content_hash == reported.content_hash => {
+                    // It serves our content already, maybe under a higher generation (we
+                    // restarted): take its version so nobody reloads.
+                    if state.versioner.adopt(reported) {
+                        let mut snapshot = state.current.borrow().as_deref().cloned().unwrap_or_default();
+                        snapshot.version = Some(reported.clone());
+                        state.current.send_replace(Some(Arc::new(snapshot)));
+                    }
+                }
+                _ => {
+                    state.versioner.observe(reported.generation);
+                    state.restamp();
+                }
+            }
+        }
+        let pod = state.pods.entry(hello.pod.clone()).or_default();
+        pod.stream = stream;
+        pod.progress.connected = true;
+        pod.progress.rejected = None;
+        pod.progress.applied = reported.map(|v| v.generation);
+        let receiver = state.current.subscribe();
+        drop(gateways);
+        self.progress_changed();
+        (stream, receiver)
+    }
+
+    fn record(&self, gateway: &str, pod: &str, stream: u64, message: data_plane_message::Message) {
+        let mut gateways = self.gateways();
+        let Some(entry) = gateways.get_mut(gateway).and_then(|g| g.pods.get_mut(pod)) else { return };
+        if entry.stream != stream {
+            return;
+        }
+        match message {
+            data_plane_message::Message::Ack(ack) => {
+                entry.progress.applied = ack.version.map(|v| v.generation);
+                entry.progress.rejected = None;
+            }
+            data_plane_message::Message::Nack(nack) => {
+                let generation = nack.version.map(|v| v.generation).unwrap_or_default();
+                tracing::warn!(gateway, pod, generation, error = nack.error, "data plane rejected a snapshot");
+                entry.progress.rejected = Some((generation, nack.error));
+            }
+            data_plane_message::Message::Hello(_) => return,
+        }
+        drop(gateways);
+        self.progress_changed();
+    }
+
+    fn disconnect(&self, gateway: &str, pod: &str, stream: u64) {
+        let mut gateways = self.gateways();
+        if let Some(entry) = gateways.get_mut(gateway).and_then(|g| g.pods.get_mut(pod))
+            && entry.stream == stream
+        {
+            entry.progress.connected = false;
+        }
+        drop(gateways);
+        self.progress_changed();
+    }
+}
+
+/// TLS material for the push server.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+    /// The CA that signs the data planes' client certificates.
+    pub client_ca_pem: String,
+}
+
+/// The tonic service implementation.
+pub struct PushService {
+    server: PushServer,
+    authentication: Authentication,
+    closing: watch::Receiver<bool>,
+}
+
+impl PushService {
+    /// The Gateway the caller may read, from its client certificate; `None` when the
+    /// server runs without authentication.
+    fn identity<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        match self.authentication {
+            Authentication::LoopbackOnly => Ok(None),
+            Authentication::ClientCertificate => {
+                let certificates =
+                    request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+                let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+                ca::gateway_of_certificate(leaf)
+                    .map(Some)
+                    .ok_or_else(|| Status::permission_denied("the client certificate names no Gateway"))
+            }
+        }
+    }
+}
+
+fn valid_gateway_name(gateway: &str) -> bool {
+    gateway.split_once('/').is_some_and(|(namespace, name)| {
+        !namespace.is_empty() && !name.is_empty() && !name.contains('/') && gateway.len() <= 317
+    })
+}
+
+#[tonic::async_trait]
+impl ConfigPush for PushService {
+    type StreamStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let identity = self.identity(&request)?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 30 s"))??;
+        let Some(DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message of a stream must be a Hello"));
+        };
+        if !valid_gateway_name(&hello.gateway) {
+            return Err(Status::invalid_argument(format!(
+                "Hello.gateway must be namespace/name, not {:?}",
+                hello.gateway
+            )));
+        }
+        if let Some(identity) = identity
+            && identity != hello.gateway
+        {
+            return Err(Status::permission_denied(format!(
+                "this client may read Gateway {identity} only, not {}",
+                hello.gateway
+            )));
+        }
+        let pod = if hello.pod.is_empty() { "unnamed".to_string() } else { hello.pod.clone() };
+        let hello = Hello { pod, ..hello };
+        let (stream, mut current) = self.server.connect(&hello);
+        tracing::info!(gateway = hello.gateway, pod = hello.pod, "data plane connected");
+
+        let (sender, receiver) = mpsc::channel(4);
+        let server = self.server.clone();
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            let reported_hash = hello.current.as_ref().map(|v| v.content_hash.clone());
+            // The first snapshot: skipped when the pod already serves this content.
+            let initial = current.borrow_and_update().clone();
+            if let Some(snapshot) = initial {
+                let same = snapshot.version.as_ref().map(|v| &v.content_hash) == reported_hash.as_ref();
+                let reported = hello.current.as_ref().map_or(0, |v| v.generation);
+                let newer = snapshot.version.as_ref().is_some_and(|v| v.generation > reported);
+                if (newer || !same) && sender.send(Ok(snapshot_message(&snapshot))).await.is_err() {
+                    server.disconnect(&hello.gateway, &hello.pod, stream);
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    changed = current.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let snapshot = current.borrow_and_update().clone();
+                        if let Some(snapshot) = snapshot
+                            && sender.send(Ok(snapshot_message(&snapshot))).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    message = inbound.message() => match message {
+                        Ok(Some(DataPlaneMessage { message: Some(message) })) => {
+                            server.record(&hello.gateway, &hello.pod, stream, message);
+                        }
+                        Ok(Some(DataPlaneMessage { message: None })) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                    () = sender.closed() => break,
+                    _ = closing.changed() => break,
+                }
+            }
+            tracing::info!(gateway = hello.gateway, pod = hello.pod, "data plane disconnected");
+            server.disconnect(&hello.gateway, &hello.pod, stream);
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn snapshot_message(snapshot: &Snapshot) -> ControlPlaneMessage {
+    ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(snapshot.clone())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(version: Option<u64>, pods: &[(&str, Option<u64>, bool)]) -> GatewayProgress {
+        GatewayProgress {
+            version,
+            pods: pods
+                .iter()
+                .map(|(name, applied, connected)| {
+                    (name.to_string(), PodProgress { applied: *applied, rejected: None, connected: *connected })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn programmed_needs_every_connected_pod_on_the_current_version() {
+        assert!(progress(None, &[]).programmed().is_err());
+        assert!(progress(Some(3), &[]).programmed().unwrap_err().contains("waiting for a data plane"));
+        assert!(progress(Some(3), &[("a", Some(3), true), ("b", Some(2), false)]).programmed().is_ok());
+        let behind = progress(Some(3), &[("a", Some(3), true), ("b", Some(2), true)]);
+        assert!(behind.programmed().unwrap_err().contains("waiting for data planes b"));
+        let mut rejected = progress(Some(3), &[("a", Some(2), true)]);
+        rejected.pods.get_mut("a").unwrap().rejected = Some((3, "bad regex".into()));
+        assert!(rejected.programmed().unwrap_err().contains("rejected version 3"));
+    }
+
+    #[test]
+    fn publish_pushes_only_changes() {
+        let server = PushServer::new();
+        let snapshot = Snapshot { gateway: "ns/gw".into(), ..Default::default() };
+        assert_eq!(server.publish("ns/gw", snapshot.clone()).map(|v| v.generation), Some(1));
+        assert_eq!(server.publish("ns/gw", snapshot), None);
+        assert_eq!(server.progress()["ns/gw"].version, Some(1));
+    }
+
+    #[test]
+    fn a_reconnect_at_our_content_is_adopted_and_other_content_is_outnumbered() {
+        let server = PushServer::new();
+        let snapshot = Snapshot { gateway: "ns/gw".into(), ..Default::default() };
+        let ours = server.publish("ns/gw", snapshot.clone()).unwrap();
+        // Same content under a higher generation (we restarted): adopted, no reload.
+        let same = Version { generation: 40, content_hash: ours.content_hash.clone() };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(same) };
+        let (_, receiver) = server.connect(&hello);
+        assert_eq!(receiver.borrow().as_ref().unwrap().version.as_ref().unwrap().generation, 40);
+        assert!(server.progress()["ns/gw"].programmed().is_ok());
+        // Other content at a higher generation: ours is re-stamped above it.
+        let other = Version { generation: 90, content_hash: "other".into() };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p2".into(), current: Some(other) };
+        let (_, receiver) = server.connect(&hello);
+        assert_eq!(receiver.borrow().as_ref().unwrap().version.as_ref().unwrap().generation, 91);
+        // And it keeps growing from there.
+        let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
+        assert_eq!(server.publish("ns/gw", changed).map(|v| v.generation), Some(92));
+    }
+}

@@ -1,0 +1,134 @@
+//! The file provider: Gateway API manifests read from a directory, re-read incrementally.
+//!
+//! Every `*.yaml`/`*.yml` file below the directory (hidden entries skipped) is parsed on
+//! its own and cached by content, so a change to one file re-parses only that file; the
+//! World is the concatenation in path order, later definitions replacing earlier ones.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sluice_translate::{Skipped, World};
+
+struct Parsed {
+    hash: u64,
+    world: World,
+    skipped: Vec<Skipped>,
+}
+
+/// The cached manifests of one directory.
+pub struct Manifests {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, Parsed>,
+}
+
+/// One problem reading the directory, for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl Manifests {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf(), files: BTreeMap::new() }
+    }
+
+    /// Re-reads the directory; returns whether anything changed.
+    pub fn refresh(&mut self) -> std::io::Result<bool> {
+        let mut paths = Vec::new();
+        collect(&self.root, &mut paths)?;
+        let mut changed = false;
+        let before = self.files.len();
+        self.files.retain(|path, _| paths.contains(path));
+        changed |= self.files.len() != before;
+        for path in paths {
+            // A file may vanish between listing and reading: it is simply gone.
+            let Ok(bytes) = std::fs::read(&path) else {
+                changed |= self.files.remove(&path).is_some();
+                continue;
+            };
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            let hash = hasher.finish();
+            if self.files.get(&path).is_some_and(|parsed| parsed.hash == hash) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let (world, skipped) = World::from_manifests(&text);
+            self.files.insert(path, Parsed { hash, world, skipped });
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The World of all files, and every document that was skipped, with its file.
+    pub fn world(&self) -> (World, Vec<Problem>) {
+        let mut world = World::default();
+        let mut problems = Vec::new();
+        for (path, parsed) in &self.files {
+            world.extend(&parsed.world);
+            for skip in &parsed.skipped {
+                let at = skip.document.map(|d| format!("document {d}: ")).unwrap_or_default();
+                let object = if skip.object.is_empty() { String::new() } else { format!("{}: ", skip.object) };
+                problems.push(Problem { file: path.clone(), message: format!("{at}{object}{}", skip.reason) });
+            }
+        }
+        let mut duplicates = Vec::new();
+        world.keep_last_definitions(&mut duplicates);
+        for skip in duplicates {
+            problems.push(Problem { file: self.root.clone(), message: format!("{}: {}", skip.object, skip.reason) });
+        }
+        (world, problems)
+    }
+}
+
+fn collect(dir: &Path, into: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for entry in entries {
+        let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() {
+            collect(&entry, into)?;
+        } else if entry.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
+            into.push(entry);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_reparsed_only_when_they_change_and_later_files_win() {
+        let dir = std::env::temp_dir().join(format!("sluice-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let gateway = |port: u16| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\n\
+                 spec:\n  gatewayClassName: c\n  listeners: [{{name: l, port: {port}, protocol: HTTP}}]\n"
+            )
+        };
+        std::fs::write(dir.join("a.yaml"), gateway(80)).unwrap();
+        std::fs::write(dir.join("sub/b.yml"), gateway(81)).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
+        std::fs::write(dir.join("bad.yaml"), "kind: [").unwrap();
+        let mut manifests = Manifests::new(&dir);
+        assert!(manifests.refresh().unwrap());
+        assert!(!manifests.refresh().unwrap());
+        let (world, problems) = manifests.world();
+        assert_eq!(world.gateways.len(), 1);
+        assert_eq!(world.gateways[0].spec.listeners[0].port, 81);
+        assert!(problems.iter().any(|p| p.file.ends_with("bad.yaml")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.message.contains("defined again")), "{problems:?}");
+        std::fs::remove_file(dir.join("sub/b.yml")).unwrap();
+        assert!(manifests.refresh().unwrap());
+        assert_eq!(manifests.world().0.gateways[0].spec.listeners[0].port, 80);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

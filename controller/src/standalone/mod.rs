@@ -1,0 +1,518 @@
+//! Standalone mode: Gateway API YAML in a directory in, traffic served on localhost.
+//!
+//! ```text
+//!  DIR/*.yaml ──inotify (+2 s rescan)──► Manifests (per-file cache) ──► World ──► translate
+//!      │                                                                │ per Gateway
+//!      │   echo backends for Services annotated standalone.sluice.dev/echo  ▼
+//!      └──────────────────────────────────────────────► PushServer::publish (mTLS, loopback)
+//!                                                          │ gRPC stream
+//!                         one data-plane process per Gateway ◄┘ ACK/NACK ──► status report
+//! ```
+//!
+//! It runs the same translator and the same push path as the Kubernetes controller; the
+//! data planes are child processes that exit with it.
+
+pub mod echo;
+pub mod manifests;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sluice_translate::status::{Condition, ConditionStatus, reason};
+use sluice_translate::{Output, World, translate};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::push::ca::CertificateAuthority;
+use crate::push::{GatewayProgress, PushServer, ServerTls};
+
+use self::manifests::{Manifests, Problem};
+
+/// Annotation on a Service: standalone mode runs an echo backend at each of its static
+/// EndpointSlice addresses (loopback only).
+pub const ECHO_ANNOTATION: &str = "standalone.sluice.dev/echo";
+
+/// What `sluice run` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The directory of manifests.
+    pub dir: PathBuf,
+    /// The command that starts a data plane (program and leading arguments); the push
+    /// link's arguments are appended.
+    pub dataplane: Vec<OsString>,
+    /// Where the full status is written as YAML after every change.
+    pub status_file: Option<PathBuf>,
+    /// The address data-plane listeners bind to.
+    pub bind: IpAddr,
+    /// How long the directory must be quiet before a change is applied.
+    pub quiet_period: Duration,
+    /// Print only problems, not every status change.
+    pub quiet: bool,
+}
+
+/// Runs standalone mode until `shutdown` completes.
+pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    anyhow::ensure!(options.dir.is_dir(), "{} is not a directory", options.dir.display());
+    let state_dir = std::env::temp_dir().join(format!("sluice-run-{}", std::process::id()));
+    create_private_dir(&state_dir)?;
+    let result = run_in(&options, &state_dir, shutdown).await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    result
+}
+
+async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let ca = CertificateAuthority::generate("sluice standalone push CA", 365)?;
+    let server_certificate = ca.issue_server(&["127.0.0.1", "localhost"], 365)?;
+    let ca_file = state_dir.join("ca.crt");
+    write_private(&ca_file, ca.certificate_pem())?;
+
+    let push = PushServer::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the push server")?;
+    let push_address = listener.local_addr()?;
+    let (stop_push, push_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = ServerTls {
+        certificate_pem: server_certificate.certificate_pem,
+        private_key_pem: server_certificate.private_key_pem,
+        client_ca_pem: ca.certificate_pem().to_string(),
+    };
+    let push_task = tokio::spawn({
+        let push = push.clone();
+        async move {
+            if let Err(error) = push.serve(listener, Some(tls), async { drop(push_stopped.await) }).await {
+                tracing::error!("{error:#}");
+            }
+        }
+    });
+
+    let (events, mut changes) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events.send(());
+        }
+    })
+    .context("watching the directory")?;
+    notify::Watcher::watch(&mut watcher, &options.dir, notify::RecursiveMode::Recursive)
+        .context("watching the directory")?;
+
+    let mut runner = Runner {
+        options: options.clone(),
+        state_dir: state_dir.to_path_buf(),
+        ca,
+        ca_file,
+        push_address,
+        push: push.clone(),
+        manifests: Manifests::new(&options.dir),
+        output: Output::default(),
+        problems: Vec::new(),
+        processes: BTreeMap::new(),
+        echoes: BTreeMap::new(),
+        last_report: String::new(),
+    };
+    println!("sluice: serving the Gateways in {} (push server {push_address})", options.dir.display());
+    runner.reconcile().await;
+
+    let mut progress = push.watch_progress();
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut supervise = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = changes.recv() => {
+                // Debounce: wait for a quiet period, but never longer than 50 ms in all.
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_millis(50) {
+                    match tokio::time::timeout(options.quiet_period, changes.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                runner.reconcile().await;
+            }
+            _ = rescan.tick() => runner.reconcile().await,
+            _ = progress.changed() => runner.report(),
+            _ = supervise.tick() => runner.supervise().await,
+        }
+    }
+    drop(watcher);
+    for (_, mut process) in std::mem::take(&mut runner.processes) {
+        let _ = process.child.kill().await;
+    }
+    let _ = stop_push.send(());
+    let _ = push_task.await;
+    Ok(())
+}
+
+struct DataPlane {
+    child: Child,
+    ports: Vec<u32>,
+    admin: SocketAddr,
+    /// Set once the process exited, with how; it is restarted after a pause.
+    exited: Option<(String, Instant)>,
+}
+
+struct Runner {
+    options: Options,
+    state_dir: PathBuf,
+    ca: CertificateAuthority,
+    ca_file: PathBuf,
+    push_address: SocketAddr,
+    push: PushServer,
+    manifests: Manifests,
+    output: Output,
+    problems: Vec<Problem>,
+    processes: BTreeMap<String, DataPlane>,
+    echoes: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    last_report: String,
+}
+
+impl Runner {
+    async fn reconcile(&mut self) {
+        match self.manifests.refresh() {
+            Ok(false) if !self.last_report.is_empty() => return,
+            Ok(_) => {}
+            Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
+        }
+        let (world, problems) = self.manifests.world();
+        self.problems = problems;
+        self.output = translate(&world);
+        let mut wanted = BTreeMap::new();
+        for (key, gateway) in &self.output.gateways {
+            let name = key.to_string();
+            self.push.publish(&name, gateway.snapshot.clone());
+            let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if !ports.is_empty() {
+                wanted.insert(name, ports);
+            }
+        }
+        for (name, ports) in &wanted {
+            self.ensure_process(name, ports.clone()).await;
+        }
+        let gone: Vec<String> = self.processes.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
+        for name in gone {
+            if let Some(mut process) = self.processes.remove(&name) {
+                let _ = process.child.kill().await;
+            }
+        }
+        for name in self.push.progress().keys() {
+            if !self.output.gateways.keys().any(|key| key.to_string() == *name) {
+                self.push.remove(name);
+            }
+        }
+        self.ensure_echoes(&world).await;
+        self.report();
+    }
+
+    async fn ensure_process(&mut self, gateway: &str, ports: Vec<u32>) {
+        if let Some(process) = self.processes.get(gateway) {
+            if process.ports == ports {
+                return;
+            }
+            // Listener ports are part of the process (as they are of a Deployment):
+            // a port change restarts the data plane.
+            if let Some(mut old) = self.processes.remove(gateway) {
+                let _ = old.child.kill().await;
+            }
+        }
+        match self.spawn(gateway, &ports) {
+            Ok((child, admin)) => {
+                let process = DataPlane { child, ports, admin, exited: None };
+                self.processes.insert(gateway.to_string(), process);
+            }
+            Err(error) => eprintln!("sluice: cannot start the data plane of {gateway}: {error:#}"),
+        }
+    }
+
+    fn spawn(&self, gateway: &str, ports: &[u32]) -> Result<(Child, SocketAddr)> {
+        let client = self.ca.issue_client(gateway, 365)?;
+        let file_stem = gateway.replace('/', "_");
+        let cert = self.state_dir.join(format!("{file_stem}.crt"));
+        let key = self.state_dir.join(format!("{file_stem}.key"));
+        write_private(&cert, &client.certificate_pem)?;
+        write_private(&key, &client.private_key_pem)?;
+        let admin = free_loopback_port()?;
+        let (program, leading) = self.options.dataplane.split_first().context("no data-plane command")?;
+        let mut command = Command::new(program);
+        command
+            .args(leading)
+            .arg("--control-plane")
+            .arg(format!("https://{}", self.push_address))
+            .args(["--gateway", gateway, "--pod", "standalone"])
+            .arg("--ca")
+            .arg(&self.ca_file)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--bind", &self.options.bind.to_string(), "--admin", &admin.to_string(), "--exit-with-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let child = command.spawn().with_context(|| format!("running {}", program.to_string_lossy()))?;
+        let listening: Vec<String> = ports.iter().map(|p| format!("{}:{p}", self.options.bind)).collect();
+        println!("sluice: data plane for {gateway} on {} (admin http://{admin})", listening.join(", "));
+        Ok((child, admin))
+    }
+
+    /// Notices data planes that exited and restarts them after a pause.
+    async fn supervise(&mut self) {
+        let mut changed = false;
+        let mut restart = Vec::new();
+        for (gateway, process) in &mut self.processes {
+            if let Some((_, since)) = &process.exited {
+                if since.elapsed() > Duration::from_secs(2) {
+                    restart.push((gateway.clone(), process.ports.clone()));
+                }
+                continue;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                eprintln!("sluice: the data plane of {gateway} exited ({status}); restarting it");
+                process.exited = Some((format!("the data plane process exited ({status})"), Instant::now()));
+                changed = true;
+            }
+        }
+        for (gateway, ports) in restart {
+            self.processes.remove(&gateway);
+            self.ensure_process(&gateway, ports).await;
+            changed = true;
+        }
+        if changed {
+            self.report();
+        }
+    }
+
+    /// Runs an echo backend at each static endpoint of Services annotated for it.
+    async fn ensure_echoes(&mut self, world: &World) {
+        let mut wanted: BTreeMap<SocketAddr, echo::EchoIdentity> = BTreeMap::new();
+        for service in &world.services {
+            let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(ECHO_ANNOTATION));
+            if annotated.is_none_or(|value| value != "true") {
+                continue;
+            }
+            let namespace = service.metadata.namespace.clone().unwrap_or_default();
+            let name = service.metadata.name.clone().unwrap_or_default();
+            for slice in &world.endpoint_slices {
+                let owner = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+                if slice.metadata.namespace.as_deref() != Some(namespace.as_str()) || owner != Some(&name) {
+                    continue;
+                }
+                for endpoint in &slice.endpoints {
+                    for address in &endpoint.addresses {
+                        let Ok(ip) = address.parse::<IpAddr>() else { continue };
+                        if !ip.is_loopback() {
+                            eprintln!("sluice: echo backends run on loopback only; skipping {address} of {name}");
+                            continue;
+                        }
+                        for port in slice.ports.iter().flatten().filter_map(|p| p.port) {
+                            let Ok(port) = u16::try_from(port) else { continue };
+                            wanted.insert(
+                                SocketAddr::new(ip, port),
+                                echo::EchoIdentity {
+                                    namespace: namespace.clone(),
+                                    service: name.clone(),
+                                    pod: format!("{name}-{ip}-{port}"),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.echoes.retain(|address, task| {
+            let keep = wanted.contains_key(address);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (address, identity) in wanted {
+            if self.echoes.contains_key(&address) {
+                continue;
+            }
+            match echo::start(address, identity).await {
+                Ok(task) => {
+                    self.echoes.insert(address, task);
+                }
+                Err(error) => eprintln!("sluice: cannot start the echo backend on {address}: {error}"),
+            }
+        }
+    }
+
+    /// Prints what changed in the status (and writes the status file).
+    fn report(&mut self) {
+        let progress = self.push.progress();
+        let mut status = self.output.status.clone();
+        for (key, gateway) in &mut status.gateways {
+            let name = key.to_string();
+            let exited = self.processes.get(&name).and_then(|p| p.exited.as_ref()).map(|(why, _)| why.clone());
+            let waiting = match (exited, progress.get(&name)) {
+                (Some(why), _) => Some(why),
+                (None, Some(progress)) => progress.programmed().err(),
+                (None, None) => Some("no configuration has been published yet".to_string()),
+            };
+            if let Some(message) = waiting {
+                hold_programmed(&mut gateway.conditions, &message);
+            }
+        }
+        let text = render(&status, &progress, &self.problems, &self.processes, self.options.quiet);
+        if text != self.last_report {
+            print!("{text}");
+            self.last_report = text;
+            if let Some(file) = &self.options.status_file {
+                let document = StatusFile { status: &status, data_planes: &progress, problems: &self.problems };
+                match serde_yaml::to_string(&document) {
+                    Ok(yaml) => {
+                        if let Err(error) = write_atomically(file, &yaml) {
+                            eprintln!("sluice: writing {}: {error}", file.display());
+                        }
+                    }
+                    Err(error) => eprintln!("sluice: rendering the status: {error}"),
+                }
+            }
+        }
+    }
+}
+
+/// The translator says Programmed=True when the config is valid; it is true only once
+/// the data planes applied it.
+fn hold_programmed(conditions: &mut [Condition], message: &str) {
+    for condition in conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
+        if condition.status == ConditionStatus::True {
+            condition.status = ConditionStatus::False;
+            condition.reason = reason::PENDING.into();
+            condition.message = message.to_string();
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusFile<'a> {
+    status: &'a sluice_translate::Status,
+    data_planes: &'a BTreeMap<String, GatewayProgress>,
+    #[serde(serialize_with = "problems")]
+    problems: &'a [Problem],
+}
+
+fn problems<S: serde::Serializer>(problems: &&[Problem], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)))
+}
+
+/// The human summary: every Gateway and listener, routes that are not fully accepted,
+/// and the documents that were skipped.
+fn render(
+    status: &sluice_translate::Status,
+    progress: &BTreeMap<String, GatewayProgress>,
+    problems: &[Problem],
+    processes: &BTreeMap<String, DataPlane>,
+    quiet: bool,
+) -> String {
+    let mut out = String::new();
+    let describe = |conditions: &[Condition]| -> (bool, String) {
+        let mut healthy = true;
+        let parts: Vec<String> = conditions
+            .iter()
+            .map(|c| {
+                // Conflicted and OverlappingTLSConfig are fine when False; the rest when True.
+                let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
+                let good = (c.status == ConditionStatus::True) != good_when_false;
+                healthy &= good;
+                if good && !good_when_false {
+                    c.type_.clone()
+                } else if good {
+                    format!("{}=False", c.type_)
+                } else {
+                    format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message)
+                }
+            })
+            .collect();
+        (healthy, parts.join(", "))
+    };
+    for (name, class) in &status.gateway_classes {
+        let (healthy, text) = describe(&class.conditions);
+        if !healthy || !quiet {
+            out.push_str(&format!("GatewayClass {name}: {text}\n"));
+        }
+    }
+    for (key, gateway) in &status.gateways {
+        let name = key.to_string();
+        let (healthy, text) = describe(&gateway.conditions);
+        let version =
+            progress.get(&name).and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
+        let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
+        if !healthy || !quiet {
+            out.push_str(&format!("Gateway {name}: {text}{version}{admin}\n"));
+        }
+        for listener in &gateway.listeners {
+            let (healthy, text) = describe(&listener.conditions);
+            if !healthy || !quiet {
+                out.push_str(&format!(
+                    "  listener {}: {} route(s) attached; {text}\n",
+                    listener.name, listener.attached_routes
+                ));
+            }
+        }
+    }
+    let mut accepted = 0;
+    for (kind, routes) in [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes)] {
+        for (key, route) in routes {
+            for parent in &route.parents {
+                let (healthy, text) = describe(&parent.conditions);
+                if healthy {
+                    accepted += 1;
+                } else {
+                    let namespace = parent.parent_ref.namespace.as_deref().unwrap_or(&key.namespace);
+                    out.push_str(&format!("{kind} {key} -> {namespace}/{}: {text}\n", parent.parent_ref.name));
+                }
+            }
+        }
+    }
+    if !quiet {
+        out.push_str(&format!("{accepted} route parent(s) accepted with resolved references\n"));
+    }
+    for problem in problems {
+        out.push_str(&format!("skipped in {}: {}\n", problem.file.display(), problem.message));
+    }
+    out
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, content)?;
+    std::fs::rename(&temporary, path)
+}
+
+fn free_loopback_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free admin port")?;
+    Ok(listener.local_addr()?)
+}

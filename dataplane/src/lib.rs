@@ -1,0 +1,280 @@
+//! `sluice-dataplane`: serves one Gateway's config snapshot with Pingora.
+//!
+//! ```text
+//!  --snapshot FILE ──(poll, 250 ms)──┐
+//!  --control-plane URL ──(gRPC)──────┴─► parse → validate → compile ──ArcSwap──► proxy
+//!                                         │ on error: keep serving the last good tables
+//!                                         │ (and NACK it to the control plane)
+//!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
+//! ```
+
+mod metrics;
+mod mirror;
+mod path;
+mod proxy;
+pub mod push;
+mod routes;
+mod tcp;
+mod tls;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use pingora_core::server::Server;
+use sluice_snapshot::{Protocol, Snapshot};
+
+use crate::metrics::Metrics;
+use crate::proxy::{SluiceProxy, Tables};
+use crate::routes::compile;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-dataplane", version, about = "The Sluice data plane")]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["snapshot", "control_plane"])))]
+pub struct Cli {
+    /// Snapshot file (proto3 JSON or YAML); reloaded when it changes.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// The controller's push server, e.g. https://sluice-controller.sluice-system:9443
+    /// (http:// only on loopback). Snapshots come from there.
+    #[arg(long, requires = "gateway")]
+    control_plane: Option<String>,
+    #[command(flatten)]
+    push: push::PushArgs,
+    /// Exit when standard input closes (set by `sluice run` so that data planes never
+    /// outlive it).
+    #[arg(long)]
+    exit_with_stdin: bool,
+    /// Validate and compile the snapshot, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Admin endpoint (`/ready`, `/config`), e.g. 127.0.0.1:9901.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Print one JSON access-log line per request to stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// How often the snapshot file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    poll_interval_ms: u64,
+}
+
+fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let snapshot = Snapshot::from_text(&text)?;
+    let compiled = compile(&snapshot, metrics)?;
+    Ok((text, snapshot, compiled))
+}
+
+/// Parses the command line and runs the data plane (the `sluice-dataplane` binary).
+pub fn main() -> Result<()> {
+    run(Cli::parse())
+}
+
+/// Runs the data plane until the process is stopped.
+pub fn run(cli: Cli) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .try_init();
+    if cli.exit_with_stdin {
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+            std::process::exit(0);
+        });
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (snapshot, tables) = match (&cli.snapshot, &cli.control_plane) {
+        (Some(path), _) => {
+            let (text, snapshot, compiled) = load(path, &metrics)?;
+            metrics.generation.store(compiled.generation, Ordering::Relaxed);
+            if cli.check {
+                print_summary(&snapshot);
+                return Ok(());
+            }
+            let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
+            spawn_file_watcher(
+                path.clone(),
+                tables.clone(),
+                metrics.clone(),
+                Duration::from_millis(cli.poll_interval_ms.max(1)),
+                &text,
+            );
+            (snapshot, tables)
+        }
+        (None, Some(url)) => push::start(url.clone(), cli.push.clone(), metrics.clone())?,
+        (None, None) => bail!("either --snapshot or --control-plane is required"),
+    };
+    serve(&cli, snapshot, tables, metrics)
+}
+
+fn print_summary(snapshot: &Snapshot) {
+    let routes: usize = snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len()).sum();
+    println!(
+        "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
+        snapshot.gateway,
+        snapshot.listeners.len(),
+        snapshot.clusters.len(),
+        snapshot.certificates.len()
+    );
+}
+
+/// Serves the listeners of `snapshot` (the first one applied) from `tables`. Listener
+/// ports are fixed for the life of the process: a later snapshot with other ports
+/// needs a restart (the deployer rolls the pods).
+fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -> Result<()> {
+    let ports_of = |protocol: Protocol| -> Vec<u16> {
+        let mut ports: Vec<u16> = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.protocol() == protocol)
+            .filter_map(|l| u16::try_from(l.port).ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    };
+    let (http_ports, https_ports, tcp_ports) =
+        (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp));
+    let Some(first_port) = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied() else {
+        bail!("the snapshot has no listener to serve");
+    };
+    if let Some(admin) = &cli.admin {
+        // Ready once a snapshot is applied (it is, by now) and the listeners accept.
+        let probe_host =
+            if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
+        let probe = format!("{probe_host}:{first_port}");
+        spawn_admin(admin, tables.clone(), metrics.clone(), probe)?;
+    }
+
+    let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
+    server.bootstrap();
+    if !http_ports.is_empty() || !https_ports.is_empty() {
+        let proxy = SluiceProxy {
+            tables: tables.clone(),
+            unmatched: metrics.route(metrics::NO_ROUTE),
+            access_log: cli.access_log,
+        };
+        let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+        for port in &http_ports {
+            service.add_tcp(&format!("{}:{port}", cli.bind));
+        }
+        for port in &https_ports {
+            let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+            settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
+            settings.enable_h2();
+            service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
+        }
+        server.add_service(service);
+    }
+    for port in &tcp_ports {
+        let app = tcp::TcpProxy { tables: tables.clone(), port: *port };
+        let mut service = pingora_core::services::listening::Service::new(format!("tcp-{port}"), app);
+        service.add_tcp(&format!("{}:{port}", cli.bind));
+        server.add_service(service);
+    }
+    tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, "serving");
+    server.run_forever()
+}
+
+/// No TLS accept callbacks: the certificate comes from the SNI resolver.
+struct NoCallbacks;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for NoCallbacks {}
+
+/// Reloads the snapshot file when its content changes. The watcher hashes the bytes it
+/// parses, so a change is never missed, however fast files are replaced or however coarse
+/// file timestamps are. Replace the file atomically (write another file, rename it over)
+/// so that no half-written file is read. A snapshot that does not parse, validate or
+/// compile is logged and the last good one keeps serving.
+fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, interval: Duration, initial: &str) {
+    let mut last = content_hash(initial.as_bytes());
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let hash = content_hash(&bytes);
+            if hash == last {
+                continue;
+            }
+            last = hash;
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| Ok(Snapshot::from_text(text)?))
+                .and_then(|snapshot| Ok((compile(&snapshot, &metrics)?, snapshot)));
+            match parsed {
+                Ok((compiled, snapshot)) => {
+                    metrics.generation.store(compiled.generation, Ordering::Relaxed);
+                    metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                    tables.store(Arc::new(compiled));
+                    tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
+                }
+                Err(error) => {
+                    metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("keeping the last good snapshot: {error:#}");
+                }
+            }
+        }
+    });
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A tiny admin endpoint: `/ready` and `/config`.
+fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: String) -> Result<()> {
+    let ready = AtomicBool::new(false);
+    let registry = metrics.registry();
+    let listener = TcpListener::bind(address).with_context(|| format!("binding admin address {address}"))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buffer = [0u8; 1024];
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buffer[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            if path == "/ready" && !ready.load(Ordering::Relaxed) && std::net::TcpStream::connect(&probe).is_ok() {
+                ready.store(true, Ordering::Relaxed);
+            }
+            let (status, body) = match path {
+                "/ready" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
+                "/ready" => ("503 Service Unavailable", "listeners are not accepting yet\n".to_string()),
+                "/metrics" => {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => ("200 OK", text),
+                        Err(_) => ("500 Internal Server Error", "cannot render metrics\n".to_string()),
+                    }
+                }
+                "/config" => {
+                    let current = tables.load();
+                    let generation = metrics.generation.load(Ordering::Relaxed);
+                    ("200 OK", format!("gateway={} generation={generation}\n", current.gateway))
+                }
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The push client: one gRPC stream to the controller, snapshots in, ACK/NACK out.
+//!
+//! ```text
+//!  connect (mTLS) ──► Hello{gateway, pod, current version}
+//!     ◄── Snapshot vN ──► same content as served? take the version, no reload
+//!                         else validate + compile ──ok──► ArcSwap store ──► Ack{vN}
+//!                                                  └─err─► keep serving     ──► Nack{vN, error}
+//!  stream ends / fails ──► keep serving the last good snapshot, reconnect after a
+//!                          jittered exponential backoff (100 ms … 30 s)
+//! ```
+//!
+//! The client runs on its own thread and runtime, beside Pingora's: the first snapshot
+//! decides which ports the proxy listens on, so the proxy starts after it arrives.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use sluice_snapshot::push::config_push_client::ConfigPushClient;
+use sluice_snapshot::push::{Ack, DataPlaneMessage, Hello, Nack, control_plane_message, data_plane_message};
+use sluice_snapshot::{Snapshot, Version};
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::metrics::Metrics;
+use crate::proxy::Tables;
+use crate::routes::compile;
+
+/// Longest pause between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Command-line options of the push client.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PushArgs {
+    /// The Gateway (namespace/name) this data plane serves; it must be the Gateway its
+    /// client certificate names.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// This pod's name, for the controller's bookkeeping (default: $POD_NAME, else
+    /// $HOSTNAME).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// CA certificate (PEM) that signed the controller's server certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) naming this data plane's Gateway.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// Starts the push client and waits for the first snapshot that applies; returns it and
+/// the tables that the client keeps updating.
+pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snapshot, Tables)> {
+    let gateway = args.gateway.clone().context("--gateway is required with --control-plane")?;
+    let pod = args
+        .pod
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unnamed".into());
+    let endpoint = endpoint(&url, &args)?;
+    let (first_sender, first) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("push-client".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!("cannot start the push client runtime: {error}");
+                return;
+            }
+        };
+        let applier = Applier { metrics, tables: None, current: None, first: Some(first_sender), ports: Vec::new() };
+        runtime.block_on(run(endpoint, gateway, pod, applier));
+    })?;
+    tracing::info!(url, "waiting for the first snapshot from the control plane");
+    first.recv().context("the push client stopped before a snapshot arrived")
+}
+
+/// The channel endpoint, with mTLS for https:// URLs.
+fn endpoint(url: &str, args: &PushArgs) -> Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("--control-plane {url:?} is not a URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let read = |path: &Option<PathBuf>, what: &str| -> Result<Vec<u8>> {
+            let path = path.as_ref().with_context(|| format!("--{what} is required with an https:// control plane"))?;
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&args.ca, "ca")?))
+            .identity(Identity::from_pem(read(&args.cert, "cert")?, read(&args.key, "key")?));
+        endpoint = endpoint.tls_config(tls).context("push client TLS")?;
+    } else {
+        let host = endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']']);
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            bail!("a control plane without TLS must be on loopback; use https:// for {url}");
+        }
+    }
+    Ok(endpoint)
+}
+
+/// Applies snapshots and remembers what is served.
+struct Applier {
+    metrics: Arc<Metrics>,
+    tables: Option<Tables>,
+    current: Option<Version>,
+    first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
+    ports: Vec<u32>,
+}
+
+impl Applier {
+    fn apply(&mut self, snapshot: Snapshot) -> Result<Version, String> {
+        let version = snapshot.version.clone().ok_or("the snapshot has no version")?;
+        if let Some(current) = &self.current {
+            if version.generation < current.generation {
+                return Err(format!(
+                    "version {} is older than the served version {}",
+                    version.generation, current.generation
+                ));
+            }
+            if current.content_hash == version.content_hash && !version.content_hash.is_empty() {
+                // Same content, newer number: nothing to reload.
+                self.metrics.generation.store(version.generation, Ordering::Relaxed);
+                self.current = Some(version.clone());
+                return Ok(version);
+            }
+        }
+        let compiled = compile(&snapshot, &self.metrics).map_err(|error| error.to_string())?;
+        self.metrics.generation.store(version.generation, Ordering::Relaxed);
+        let mut ports: Vec<u32> = snapshot.listeners.iter().map(|l| l.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        match &self.tables {
+            Some(tables) => {
+                tables.store(Arc::new(compiled));
+                self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                if ports != self.ports {
+                    tracing::warn!(
+                        serving = ?self.ports,
+                        wanted = ?ports,
+                        "listener ports changed; they take effect when the data plane restarts"
+                    );
+                }
+            }
+            None => {
+                let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
+                self.tables = Some(tables.clone());
+                self.ports = ports;
+                if let Some(first) = self.first.take() {
+                    let _ = first.send((snapshot, tables));
+                }
+            }
+        }
+        self.current = Some(version.clone());
+        Ok(version)
+    }
+}
+
+async fn run(endpoint: Endpoint, gateway: String, pod: String, mut applier: Applier) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match session(&endpoint, &gateway, &pod, &mut applier).await {
+            Ok(received) => {
+                tracing::warn!("the control plane closed the stream; serving the last good snapshot");
+                if received {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(error) => tracing::warn!("control plane unavailable ({error:#}); serving the last good snapshot"),
+        }
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = MIN_BACKOFF;
+        }
+        // Full jitter in the upper half, so that a fleet does not reconnect in lockstep.
+        let pause = backoff.mul_f64(rand::random_range(0.5..=1.0));
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One stream, until it ends. Returns whether any snapshot arrived.
+async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Applier) -> Result<bool> {
+    let channel = endpoint.connect().await.context("connecting")?;
+    let mut client = ConfigPushClient::new(channel).max_decoding_message_size(usize::MAX);
+    let (sender, receiver) = mpsc::channel(4);
+    let hello = Hello { gateway: gateway.to_string(), pod: pod.to_string(), current: applier.current.clone() };
+    sender.send(message(data_plane_message::Message::Hello(hello))).await?;
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+        .into_inner();
+    tracing::info!(gateway, pod, "connected to the control plane");
+    let mut received = false;
+    loop {
+        let next =
+            inbound.message().await.map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
+        let Some(next) = next else { return Ok(received) };
+        let Some(control_plane_message::Message::Snapshot(snapshot)) = next.message else { continue };
+        received = true;
+        let offered = snapshot.version.clone();
+        let reply = match applier.apply(snapshot) {
+            Ok(version) => {
+                tracing::info!(generation = version.generation, "applied snapshot");
+                data_plane_message::Message::Ack(Ack { version: Some(version) })
+            }
+            Err(error) => {
+                applier.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("rejected snapshot, keeping the last good one: {error}");
+                data_plane_message::Message::Nack(Nack { version: offered, error })
+            }
+        };
+        sender.send(message(reply)).await?;
+    }
+}
+
+fn message(message: data_plane_message::Message) -> DataPlaneMessage {
+    DataPlaneMessage { message: Some(message) }
+}
