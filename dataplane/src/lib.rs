@@ -245,8 +245,16 @@ fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: Stri
         for stream in listener.incoming().flatten() {
             let mut stream = stream;
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buffer = [0u8; 1024];
-            let n = stream.read(&mut buffer).unwrap_or(0);
+            // Read the whole request head, so that closing never resets the connection
+            // over unread bytes.
+            let mut buffer = [0u8; 4096];
+            let mut n = 0;
+            while n < buffer.len() && !buffer[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => n += read,
+                }
+            }
             let request = String::from_utf8_lossy(&buffer[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             if path == "/ready" && !ready.load(Ordering::Relaxed) && std::net::TcpStream::connect(&probe).is_ok() {

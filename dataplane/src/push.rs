@@ -6,7 +6,7 @@
 //!                         else validate + compile ──ok──► ArcSwap store ──► Ack{vN}
 //!                                                  └─err─► keep serving     ──► Nack{vN, error}
 //!  stream ends / fails ──► keep serving the last good snapshot, reconnect after a
-//!                          jittered exponential backoff (100 ms … 30 s)
+//!                          jittered exponential backoff (100 ms … 10 s)
 //! ```
 //!
 //! The client runs on its own thread and runtime, beside Pingora's: the first snapshot
@@ -30,7 +30,7 @@ use crate::proxy::Tables;
 use crate::routes::compile;
 
 /// Longest pause between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Command-line options of the push client.
@@ -129,8 +129,12 @@ impl Applier {
                     version.generation, current.generation
                 ));
             }
-            if current.content_hash == version.content_hash && !version.content_hash.is_empty() {
-                // Same content, newer number: nothing to reload.
+            let same_content = current.content_hash == version.content_hash && !version.content_hash.is_empty();
+            if version.generation == current.generation && !same_content {
+                return Err(format!("version {} is already serving other content", version.generation));
+            }
+            if same_content {
+                // Same content, maybe a newer number: nothing to reload.
                 self.metrics.generation.store(version.generation, Ordering::Relaxed);
                 self.current = Some(version.clone());
                 return Ok(version);

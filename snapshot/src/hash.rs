@@ -36,9 +36,11 @@ impl Versioner {
     }
 
     /// Raises the floor so the next generation is above `generation`; never lowers it.
+    /// Equal generations count: content seen elsewhere under our current number must get
+    /// a new one.
     pub fn observe(&mut self, generation: u64) {
         let current = self.current.get_or_insert_with(Version::default);
-        if generation > current.generation {
+        if generation >= current.generation {
             current.generation = generation;
             current.content_hash.clear();
         }
@@ -118,6 +120,9 @@ mod tests {
         assert_eq!(versioner.stamp(&mut s).map(|v| v.generation), Some(42));
         versioner.observe(7);
         assert_eq!(versioner.current().map(|v| v.generation), Some(42));
+        versioner.observe(42);
+        let mut same = snapshot(80);
+        assert_eq!(versioner.stamp(&mut same).map(|v| v.generation), Some(43), "an equal number is outnumbered");
         versioner.observe(100);
         // Same content, but the floor moved: it must be re-stamped above it.
         let mut again = snapshot(80);

@@ -1,0 +1,242 @@
+//! The push link end to end: a push server in the test, real data-plane processes, real
+//! backends. Identity checks, NACKs, versions across controller restarts, and a
+//! controller outage under load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sluice_controller::push::ServerTls;
+use sluice_controller::push::ca::CertificateAuthority;
+use sluice_snapshot::push::config_push_client::ConfigPushClient;
+use sluice_snapshot::push::{DataPlaneMessage, Hello, control_plane_message, data_plane_message};
+use support::*;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Opens a stream as `gateway` with the given client identity; returns the first
+/// snapshot's gateway, or the gRPC status code / transport error.
+async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, &str)>, gateway: &str) -> String {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap();
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(error) => return format!("transport error: {error}"),
+    };
+    let mut client = ConfigPushClient::new(channel);
+    let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None };
+    let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
+    let outbound = tokio_stream::iter(vec![message]).chain(tokio_stream::pending());
+    let mut inbound = match client.stream(outbound).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return format!("{:?}", status.code()),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+        Ok(Ok(Some(message))) => match message.message {
+            Some(control_plane_message::Message::Snapshot(snapshot)) => format!("snapshot of {}", snapshot.gateway),
+            None => "empty message".into(),
+        },
+        Ok(Ok(None)) => "stream ended".into(),
+        Ok(Err(status)) => format!("{:?}", status.code()),
+        Err(_) => "no answer".into(),
+    }
+}
+
+#[test]
+fn a_client_gets_only_its_own_gateway() {
+    let ca = CertificateAuthority::generate("test CA", 1).unwrap();
+    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+    let tls = ServerTls {
+        certificate_pem: server_cert.certificate_pem,
+        private_key_pem: server_cert.private_key_pem,
+        client_ca_pem: ca.certificate_pem().into(),
+    };
+    let controller = Controller::start(0, Some(tls));
+    for gateway in ["team-a/web", "team-b/web"] {
+        controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
+    }
+    let a = ca.issue_client("team-a/web", 1).unwrap();
+    let other_ca = CertificateAuthority::generate("other CA", 1).unwrap();
+    let forged = other_ca.issue_client("team-b/web", 1).unwrap();
+    let address = controller.address;
+    let ca_pem = ca.certificate_pem().to_string();
+    let answers = controller.runtime().block_on(async {
+        let own = Some((a.certificate_pem.as_str(), a.private_key_pem.as_str()));
+        let forged = Some((forged.certificate_pem.as_str(), forged.private_key_pem.as_str()));
+        [
+            ask(address, &ca_pem, own, "team-a/web").await,
+            ask(address, &ca_pem, own, "team-b/web").await,
+            ask(address, &ca_pem, own, "team-a/other").await,
+            ask(address, &ca_pem, forged, "team-b/web").await,
+            ask(address, &ca_pem, None, "team-a/web").await,
+        ]
+    });
+    assert_eq!(answers[0], "snapshot of team-a/web");
+    assert_eq!(answers[1], "PermissionDenied");
+    assert_eq!(answers[2], "PermissionDenied");
+    // A certificate from another CA, or none at all, fails the TLS handshake.
+    for refused in &answers[3..] {
+        assert!(!refused.starts_with("snapshot"), "{answers:?}");
+        assert_ne!(refused, "PermissionDenied", "the handshake itself must fail: {answers:?}");
+    }
+}
+
+#[test]
+fn a_rejected_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
+    let (backend, _echo) = echo("echo");
+    let controller = Controller::start(0, None);
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "test/gw";
+    controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v1", "echo"));
+    let _dataplane = dataplane(controller.address, gateway, "pod-0", admin);
+    eventually(Duration::from_secs(20), "the first snapshot to serve", || {
+        get(port, "a.example", "/").is_ok_and(|(status, _, _)| status == 200)
+    });
+    eventually(Duration::from_secs(5), "the ACK", || controller.push.progress()[gateway].programmed().is_ok());
+
+    // A route to a cluster the snapshot does not define: the data plane must reject it.
+    let bad = controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v2", "missing"));
+    assert_eq!(bad.unwrap().generation, 2);
+    eventually(Duration::from_secs(5), "the NACK", || {
+        controller.push.progress()[gateway].pods["pod-0"].rejected.as_ref().is_some_and(|(v, _)| *v == 2)
+    });
+    let why = controller.push.progress()[gateway].programmed().unwrap_err();
+    assert!(why.contains("pod-0 rejected version 2") && why.contains("missing"), "{why}");
+    let (status, head, _) = get(port, "a.example", "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("x-version: v1"), "the previous snapshot serves: {head}");
+    assert_eq!(served_generation(admin), Some(1));
+
+    // The next good snapshot is applied and clears the NACK.
+    controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v3", "echo"));
+    eventually(Duration::from_secs(5), "version 3", || {
+        get(port, "a.example", "/").is_ok_and(|(_, head, _)| head.contains("x-version: v3"))
+    });
+    eventually(Duration::from_secs(5), "the ACK of 3", || controller.push.progress()[gateway].programmed().is_ok());
+    assert_eq!(served_generation(admin), Some(3));
+}
+
+#[test]
+fn versions_never_go_backwards_across_controller_restarts() {
+    let (backend, _echo) = echo("echo");
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "test/gw";
+    let content = |tag: &str| snapshot(gateway, port, "a.example", backend, tag, "echo");
+    let first = Controller::start(0, None);
+    let push_port = first.address.port();
+    for tag in ["a", "b", "c"] {
+        first.push.publish(gateway, content(tag));
+    }
+    let _dataplane = dataplane(first.address, gateway, "pod-0", admin);
+    eventually(Duration::from_secs(20), "version 3", || served_generation(admin) == Some(3));
+    drop(first);
+
+    // A restarted controller with the same content adopts the served version: no reload.
+    let second = Controller::start(push_port, None);
+    assert_eq!(second.push.publish(gateway, content("c")).unwrap().generation, 1);
+    eventually(Duration::from_secs(20), "the reconnect", || {
+        second.push.progress()[gateway].pods.get("pod-0").is_some_and(|p| p.connected)
+    });
+    assert_eq!(second.push.progress()[gateway].version, Some(3));
+    assert!(second.push.progress()[gateway].programmed().is_ok());
+    assert_eq!(served_generation(admin), Some(3));
+    // Its next change continues from there.
+    assert_eq!(second.push.publish(gateway, content("d")).unwrap().generation, 4);
+    eventually(Duration::from_secs(5), "version 4", || served_generation(admin) == Some(4));
+    drop(second);
+
+    // A restarted controller with other content stamps it above what is served.
+    let third = Controller::start(push_port, None);
+    assert_eq!(third.push.publish(gateway, content("e")).unwrap().generation, 1);
+    eventually(Duration::from_secs(20), "version 5", || served_generation(admin) == Some(5));
+    assert_eq!(third.push.progress()[gateway].version, Some(5));
+    let (_, head, _) = get(port, "a.example", "/").unwrap();
+    assert!(head.contains("x-version: e"), "{head}");
+}
+
+/// The controller is down for 60 s (SLUICE_OUTAGE_SECS to shorten it locally) while
+/// clients keep sending requests: none may fail, and the served version stays.
+#[test]
+fn a_controller_outage_under_load_drops_nothing() {
+    let outage =
+        Duration::from_secs(std::env::var("SLUICE_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60));
+    let (backend, _echo) = echo("echo");
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "test/gw";
+    let controller = Controller::start(0, None);
+    let push_port = controller.address.port();
+    controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v1", "echo"));
+    let _dataplane = dataplane(controller.address, gateway, "pod-0", admin);
+    eventually(Duration::from_secs(20), "serving", || get(port, "a.example", "/").is_ok_and(|(s, _, _)| s == 200));
+
+    let running = Arc::new(AtomicBool::new(true));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (running, sent, failed) = (running.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match get(port, "a.example", "/") {
+                        Ok((200, head, _)) if head.contains("x-version: v1") => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed request: {other:?}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(controller);
+    let before = sent.load(Ordering::Relaxed);
+    std::thread::sleep(outage);
+    assert_eq!(served_generation(admin), Some(1));
+    running.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let during = sent.load(Ordering::Relaxed) - before;
+    assert!(during > 100, "the load kept going during the outage ({during} requests)");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests out of {}", sent.load(Ordering::Relaxed));
+
+    // The controller comes back (no state) and the data plane picks up new config; the
+    // reconnect waits out the client's backoff (at most 10 s).
+    let back = Controller::start(push_port, None);
+    back.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v2", "echo"));
+    eventually(Duration::from_secs(40), "version 2 after the outage", || {
+        get(port, "a.example", "/").is_ok_and(|(_, head, _)| head.contains("x-version: v2"))
+    });
+    assert_eq!(served_generation(admin), Some(2));
+}
+
+#[test]
+fn snapshots_far_above_grpc_default_limits_are_pushed() {
+    // tonic's default limit is 4 MiB per message; configs beyond that must still arrive.
+    let (backend, _echo) = echo("echo");
+    let controller = Controller::start(0, None);
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "test/gw";
+    let mut big = snapshot(gateway, port, "a.example", backend, "big", "echo");
+    let template = big.listeners[0].http_routes[0].clone();
+    for i in 0..60_000 {
+        let mut route = template.clone();
+        route.name = format!("httproute/test/r{i}/rule/0/match/0");
+        route.hostnames = vec![format!("host-{i}.example.com")];
+        big.listeners[0].http_routes.push(route);
+    }
+    assert!(prost::Message::encoded_len(&big) > 5 * 1024 * 1024);
+    controller.push.publish(gateway, big);
+    let _dataplane = dataplane(controller.address, gateway, "pod-0", admin);
+    eventually(Duration::from_secs(60), "the big snapshot", || {
+        get(port, "host-59999.example.com", "/").is_ok_and(|(status, _, _)| status == 200)
+    });
+}

@@ -1,0 +1,170 @@
+//! Standalone mode end to end: `sluice run DIR` with real files, real data-plane
+//! processes and its built-in echo backends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a file atomically (a hidden temporary file renamed over it).
+fn write(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(temporary, dir.join(name)).unwrap();
+}
+
+fn gateway(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+    - {{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}
+"
+    )
+}
+
+fn backend(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{standalone.sluice.dev/echo: \"true\"}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-static
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+"
+    )
+}
+
+fn route(name: &str, host: &str, service: &str, tag: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [{host}]
+  rules:
+    - filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {{set: [{{name: x-tag, value: {tag}}}]}}
+      backendRefs: [{{name: {service}, port: 80}}]
+"
+    )
+}
+
+fn sluice_run(dir: &Path, status_file: &Path) -> Process {
+    let child = Command::new(SLUICE)
+        .arg("run")
+        .arg(dir)
+        .arg("--status-file")
+        .arg(status_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+fn answers(port: u16, host: &str, want_status: u16, want: &str) -> bool {
+    matches!(get(port, host, "/"), Ok((status, head, body)) if status == want_status
+        && (head.contains(want) || body.contains(want)))
+}
+
+#[test]
+fn sluice_run_follows_the_directory() {
+    let dir = temp_dir("run");
+    let status_file = dir.with_extension("status.yaml");
+    let (port, a, b) = (free_port(), free_port(), free_port());
+    write(&dir, "gateway.yaml", &gateway(port));
+    write(&dir, "backends.yaml", &format!("{}---\n{}", backend("echo-a", a), backend("echo-b", b)));
+    write(&dir, "route.yaml", &route("web", "web.example", "echo-a", "one"));
+    let mut sluice = sluice_run(&dir, &status_file);
+
+    eventually(Duration::from_secs(30), "the route to serve", || answers(port, "web.example", 200, "x-tag: one"));
+    assert!(answers(port, "web.example", 200, "\"service\":\"echo-a\""));
+    eventually(Duration::from_secs(5), "Programmed=True in the status file", || {
+        let text = std::fs::read_to_string(&status_file).unwrap_or_default();
+        let status: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
+        let conditions = &status["status"]["gateways"]["default/gw"]["conditions"];
+        conditions.as_sequence().is_some_and(|c| c.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"))
+    });
+
+    // A change to the route: another backend and another header value.
+    write(&dir, "route.yaml", &route("web", "web.example", "echo-b", "two"));
+    eventually(Duration::from_secs(5), "the changed route", || {
+        answers(port, "web.example", 200, "x-tag: two") && answers(port, "web.example", 200, "\"service\":\"echo-b\"")
+    });
+
+    // A broken file is reported, and everything else keeps serving.
+    write(&dir, "broken.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: [");
+    eventually(Duration::from_secs(5), "the problem in the status file", || {
+        std::fs::read_to_string(&status_file).unwrap_or_default().contains("broken.yaml")
+    });
+    assert!(answers(port, "web.example", 200, "x-tag: two"));
+
+    // A route the listener does not allow gets its reason in the status file.
+    let refused =
+        route("elsewhere", "other.example", "echo-a", "x").replace("name: gw}", "name: gw, sectionName: nope}");
+    write(&dir, "refused.yaml", &refused);
+    eventually(Duration::from_secs(5), "the refused route's reason", || {
+        std::fs::read_to_string(&status_file).unwrap_or_default().contains("NoMatchingParent")
+    });
+
+    // Removing the route's file removes the route.
+    std::fs::remove_file(dir.join("route.yaml")).unwrap();
+    eventually(Duration::from_secs(5), "404 after the route is gone", || answers(port, "web.example", 404, ""));
+
+    // Killing sluice (even with SIGKILL) takes its data planes down too.
+    sluice.0.kill().unwrap();
+    sluice.0.wait().unwrap();
+    eventually(Duration::from_secs(5), "the data plane to exit", || get(port, "web.example", "/").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&status_file);
+}
+
+/// README's first command: the bundled example serves from its own echo backend.
+#[test]
+fn the_quickstart_example_serves_traffic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status_file = temp_dir("quickstart").join("status.yaml");
+    let _sluice = sluice_run(&root.join("examples/quickstart"), &status_file);
+    eventually(Duration::from_secs(30), "the quickstart route", || {
+        answers(8080, "echo.example.com", 200, "x-served-by: sluice")
+    });
+    let (_, _, body) = get(8080, "echo.example.com", "/hello").unwrap();
+    let echo: serde_yaml::Value = serde_yaml::from_str(&body).unwrap();
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["service"], "echo");
+    assert!(answers(8080, "unknown.example.com", 404, ""));
+}
