@@ -172,18 +172,30 @@ struct Runner {
 
 impl Runner {
     async fn reconcile(&mut self) {
+        let started = Instant::now();
         match self.manifests.refresh() {
             Ok(false) if !self.last_report.is_empty() => return,
             Ok(_) => {}
             Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
         }
+        let read = started.elapsed();
         let (world, problems) = self.manifests.world();
         self.problems = problems;
         self.output = translate(&world);
+        let translated = started.elapsed();
         let mut wanted = BTreeMap::new();
         for (key, gateway) in &self.output.gateways {
             let name = key.to_string();
-            self.push.publish(&name, gateway.snapshot.clone());
+            if let Some(version) = self.push.publish(&name, gateway.snapshot.clone()) {
+                tracing::debug!(
+                    gateway = name,
+                    generation = version.generation,
+                    read_ms = read.as_secs_f64() * 1e3,
+                    translate_ms = (translated - read).as_secs_f64() * 1e3,
+                    published_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "published"
+                );
+            }
             let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
             ports.sort_unstable();
             ports.dedup();
@@ -207,6 +219,7 @@ impl Runner {
         }
         self.ensure_echoes(&world).await;
         self.report();
+        tracing::debug!(total_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
     }
 
     async fn ensure_process(&mut self, gateway: &str, ports: Vec<u32>) {
