@@ -240,3 +240,30 @@ fn snapshots_far_above_grpc_default_limits_are_pushed() {
         get(port, "host-59999.example.com", "/").is_ok_and(|(status, _, _)| status == 200)
     });
 }
+
+/// A data plane that stops answering (frozen with SIGSTOP, as a hung node would) is
+/// noticed by the server's HTTP/2 keepalives (10 s interval, 5 s timeout), and the
+/// Gateway is no longer counted as programmed by it.
+#[test]
+fn keepalives_detect_a_frozen_data_plane() {
+    let (backend, _echo) = echo("echo");
+    let controller = Controller::start(0, None);
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "test/gw";
+    controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v1", "echo"));
+    let dataplane = dataplane(controller.address, gateway, "pod-0", admin);
+    eventually(Duration::from_secs(20), "the ACK", || controller.push.progress()[gateway].programmed().is_ok());
+    let pid = dataplane.0.id().to_string();
+    let signal =
+        |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    eventually(Duration::from_secs(40), "the server to drop the frozen stream", || {
+        !controller.push.progress()[gateway].pods["pod-0"].connected
+    });
+    assert!(frozen.elapsed() >= Duration::from_secs(4), "dropped before any keepalive could time out");
+    assert!(controller.push.progress()[gateway].programmed().is_err());
+    signal("-CONT");
+    // Thawed, it reconnects and is counted again.
+    eventually(Duration::from_secs(30), "the reconnect", || controller.push.progress()[gateway].programmed().is_ok());
+}
