@@ -215,9 +215,11 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
         let Some(control_plane_message::Message::Snapshot(snapshot)) = next.message else { continue };
         received = true;
         let offered = snapshot.version.clone();
+        let started = Instant::now();
         let reply = match applier.apply(snapshot) {
             Ok(version) => {
-                tracing::info!(generation = version.generation, "applied snapshot");
+                let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(generation = version.generation, apply_ms, "applied snapshot");
                 data_plane_message::Message::Ack(Ack { version: Some(version) })
             }
             Err(error) => {
