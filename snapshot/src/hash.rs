@@ -10,9 +10,18 @@ use crate::{Snapshot, Version};
 /// The encoding is deterministic: the model has no maps, and every list is ordered by the
 /// translator, so equal content always hashes equal.
 pub fn content_hash(snapshot: &Snapshot) -> String {
-    let mut unversioned = snapshot.clone();
-    unversioned.version = None;
-    let digest = Sha256::digest(unversioned.encode_to_vec());
+    if snapshot.version.is_some() {
+        let mut unversioned = snapshot.clone();
+        unversioned.version = None;
+        return unversioned_hash(&unversioned);
+    }
+    unversioned_hash(snapshot)
+}
+
+/// The hash of a snapshot whose `version` is unset (no copy of a large snapshot).
+fn unversioned_hash(snapshot: &Snapshot) -> String {
+    debug_assert!(snapshot.version.is_none());
+    let digest = Sha256::digest(snapshot.encode_to_vec());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
@@ -62,7 +71,9 @@ impl Versioner {
     /// Stamps `snapshot` with a new version if its content differs from the last one;
     /// returns `None` (and leaves the snapshot untouched) when nothing changed.
     pub fn stamp(&mut self, snapshot: &mut Snapshot) -> Option<Version> {
-        let hash = content_hash(snapshot);
+        let version = snapshot.version.take();
+        let hash = unversioned_hash(snapshot);
+        snapshot.version = version;
         let previous = self.current.as_ref();
         if previous.is_some_and(|version| version.content_hash == hash) {
             return None;

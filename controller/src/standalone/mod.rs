@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sluice_translate::status::{Condition, ConditionStatus, reason};
 use sluice_translate::{Output, World, translate};
+use std::sync::Arc;
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, watch};
 
 use crate::push::ca::CertificateAuthority;
 use crate::push::{GatewayProgress, PushServer, ServerTls};
@@ -90,7 +92,9 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
 
     let (events, mut changes) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only content changes count: reading the files (which the rescan does) raises
+        // access events, and reacting to those would re-read forever.
+        if event.is_ok_and(|event| changes_content(&event.kind)) {
             let _ = events.send(());
         }
     })
@@ -111,11 +115,17 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
         processes: BTreeMap::new(),
         echoes: BTreeMap::new(),
         last_report: String::new(),
+        translated: false,
+        status: watch::Sender::new(None),
     };
+    if let Some(file) = &options.status_file {
+        tokio::spawn(write_status_file(file.clone(), runner.status.subscribe()));
+    }
     println!("sluice: serving the Gateways in {} (push server {push_address})", options.dir.display());
+    // Subscribed before the first publish, so that no ACK goes unnoticed.
+    let mut progress = push.watch_progress();
     runner.reconcile().await;
 
-    let mut progress = push.watch_progress();
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut supervise = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
@@ -168,25 +178,34 @@ struct Runner {
     processes: BTreeMap<String, DataPlane>,
     echoes: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>>,
     last_report: String,
+    /// Whether the directory was translated at least once.
+    translated: bool,
+    /// The latest status, for the status file writer.
+    status: watch::Sender<Option<Arc<StatusDocument>>>,
 }
 
 impl Runner {
     async fn reconcile(&mut self) {
         let started = Instant::now();
         match self.manifests.refresh() {
-            Ok(false) if !self.last_report.is_empty() => return,
+            Ok(false) if self.translated => return,
             Ok(_) => {}
             Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
         }
+        self.translated = true;
         let read = started.elapsed();
         let (world, problems) = self.manifests.world();
         self.problems = problems;
         self.output = translate(&world);
         let translated = started.elapsed();
         let mut wanted = BTreeMap::new();
-        for (key, gateway) in &self.output.gateways {
+        for (key, gateway) in &mut self.output.gateways {
             let name = key.to_string();
-            if let Some(version) = self.push.publish(&name, gateway.snapshot.clone()) {
+            let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            // The snapshot moves to the push server; the status stays for the report.
+            if let Some(version) = self.push.publish(&name, std::mem::take(&mut gateway.snapshot)) {
                 tracing::debug!(
                     gateway = name,
                     generation = version.generation,
@@ -196,9 +215,6 @@ impl Runner {
                     "published"
                 );
             }
-            let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
-            ports.sort_unstable();
-            ports.dedup();
             if !ports.is_empty() {
                 wanted.insert(name, ports);
             }
@@ -359,7 +375,7 @@ impl Runner {
         }
     }
 
-    /// Prints what changed in the status (and writes the status file).
+    /// Prints what changed in the status, and hands the status to the file writer.
     fn report(&mut self) {
         let progress = self.push.progress();
         let mut status = self.output.status.clone();
@@ -375,22 +391,46 @@ impl Runner {
                 hold_programmed(&mut gateway.conditions, &message);
             }
         }
-        let text = render(&status, &progress, &self.problems, &self.processes, self.options.quiet);
+        let document = StatusDocument { status, data_planes: progress, problems: self.problems.clone() };
+        if self.status.borrow().as_deref() == Some(&document) {
+            return;
+        }
+        let text = render(&document, &self.processes, self.options.quiet);
         if text != self.last_report {
             print!("{text}");
             self.last_report = text;
-            if let Some(file) = &self.options.status_file {
-                let document = StatusFile { status: &status, data_planes: &progress, problems: &self.problems };
-                match serde_yaml::to_string(&document) {
-                    Ok(yaml) => {
-                        if let Err(error) = write_atomically(file, &yaml) {
-                            eprintln!("sluice: writing {}: {error}", file.display());
-                        }
-                    }
-                    Err(error) => eprintln!("sluice: rendering the status: {error}"),
-                }
-            }
         }
+        self.status.send_replace(Some(Arc::new(document)));
+    }
+}
+
+/// Writes the status file after changes, at most every 200 ms and off the path that
+/// pushes config (at thousands of routes the YAML takes tens of milliseconds).
+async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
+    while status.changed().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(document) = status.borrow_and_update().clone() else { continue };
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let yaml = serde_yaml::to_string(&*document).map_err(|e| e.to_string())?;
+            write_atomically(&file, &yaml).map_err(|e| format!("writing {}: {e}", file.display()))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("sluice: status file: {error}"),
+            Err(error) => eprintln!("sluice: status file: {error}"),
+        }
+    }
+}
+
+/// Whether a file-system event may have changed what the files hold.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
     }
 }
 
@@ -406,28 +446,24 @@ fn hold_programmed(conditions: &mut [Condition], message: &str) {
     }
 }
 
-#[derive(serde::Serialize)]
+/// Everything the status file holds.
+#[derive(Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct StatusFile<'a> {
-    status: &'a sluice_translate::Status,
-    data_planes: &'a BTreeMap<String, GatewayProgress>,
+struct StatusDocument {
+    status: sluice_translate::Status,
+    data_planes: BTreeMap<String, GatewayProgress>,
     #[serde(serialize_with = "problems")]
-    problems: &'a [Problem],
+    problems: Vec<Problem>,
 }
 
-fn problems<S: serde::Serializer>(problems: &&[Problem], serializer: S) -> Result<S::Ok, S::Error> {
+fn problems<S: serde::Serializer>(problems: &[Problem], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)))
 }
 
 /// The human summary: every Gateway and listener, routes that are not fully accepted,
 /// and the documents that were skipped.
-fn render(
-    status: &sluice_translate::Status,
-    progress: &BTreeMap<String, GatewayProgress>,
-    problems: &[Problem],
-    processes: &BTreeMap<String, DataPlane>,
-    quiet: bool,
-) -> String {
+fn render(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, quiet: bool) -> String {
+    let StatusDocument { status, data_planes: progress, problems } = document;
     let mut out = String::new();
     let describe = |conditions: &[Condition]| -> (bool, String) {
         let mut healthy = true;
