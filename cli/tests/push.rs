@@ -40,7 +40,10 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, 
     };
     match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
         Ok(Ok(Some(message))) => match message.message {
-            Some(control_plane_message::Message::Snapshot(snapshot)) => format!("snapshot of {}", snapshot.gateway),
+            Some(control_plane_message::Message::Snapshot(encoded)) => {
+                let snapshot = <sluice_snapshot::Snapshot as prost::Message>::decode(encoded).unwrap();
+                format!("snapshot of {}", snapshot.gateway)
+            }
             None => "empty message".into(),
         },
         Ok(Ok(None)) => "stream ended".into(),

@@ -212,11 +212,14 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
         let next =
             inbound.message().await.map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
         let Some(next) = next else { return Ok(received) };
-        let Some(control_plane_message::Message::Snapshot(snapshot)) = next.message else { continue };
+        let Some(control_plane_message::Message::Snapshot(encoded)) = next.message else { continue };
         received = true;
-        let offered = snapshot.version.clone();
         let started = Instant::now();
-        let reply = match applier.apply(snapshot) {
+        let (offered, applied) = match <Snapshot as prost::Message>::decode(encoded) {
+            Ok(snapshot) => (snapshot.version.clone(), applier.apply(snapshot)),
+            Err(error) => (None, Err(format!("cannot decode the snapshot: {error}"))),
+        };
+        let reply = match applied {
             Ok(version) => {
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(generation = version.generation, apply_ms, "applied snapshot");

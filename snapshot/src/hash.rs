@@ -21,8 +21,24 @@ pub fn content_hash(snapshot: &Snapshot) -> String {
 /// The hash of a snapshot whose `version` is unset (no copy of a large snapshot).
 fn unversioned_hash(snapshot: &Snapshot) -> String {
     debug_assert!(snapshot.version.is_none());
-    let digest = Sha256::digest(snapshot.encode_to_vec());
+    hash_encoded(&snapshot.encode_to_vec())
+}
+
+/// The content hash of a snapshot from its protobuf encoding without `version`.
+pub fn hash_encoded(unversioned: &[u8]) -> String {
+    let digest = Sha256::digest(unversioned);
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The encoding of a snapshot with `version`, from its encoding without one: protobuf
+/// merges a message field that appears later, so appending the version is enough (no
+/// second encoding of a large snapshot).
+pub fn encode_with_version(unversioned: &[u8], version: &Version) -> Vec<u8> {
+    let tail = Snapshot { version: Some(version.clone()), ..Default::default() }.encode_to_vec();
+    let mut encoded = Vec::with_capacity(unversioned.len() + tail.len());
+    encoded.extend_from_slice(unversioned);
+    encoded.extend_from_slice(&tail);
+    encoded
 }
 
 /// Assigns versions to one Gateway's snapshots: the generation grows by one for every
@@ -74,13 +90,20 @@ impl Versioner {
         let version = snapshot.version.take();
         let hash = unversioned_hash(snapshot);
         snapshot.version = version;
+        let version = self.stamp_hash(hash)?;
+        snapshot.version = Some(version.clone());
+        Some(version)
+    }
+
+    /// Like [`Versioner::stamp`], for a snapshot known by its content hash (see
+    /// [`hash_encoded`]); returns the new version if the content changed.
+    pub fn stamp_hash(&mut self, hash: String) -> Option<Version> {
         let previous = self.current.as_ref();
         if previous.is_some_and(|version| version.content_hash == hash) {
             return None;
         }
         let generation = previous.map_or(1, |version| version.generation.saturating_add(1));
         let version = Version { generation, content_hash: hash };
-        snapshot.version = Some(version.clone());
         self.current = Some(version.clone());
         Some(version)
     }
@@ -138,6 +161,17 @@ mod tests {
         // Same content, but the floor moved: it must be re-stamped above it.
         let mut again = snapshot(80);
         assert_eq!(versioner.stamp(&mut again).map(|v| v.generation), Some(101));
+    }
+
+    #[test]
+    fn appending_the_version_encodes_the_versioned_snapshot() {
+        let mut s = snapshot(80);
+        let unversioned = s.encode_to_vec();
+        let version = Version { generation: 12, content_hash: hash_encoded(&unversioned) };
+        let decoded = Snapshot::decode(encode_with_version(&unversioned, &version).as_slice()).unwrap();
+        s.version = Some(version);
+        assert_eq!(decoded, s);
+        assert_eq!(content_hash(&decoded), hash_encoded(&unversioned));
     }
 
     #[test]

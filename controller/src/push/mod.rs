@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use sluice_snapshot::push::config_push_server::{ConfigPush, ConfigPushServer};
 use sluice_snapshot::push::{ControlPlaneMessage, DataPlaneMessage, Hello, control_plane_message, data_plane_message};
 use sluice_snapshot::{Snapshot, Version, Versioner};
@@ -84,10 +85,27 @@ impl GatewayProgress {
     }
 }
 
+/// A published snapshot, encoded once for all streams.
+#[derive(Debug)]
+struct Published {
+    version: Version,
+    /// The encoding without `version` (the content).
+    unversioned: Bytes,
+    /// The encoding with `version`, as sent.
+    encoded: Bytes,
+}
+
+impl Published {
+    fn new(unversioned: Bytes, version: Version) -> Self {
+        let encoded = Bytes::from(sluice_snapshot::encode_with_version(&unversioned, &version));
+        Self { version, unversioned, encoded }
+    }
+}
+
 struct GatewayState {
     versioner: Versioner,
     /// The latest stamped snapshot; every stream of this Gateway watches it.
-    current: watch::Sender<Option<Arc<Snapshot>>>,
+    current: watch::Sender<Option<Arc<Published>>>,
     pods: BTreeMap<String, PodState>,
 }
 
@@ -112,10 +130,9 @@ impl GatewayState {
 
     /// Re-stamps the current content (after the floor moved) and publishes it.
     fn restamp(&mut self) {
-        let Some(snapshot) = self.current.borrow().clone() else { return };
-        let mut snapshot = (*snapshot).clone();
-        if self.versioner.stamp(&mut snapshot).is_some() {
-            self.current.send_replace(Some(Arc::new(snapshot)));
+        let Some(published) = self.current.borrow().clone() else { return };
+        if let Some(version) = self.versioner.stamp_hash(published.version.content_hash.clone()) {
+            self.current.send_replace(Some(Arc::new(Published::new(published.unversioned.clone(), version))));
         }
     }
 }
@@ -152,11 +169,18 @@ impl PushServer {
     /// Publishes a Gateway's latest snapshot. It is stamped with a new version and pushed
     /// to the Gateway's data planes only if its content changed; returns the new version.
     pub fn publish(&self, gateway: &str, mut snapshot: Snapshot) -> Option<Version> {
+        // Encoded and hashed once, outside the lock; every stream sends these bytes.
+        snapshot.version = None;
+        let unversioned = Bytes::from(prost::Message::encode_to_vec(&snapshot));
+        drop(snapshot);
+        let hash = sluice_snapshot::hash_encoded(&unversioned);
         let mut gateways = self.gateways();
         let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
-        let version = state.versioner.stamp(&mut snapshot)?;
-        state.current.send_replace(Some(Arc::new(snapshot)));
+        let version = state.versioner.stamp_hash(hash)?;
+        let old = state.current.send_replace(Some(Arc::new(Published::new(unversioned, version.clone()))));
         drop(gateways);
+        // A large snapshot takes a while to free: not while holding the lock.
+        drop(old);
         self.progress_changed();
         Some(version)
     }
@@ -234,21 +258,20 @@ impl PushServer {
 
     /// Registers a pod's stream; returns the stream id, the channel to watch and whether
     /// the current snapshot must be sent first.
-    fn connect(&self, hello: &Hello) -> (u64, watch::Receiver<Option<Arc<Snapshot>>>) {
+    fn connect(&self, hello: &Hello) -> (u64, watch::Receiver<Option<Arc<Published>>>) {
         let stream = self.shared.streams.fetch_add(1, Ordering::Relaxed) + 1;
         let mut gateways = self.gateways();
         let state = gateways.entry(hello.gateway.clone()).or_insert_with(GatewayState::new);
         let reported = hello.current.clone().filter(|v| v.generation > 0);
         if let Some(reported) = &reported {
-            let ours = state.current.borrow().as_ref().and_then(|s| s.version.clone());
+            let ours = state.current.borrow().clone();
             match ours {
-                Some(ours) if ours.content_hash == reported.content_hash => {
+                Some(ours) if ours.version.content_hash == reported.content_hash => {
                     // It serves our content already, maybe under a higher generation (we
                     // restarted): take its version so nobody reloads.
                     if state.versioner.adopt(reported) {
-                        let mut snapshot = state.current.borrow().as_deref().cloned().unwrap_or_default();
-                        snapshot.version = Some(reported.clone());
-                        state.current.send_replace(Some(Arc::new(snapshot)));
+                        let adopted = Published::new(ours.unversioned.clone(), reported.clone());
+                        state.current.send_replace(Some(Arc::new(adopted)));
                     }
                 }
                 _ => {
@@ -384,11 +407,11 @@ impl ConfigPush for PushService {
             let reported_hash = hello.current.as_ref().map(|v| v.content_hash.clone());
             // The first snapshot: skipped when the pod already serves this content.
             let initial = current.borrow_and_update().clone();
-            if let Some(snapshot) = initial {
-                let same = snapshot.version.as_ref().map(|v| &v.content_hash) == reported_hash.as_ref();
+            if let Some(published) = initial {
+                let same = Some(&published.version.content_hash) == reported_hash.as_ref();
                 let reported = hello.current.as_ref().map_or(0, |v| v.generation);
-                let newer = snapshot.version.as_ref().is_some_and(|v| v.generation > reported);
-                if (newer || !same) && sender.send(Ok(snapshot_message(&snapshot))).await.is_err() {
+                let newer = published.version.generation > reported;
+                if (newer || !same) && sender.send(Ok(snapshot_message(&published))).await.is_err() {
                     server.disconnect(&hello.gateway, &hello.pod, stream);
                     return;
                 }
@@ -399,9 +422,9 @@ impl ConfigPush for PushService {
                         if changed.is_err() {
                             break;
                         }
-                        let snapshot = current.borrow_and_update().clone();
-                        if let Some(snapshot) = snapshot
-                            && sender.send(Ok(snapshot_message(&snapshot))).await.is_err()
+                        let published = current.borrow_and_update().clone();
+                        if let Some(published) = published
+                            && sender.send(Ok(snapshot_message(&published))).await.is_err()
                         {
                             break;
                         }
@@ -424,8 +447,8 @@ impl ConfigPush for PushService {
     }
 }
 
-fn snapshot_message(snapshot: &Snapshot) -> ControlPlaneMessage {
-    ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(snapshot.clone())) }
+fn snapshot_message(published: &Published) -> ControlPlaneMessage {
+    ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(published.encoded.clone())) }
 }
 
 #[cfg(test)]
@@ -474,13 +497,13 @@ mod tests {
         let same = Version { generation: 40, content_hash: ours.content_hash.clone() };
         let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(same) };
         let (_, receiver) = server.connect(&hello);
-        assert_eq!(receiver.borrow().as_ref().unwrap().version.as_ref().unwrap().generation, 40);
+        assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 40);
         assert!(server.progress()["ns/gw"].programmed().is_ok());
         // Other content at a higher generation: ours is re-stamped above it.
         let other = Version { generation: 90, content_hash: "other".into() };
         let hello = Hello { gateway: "ns/gw".into(), pod: "p2".into(), current: Some(other) };
         let (_, receiver) = server.connect(&hello);
-        assert_eq!(receiver.borrow().as_ref().unwrap().version.as_ref().unwrap().generation, 91);
+        assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 91);
         // And it keeps growing from there.
         let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
         assert_eq!(server.publish("ns/gw", changed).map(|v| v.generation), Some(92));

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sluice_translate::status::{Condition, ConditionStatus, reason};
-use sluice_translate::{Output, World, translate};
+use sluice_translate::{World, translate};
 use std::sync::Arc;
 use tokio::process::{Child, Command};
 
@@ -110,16 +110,18 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
         push_address,
         push: push.clone(),
         manifests: Manifests::new(&options.dir),
-        output: Output::default(),
-        problems: Vec::new(),
+        gateways: Vec::new(),
+        status: Arc::default(),
+        routes_text: String::new(),
+        problems: Arc::default(),
         processes: BTreeMap::new(),
         echoes: BTreeMap::new(),
         last_report: String::new(),
         translated: false,
-        status: watch::Sender::new(None),
+        document: watch::Sender::new(None),
     };
     if let Some(file) = &options.status_file {
-        tokio::spawn(write_status_file(file.clone(), runner.status.subscribe()));
+        tokio::spawn(write_status_file(file.clone(), runner.document.subscribe()));
     }
     println!("sluice: serving the Gateways in {} (push server {push_address})", options.dir.display());
     // Subscribed before the first publish, so that no ACK goes unnoticed.
@@ -173,15 +175,19 @@ struct Runner {
     push_address: SocketAddr,
     push: PushServer,
     manifests: Manifests,
-    output: Output,
-    problems: Vec<Problem>,
+    /// The Gateways of the last translation (their snapshots moved to the push server).
+    gateways: Vec<String>,
+    /// The translator's status of the last translation, and its routes' summary text.
+    status: Arc<sluice_translate::Status>,
+    routes_text: String,
+    problems: Arc<Vec<Problem>>,
     processes: BTreeMap<String, DataPlane>,
     echoes: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>>,
     last_report: String,
     /// Whether the directory was translated at least once.
     translated: bool,
     /// The latest status, for the status file writer.
-    status: watch::Sender<Option<Arc<StatusDocument>>>,
+    document: watch::Sender<Option<Arc<StatusDocument>>>,
 }
 
 impl Runner {
@@ -195,11 +201,14 @@ impl Runner {
         self.translated = true;
         let read = started.elapsed();
         let (world, problems) = self.manifests.world();
-        self.problems = problems;
-        self.output = translate(&world);
+        self.problems = Arc::new(problems);
+        let mut output = translate(&world);
         let translated = started.elapsed();
+        self.status = Arc::new(std::mem::take(&mut output.status));
+        self.routes_text = render_routes(&self.status, self.options.quiet);
+        self.gateways = output.gateways.keys().map(ToString::to_string).collect();
         let mut wanted = BTreeMap::new();
-        for (key, gateway) in &mut self.output.gateways {
+        for (key, gateway) in &mut output.gateways {
             let name = key.to_string();
             let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
             ports.sort_unstable();
@@ -229,7 +238,7 @@ impl Runner {
             }
         }
         for name in self.push.progress().keys() {
-            if !self.output.gateways.keys().any(|key| key.to_string() == *name) {
+            if !self.gateways.contains(name) {
                 self.push.remove(name);
             }
         }
@@ -378,41 +387,49 @@ impl Runner {
     /// Prints what changed in the status, and hands the status to the file writer.
     fn report(&mut self) {
         let progress = self.push.progress();
-        let mut status = self.output.status.clone();
-        for (key, gateway) in &mut status.gateways {
-            let name = key.to_string();
-            let exited = self.processes.get(&name).and_then(|p| p.exited.as_ref()).map(|(why, _)| why.clone());
-            let waiting = match (exited, progress.get(&name)) {
+        let mut holds = BTreeMap::new();
+        for name in &self.gateways {
+            let exited = self.processes.get(name).and_then(|p| p.exited.as_ref()).map(|(why, _)| why.clone());
+            let waiting = match (exited, progress.get(name)) {
                 (Some(why), _) => Some(why),
                 (None, Some(progress)) => progress.programmed().err(),
                 (None, None) => Some("no configuration has been published yet".to_string()),
             };
             if let Some(message) = waiting {
-                hold_programmed(&mut gateway.conditions, &message);
+                holds.insert(name.clone(), message);
             }
         }
-        let document = StatusDocument { status, data_planes: progress, problems: self.problems.clone() };
-        if self.status.borrow().as_deref() == Some(&document) {
+        let document = StatusDocument {
+            status: self.status.clone(),
+            programmed_holds: holds,
+            data_planes: progress,
+            problems: self.problems.clone(),
+        };
+        if self.document.borrow().as_deref().is_some_and(|last| last.same_as(&document)) {
             return;
         }
-        let text = render(&document, &self.processes, self.options.quiet);
+        let mut text = render_gateways(&document, &self.processes, self.options.quiet);
+        text.push_str(&self.routes_text);
+        for problem in document.problems.iter() {
+            text.push_str(&format!("skipped in {}: {}\n", problem.file.display(), problem.message));
+        }
         if text != self.last_report {
             print!("{text}");
             self.last_report = text;
         }
-        self.status.send_replace(Some(Arc::new(document)));
+        self.document.send_replace(Some(Arc::new(document)));
     }
 }
 
-/// Writes the status file after changes, at most every 200 ms and off the path that
+/// Writes the status file after changes, at most once a second and off the path that
 /// pushes config (at thousands of routes the YAML takes tens of milliseconds).
 async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
     while status.changed().await.is_ok() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(document) = status.borrow_and_update().clone() else { continue };
         let file = file.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let yaml = serde_yaml::to_string(&*document).map_err(|e| e.to_string())?;
+            let yaml = document.to_yaml()?;
             write_atomically(&file, &yaml).map_err(|e| format!("writing {}: {e}", file.display()))
         })
         .await;
@@ -446,56 +463,92 @@ fn hold_programmed(conditions: &mut [Condition], message: &str) {
     }
 }
 
-/// Everything the status file holds.
-#[derive(Debug, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Everything the status file holds: the translator's status, with `Programmed` held
+/// at `False`/`Pending` for the Gateways whose data planes have not applied it.
+#[derive(Debug)]
 struct StatusDocument {
-    status: sluice_translate::Status,
+    status: Arc<sluice_translate::Status>,
+    /// Per Gateway, why it is not programmed yet.
+    programmed_holds: BTreeMap<String, String>,
     data_planes: BTreeMap<String, GatewayProgress>,
-    #[serde(serialize_with = "problems")]
-    problems: Vec<Problem>,
+    problems: Arc<Vec<Problem>>,
 }
 
-fn problems<S: serde::Serializer>(problems: &[Problem], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)))
+impl StatusDocument {
+    /// Cheap equality: the large parts are compared by identity.
+    fn same_as(&self, other: &StatusDocument) -> bool {
+        Arc::ptr_eq(&self.status, &other.status)
+            && Arc::ptr_eq(&self.problems, &other.problems)
+            && self.programmed_holds == other.programmed_holds
+            && self.data_planes == other.data_planes
+    }
+
+    /// The status with the holds applied.
+    fn status(&self) -> sluice_translate::Status {
+        let mut status = (*self.status).clone();
+        for (key, gateway) in &mut status.gateways {
+            if let Some(message) = self.programmed_holds.get(&key.to_string()) {
+                hold_programmed(&mut gateway.conditions, message);
+            }
+        }
+        status
+    }
+
+    fn to_yaml(&self) -> Result<String, String> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct File<'a> {
+            status: sluice_translate::Status,
+            data_planes: &'a BTreeMap<String, GatewayProgress>,
+            problems: Vec<String>,
+        }
+        let problems = self.problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)).collect();
+        serde_yaml::to_string(&File { status: self.status(), data_planes: &self.data_planes, problems })
+            .map_err(|e| e.to_string())
+    }
 }
 
-/// The human summary: every Gateway and listener, routes that are not fully accepted,
-/// and the documents that were skipped.
-fn render(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, quiet: bool) -> String {
-    let StatusDocument { status, data_planes: progress, problems } = document;
+/// `Accepted, ResolvedRefs, Programmed=False (Pending: ...)`, and whether all is well.
+fn describe(conditions: &[Condition]) -> (bool, String) {
+    let mut healthy = true;
+    let parts: Vec<String> = conditions
+        .iter()
+        .map(|c| {
+            // Conflicted and OverlappingTLSConfig are fine when False; the rest when True.
+            let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
+            let good = (c.status == ConditionStatus::True) != good_when_false;
+            healthy &= good;
+            if good && !good_when_false {
+                c.type_.clone()
+            } else if good {
+                format!("{}=False", c.type_)
+            } else {
+                format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message)
+            }
+        })
+        .collect();
+    (healthy, parts.join(", "))
+}
+
+/// The human summary of GatewayClasses, Gateways and listeners (few, and changing with
+/// the data planes' progress).
+fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, quiet: bool) -> String {
     let mut out = String::new();
-    let describe = |conditions: &[Condition]| -> (bool, String) {
-        let mut healthy = true;
-        let parts: Vec<String> = conditions
-            .iter()
-            .map(|c| {
-                // Conflicted and OverlappingTLSConfig are fine when False; the rest when True.
-                let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
-                let good = (c.status == ConditionStatus::True) != good_when_false;
-                healthy &= good;
-                if good && !good_when_false {
-                    c.type_.clone()
-                } else if good {
-                    format!("{}=False", c.type_)
-                } else {
-                    format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message)
-                }
-            })
-            .collect();
-        (healthy, parts.join(", "))
-    };
-    for (name, class) in &status.gateway_classes {
+    for (name, class) in &document.status.gateway_classes {
         let (healthy, text) = describe(&class.conditions);
         if !healthy || !quiet {
             out.push_str(&format!("GatewayClass {name}: {text}\n"));
         }
     }
-    for (key, gateway) in &status.gateways {
+    for (key, gateway) in &document.status.gateways {
         let name = key.to_string();
-        let (healthy, text) = describe(&gateway.conditions);
-        let version =
-            progress.get(&name).and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
+        let mut conditions = gateway.conditions.clone();
+        if let Some(message) = document.programmed_holds.get(&name) {
+            hold_programmed(&mut conditions, message);
+        }
+        let (healthy, text) = describe(&conditions);
+        let progress = document.data_planes.get(&name);
+        let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
         let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
         if !healthy || !quiet {
             out.push_str(&format!("Gateway {name}: {text}{version}{admin}\n"));
@@ -510,14 +563,25 @@ fn render(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, qu
             }
         }
     }
+    out
+}
+
+/// The routes' part of the summary: every route parent that is not fully accepted, and a
+/// count of those that are. Computed once per translation.
+fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
+    let mut out = String::new();
     let mut accepted = 0;
     for (kind, routes) in [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes)] {
         for (key, route) in routes {
             for parent in &route.parents {
-                let (healthy, text) = describe(&parent.conditions);
+                let healthy = parent.conditions.iter().all(|c| {
+                    let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
+                    (c.status == ConditionStatus::True) != good_when_false
+                });
                 if healthy {
                     accepted += 1;
                 } else {
+                    let (_, text) = describe(&parent.conditions);
                     let namespace = parent.parent_ref.namespace.as_deref().unwrap_or(&key.namespace);
                     out.push_str(&format!("{kind} {key} -> {namespace}/{}: {text}\n", parent.parent_ref.name));
                 }
@@ -526,9 +590,6 @@ fn render(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, qu
     }
     if !quiet {
         out.push_str(&format!("{accepted} route parent(s) accepted with resolved references\n"));
-    }
-    for problem in problems {
-        out.push_str(&format!("skipped in {}: {}\n", problem.file.display(), problem.message));
     }
     out
 }
