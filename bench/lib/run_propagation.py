@@ -247,6 +247,8 @@ def run(preload):
     print(f"  preloaded={preload} startup_to_ready_ms={startup * 1000:.0f} rss_mb(sluice+dataplane)="
           f"{rss_before:.0f}->{rss_after:.0f} min_ms={min(latencies or [0]):.1f} "
           f"mean_ms={statistics.mean(latencies or [0]):.1f} answered={len(latencies)}/{PROBES}", flush=True)
+    if os.environ.get("VERBOSE"):
+        print("  latencies_ms (in probe order): " + " ".join(f"{v:.0f}" for v in latencies), flush=True)
     p50 = percentile(latencies, 0.5) if latencies else float("nan")
     p99 = percentile(latencies, 0.99) if latencies else float("nan")
     worst = max(latencies) if latencies else float("nan")

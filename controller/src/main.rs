@@ -22,3 +22,7 @@ fn main() -> anyhow::Result<()> {
         .map_or_else(|| "sluice-dataplane".into(), |path| path.into_os_string());
     execute(Cli::parse().command, vec![dataplane])
 }
+
+/// mimalloc: translation allocates heavily, and glibc's allocator made it ~1.5× slower.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

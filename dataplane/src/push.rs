@@ -90,7 +90,10 @@ fn endpoint(url: &str, args: &PushArgs) -> Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Large windows: a multi-MiB snapshot arrives without waiting on window updates.
+        .initial_stream_window_size(16 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024);
     if url.starts_with("https://") {
         let read = |path: &Option<PathBuf>, what: &str| -> Result<Vec<u8>> {
             let path = path.as_ref().with_context(|| format!("--{what} is required with an https:// control plane"))?;

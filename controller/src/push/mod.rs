@@ -243,7 +243,9 @@ impl PushServer {
                 Authentication::LoopbackOnly
             }
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Accepted sockets get TCP_NODELAY here: `Server::tcp_nodelay` only applies to
+        // listeners tonic binds itself, and Nagle + delayed ACKs stall large snapshots.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (closing, closed) = watch::channel(false);
         let shutdown = async move {
             shutdown.await;

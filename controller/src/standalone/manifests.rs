@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use sluice_translate::{Skipped, World};
 
 struct Parsed {
+    /// Size, modification time and inode when the file was read.
+    stamp: Option<FileStamp>,
     hash: u64,
     world: World,
     skipped: Vec<Skipped>,
@@ -43,6 +45,15 @@ impl Manifests {
         self.files.retain(|path, _| paths.contains(path));
         changed |= self.files.len() != before;
         for path in paths {
+            // An unchanged stamp means unchanged content, unless the file was modified so
+            // recently that a second write within the same timestamp tick could hide.
+            let stamp = FileStamp::of(&path);
+            if let (Some(stamp), Some(parsed)) = (&stamp, self.files.get(&path))
+                && parsed.stamp.as_ref() == Some(stamp)
+                && stamp.settled()
+            {
+                continue;
+            }
             // A file may vanish between listing and reading: it is simply gone.
             let Ok(bytes) = std::fs::read(&path) else {
                 changed |= self.files.remove(&path).is_some();
@@ -51,12 +62,15 @@ impl Manifests {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             bytes.hash(&mut hasher);
             let hash = hasher.finish();
-            if self.files.get(&path).is_some_and(|parsed| parsed.hash == hash) {
+            if let Some(parsed) = self.files.get_mut(&path)
+                && parsed.hash == hash
+            {
+                parsed.stamp = stamp;
                 continue;
             }
             let text = String::from_utf8_lossy(&bytes);
             let (world, skipped) = World::from_manifests(&text);
-            self.files.insert(path, Parsed { hash, world, skipped });
+            self.files.insert(path, Parsed { stamp, hash, world, skipped });
             changed = true;
         }
         Ok(changed)
@@ -80,6 +94,27 @@ impl Manifests {
             problems.push(Problem { file: self.root.clone(), message: format!("{}: {}", skip.object, skip.reason) });
         }
         (world, problems)
+    }
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: std::time::SystemTime,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self { len: metadata.len(), modified: metadata.modified().ok()?, inode: metadata.ino() })
+    }
+
+    /// Whether the file was last modified long enough ago (file timestamps are coarse).
+    fn settled(&self) -> bool {
+        self.modified.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(1))
     }
 }
 

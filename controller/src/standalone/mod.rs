@@ -421,11 +421,19 @@ impl Runner {
     }
 }
 
-/// Writes the status file after changes, at most once a second and off the path that
-/// pushes config (at thousands of routes the YAML takes tens of milliseconds).
+/// Writes the status file after changes, off the path that pushes config (at thousands
+/// of routes the YAML takes tens of milliseconds).
 async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
     while status.changed().await.is_ok() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Trailing debounce: write once changes pause for a second (at most 5 s late),
+        // so that serializing a large status never competes with applying changes.
+        let first = Instant::now();
+        while first.elapsed() < Duration::from_secs(5) {
+            match tokio::time::timeout(Duration::from_secs(1), status.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
         let Some(document) = status.borrow_and_update().clone() else { continue };
         let file = file.clone();
         let written = tokio::task::spawn_blocking(move || {
