@@ -19,6 +19,8 @@ PROBES = int(os.environ.get("PROBES", "50"))
 POLL = float(os.environ.get("POLL_MS", "5")) / 1000
 TIMEOUT = float(os.environ.get("TIMEOUT", "10"))
 GAP = float(os.environ.get("GAP_MS", "100")) / 1000
+# Steady state first: the preload's start-up work (first status file write) is over.
+SETTLE = float(os.environ.get("SETTLE_MS", "3000")) / 1000
 FLAGS = os.environ.get("SLUICE_FLAGS", "").split()  # e.g. "--quiet"
 
 BASE = """apiVersion: gateway.networking.k8s.io/v1
@@ -217,7 +219,7 @@ def run(preload):
             log.flush()
             sys.exit(f"sluice did not serve {ready_host} with {want}:\n" + open(log.name).read()[-3000:])
         startup = time.perf_counter() - started
-        time.sleep(0.5)
+        time.sleep(SETTLE)
         rss_before = rss_mb(proc.pid)
         latencies, errors, problems = [], 0, []
         for i in range(PROBES):
@@ -261,7 +263,7 @@ def main():
     command = " ".join(["sluice run DIR"] + FLAGS)
     print(f"method: standalone `{command}`; per preload N in {PRELOADS}: {PROBES} new HTTPRoutes, one file "
           f"each (atomic rename), poll the Host every {POLL * 1000:g} ms on keep-alive until 200; time = rename -> "
-          f"first 200; errors = non-404 codes, socket errors, no 200 in {TIMEOUT:g}s; {GAP * 1000:g} ms between probes",
+          f"first 200; errors = non-404 codes, socket errors, no 200 in {TIMEOUT:g}s; {GAP * 1000:g} ms between probes, probing starts {SETTLE * 1000:g} ms after the preload serves",
           flush=True)
     for preload in sorted(PRELOADS):
         print(run(preload), flush=True)

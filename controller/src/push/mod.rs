@@ -172,15 +172,14 @@ impl PushServer {
         // Encoded and hashed once, outside the lock; every stream sends these bytes.
         snapshot.version = None;
         let unversioned = Bytes::from(prost::Message::encode_to_vec(&snapshot));
-        drop(snapshot);
+        drop_elsewhere(snapshot);
         let hash = sluice_snapshot::hash_encoded(&unversioned);
         let mut gateways = self.gateways();
         let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
         let version = state.versioner.stamp_hash(hash)?;
         let old = state.current.send_replace(Some(Arc::new(Published::new(unversioned, version.clone()))));
         drop(gateways);
-        // A large snapshot takes a while to free: not while holding the lock.
-        drop(old);
+        drop_elsewhere(old);
         self.progress_changed();
         Some(version)
     }
@@ -324,6 +323,15 @@ impl PushServer {
         }
         drop(gateways);
         self.progress_changed();
+    }
+}
+
+/// Frees a value on a background thread when inside a runtime: a large snapshot takes
+/// milliseconds to free, which should not delay pushing the next one.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
     }
 }
 

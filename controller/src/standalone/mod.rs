@@ -90,12 +90,13 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
         }
     });
 
-    let (events, mut changes) = mpsc::unbounded_channel::<()>();
+    let (events, mut changes) = mpsc::unbounded_channel::<Change>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only content changes count: reading the files (which the rescan does) raises
-        // access events, and reacting to those would re-read forever.
-        if event.is_ok_and(|event| changes_content(&event.kind)) {
-            let _ = events.send(());
+        if let Ok(event) = event {
+            let change = classify(&event);
+            if change != Change::None {
+                let _ = events.send(change);
+            }
         }
     })
     .context("watching the directory")?;
@@ -134,12 +135,16 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = changes.recv() => {
-                // Debounce: wait for a quiet period, but never longer than 50 ms in all.
+            Some(change) = changes.recv() => {
+                // A completed write (close after writing, a rename into place, a removal)
+                // is applied at once; other changes once the directory is quiet for the
+                // quiet period, and never more than 50 ms after they began.
                 let started = Instant::now();
+                let mut complete = change == Change::Complete;
                 while started.elapsed() < Duration::from_millis(50) {
-                    match tokio::time::timeout(options.quiet_period, changes.recv()).await {
-                        Ok(Some(())) => continue,
+                    let wait = if complete { Duration::ZERO } else { options.quiet_period };
+                    match tokio::time::timeout(wait, changes.recv()).await {
+                        Ok(Some(change)) => complete |= change == Change::Complete,
                         _ => break,
                     }
                 }
@@ -449,13 +454,32 @@ async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc
     }
 }
 
-/// Whether a file-system event may have changed what the files hold.
-fn changes_content(kind: &notify::EventKind) -> bool {
+/// What a file-system event means for the manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Nothing a reader of the files sees: reads (the rescan raises those, and reacting
+    /// to them would re-read forever), metadata, hidden files (temporaries, never read).
+    None,
+    /// A file is being written; more may follow.
+    Partial,
+    /// A file is complete: closed after writing, renamed into place, or removed.
+    Complete,
+}
+
+fn classify(event: &notify::Event) -> Change {
     use notify::EventKind;
-    use notify::event::ModifyKind;
-    match kind {
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    let hidden = |path: &std::path::PathBuf| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    if !event.paths.is_empty() && event.paths.iter().all(hidden) {
+        return Change::None;
+    }
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_)
+        | EventKind::Create(CreateKind::Folder) => Change::Complete,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => Change::None,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => Change::Partial,
     }
 }
 
