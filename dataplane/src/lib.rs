@@ -169,8 +169,9 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             service.add_tcp(&format!("{}:{port}", cli.bind));
         }
         for port in &https_ports {
-            let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
-                .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+            let mut settings =
+                pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::RecordServerName))
+                    .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
             settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
             settings.enable_h2();
             service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
@@ -186,12 +187,6 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, "serving");
     server.run_forever()
 }
-
-/// No TLS accept callbacks: the certificate comes from the SNI resolver.
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl pingora_core::listeners::TlsAccept for NoCallbacks {}
 
 /// Reloads the snapshot file when its content changes. The watcher hashes the bytes it
 /// parses, so a change is never missed, however fast files are replaced or however coarse

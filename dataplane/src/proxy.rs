@@ -108,6 +108,11 @@ impl ProxyHttp for SluiceProxy {
         let Some(listener) = port_table.listener(&host) else {
             return respond(session, 404, None).await;
         };
+        if ctx.tls && misdirected(session, port_table, listener) {
+            // The connection's SNI chose another listener (and certificate) on this port
+            // than the Host does: the client must open a connection for that host.
+            return respond(session, 421, None).await;
+        }
         let view = RequestView {
             host: &host,
             path: header.uri.path(),
@@ -442,6 +447,23 @@ async fn respond(session: &mut Session, status: u16, location: Option<String>) -
     session.write_response_header(Box::new(response), false).await?;
     session.write_response_body(Some(Bytes::new()), true).await?;
     Ok(true)
+}
+
+/// Whether a TLS request's Host belongs to another listener than the one its
+/// connection's SNI selected (requests without SNI are never misdirected).
+fn misdirected(
+    session: &Session,
+    port_table: &crate::routes::PortTable,
+    listener: &crate::routes::ListenerTable,
+) -> bool {
+    let Some(sni) = session
+        .digest()
+        .and_then(|digest| digest.ssl_digest.as_ref())
+        .and_then(|tls| tls.extension.get::<crate::tls::ClientServerName>())
+    else {
+        return false;
+    };
+    !port_table.listener(&sni.0).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
 }
 
 #[cfg(test)]

@@ -26,3 +26,23 @@ impl ResolvesServerCert for SniResolver {
         tables.tls.get(&self.port)?.lookup(client_hello.server_name())
     }
 }
+
+/// The SNI a client sent, kept with the connection's TLS digest so that requests can be
+/// checked against it (421 Misdirected Request).
+#[derive(Debug)]
+pub struct ClientServerName(pub String);
+
+/// Records the SNI of each TLS connection (the certificate itself comes from
+/// [`SniResolver`]).
+pub struct RecordServerName;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for RecordServerName {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?.to_ascii_lowercase();
+        Some(Arc::new(ClientServerName(name)))
+    }
+}

@@ -129,8 +129,8 @@ fn terminates_tls_with_the_certificate_chosen_by_sni_and_swaps_it_live() {
     }
 }
 
-/// The leaf certificate presented for SNI `sni`, accepted whatever it is.
-fn presented_certificate(port: u16, sni: &str) -> Vec<u8> {
+/// A TLS client configuration that accepts any server certificate.
+fn accept_any_config() -> rustls::ClientConfig {
     #[derive(Debug)]
     struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for AcceptAny {
@@ -165,12 +165,17 @@ fn presented_certificate(port: u16, sni: &str) -> Vec<u8> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
+        .with_no_client_auth()
+}
+
+/// The leaf certificate presented for SNI `sni`, accepted whatever it is.
+fn presented_certificate(port: u16, sni: &str) -> Vec<u8> {
+    let config = accept_any_config();
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -237,4 +242,65 @@ fn tcp_listeners_proxy_bytes_to_weighted_backends() {
     dead.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buffer = [0u8; 8];
     assert_eq!(dead.read(&mut buffer).unwrap_or(0), 0);
+}
+
+/// An HTTP/1.1 request over TLS with SNI `sni` and `Host: host` (any certificate accepted).
+fn misdirected_get(port: u16, sni: &str, host: &str) -> support::Response {
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(accept_any_config()), name).unwrap();
+    let socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let _ = tls.read_to_end(&mut bytes);
+    parse_response(&bytes)
+}
+
+/// HTTPS listeners sharing a port: a request whose Host belongs to another listener than
+/// the one its connection's SNI chose gets 421 (conformance:
+/// HTTPRouteHTTPSListenerDetectMisdirectedRequests), over HTTP/1.1 and HTTP/2.
+#[test]
+fn requests_for_another_listener_than_the_sni_chose_are_misdirected() {
+    let (a, w, any) = (Echo::start("a"), Echo::start("w"), Echo::start("any"));
+    let port = free_port();
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![
+            https_listener("a", port, "a.example.com", "secret/test/a", "a"),
+            https_listener("wild", port, "*.wild.example.com", "secret/test/wild", "w"),
+            https_listener("any", port, "", "secret/test/wild", "any"),
+        ],
+        clusters: vec![cluster("a", &[a.port]), cluster("w", &[w.port]), cluster("any", &[any.port])],
+        certificates: vec![certificate("secret/test/a", "a.example.com"), certificate("secret/test/wild", "wild")],
+        ..Default::default()
+    };
+    let _plane = DataPlane::start(&snapshot);
+    for (sni, host, status, backend) in [
+        ("a.example.com", "a.example.com", 200, Some("a")),
+        ("a.example.com", "x.wild.example.com", 421, None),
+        ("a.example.com", "other.example", 421, None),
+        ("x.wild.example.com", "y.wild.example.com", 200, Some("w")),
+        ("x.wild.example.com", "a.example.com", 421, None),
+        ("other.example", "another.example", 200, Some("any")),
+        ("other.example", "a.example.com", 421, None),
+    ] {
+        let response = misdirected_get(port, sni, host);
+        assert_eq!(response.status, status, "SNI {sni}, Host {host}");
+        assert_eq!(response.echo("backend"), backend, "SNI {sni}, Host {host}");
+    }
+
+    // HTTP/2 (ALPN h2), where connection reuse across hosts is what makes this matter.
+    let curl = |host: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .args(["--resolve", &format!("a.example.com:{port}:127.0.0.1")])
+            .args(["-H", &format!("host: {host}")])
+            .arg(format!("https://a.example.com:{port}/"))
+            .output()
+            .expect("curl (with HTTP/2) is needed for this test; .ci/run installs it");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    assert_eq!(curl("a.example.com"), "2 200");
+    assert_eq!(curl("x.wild.example.com"), "2 421");
 }
