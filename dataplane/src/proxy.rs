@@ -63,6 +63,8 @@ pub struct RequestContext {
     /// Index of the chosen weighted backend in the route (for its filters).
     backend: Option<usize>,
     endpoint: Option<(SocketAddr, AppProtocol)>,
+    /// Counts this request against its endpoint (least-request clusters) until it ends.
+    in_flight: Option<crate::routes::InFlight>,
     /// Whether the request came in over TLS.
     tls: bool,
 }
@@ -72,7 +74,14 @@ impl ProxyHttp for SluiceProxy {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestContext { started: Instant::now(), route: None, backend: None, endpoint: None, tls: false }
+        RequestContext {
+            started: Instant::now(),
+            route: None,
+            backend: None,
+            endpoint: None,
+            in_flight: None,
+            tls: false,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -158,8 +167,9 @@ impl ProxyHttp for SluiceProxy {
                     tracing::debug!(cluster = cluster.name, "no endpoint");
                     respond(session, 503, None).await
                 }
-                Some(endpoint) => {
+                Some((endpoint, in_flight)) => {
                     ctx.endpoint = Some((endpoint, cluster.app_protocol));
+                    ctx.in_flight = in_flight;
                     ctx.backend = Some(index);
                     Ok(false)
                 }
@@ -234,8 +244,12 @@ impl ProxyHttp for SluiceProxy {
             if *numerator == 0 || rand::random_range(0..*denominator) >= *numerator {
                 continue;
             }
-            if let Some(endpoint) = cluster.pick() {
-                tokio::spawn(crate::mirror::send(endpoint, upstream_request.clone()));
+            if let Some((endpoint, in_flight)) = cluster.pick() {
+                let request = upstream_request.clone();
+                tokio::spawn(async move {
+                    crate::mirror::send(endpoint, request).await;
+                    drop(in_flight);
+                });
             }
         }
         Ok(())

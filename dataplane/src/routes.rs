@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pingora_rustls::sign::CertifiedKey;
 use regex::Regex;
 use sluice_snapshot::{
-    AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, PathMatchType, Protocol, Snapshot, ValueMatchType,
-    WeightedBackend, http_filter, weighted_backend,
+    AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, LoadBalancing, PathMatchType, Protocol, Snapshot,
+    ValueMatchType, WeightedBackend, http_filter, weighted_backend,
 };
 
 /// Everything the proxy needs for one snapshot.
@@ -138,23 +138,60 @@ pub enum Target {
     Status(u16),
 }
 
-/// A backend cluster's endpoints, balanced round robin.
+/// A backend cluster's endpoints, balanced round robin or by fewest requests in flight.
 #[derive(Debug)]
 pub struct ClusterTable {
     pub name: String,
     pub app_protocol: AppProtocol,
     pub endpoints: Vec<std::net::SocketAddr>,
+    pub load_balancing: LoadBalancing,
     next: AtomicUsize,
+    /// Requests in flight per endpoint (least-request only).
+    in_flight: Box<[AtomicUsize]>,
+}
+
+/// One request in flight to an endpoint of a least-request cluster; dropping it (when the
+/// request's context ends) ends the request.
+#[derive(Debug)]
+pub struct InFlight {
+    cluster: Arc<ClusterTable>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(count) = self.cluster.in_flight.get(self.index) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ClusterTable {
-    /// The next endpoint in round-robin order, or `None` when there is none (503).
-    pub fn pick(&self) -> Option<std::net::SocketAddr> {
-        if self.endpoints.is_empty() {
+    /// The endpoint for the next request, or `None` when there is none (503). For a
+    /// least-request cluster, the returned guard counts the request as in flight.
+    pub fn pick(self: &Arc<Self>) -> Option<(std::net::SocketAddr, Option<InFlight>)> {
+        let n = self.endpoints.len();
+        if n == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(n % self.endpoints.len()).copied()
+        if self.load_balancing != LoadBalancing::LeastRequest || n == 1 {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            return self.endpoints.get(i % n).map(|e| (*e, None));
+        }
+        // Power of two choices: two distinct endpoints at random, the less loaded wins.
+        let first = rand::random_range(0..n);
+        let second = (first + 1 + rand::random_range(0..n - 1)) % n;
+        let load = |i: usize| self.in_flight.get(i).map_or(usize::MAX, |c| c.load(Ordering::Relaxed));
+        let index = if load(second) < load(first) { second } else { first };
+        let count = self.in_flight.get(index)?;
+        count.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight { cluster: self.clone(), index };
+        self.endpoints.get(index).map(|e| (*e, Some(guard)))
+    }
+
+    /// Requests in flight per endpoint (least-request clusters; zeros otherwise).
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.in_flight.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -296,10 +333,13 @@ fn cluster_table(cluster: &Cluster) -> ClusterTable {
             Some(std::net::SocketAddr::new(ip, u16::try_from(e.port).ok()?))
         })
         .collect();
+    let endpoints: Vec<std::net::SocketAddr> = endpoints;
     ClusterTable {
         name: cluster.name.clone(),
         app_protocol: cluster.app_protocol(),
+        in_flight: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
         endpoints,
+        load_balancing: cluster.load_balancing(),
         next: AtomicUsize::new(0),
     }
 }

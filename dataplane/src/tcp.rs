@@ -29,7 +29,8 @@ impl ServerApp for TcpProxy {
                 _ => None,
             }
         };
-        let Some(endpoint) = endpoint else {
+        // With least-request balancing the connection counts as in flight until it ends.
+        let Some((endpoint, _in_flight)) = endpoint else {
             tracing::debug!(port = self.port, "no TCP backend; closing");
             return None;
         };

@@ -244,6 +244,50 @@ fn weights_split_traffic() {
     assert_eq!(counts.get("a"), Some(&150), "{counts:?}");
 }
 
+/// One cluster with a slow and a fast endpoint, under 6 concurrent sequential clients for
+/// 1.5 s: returns how many requests each endpoint answered.
+fn spread_over_slow_and_fast(least_request: bool) -> (usize, usize) {
+    let slow = Echo::start_with_delay("slow", Duration::from_millis(200));
+    let fast = Echo::start("fast");
+    let port = free_port();
+    let mut both = cluster("c", &[slow.port, fast.port]);
+    if least_request {
+        both.load_balancing = sluice_snapshot::LoadBalancing::LeastRequest as i32;
+    }
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("r", &[], path(PathMatchType::Prefix, "/"), vec![to("c", 1)])],
+        vec![both],
+    ));
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut slow, mut fast) = (0, 0);
+                while Instant::now() < deadline {
+                    match get(port, "x", "/", &[]).echo("backend") {
+                        Some("slow") => slow += 1,
+                        Some("fast") => fast += 1,
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                }
+                (slow, fast)
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).fold((0, 0), |(s, f), (a, b)| (s + a, f + b))
+}
+
+#[test]
+fn least_request_balancing_avoids_the_busy_endpoint() {
+    // Round robin alternates, so clients spend most of their time waiting on the slow one.
+    let (slow, fast) = spread_over_slow_and_fast(false);
+    assert!(fast < slow * 3, "round robin: slow {slow}, fast {fast}");
+    // Least request sends new requests to the endpoint with fewer in flight.
+    let (slow, fast) = spread_over_slow_and_fast(true);
+    assert!(fast > slow * 10, "least request: slow {slow}, fast {fast}");
+}
+
 #[test]
 fn routes_and_forwards_the_normalized_path() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));

@@ -20,6 +20,7 @@ fn snapshot(port: u16, generation: u64, backend: &str, ports: (u16, u16)) -> Sna
         name: name.into(),
         app_protocol: sluice_snapshot::AppProtocol::Http1 as i32,
         endpoints: vec![Endpoint { address: "127.0.0.1".into(), port: u32::from(port), ready: true }],
+        ..Default::default()
     };
     Snapshot {
         gateway: "test/gw".into(),

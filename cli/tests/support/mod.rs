@@ -161,6 +161,7 @@ pub fn snapshot(gateway: &str, port: u16, host: &str, backend_port: u16, tag: &s
             name: "echo".into(),
             app_protocol: AppProtocol::Http1 as i32,
             endpoints: vec![Endpoint { address: "127.0.0.1".into(), port: u32::from(backend_port), ready: true }],
+            ..Default::default()
         }],
         ..Default::default()
     }

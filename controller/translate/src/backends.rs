@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_snapshot::{AppProtocol, Cluster, Endpoint};
+use sluice_snapshot::{AppProtocol, Cluster, Endpoint, LoadBalancing};
 
 use crate::index::{Index, ObjectKey};
 use crate::status::reason;
@@ -123,7 +123,20 @@ fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32) -> Result<Cluste
         name: cluster_name(key, port),
         app_protocol: app_protocol(service_port.app_protocol.as_deref()) as i32,
         endpoints: endpoints(slices, service_port.name.as_deref().unwrap_or_default()),
+        load_balancing: load_balancing(service) as i32,
     })
+}
+
+/// The Service annotation that chooses how requests spread over its endpoints.
+pub const LOAD_BALANCING_ANNOTATION: &str = "sluice.dev/load-balancing";
+
+/// `least-request` or `round-robin` (the default, also for any other value).
+fn load_balancing(service: &Service) -> LoadBalancing {
+    let annotations = service.metadata.annotations.as_ref();
+    match annotations.and_then(|a| a.get(LOAD_BALANCING_ANNOTATION)).map(String::as_str) {
+        Some("least-request") => LoadBalancing::LeastRequest,
+        _ => LoadBalancing::RoundRobin,
+    }
 }
 
 fn find_port(service: &Service, port: i32) -> Option<&ServicePort> {

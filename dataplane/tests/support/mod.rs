@@ -267,6 +267,7 @@ pub fn cluster(name: &str, ports: &[u16]) -> sluice_snapshot::Cluster {
             .iter()
             .map(|p| sluice_snapshot::Endpoint { address: "127.0.0.1".into(), port: u32::from(*p), ready: true })
             .collect(),
+        ..Default::default()
     }
 }
 
