@@ -139,6 +139,7 @@ fn versions_never_go_backwards_across_controller_restarts() {
     }
     let _dataplane = dataplane(first.address, gateway, "pod-0", admin);
     eventually(Duration::from_secs(20), "version 3", || served_generation(admin) == Some(3));
+    let reloads_before = applied_reloads(admin);
     drop(first);
 
     // A restarted controller with the same content adopts the served version: no reload.
@@ -150,6 +151,7 @@ fn versions_never_go_backwards_across_controller_restarts() {
     assert_eq!(second.push.progress()[gateway].version, Some(3));
     assert!(second.push.progress()[gateway].programmed().is_ok());
     assert_eq!(served_generation(admin), Some(3));
+    assert_eq!(applied_reloads(admin), reloads_before, "reconnecting at the same content must not reload");
     // Its next change continues from there.
     assert_eq!(second.push.publish(gateway, content("d")).unwrap().generation, 4);
     eventually(Duration::from_secs(5), "version 4", || served_generation(admin) == Some(4));

@@ -73,6 +73,16 @@ pub fn served_generation(admin: u16) -> Option<u64> {
     body.split_whitespace().find_map(|part| part.strip_prefix("generation="))?.parse().ok()
 }
 
+/// `sluice_config_reloads_total{result="applied"}` from the data plane's `/metrics`.
+pub fn applied_reloads(admin: u16) -> u64 {
+    let (_, _, body) = get(admin, "admin", "/metrics").unwrap();
+    body.lines()
+        .find(|l| l.starts_with("sluice_config_reloads_total{result=\"applied\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no applied reloads in the metrics:\n{body}"))
+}
+
 /// A push server running on its own runtime until dropped.
 pub struct Controller {
     pub push: PushServer,
