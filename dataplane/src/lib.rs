@@ -8,6 +8,7 @@
 //!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
 //! ```
 
+mod deadline;
 mod metrics;
 mod mirror;
 mod path;
@@ -66,6 +67,11 @@ pub struct Cli {
     /// How often the snapshot file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_interval_ms: u64,
+    /// Seconds within which an HTTP/1.x request head must arrive completely, from its
+    /// first byte (from accept for a connection's first request); slower clients are
+    /// disconnected. Pingora alone only bounds each read.
+    #[arg(long, default_value_t = 30)]
+    request_header_timeout_secs: u64,
 }
 
 fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
@@ -164,7 +170,11 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             unmatched: metrics.route(metrics::NO_ROUTE),
             access_log: cli.access_log,
         };
-        let mut service = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+        let app = deadline::HeaderDeadline {
+            inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy)),
+            timeout: Duration::from_secs(cli.request_header_timeout_secs.max(1)),
+        };
+        let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {
             service.add_tcp(&format!("{}:{port}", cli.bind));
         }

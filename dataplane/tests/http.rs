@@ -340,6 +340,86 @@ fn reloads_new_snapshots_and_keeps_the_last_good_one() {
     assert!(plane.admin("/ready").starts_with("HTTP/1.1 200"));
 }
 
+/// Reads one response (up to the end of its JSON echo body) from a keep-alive connection;
+/// `None` when the server closed the connection first.
+fn read_response(stream: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+        }
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Some(text);
+            }
+        }
+    }
+}
+
+#[test]
+fn request_heads_must_arrive_within_the_deadline() {
+    use std::io::Write;
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start_with(
+        &snapshot(
+            port,
+            vec![route("r", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+            vec![cluster("a", &[a.port])],
+        ),
+        &["--request-header-timeout-secs", "1"],
+    );
+    // A head dribbled in over 600 ms is fine; idle keep-alive time between requests does
+    // not count against the next head.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for part in ["GET /one HTTP/1.1\r\n", "Host: x\r\n", "X-Slow: 1\r\n", "\r\n"] {
+        stream.write_all(part.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(read_response(&mut stream).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    std::thread::sleep(Duration::from_millis(1500));
+    stream.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(read_response(&mut stream).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+
+    // A slowloris head (a header line every 300 ms, forever) is cut off after ~1 s, even
+    // though every single read arrives well within Pingora's per-read timeout.
+    for first_request in [true, false] {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if !first_request {
+            stream.write_all(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert!(read_response(&mut stream).is_some());
+        }
+        let started = Instant::now();
+        stream.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let dribble = std::thread::spawn(move || {
+            for i in 0..20 {
+                std::thread::sleep(Duration::from_millis(300));
+                if writer.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        assert_eq!(read_response(&mut stream), None, "the slow head must not be served");
+        let cut_after = started.elapsed();
+        assert!(cut_after < Duration::from_secs(4), "cut off after {cut_after:?}");
+        assert!(cut_after >= Duration::from_millis(900), "cut off too early: {cut_after:?}");
+        dribble.join().unwrap();
+    }
+    assert!(!a.seen().iter().any(|line| line.contains("/slow")), "the slow request reached the backend");
+}
+
 #[test]
 fn rejects_request_smuggling_shapes() {
     let a = Echo::start("a");
@@ -433,11 +513,15 @@ fn upgrades_websockets_to_the_backend() {
     use std::io::{Read, Write};
     let a = Echo::start("a");
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(
-        port,
-        vec![route("ws", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
-        vec![cluster("a", &[a.port])],
-    ));
+    // A 1 s head deadline: an upgraded connection must outlive it.
+    let _plane = DataPlane::start_with(
+        &snapshot(
+            port,
+            vec![route("ws", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+            vec![cluster("a", &[a.port])],
+        ),
+        &["--request-header-timeout-secs", "1"],
+    );
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     stream
@@ -454,6 +538,14 @@ fn upgrades_websockets_to_the_backend() {
     let mut buffer = [0u8; 64];
     let n = stream.read(&mut buffer).unwrap();
     assert_eq!(&buffer[..n], b"ws-echo:ping");
+    // Quiet for longer than the head deadline, then more messages: still connected.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        stream.write_all(b"ping").unwrap();
+        let n = stream.read(&mut buffer).unwrap();
+        assert_eq!(&buffer[..n], b"ws-echo:ping");
+        std::thread::sleep(Duration::from_millis(400));
+    }
 }
 
 #[test]

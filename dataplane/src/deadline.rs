@@ -1,0 +1,300 @@
+//! An overall deadline for HTTP/1.x request headers.
+//!
+//! Pingora bounds each read of a request head, not the whole head, so a client sending a
+//! byte every few seconds (slowloris) could hold a connection for hours. This wraps each
+//! HTTP/1.x connection's stream: from the first byte of a request head (or from accept,
+//! for the first request) the head must be complete (`\r\n\r\n`) within the deadline, or
+//! reads fail and the connection is closed.
+//!
+//! ```text
+//!  accept ──► Head(deadline) ──"\r\n\r\n"──► Open ──final response written──► Responded
+//!                ▲                            │ (1xx interim: stays Open)          │
+//!                │                            └──101 written──► Upgraded (no more deadlines)
+//!                └──────────── first byte read after a response ────────────────┘
+//! ```
+//!
+//! HTTP/2 connections (ALPN h2) pass through untouched: the head of a stream arrives in
+//! frames, and h2 has its own flow control and idle limits.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{ALPN, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType};
+use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A [`ServerApp`] that puts the header deadline in front of an HTTP app.
+pub struct HeaderDeadline<A> {
+    pub inner: Arc<A>,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading a request head; `matched` counts the bytes of `\r\n\r\n` seen so far.
+    Head { matched: usize },
+    /// The head is complete; the request is being served.
+    Open,
+    /// A response was written; the next byte read starts a new head.
+    Responded,
+    /// A `101 Switching Protocols` was written (e.g. WebSocket): no heads any more.
+    Upgraded,
+}
+
+/// Where a connection is between request heads.
+#[derive(Debug)]
+struct HeadTracker {
+    state: State,
+}
+
+impl HeadTracker {
+    /// Follows the head terminator across reads; returns true when `bytes` begin a new
+    /// head after a response (its deadline starts now).
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        let mut started = false;
+        if let State::Responded = self.state {
+            if bytes.is_empty() {
+                return false;
+            }
+            self.state = State::Head { matched: 0 };
+            started = true;
+        }
+        let State::Head { mut matched } = self.state else { return started };
+        for byte in bytes {
+            matched = if *byte == END[matched] {
+                matched + 1
+            } else if *byte == b'\r' {
+                1
+            } else {
+                0
+            };
+            if matched == END.len() {
+                self.state = State::Open;
+                return started;
+            }
+        }
+        self.state = State::Head { matched };
+        started
+    }
+
+    /// Response bytes were written. The first write after a complete head carries the
+    /// status line: `101` upgrades the connection for good, other `1xx` are interim (the
+    /// request goes on, e.g. after `100 Continue`), anything else answers the request.
+    fn wrote(&mut self, data: &[u8]) {
+        if !matches!(self.state, State::Open) || data.is_empty() {
+            return;
+        }
+        let status = data.strip_prefix(b"HTTP/1.1 ").or_else(|| data.strip_prefix(b"HTTP/1.0 "));
+        self.state = match status {
+            Some(code) if code.starts_with(b"101") => State::Upgraded,
+            Some(code) if code.first() == Some(&b'1') => State::Open,
+            _ => State::Responded,
+        };
+    }
+
+    fn in_head(&self) -> bool {
+        matches!(self.state, State::Head { .. })
+    }
+}
+
+/// A stream whose reads fail once a request head takes longer than the deadline.
+#[derive(Debug)]
+pub struct DeadlineStream {
+    inner: Stream,
+    timeout: Duration,
+    tracker: HeadTracker,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineStream {
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            tracker: HeadTracker { state: State::Head { matched: 0 } },
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.tracker.in_head() && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request head did not arrive within the deadline",
+            )));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            let new = buf.filled().get(before..).unwrap_or_default();
+            if this.tracker.read(new) {
+                let at = tokio::time::Instant::now() + this.timeout;
+                this.deadline.as_mut().reset(at);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = result {
+            this.tracker.wrote(data.get(..n).unwrap_or_default());
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            let first = bufs.iter().find(|b| !b.is_empty()).map(|b| &b[..n.min(b.len())]).unwrap_or_default();
+            this.tracker.wrote(first);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_heads_across_reads_and_requests() {
+        let mut t = HeadTracker { state: State::Head { matched: 0 } };
+        assert!(!t.read(b"GET / HTTP/1.1\r\nHost: a\r"));
+        assert!(matches!(t.state, State::Head { matched: 1 }));
+        t.read(b"\n\r");
+        assert!(matches!(t.state, State::Head { matched: 3 }));
+        t.read(b"\n");
+        assert!(matches!(t.state, State::Open));
+        // Body bytes before the response never restart a head.
+        t.read(b"\r\n\r\nbody");
+        assert!(matches!(t.state, State::Open));
+        t.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(matches!(t.state, State::Open), "an interim response does not end the request");
+        t.wrote(b"HTTP/1.1 200 OK\r\n");
+        assert!(!t.read(b""), "an empty read (EOF) starts nothing");
+        assert!(t.read(b"GET /next HTTP/1.1\r\n\r\n"), "a new head starts its deadline");
+        assert!(matches!(t.state, State::Open));
+        t.wrote(b"HTTP/1.1 404 Not Found\r\n");
+        assert!(t.read(b"POST"));
+        assert!(t.in_head());
+        t.read(b" /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        t.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert!(!t.read(b"\x81\x05hello"), "an upgraded connection has no more heads");
+        assert!(!t.in_head());
+    }
+}
