@@ -1,0 +1,362 @@
+//! The deployer's renderer: what Sluice runs for each Gateway, as Kubernetes objects.
+//!
+//! ```text
+//!  Gateway (identity, uid) + Infra (ports, ProxyConfig, spec.infrastructure) + options
+//!     ──render──► ServiceAccount, Deployment (data plane), Service
+//! ```
+//!
+//! Pure: the caller applies the objects with server-side apply. Everything carries the
+//! Gateway's `gateway.networking.k8s.io/gateway-name` label (GEP-1762) and an owner
+//! reference to the Gateway, so deleting the Gateway deletes them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LifecycleHandler, ObjectFieldSelector,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sluice_crds::{ExternalTrafficPolicy, ServiceType};
+use sluice_translate::Infra;
+
+/// The label every generated object carries (GEP-1762).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Port of the data plane's admin endpoint (`/ready`, `/metrics`) in its pods.
+pub const ADMIN_PORT: i32 = 9901;
+/// Where the push link's client certificate is mounted in data-plane pods.
+pub const PUSH_TLS_DIR: &str = "/etc/sluice/push";
+
+/// The Gateway a deployment is for.
+#[derive(Debug, Clone)]
+pub struct GatewayIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub class: String,
+}
+
+/// Cluster-wide settings of the deployer.
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// The data-plane image when the ProxyConfig names none.
+    pub default_image: String,
+    /// The push server as data planes reach it, e.g. `https://sluice-controller.sluice-system.svc:9443`.
+    pub control_plane_url: String,
+}
+
+/// The objects of one Gateway's data plane.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rendered {
+    pub service_account: ServiceAccount,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// The name of everything generated for a Gateway: `<gateway>-<class>`, shortened with a
+/// stable hash when longer than a DNS label allows.
+pub fn generated_name(gateway: &GatewayIdentity) -> String {
+    dns_label(&format!("{}-{}", gateway.name, gateway.class))
+}
+
+/// `value` if it fits a DNS label / label value (63 characters), else its first 54
+/// characters and a hash of the whole.
+fn dns_label(value: &str) -> String {
+    let full = value.to_string();
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(full.as_bytes());
+        digest.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let kept: String = full.chars().take(63 - 9).collect();
+    format!("{}-{hash}", kept.trim_end_matches('-'))
+}
+
+/// The Secret holding a Gateway's push-link client certificate (`ca.crt`, `tls.crt`, `tls.key`).
+pub fn push_secret_name(gateway: &GatewayIdentity) -> String {
+    format!("{}-push-tls", generated_name(gateway))
+}
+
+/// Renders the data plane of one Gateway.
+pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions) -> Rendered {
+    let name = generated_name(gateway);
+    let config = &infra.proxy_config;
+    // Label values are limited to 63 characters; Gateway names are not.
+    let selector: BTreeMap<String, String> = [
+        (GATEWAY_NAME_LABEL.to_string(), dns_label(&gateway.name)),
+        ("app.kubernetes.io/name".to_string(), "sluice-dataplane".to_string()),
+    ]
+    .into();
+    // ProxyConfig first, then the Gateway's own spec.infrastructure, then ours (which
+    // the selector needs: nobody may override them).
+    let mut labels = config.labels.clone();
+    labels.extend(infra.labels.clone());
+    labels.extend([
+        ("app.kubernetes.io/instance".to_string(), name.clone()),
+        ("app.kubernetes.io/managed-by".to_string(), "sluice".to_string()),
+        ("app.kubernetes.io/component".to_string(), "dataplane".to_string()),
+    ]);
+    labels.extend(selector.clone());
+    let mut annotations = config.annotations.clone();
+    annotations.extend(infra.annotations.clone());
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(gateway.namespace.clone()),
+        labels: Some(labels.clone()),
+        annotations: (!annotations.is_empty()).then(|| annotations.clone()),
+        owner_references: Some(vec![OwnerReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "Gateway".into(),
+            name: gateway.name.clone(),
+            uid: gateway.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]),
+        ..Default::default()
+    };
+
+    let service_account =
+        ServiceAccount { metadata: meta.clone(), automount_service_account_token: Some(false), ..Default::default() };
+
+    let ports: Vec<ContainerPort> = infra
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            name: Some(port_name(p.port)),
+            container_port: p.port,
+            protocol: Some(p.protocol.clone()),
+            ..Default::default()
+        })
+        .chain([ContainerPort {
+            name: Some("admin".into()),
+            container_port: ADMIN_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }])
+        .collect();
+    let log_level = config.log_level.clone().unwrap_or_else(|| "info".into());
+    let container = Container {
+        name: "dataplane".into(),
+        image: Some(config.image.clone().unwrap_or_else(|| options.default_image.clone())),
+        args: Some(vec![
+            "--control-plane".into(),
+            options.control_plane_url.clone(),
+            "--gateway".into(),
+            format!("{}/{}", gateway.namespace, gateway.name),
+            "--ca".into(),
+            format!("{PUSH_TLS_DIR}/ca.crt"),
+            "--cert".into(),
+            format!("{PUSH_TLS_DIR}/tls.crt"),
+            "--key".into(),
+            format!("{PUSH_TLS_DIR}/tls.key"),
+            "--bind".into(),
+            "0.0.0.0".into(),
+            "--admin".into(),
+            format!("0.0.0.0:{ADMIN_PORT}"),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            EnvVar { name: "RUST_LOG".into(), value: Some(log_level), ..Default::default() },
+        ]),
+        ports: Some(ports),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(ADMIN_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Default::default()
+        }),
+        // Endpoints are removed from load balancers before the proxy stops accepting;
+        // then Pingora drains in-flight requests on SIGTERM.
+        lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
+            pre_stop: Some(LifecycleHandler { sleep: Some(SleepAction { seconds: 5 }), ..Default::default() }),
+            ..Default::default()
+        }),
+        resources: config.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                // Listener ports below 1024 (80, 443) without running as root.
+                add: infra.ports.iter().any(|p| p.port < 1024).then(|| vec!["NET_BIND_SERVICE".into()]),
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "push-tls".into(),
+                mount_path: PUSH_TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            // The root filesystem is read-only; Pingora may keep runtime files in /tmp.
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    let pod_meta = ObjectMeta {
+        labels: Some(labels.clone()),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: meta.clone(),
+        spec: Some(DeploymentSpec {
+            replicas: Some(config.replicas.unwrap_or(1)),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            // Never below the wanted capacity while rolling (e.g. after a listener change).
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(35),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        ..Default::default()
+                    }),
+                    affinity: Some(Affinity {
+                        pod_anti_affinity: Some(PodAntiAffinity {
+                            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                                weight: 100,
+                                pod_affinity_term: PodAffinityTerm {
+                                    label_selector: Some(LabelSelector {
+                                        match_labels: Some(selector.clone()),
+                                        ..Default::default()
+                                    }),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..Default::default()
+                                },
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "push-tls".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(push_secret_name(gateway)),
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let service_type = config.service_type.unwrap_or_default();
+    let external = matches!(service_type, ServiceType::LoadBalancer | ServiceType::NodePort);
+    let service = Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(
+                match service_type {
+                    ServiceType::LoadBalancer => "LoadBalancer",
+                    ServiceType::NodePort => "NodePort",
+                    ServiceType::ClusterIP => "ClusterIP",
+                }
+                .into(),
+            ),
+            selector: Some(selector),
+            ports: Some(
+                infra
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(port_name(p.port)),
+                        port: p.port,
+                        target_port: Some(IntOrString::Int(p.port)),
+                        protocol: Some(p.protocol.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            external_traffic_policy: external.then(|| {
+                match config.external_traffic_policy.unwrap_or_default() {
+                    ExternalTrafficPolicy::Cluster => "Cluster",
+                    ExternalTrafficPolicy::Local => "Local",
+                }
+                .into()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Rendered { service_account, deployment, service }
+}
+
+/// `port-8080`: a valid port name (a DNS label of at most 15 characters) for any port.
+fn port_name(port: i32) -> String {
+    format!("port-{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(name: &str) -> GatewayIdentity {
+        GatewayIdentity { namespace: "ns".into(), name: name.into(), uid: "u".into(), class: "sluice".into() }
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert_eq!(generated_name(&gateway("web")), "web-sluice");
+        let long = generated_name(&gateway(&"a".repeat(70)));
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(long, generated_name(&gateway(&"a".repeat(71))), "distinct names stay distinct");
+        assert!(push_secret_name(&gateway("web")).ends_with("-push-tls"));
+    }
+
+    #[test]
+    fn the_gateway_name_label_fits_label_values() {
+        let name = "g".repeat(100);
+        let rendered = render(
+            &gateway(&name),
+            &Infra::default(),
+            &DeployOptions { default_image: "i".into(), control_plane_url: "https://c".into() },
+        );
+        let labels = rendered.deployment.metadata.labels.unwrap();
+        assert!(labels[GATEWAY_NAME_LABEL].len() <= 63);
+        // The owner reference keeps the real name.
+        assert_eq!(rendered.service.metadata.owner_references.unwrap()[0].name, name);
+    }
+}
