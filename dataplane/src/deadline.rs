@@ -121,12 +121,16 @@ impl HeadTracker {
 }
 
 /// A stream whose reads fail once a request head takes longer than the deadline.
+///
+/// Cheap for well-behaved clients: the deadline is a plain instant, checked when bytes
+/// arrive; a timer is armed only when a read of an incomplete head has to wait.
 #[derive(Debug)]
 pub struct DeadlineStream {
     inner: Stream,
     timeout: Duration,
     tracker: HeadTracker,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl DeadlineStream {
@@ -135,28 +139,41 @@ impl DeadlineStream {
             inner,
             timeout,
             tracker: HeadTracker { state: State::Head { matched: 0 } },
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: tokio::time::Instant::now() + timeout,
+            timer: None,
         }
     }
+}
+
+fn too_slow() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the request head did not arrive within the deadline")
 }
 
 impl AsyncRead for DeadlineStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.tracker.in_head() && this.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the request head did not arrive within the deadline",
-            )));
-        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &result {
-            let new = buf.filled().get(before..).unwrap_or_default();
-            if this.tracker.read(new) {
-                let at = tokio::time::Instant::now() + this.timeout;
-                this.deadline.as_mut().reset(at);
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let new = buf.filled().get(before..).unwrap_or_default();
+                if this.tracker.read(new) {
+                    this.deadline = tokio::time::Instant::now() + this.timeout;
+                } else if this.tracker.in_head() && tokio::time::Instant::now() >= this.deadline {
+                    return Poll::Ready(Err(too_slow()));
+                }
             }
+            Poll::Pending if this.tracker.in_head() => {
+                let deadline = this.deadline;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(too_slow()));
+                }
+            }
+            _ => {}
         }
         result
     }
