@@ -69,7 +69,8 @@ def command(proxy, work):
         "envoy": ["envoy", "-c", f"{work}/envoy.json", "--concurrency", "1", "--log-level", "error",
                   "--base-id", str(os.getpid() % 1000)],
         "minimal": [f"{release}/minimal-pingora", f"127.0.0.1:{PROXY_PORT}", f"{work}/minimal.routes"],
-        "sluice": [f"{release}/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1"],
+        "sluice": [f"{release}/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1"]
+        + os.environ.get("SLUICE_ARGS", "").split(),
     }[proxy]
 
 

@@ -33,16 +33,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A [`ServerApp`] that puts the header deadline in front of an HTTP app.
 pub struct HeaderDeadline<A> {
     pub inner: Arc<A>,
-    pub timeout: Duration,
+    /// `None`: no deadline (connections pass through untouched).
+    pub timeout: Option<Duration>,
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(timeout) = self.timeout else {
+            return self.inner.process_new(stream, shutdown).await;
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
-        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
+        let wrapped: Stream = Box::new(DeadlineStream::new(stream, timeout));
         self.inner.process_new(wrapped, shutdown).await
     }
 

@@ -69,7 +69,7 @@ pub struct Cli {
     poll_interval_ms: u64,
     /// Seconds within which an HTTP/1.x request head must arrive completely, from its
     /// first byte (from accept for a connection's first request); slower clients are
-    /// disconnected. Pingora alone only bounds each read.
+    /// disconnected (0: no deadline). Pingora alone only bounds each read.
     #[arg(long, default_value_t = 30)]
     request_header_timeout_secs: u64,
 }
@@ -172,7 +172,8 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         };
         let app = deadline::HeaderDeadline {
             inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy)),
-            timeout: Duration::from_secs(cli.request_header_timeout_secs.max(1)),
+            timeout: (cli.request_header_timeout_secs > 0)
+                .then(|| Duration::from_secs(cli.request_header_timeout_secs)),
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {
