@@ -170,6 +170,17 @@ struct DataPlane {
     admin: SocketAddr,
     /// Set once the process exited, with how; it is restarted after a pause.
     exited: Option<(String, Instant)>,
+    started: Instant,
+    /// Exits in a row without a minute of running in between (for the restart backoff).
+    failures: u32,
+}
+
+impl DataPlane {
+    /// How long to wait before restarting after `failures` quick exits in a row: 2 s,
+    /// doubling up to a minute (e.g. while another program holds the port).
+    fn restart_pause(failures: u32) -> Duration {
+        Duration::from_secs(2u64.saturating_mul(1 << failures.saturating_sub(1).min(5)).min(60))
+    }
 }
 
 struct Runner {
@@ -265,7 +276,7 @@ impl Runner {
         }
         match self.spawn(gateway, &ports) {
             Ok((child, admin)) => {
-                let process = DataPlane { child, ports, admin, exited: None };
+                let process = DataPlane { child, ports, admin, exited: None, started: Instant::now(), failures: 0 };
                 self.processes.insert(gateway.to_string(), process);
             }
             Err(error) => eprintln!("sluice: cannot start the data plane of {gateway}: {error:#}"),
@@ -311,20 +322,26 @@ impl Runner {
         let mut restart = Vec::new();
         for (gateway, process) in &mut self.processes {
             if let Some((_, since)) = &process.exited {
-                if since.elapsed() > Duration::from_secs(2) {
-                    restart.push((gateway.clone(), process.ports.clone()));
+                if since.elapsed() > DataPlane::restart_pause(process.failures) {
+                    restart.push((gateway.clone(), process.ports.clone(), process.failures));
                 }
                 continue;
             }
             if let Ok(Some(status)) = process.child.try_wait() {
-                eprintln!("sluice: the data plane of {gateway} exited ({status}); restarting it");
+                let ran_a_while = process.started.elapsed() > Duration::from_secs(60);
+                process.failures = if ran_a_while { 1 } else { process.failures.saturating_add(1) };
+                let pause = DataPlane::restart_pause(process.failures);
+                eprintln!("sluice: the data plane of {gateway} exited ({status}); restarting it in {pause:?}");
                 process.exited = Some((format!("the data plane process exited ({status})"), Instant::now()));
                 changed = true;
             }
         }
-        for (gateway, ports) in restart {
+        for (gateway, ports, failures) in restart {
             self.processes.remove(&gateway);
             self.ensure_process(&gateway, ports).await;
+            if let Some(process) = self.processes.get_mut(&gateway) {
+                process.failures = failures;
+            }
             changed = true;
         }
         if changed {
@@ -455,6 +472,17 @@ async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc
 }
 
 /// What a file-system event means for the manifests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_a_minute() {
+        let pauses: Vec<u64> = (1..=8).map(|n| DataPlane::restart_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
     /// Nothing a reader of the files sees: reads (the rescan raises those, and reacting
