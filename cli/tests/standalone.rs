@@ -145,12 +145,22 @@ fn sluice_run_follows_the_directory() {
     std::fs::remove_file(dir.join("route.yaml")).unwrap();
     eventually(Duration::from_secs(5), "404 after the route is gone", || answers(port, "web.example", 404, ""));
 
-    // Killing sluice (even with SIGKILL) takes its data planes down too.
+    // Killing sluice (even with SIGKILL) takes its data planes down too; the next
+    // `sluice run` removes the state directory (keys) it left behind.
+    let pid = sluice.0.id();
     sluice.0.kill().unwrap();
     sluice.0.wait().unwrap();
     eventually(Duration::from_secs(5), "the data plane to exit", || get(port, "web.example", "/").is_err());
+    let stale = std::env::temp_dir().join(format!("sluice-run-{pid}"));
+    assert!(stale.exists(), "SIGKILL leaves the state directory behind");
+    let other = temp_dir("run-again");
+    let again = sluice_run(&other, &other.with_extension("status.yaml"));
+    eventually(Duration::from_secs(10), "the stale state directory to be removed", || !stale.exists());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&status_file);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&other);
+    let _ = std::fs::remove_file(other.with_extension("status.yaml"));
 }
 
 /// README's first command: the bundled example serves from its own echo backend.

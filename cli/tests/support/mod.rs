@@ -49,7 +49,16 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
 pub struct Process(pub Child);
 
 impl Drop for Process {
+    /// SIGTERM first, so that `sluice run` cleans up after itself; SIGKILL after 3 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

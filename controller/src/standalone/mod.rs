@@ -59,6 +59,7 @@ pub struct Options {
 /// Runs standalone mode until `shutdown` completes.
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     anyhow::ensure!(options.dir.is_dir(), "{} is not a directory", options.dir.display());
+    remove_stale_state_dirs();
     let state_dir = std::env::temp_dir().join(format!("sluice-run-{}", std::process::id()));
     create_private_dir(&state_dir)?;
     let result = run_in(&options, &state_dir, shutdown).await;
@@ -652,6 +653,22 @@ fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
         out.push_str(&format!("{accepted} route parent(s) accepted with resolved references\n"));
     }
     out
+}
+
+/// Removes the state directories (CA and client keys) of `sluice run` processes that no
+/// longer exist, e.g. after a SIGKILL.
+fn remove_stale_state_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sluice-run-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
