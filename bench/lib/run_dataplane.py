@@ -9,28 +9,13 @@ nginx's measured maximum when oha is installed (wrk's closed-loop p99 otherwise)
 """
 import json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+from common import ROOT, TARGET, proc_tree, rss_mb
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "8"))
 ROUTES = [int(n) for n in os.environ.get("ROUTES", "1 100 1000").split()]
 PROXIES = os.environ.get("PROXIES", "nginx haproxy envoy minimal sluice").split()
 BACKEND_PORT, PROXY_PORT, ADMIN_PORT = 18080, 18081, 18082
 HZ = os.sysconf("SC_CLK_TCK")
-
-
-def proc_tree(pid):
-    pids, frontier = [pid], [pid]
-    while frontier:
-        p = frontier.pop()
-        try:
-            children = open(f"/proc/{p}/task/{p}/children").read().split()
-        except OSError:
-            children = []
-        for c in children:
-            pids.append(int(c))
-            frontier.append(int(c))
-    return pids
 
 
 def cpu_seconds(pid):
@@ -42,18 +27,6 @@ def cpu_seconds(pid):
         except (OSError, IndexError):
             pass
     return total / HZ
-
-
-def rss_mb(pid):
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def steal_and_total():

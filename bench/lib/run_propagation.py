@@ -11,9 +11,8 @@ connection error and every probe with no 200 within TIMEOUT seconds counts as an
 """
 import http.client, math, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-SLUICE = os.path.join(TARGET, "release", "sluice")
+from common import SLUICE, free_port, rss_mb, stop_sluice as stop, write_atomically
+
 PRELOADS = [int(n) for n in os.environ.get("PRELOADS", "0 1000 5000").split()]
 PROBES = int(os.environ.get("PROBES", "50"))
 POLL = float(os.environ.get("POLL_MS", "5")) / 1000
@@ -92,20 +91,6 @@ spec:
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_atomically(path, text):
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
-
-
 def status_of(port, host):
     """One GET on a fresh connection: the status code, or None when it cannot connect."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -127,40 +112,6 @@ def wait_for(port, host, want, limit):
             return True
         time.sleep(0.05)
     return False
-
-
-def proc_tree(pid):
-    pids, frontier = [pid], [pid]
-    while frontier:
-        p = frontier.pop()
-        try:
-            children = open(f"/proc/{p}/task/{p}/children").read().split()
-        except OSError:
-            children = []
-        pids += [int(c) for c in children]
-        frontier += [int(c) for c in children]
-    return pids
-
-
-def rss_mb(pid):
-    total = 0
-    for p in proc_tree(pid):
-        try:
-            total += next(int(l.split()[1]) for l in open(f"/proc/{p}/status") if l.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
-
-
-def stop(proc):
-    """SIGTERM: `sluice run` kills its data planes and exits; SIGKILL the group if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def probe(conn_holder, port, host, renamed_at):

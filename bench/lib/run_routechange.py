@@ -14,9 +14,8 @@ and how long each flip takes to reach it.
 import http.client, json, math, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile
 import threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-SLUICE = os.path.join(TARGET, "release", "sluice")
+from common import SLUICE, free_port, stop_sluice as stop, write_atomically
+
 FLIPS = int(os.environ.get("FLIPS", "100"))
 INTERVAL = float(os.environ.get("INTERVAL_MS", "200")) / 1000
 THREADS = int(os.environ.get("THREADS", "2"))
@@ -104,36 +103,15 @@ spec:
 BACKENDS = [("echo-a", 80), ("echo-b", 8080)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_route(path, generation):
     service, service_port = BACKENDS[generation % 2]
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(ROUTE.format(host=HOST, generation=generation, service=service, service_port=service_port))
-    os.rename(tmp, path)
+    write_atomically(path, ROUTE.format(host=HOST, generation=generation, service=service, service_port=service_port))
 
 
 def get(conn):
     conn.request("GET", "/", headers={"Host": HOST})
     response = conn.getresponse()
     return response.status, response.getheader("x-flip"), response.read()
-
-
-def stop(proc):
-    """SIGTERM: `sluice run` kills its data planes and exits; SIGKILL the group if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class Prober(threading.Thread):

@@ -42,7 +42,8 @@ impl Manifests {
         collect(&self.root, &mut paths)?;
         let mut changed = false;
         let before = self.files.len();
-        self.files.retain(|path, _| paths.contains(path));
+        let listed: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
+        self.files.retain(|path, _| listed.contains(path));
         changed |= self.files.len() != before;
         for path in paths {
             // An unchanged stamp means unchanged content, unless the file was modified so

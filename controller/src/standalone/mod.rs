@@ -569,26 +569,26 @@ impl StatusDocument {
     }
 }
 
+/// Conflicted and OverlappingTLSConfig are fine when False; the other conditions when True.
+fn good_when_false(condition: &Condition) -> bool {
+    matches!(condition.type_.as_str(), "Conflicted" | "OverlappingTLSConfig")
+}
+
+fn is_good(condition: &Condition) -> bool {
+    (condition.status == ConditionStatus::True) != good_when_false(condition)
+}
+
 /// `Accepted, ResolvedRefs, Programmed=False (Pending: ...)`, and whether all is well.
 fn describe(conditions: &[Condition]) -> (bool, String) {
-    let mut healthy = true;
     let parts: Vec<String> = conditions
         .iter()
-        .map(|c| {
-            // Conflicted and OverlappingTLSConfig are fine when False; the rest when True.
-            let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
-            let good = (c.status == ConditionStatus::True) != good_when_false;
-            healthy &= good;
-            if good && !good_when_false {
-                c.type_.clone()
-            } else if good {
-                format!("{}=False", c.type_)
-            } else {
-                format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message)
-            }
+        .map(|c| match (is_good(c), good_when_false(c)) {
+            (true, false) => c.type_.clone(),
+            (true, true) => format!("{}=False", c.type_),
+            (false, _) => format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message),
         })
         .collect();
-    (healthy, parts.join(", "))
+    (conditions.iter().all(is_good), parts.join(", "))
 }
 
 /// The human summary of GatewayClasses, Gateways and listeners (few, and changing with
@@ -635,11 +635,7 @@ fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     for (kind, routes) in [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes)] {
         for (key, route) in routes {
             for parent in &route.parents {
-                let healthy = parent.conditions.iter().all(|c| {
-                    let good_when_false = matches!(c.type_.as_str(), "Conflicted" | "OverlappingTLSConfig");
-                    (c.status == ConditionStatus::True) != good_when_false
-                });
-                if healthy {
+                if parent.conditions.iter().all(is_good) {
                     accepted += 1;
                 } else {
                     let (_, text) = describe(&parent.conditions);
