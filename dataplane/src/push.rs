@@ -65,7 +65,8 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unnamed".into());
-    let endpoint = endpoint(&url, &args)?;
+    // Checked now, so that a bad URL or missing certificate files fail at start.
+    endpoint(&url, &args)?;
     let (first_sender, first) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("push-client".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -76,9 +77,9 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
             }
         };
         let applier = Applier { metrics, tables: None, current: None, first: Some(first_sender), ports: Vec::new() };
-        runtime.block_on(run(endpoint, gateway, pod, applier));
+        runtime.block_on(run(&url, &args, gateway, pod, applier));
     })?;
-    tracing::info!(url, "waiting for the first snapshot from the control plane");
+    tracing::info!("waiting for the first snapshot from the control plane");
     first.recv().context("the push client stopped before a snapshot arrived")
 }
 
@@ -174,11 +175,16 @@ impl Applier {
     }
 }
 
-async fn run(endpoint: Endpoint, gateway: String, pod: String, mut applier: Applier) {
+async fn run(url: &str, args: &PushArgs, gateway: String, pod: String, mut applier: Applier) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        match session(&endpoint, &gateway, &pod, &mut applier).await {
+        // The certificate files are read again at every connect: renewed ones take effect.
+        let connected = match endpoint(url, args) {
+            Ok(endpoint) => session(&endpoint, &gateway, &pod, &mut applier).await,
+            Err(error) => Err(error),
+        };
+        match connected {
             Ok(received) => {
                 tracing::warn!("the control plane closed the stream; serving the last good snapshot");
                 if received {
