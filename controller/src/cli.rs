@@ -44,6 +44,71 @@ pub enum Command {
         #[arg(long)]
         dataplane: Option<PathBuf>,
     },
+    /// Kubernetes mode: watch the cluster (in-cluster config or KUBECONFIG), deploy a data
+    /// plane per Gateway, push its configuration, write status.
+    Kubernetes(KubernetesArgs),
+}
+
+/// Options of Kubernetes mode (see docs/kubernetes.md).
+#[derive(clap::Args, Debug)]
+pub struct KubernetesArgs {
+    /// The controller's namespace (push CA Secret, leader Lease).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    pub namespace: String,
+    /// This replica's identity in the leader election.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Run without leader election (a single replica).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Address of the push server.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub push_listen: std::net::SocketAddr,
+    /// The push server's URL as data planes dial it
+    /// (default https://sluice-controller.<namespace>.svc:9443).
+    #[arg(long)]
+    pub push_url: Option<String>,
+    /// Extra DNS names or IPs for the push server's certificate (the URL's host is
+    /// always in it).
+    #[arg(long = "push-name")]
+    pub push_names: Vec<String>,
+    /// The data-plane image when no ProxyConfig names one.
+    #[arg(long, env = "SLUICE_DATAPLANE_IMAGE", default_value = "ghcr.io/sluice-gateway/sluice-dataplane:0.1.0")]
+    pub dataplane_image: String,
+    /// How long the inputs must be quiet before a recompute (ms).
+    #[arg(long, default_value_t = 20)]
+    pub debounce_ms: u64,
+}
+
+impl KubernetesArgs {
+    fn options(self) -> crate::cluster::Options {
+        let push_url =
+            self.push_url.unwrap_or_else(|| format!("https://sluice-controller.{}.svc:9443", self.namespace));
+        let host = push_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(&push_url)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .rsplit_once(':')
+            .map_or_else(|| push_url.clone(), |(h, _)| h.to_string());
+        let mut push_names = vec![host.trim_matches(['[', ']']).to_string()];
+        push_names.extend(self.push_names);
+        let identity = self.identity.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_or_else(|_| "sluice-controller".into(), |h| h.trim().to_string())
+        });
+        crate::cluster::Options {
+            namespace: self.namespace,
+            identity,
+            leader_election: !self.no_leader_election,
+            push_listen: self.push_listen,
+            push_names,
+            deploy: crate::deploy::DeployOptions { default_image: self.dataplane_image, control_plane_url: push_url },
+            debounce: Duration::from_millis(self.debounce_ms),
+        }
+    }
 }
 
 /// Runs a command. `dataplane` is how to start a data plane when the user names none.
@@ -70,6 +135,16 @@ pub fn execute(command: Command, dataplane: Vec<OsString>) -> Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(standalone::run(options, shutdown_signal()))
+        }
+        Command::Kubernetes(args) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .try_init();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(crate::cluster::run(args.options(), shutdown_signal()))
         }
     }
 }

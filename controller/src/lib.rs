@@ -3,6 +3,7 @@
 //! `sluice-controller` and `sluice` binaries.
 
 pub mod cli;
+pub mod cluster;
 pub mod deploy;
 pub mod push;
 pub mod standalone;

@@ -512,18 +512,6 @@ fn classify(event: &notify::Event) -> Change {
     }
 }
 
-/// The translator says Programmed=True when the config is valid; it is true only once
-/// the data planes applied it.
-fn hold_programmed(conditions: &mut [Condition], message: &str) {
-    for condition in conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
-        if condition.status == ConditionStatus::True {
-            condition.status = ConditionStatus::False;
-            condition.reason = reason::PENDING.into();
-            condition.message = message.to_string();
-        }
-    }
-}
-
 /// Everything the status file holds: the translator's status, with `Programmed` held
 /// at `False`/`Pending` for the Gateways whose data planes have not applied it.
 #[derive(Debug)]
@@ -549,7 +537,7 @@ impl StatusDocument {
         let mut status = (*self.status).clone();
         for (key, gateway) in &mut status.gateways {
             if let Some(message) = self.programmed_holds.get(&key.to_string()) {
-                hold_programmed(&mut gateway.conditions, message);
+                gateway.hold_programmed(reason::PENDING, message);
             }
         }
         status
@@ -603,11 +591,11 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
     }
     for (key, gateway) in &document.status.gateways {
         let name = key.to_string();
-        let mut conditions = gateway.conditions.clone();
+        let mut held = gateway.clone();
         if let Some(message) = document.programmed_holds.get(&name) {
-            hold_programmed(&mut conditions, message);
+            held.hold_programmed(reason::PENDING, message);
         }
-        let (healthy, text) = describe(&conditions);
+        let (healthy, text) = describe(&held.conditions);
         let progress = document.data_planes.get(&name);
         let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
         let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();

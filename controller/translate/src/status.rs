@@ -74,6 +74,21 @@ pub struct GatewayStatus {
     pub listeners: Vec<ListenerStatus>,
 }
 
+impl GatewayStatus {
+    /// The translator says `Programmed=True` when the configuration is valid; the
+    /// controller holds it at `False` with `reason` until the data plane applied it (or
+    /// the Gateway has an address).
+    pub fn hold_programmed(&mut self, reason: &str, message: &str) {
+        for condition in self.conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
+            if condition.status == ConditionStatus::True {
+                condition.status = ConditionStatus::False;
+                condition.reason = reason.into();
+                condition.message = message.to_string();
+            }
+        }
+    }
+}
+
 /// `status.listeners[]` of a Gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,283 @@
+//! The deployer's writes: per Gateway the rendered ServiceAccount, Deployment and
+//! Service plus the push-link client certificate Secret, all with server-side apply and
+//! owned by the Gateway; the push CA kept in a Secret of the controller's namespace.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use sluice_translate::{ObjectKey, Output, World};
+
+use super::status::{Address, FIELD_MANAGER};
+use crate::deploy::{self, DeployOptions, GatewayIdentity};
+use crate::push::ca::CertificateAuthority;
+
+/// Name of the Secret that keeps the push CA (`tls.crt`, `tls.key`).
+pub const CA_SECRET: &str = "sluice-push-ca";
+/// Push client certificates are issued for a year and renewed with 30 days left.
+const CLIENT_DAYS: i64 = 365;
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// Loads the push CA from its Secret, creating both when missing. Every replica calls
+/// this; the first create wins and the others read its CA.
+pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<CertificateAuthority> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for _ in 0..5 {
+        if let Some(secret) = api.get_opt(CA_SECRET).await.context("reading the push CA Secret")? {
+            let data = secret.data.unwrap_or_default();
+            let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            let (Some(cert), Some(key)) = (text("tls.crt"), text("tls.key")) else {
+                anyhow::bail!(
+                    "Secret {namespace}/{CA_SECRET} lacks tls.crt or tls.key; delete it to have a new CA made"
+                );
+            };
+            return CertificateAuthority::from_pem(&cert, &key)
+                .with_context(|| format!("the push CA in Secret {namespace}/{CA_SECRET}"));
+        }
+        let ca = CertificateAuthority::generate("sluice push CA", 3650)?;
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": CA_SECRET, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "sluice"}},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": ca.certificate_pem(), "tls.key": ca.private_key_pem()},
+        }))?;
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!("created the push CA in Secret {namespace}/{CA_SECRET}");
+                return Ok(ca);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e).context("creating the push CA Secret"),
+        }
+    }
+    anyhow::bail!("could not create or read Secret {namespace}/{CA_SECRET}")
+}
+
+/// What the deployer applied, so unchanged Gateways cost nothing.
+pub struct Deployer {
+    client: Client,
+    options: DeployOptions,
+    ca: CertificateAuthority,
+    /// Per Gateway: a hash of what was applied last.
+    applied: HashMap<ObjectKey, (GatewayIdentity, u64)>,
+}
+
+fn hash(value: &impl serde::Serialize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(value).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+impl Deployer {
+    pub fn new(client: Client, options: DeployOptions, ca: CertificateAuthority) -> Deployer {
+        Deployer { client, options, ca, applied: HashMap::new() }
+    }
+
+    /// Applies the data planes of every accepted Gateway and removes those of Gateways
+    /// that are no longer ours. Returns the number of failures (retried by the caller).
+    pub async fn apply(&mut self, output: &Output, world: &World) -> usize {
+        let mut failures = 0;
+        for (key, gateway) in &output.gateways {
+            let Some(object) = world.gateways.iter().find(|g| {
+                g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
+            }) else {
+                continue;
+            };
+            let identity = GatewayIdentity {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                uid: object.metadata.uid.clone().unwrap_or_default(),
+                class: object.spec.gateway_class_name.clone(),
+            };
+            let rendered = deploy::render(&identity, &gateway.infra, &self.options);
+            let digest = hash(&rendered);
+            if self.applied.get(key).is_some_and(|(_, d)| *d == digest) {
+                continue;
+            }
+            match self.apply_one(&identity, &rendered).await {
+                Ok(()) => {
+                    tracing::info!("deployed the data plane of Gateway {key}");
+                    self.applied.insert(key.clone(), (identity, digest));
+                }
+                Err(e) => {
+                    tracing::warn!("deploying the data plane of Gateway {key}: {e:#}");
+                    failures += 1;
+                }
+            }
+        }
+        let gone: Vec<ObjectKey> = self.applied.keys().filter(|k| !output.gateways.contains_key(*k)).cloned().collect();
+        for key in gone {
+            if let Some((identity, _)) = self.applied.remove(&key) {
+                if let Err(e) = self.remove(&identity).await {
+                    tracing::warn!("removing the data plane of Gateway {key}: {e:#}");
+                    failures += 1;
+                } else {
+                    tracing::info!("removed the data plane of Gateway {key}");
+                }
+            }
+        }
+        failures
+    }
+
+    async fn apply_one(&self, identity: &GatewayIdentity, rendered: &deploy::Rendered) -> Result<()> {
+        let ns = &identity.namespace;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.ensure_push_secret(identity).await?;
+        let sa_name = rendered.service_account.metadata.name.clone().unwrap_or_default();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .patch(&sa_name, &params, &Patch::Apply(&rendered.service_account))
+            .await
+            .context("applying the ServiceAccount")?;
+        let name = rendered.deployment.metadata.name.clone().unwrap_or_default();
+        Api::<Deployment>::namespaced(self.client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(&rendered.deployment))
+            .await
+            .context("applying the Deployment")?;
+        let name = rendered.service.metadata.name.clone().unwrap_or_default();
+        Api::<Service>::namespaced(self.client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(&rendered.service))
+            .await
+            .context("applying the Service")?;
+        Ok(())
+    }
+
+    /// Issues the Gateway's push client certificate unless its Secret already holds one
+    /// from the current CA with more than 30 days left.
+    async fn ensure_push_secret(&self, identity: &GatewayIdentity) -> Result<()> {
+        let name = deploy::push_secret_name(identity);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &identity.namespace);
+        if let Some(secret) = api.get_opt(&name).await? {
+            let data = secret.data.unwrap_or_default();
+            let same_ca = data.get("ca.crt").is_some_and(|v| v.0 == self.ca.certificate_pem().as_bytes());
+            let fresh = data.get("tls.crt").is_some_and(|v| valid_for_days(&v.0, RENEW_BEFORE_DAYS));
+            if same_ca && fresh && data.contains_key("tls.key") {
+                return Ok(());
+            }
+        }
+        let gateway = format!("{}/{}", identity.namespace, identity.name);
+        let issued = self.ca.issue_client(&gateway, CLIENT_DAYS)?;
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": identity.namespace,
+                "labels": {deploy::GATEWAY_NAME_LABEL: identity.name.chars().take(63).collect::<String>()},
+                "ownerReferences": [owner(identity)],
+            },
+            "type": "kubernetes.io/tls",
+            "stringData": {
+                "ca.crt": self.ca.certificate_pem(),
+                "tls.crt": issued.certificate_pem,
+                "tls.key": issued.private_key_pem,
+            },
+        });
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+            .await
+            .context("applying the push certificate Secret")?;
+        tracing::info!("issued the push client certificate of Gateway {gateway}");
+        Ok(())
+    }
+
+    async fn remove(&self, identity: &GatewayIdentity) -> Result<()> {
+        let name = deploy::generated_name(identity);
+        let ns = &identity.namespace;
+        let dp = DeleteParams::background();
+        let ok = |r: Result<_, kube::Error>| match r {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        };
+        ok(Api::<Deployment>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        ok(Api::<Service>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        ok(Api::<ServiceAccount>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        let secret = deploy::push_secret_name(identity);
+        ok(Api::<Secret>::namespaced(self.client.clone(), ns).delete(&secret, &dp).await.map(|_| ()))?;
+        Ok(())
+    }
+}
+
+fn owner(identity: &GatewayIdentity) -> OwnerReference {
+    OwnerReference {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        name: identity.name.clone(),
+        uid: identity.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// True if the PEM certificate is still valid `days` from now.
+fn valid_for_days(pem: &[u8], days: i64) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem) else {
+        return false;
+    };
+    let Ok(certificate) = pem.parse_x509() else {
+        return false;
+    };
+    let not_after = certificate.validity().not_after.timestamp();
+    not_after > jiff::Timestamp::now().as_second() + days * 86_400
+}
+
+/// The addresses of each Gateway, from its generated Service: load-balancer ingress IPs
+/// and hostnames, else the ClusterIP(s) (ClusterIP and NodePort Services; a NodePort
+/// Service is also reachable on the nodes' addresses).
+pub fn addresses(output: &Output, world: &World) -> BTreeMap<ObjectKey, Vec<Address>> {
+    let mut out = BTreeMap::new();
+    for key in output.gateways.keys() {
+        let Some(gateway) = world.gateways.iter().find(|g| {
+            g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
+        }) else {
+            continue;
+        };
+        let identity = GatewayIdentity {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            uid: String::new(),
+            class: gateway.spec.gateway_class_name.clone(),
+        };
+        let name = deploy::generated_name(&identity);
+        let Some(service) = world.services.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(&key.namespace) && s.metadata.name.as_deref() == Some(&name)
+        }) else {
+            continue;
+        };
+        let mut list = Vec::new();
+        let spec = service.spec.as_ref();
+        let kind = spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP");
+        if kind == "LoadBalancer" {
+            for ingress in service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+            {
+                if let Some(ip) = &ingress.ip {
+                    list.push(Address { type_: "IPAddress", value: ip.clone() });
+                } else if let Some(host) = &ingress.hostname {
+                    list.push(Address { type_: "Hostname", value: host.clone() });
+                }
+            }
+        } else {
+            let ips = spec
+                .and_then(|s| s.cluster_ips.clone())
+                .unwrap_or_else(|| spec.and_then(|s| s.cluster_ip.clone()).into_iter().collect());
+            for ip in ips.into_iter().filter(|ip| !ip.is_empty() && ip != "None") {
+                list.push(Address { type_: "IPAddress", value: ip });
+            }
+        }
+        if !list.is_empty() {
+            out.insert(key.clone(), list);
+        }
+    }
+    out
+}

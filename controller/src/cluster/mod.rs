@@ -1,0 +1,153 @@
+//! Kubernetes mode: the controller as it runs in a cluster.
+//!
+//! ```text
+//!  reflectors (watch.rs) ──any change──► debounce ──► World ──translate──► Output
+//!                                                              │
+//!     every replica:  publish snapshots ─► push server (mTLS) ─► data-plane pods
+//!     leader only:    deployer (apply.rs): SA, Deployment, Service, push Secret (SSA)
+//!                     status writer (status.rs): GatewayClass, Gateway, routes (SSA)
+//! ```
+//!
+//! A Gateway is `Programmed` once its Service has an address and a data-plane pod has
+//! applied its current snapshot. Push progress and leadership changes also trigger a pass;
+//! failed writes are retried after a second.
+
+pub mod apply;
+pub mod leader;
+pub mod status;
+pub mod watch;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sluice_translate::status::reason;
+use tokio::sync::Notify;
+
+use crate::deploy::DeployOptions;
+use crate::push::{PushServer, ServerTls};
+
+/// Settings of Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The controller's own namespace: the push CA Secret and the leader Lease live here.
+    pub namespace: String,
+    /// This replica's name in the leader election (the pod name).
+    pub identity: String,
+    pub leader_election: bool,
+    /// Where the push server listens.
+    pub push_listen: SocketAddr,
+    /// Names (DNS or IP) in the push server's certificate.
+    pub push_names: Vec<String>,
+    /// The deployer's defaults: data-plane image, the push URL data planes dial.
+    pub deploy: DeployOptions,
+    /// How long inputs must be quiet before a recompute.
+    pub debounce: Duration,
+}
+
+pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to the API server")?;
+    let ca = apply::load_or_create_ca(&client, &options.namespace).await?;
+    let names: Vec<&str> = options.push_names.iter().map(String::as_str).collect();
+    let server_certificate = ca.issue_server(&names, 365)?;
+    let push = PushServer::new();
+    let listener = tokio::net::TcpListener::bind(options.push_listen)
+        .await
+        .with_context(|| format!("binding the push server to {}", options.push_listen))?;
+    let tls = ServerTls {
+        certificate_pem: server_certificate.certificate_pem,
+        private_key_pem: server_certificate.private_key_pem,
+        client_ca_pem: ca.certificate_pem().to_string(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let push_task = tokio::spawn({
+        let push = push.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            if let Err(e) = push.serve(listener, Some(tls), async move { drop(stop.wait_for(|s| *s).await) }).await {
+                tracing::error!("push server: {e:#}");
+            }
+        }
+    });
+    tracing::info!("push server on {} (names {:?})", options.push_listen, options.push_names);
+
+    let changed = Arc::new(Notify::new());
+    let stores = watch::Stores::start(&client, changed.clone()).await?;
+    tracing::info!("caches synced");
+
+    let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(!options.leader_election);
+    let election = options.leader_election.then(|| {
+        tokio::spawn(leader::run(
+            client.clone(),
+            options.namespace.clone(),
+            options.identity.clone(),
+            leader_tx,
+            stop_rx.clone(),
+        ))
+    });
+
+    let mut deployer = apply::Deployer::new(client.clone(), options.deploy.clone(), ca);
+    let mut progress = push.watch_progress();
+    let mut published: BTreeSet<String> = BTreeSet::new();
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let retry_at = retry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = changed.notified() => tokio::time::sleep(options.debounce).await,
+            _ = progress.changed() => {}
+            _ = leader_rx.changed() => {}
+            _ = tokio::time::sleep_until(retry_at) => {}
+            _ = &mut shutdown => break,
+        }
+        retry = None;
+        let world = stores.world();
+        let output = sluice_translate::translate(&world);
+        let mut current = BTreeSet::new();
+        for (key, gateway) in &output.gateways {
+            let name = key.to_string();
+            push.publish(&name, gateway.snapshot.clone());
+            current.insert(name);
+        }
+        for gone in published.difference(&current) {
+            push.remove(gone);
+        }
+        published = current;
+        if !*leader_rx.borrow_and_update() {
+            continue;
+        }
+        let failures = deployer.apply(&output, &world).await;
+        let addresses = apply::addresses(&output, &world);
+        let progress_now = push.progress();
+        let mut status = output.status.clone();
+        for (key, gateway) in &mut status.gateways {
+            if !output.gateways.contains_key(key) {
+                continue;
+            }
+            if !addresses.contains_key(key) {
+                gateway.hold_programmed("AddressNotAssigned", "waiting for the Gateway's Service to get an address");
+            } else if let Err(message) = progress_now
+                .get(&key.to_string())
+                .map_or_else(|| Err("no configuration published yet".to_string()), |p| p.programmed())
+            {
+                gateway.hold_programmed(reason::PENDING, &message);
+            }
+        }
+        let written = status::write(&client, &stores, &status, &addresses).await;
+        if written.writes > 0 {
+            tracing::debug!("wrote {} statuses", written.writes);
+        }
+        if failures + written.failed > 0 {
+            retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    tracing::info!("shutting down");
+    stop_tx.send_replace(true);
+    if let Some(election) = election {
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), push_task).await;
+    Ok(())
+}

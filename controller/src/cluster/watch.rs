@@ -1,0 +1,156 @@
+//! The controller's inputs: one kube-runtime reflector (a shared, always current store)
+//! per kind the translator reads. Every change to any of them wakes the reconcile loop,
+//! which debounces and recomputes from the stores; a restart lists everything again.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use gateway_api::experimental::tcproutes::TcpRoute;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use sluice_crds::ProxyConfig;
+use sluice_translate::World;
+use tokio::sync::Notify;
+
+/// The stores of every input.
+#[derive(Clone)]
+pub struct Stores {
+    pub gateway_classes: Store<GatewayClass>,
+    pub gateways: Store<Gateway>,
+    pub http_routes: Store<HttpRoute>,
+    pub tcp_routes: Option<Store<TcpRoute>>,
+    pub reference_grants: Store<ReferenceGrant>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub secrets: Store<Secret>,
+    pub namespaces: Store<Namespace>,
+    pub proxy_configs: Option<Store<ProxyConfig>>,
+}
+
+impl Stores {
+    /// Starts every watch; returns once every store holds a complete first list (so the
+    /// first translation never sees a half-loaded cluster). Optional kinds (TCPRoute from
+    /// the experimental channel, ProxyConfig) are watched only if their CRD is installed.
+    pub async fn start(client: &Client, changed: Arc<Notify>) -> Result<Stores> {
+        let tcp_routes = if installed::<TcpRoute>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the TCPRoute CRD (experimental channel) is not installed: TCPRoutes are not served");
+            None
+        };
+        let proxy_configs = if installed::<ProxyConfig>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the ProxyConfig CRD is not installed: GatewayClass/Gateway parametersRefs cannot resolve");
+            None
+        };
+        let stores = Stores {
+            gateway_classes: watch(client, watcher::Config::default(), &changed),
+            gateways: watch(client, watcher::Config::default(), &changed),
+            http_routes: watch(client, watcher::Config::default(), &changed),
+            tcp_routes,
+            reference_grants: watch(client, watcher::Config::default(), &changed),
+            services: watch(client, watcher::Config::default(), &changed),
+            endpoint_slices: watch(client, watcher::Config::default(), &changed),
+            // Only TLS Secrets can be certificateRefs; others are never read.
+            secrets: watch(client, watcher::Config::default().fields("type=kubernetes.io/tls"), &changed),
+            namespaces: watch(client, watcher::Config::default(), &changed),
+            proxy_configs,
+        };
+        let ready = async {
+            stores.gateway_classes.wait_until_ready().await?;
+            stores.gateways.wait_until_ready().await?;
+            stores.http_routes.wait_until_ready().await?;
+            if let Some(s) = &stores.tcp_routes {
+                s.wait_until_ready().await?;
+            }
+            stores.reference_grants.wait_until_ready().await?;
+            stores.services.wait_until_ready().await?;
+            stores.endpoint_slices.wait_until_ready().await?;
+            stores.secrets.wait_until_ready().await?;
+            stores.namespaces.wait_until_ready().await?;
+            if let Some(s) = &stores.proxy_configs {
+                s.wait_until_ready().await?;
+            }
+            anyhow::Ok(())
+        };
+        ready.await.context("waiting for the first list of every watched kind")?;
+        Ok(stores)
+    }
+
+    /// Everything the translator reads, as the stores hold it now.
+    pub fn world(&self) -> World {
+        World {
+            gateway_classes: self.gateway_classes.state(),
+            gateways: self.gateways.state(),
+            http_routes: self.http_routes.state(),
+            tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
+            reference_grants: self.reference_grants.state(),
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            secrets: self.secrets.state(),
+            namespaces: self.namespaces.state(),
+            proxy_configs: self.proxy_configs.as_ref().map(Store::state).unwrap_or_default(),
+        }
+    }
+}
+
+/// True if the API server serves the kind (its CRD is installed).
+async fn installed<K>(client: &Client) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        // Anything else (RBAC, a flaky connection) is the watch's problem to report.
+        Err(_) => true,
+    }
+}
+
+/// Starts a reflector for `K` and returns its store. Watch errors are logged and retried
+/// with back-off; every event wakes the reconcile loop.
+fn watch<K>(client: &Client, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let api: Api<K> = Api::all(client.clone());
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let changed = changed.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("watch of {}s recovered", K::kind(&()));
+                        failing = false;
+                    }
+                    changed.notify_one();
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!("watch of {}s failed (retrying with back-off): {error}", K::kind(&()));
+                    }
+                    failing = true;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    reader
+}
