@@ -278,6 +278,8 @@ struct Pod1 {
     started: Time,
     conditions: BTreeMap<&'static str, (bool, Time)>,
     posted: Option<Value>,
+    /// After a failed status write, the next one waits until then.
+    post_after: Option<Instant>,
     events: mpsc::Sender<Event>,
 }
 
@@ -303,6 +305,7 @@ async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option
         started: Time(jiff::Timestamp::now()),
         conditions: BTreeMap::new(),
         posted: None,
+        post_after: None,
         events: tx,
     };
     tracing::info!("starting pod {}/{}", p.ns, p.name);
@@ -672,7 +675,6 @@ impl Pod1 {
             "hostIPs": [{"ip": host_ip}],
             "startTime": self.started,
             "containerStatuses": apps,
-            "qosClass": "BestEffort",
         });
         if !init.is_empty() {
             status["initContainerStatuses"] = Value::Array(init);
@@ -688,15 +690,21 @@ impl Pod1 {
 
     async fn post_status(&mut self) {
         let status = self.status();
-        if self.posted.as_ref() == Some(&status) {
+        if self.posted.as_ref() == Some(&status) || self.post_after.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let api: Api<Pod> = Api::namespaced(self.agent.client.clone(), &self.ns);
         let patch = json!({"status": status});
         match api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => self.posted = Some(status),
+            Ok(_) => {
+                self.posted = Some(status);
+                self.post_after = None;
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => self.posted = Some(status),
-            Err(e) => tracing::warn!("pod {}/{}: posting status: {e}", self.ns, self.name),
+            Err(e) => {
+                tracing::warn!("pod {}/{}: posting status (retrying in 2 s): {e}", self.ns, self.name);
+                self.post_after = Some(Instant::now() + Duration::from_secs(2));
+            }
         }
     }
 

@@ -115,7 +115,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             push.remove(gone);
         }
         published = current;
-        if !*leader_rx.borrow_and_update() {
+        let leading = *leader_rx.borrow_and_update();
+        // Only the leader serves data planes: its push progress decides Programmed.
+        push.set_standby(!leading);
+        if !leading {
             continue;
         }
         let failures = deployer.apply(&output, &world).await;

@@ -143,6 +143,9 @@ struct Shared {
     /// Bumped whenever any Gateway's progress changes.
     progress: watch::Sender<u64>,
     streams: AtomicU64,
+    /// True on a standby controller replica: new streams are refused and open ones end,
+    /// so data planes reconnect until they reach the leader (whose progress counts).
+    standby: watch::Sender<bool>,
 }
 
 /// The push server's state; cheap to clone. Serve it with [`PushServer::serve`].
@@ -193,6 +196,12 @@ impl PushServer {
     /// The Gateways that have a published snapshot or a connected pod.
     pub fn progress(&self) -> BTreeMap<String, GatewayProgress> {
         self.gateways().iter().map(|(name, state)| (name.clone(), state.progress())).collect()
+    }
+
+    /// Refuses (true) or accepts (false, the default) data-plane streams. Going to standby
+    /// ends the open streams.
+    pub fn set_standby(&self, standby: bool) {
+        self.shared.standby.send_if_modified(|s| std::mem::replace(s, standby) != standby);
     }
 
     /// Changes whenever some Gateway's progress changed.
@@ -384,6 +393,9 @@ impl ConfigPush for PushService {
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let identity = self.identity(&request)?;
+        if *self.server.shared.standby.borrow() {
+            return Err(Status::unavailable("this controller replica is a standby; reconnect to reach the leader"));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
             .await
@@ -413,6 +425,7 @@ impl ConfigPush for PushService {
         let (sender, receiver) = mpsc::channel(4);
         let server = self.server.clone();
         let mut closing = self.closing.clone();
+        let mut standby = self.server.shared.standby.subscribe();
         tokio::spawn(async move {
             let reported_hash = hello.current.as_ref().map(|v| v.content_hash.clone());
             // The first snapshot: skipped when the pod already serves this content.
@@ -448,6 +461,7 @@ impl ConfigPush for PushService {
                     },
                     () = sender.closed() => break,
                     _ = closing.changed() => break,
+                    Ok(()) = async { standby.wait_for(|s| *s).await.map(|_| ()) } => break,
                 }
             }
             tracing::info!(gateway = hello.gateway, pod = hello.pod, "data plane disconnected");
