@@ -34,9 +34,19 @@ pub struct Registry {
 }
 
 struct Handle {
-    /// `Some(grace seconds)` asks the supervisor to stop the pod.
-    stop: watch::Sender<Option<i64>>,
+    /// `Some(Stop)` asks the supervisor to stop the pod.
+    stop: watch::Sender<Option<Stop>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How to stop a pod.
+#[derive(Clone, Copy, Debug)]
+struct Stop {
+    /// Seconds for preStop hooks and SIGTERM before SIGKILL.
+    grace: i64,
+    /// Delete the pod object afterwards (a pod deletion), or leave it (agent shutdown:
+    /// like kubelet, the agent does not delete pods when it stops).
+    remove: bool,
 }
 
 impl Registry {
@@ -112,7 +122,7 @@ async fn reconcile(agent: &Arc<Agent>, store: &Store<Pod>) {
             Some(handle) => {
                 if deleting && handle.stop.borrow().is_none() {
                     let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
-                    let _ = handle.stop.send(Some(grace));
+                    let _ = handle.stop.send(Some(Stop { grace, remove: true }));
                 }
             }
             None if deleting => {
@@ -135,7 +145,7 @@ async fn reconcile(agent: &Arc<Agent>, store: &Store<Pod>) {
     let mut registry = agent.pods.lock();
     registry.retain(|uid, handle| {
         if !seen.contains(uid) && handle.stop.borrow().is_none() {
-            let _ = handle.stop.send(Some(0));
+            let _ = handle.stop.send(Some(Stop { grace: 0, remove: true }));
         }
         !handle.task.is_finished()
     });
@@ -166,7 +176,7 @@ async fn bind(agent: &Agent, pod: &Pod) -> Result<()> {
 pub async fn shutdown(agent: &Agent) {
     let handles: Vec<Handle> = agent.pods.lock().drain().map(|(_, h)| h).collect();
     for h in &handles {
-        let _ = h.stop.send(Some(2));
+        let _ = h.stop.send(Some(Stop { grace: 2, remove: false }));
     }
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(10), h.task).await;
@@ -256,14 +266,18 @@ enum Event {
     Probe { index: usize, ok: bool },
 }
 
-const MOUNT_SCRIPT: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+/// Opens the program (fd 3) before the volume mounts, which may hide its path (a volume
+/// at /root, say), mounts, then executes the opened file.
+const MOUNT_SCRIPT: &str = r#"exec 3<"$1" || exit 127
+shift
+while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
   if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")"; [ -e "$2" ] || : >"$2"; fi
   mount --bind "$1" "$2" || exit 125
   if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 125; fi
   shift 3
 done
 shift
-exec "$@""#;
+exec /proc/self/fd/3 "$@""#;
 
 struct Pod1 {
     agent: Arc<Agent>,
@@ -283,7 +297,7 @@ struct Pod1 {
     events: mpsc::Sender<Event>,
 }
 
-async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option<i64>>) {
+async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option<Stop>>) {
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let name = pod.name_any();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -320,7 +334,11 @@ async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option
             }
         }
         tokio::select! {
-            _ = stop.changed() => { p.teardown(0).await; return; }
+            changed = stop.changed() => {
+                let how = if changed.is_ok() { *stop.borrow() } else { None };
+                p.teardown(how.unwrap_or(Stop { grace: 0, remove: true })).await;
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
@@ -332,8 +350,8 @@ async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option
         p.post_status().await;
         tokio::select! {
             changed = stop.changed() => {
-                let grace = if changed.is_ok() { (*stop.borrow()).unwrap_or(0) } else { 0 };
-                p.teardown(grace).await;
+                let how = if changed.is_ok() { *stop.borrow() } else { None };
+                p.teardown(how.unwrap_or(Stop { grace: 0, remove: true })).await;
                 return;
             }
             Some(event) = rx.recv() => p.handle(event).await,
@@ -483,11 +501,11 @@ impl Pod1 {
             }
         };
         let mut cmd = tokio::process::Command::new("ip");
-        cmd.args(["netns", "exec", &netns, "/bin/sh", "-c", MOUNT_SCRIPT, "sh"]);
+        cmd.args(["netns", "exec", &netns, "/bin/sh", "-c", MOUNT_SCRIPT, "sh"]).arg(&program);
         for (src, dst, ro) in &mounts {
             cmd.arg(src).arg(dst).arg(if *ro { "ro" } else { "rw" });
         }
-        cmd.arg("--").arg(&program).args(&args);
+        cmd.arg("--").args(&args);
         cmd.env_clear()
             .envs(&env)
             .current_dir(&workdir)
@@ -710,7 +728,8 @@ impl Pod1 {
 
     /// preStop hooks, TERM, KILL after the grace period, then the sandbox,
     /// the address, the files, and the pod object.
-    async fn teardown(&mut self, grace: i64) {
+    async fn teardown(&mut self, how: Stop) {
+        let grace = how.grace;
         let deadline = Instant::now() + Duration::from_secs(grace.max(0) as u64);
         let netns = self.sandbox.as_ref().map(|s| s.netns.clone());
         if grace > 0 {
@@ -768,7 +787,9 @@ impl Pod1 {
         if let Some(ip) = self.ip.take() {
             self.agent.ips.release(ip);
         }
-        finalize(&self.agent, &self.pod).await;
+        if how.remove {
+            finalize(&self.agent, &self.pod).await;
+        }
     }
 
     /// Marks containers whose process group is gone as exited.
