@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -229,9 +229,21 @@ fn valid_for_days(pem: &[u8], days: i64) -> bool {
 }
 
 /// The addresses of each Gateway, from its generated Service: load-balancer ingress IPs
-/// and hostnames, else the ClusterIP(s) (ClusterIP and NodePort Services; a NodePort
-/// Service is also reachable on the nodes' addresses).
-pub fn addresses(output: &Output, world: &World) -> BTreeMap<ObjectKey, Vec<Address>> {
+/// and hostnames for LoadBalancer, the nodes' addresses for NodePort (ExternalIPs when any
+/// node has one, else InternalIPs), the ClusterIP(s) for ClusterIP.
+pub fn addresses(output: &Output, world: &World, nodes: &[std::sync::Arc<Node>]) -> BTreeMap<ObjectKey, Vec<Address>> {
+    let node_addresses = |kind: &str| -> Vec<String> {
+        let mut list: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref()?.addresses.clone())
+            .flatten()
+            .filter(|a| a.type_ == kind)
+            .map(|a| a.address)
+            .collect();
+        list.sort();
+        list.dedup();
+        list
+    };
     let mut out = BTreeMap::new();
     for key in output.gateways.keys() {
         let Some(gateway) = world.gateways.iter().find(|g| {
@@ -267,6 +279,12 @@ pub fn addresses(output: &Output, world: &World) -> BTreeMap<ObjectKey, Vec<Addr
                     list.push(Address { type_: "Hostname", value: host.clone() });
                 }
             }
+        } else if kind == "NodePort" {
+            let mut ips = node_addresses("ExternalIP");
+            if ips.is_empty() {
+                ips = node_addresses("InternalIP");
+            }
+            list.extend(ips.into_iter().map(|value| Address { type_: "IPAddress", value }));
         } else {
             let ips = spec
                 .and_then(|s| s.cluster_ips.clone())
@@ -280,4 +298,78 @@ pub fn addresses(output: &Output, world: &World) -> BTreeMap<ObjectKey, Vec<Addr
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world_with(service_type: &str) -> (Output, World) {
+        let manifests = format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: infra}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-sluice, namespace: infra}}
+spec:
+  type: {service_type}
+  clusterIP: 10.0.0.7
+  clusterIPs: [10.0.0.7]
+  ports: [{{port: 80}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 192.0.2.10}}, {{hostname: lb.example.com}}]
+"#
+        );
+        let (world, skipped) = World::from_manifests(&manifests);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        (sluice_translate::translate(&world), world)
+    }
+
+    fn node(internal: &str, external: Option<&str>) -> std::sync::Arc<Node> {
+        let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": internal})];
+        if let Some(e) = external {
+            addresses.push(serde_json::json!({"type": "ExternalIP", "address": e}));
+        }
+        std::sync::Arc::new(
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": internal}, "status": {"addresses": addresses}}),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn values(map: &BTreeMap<ObjectKey, Vec<Address>>) -> Vec<(&'static str, String)> {
+        map.get(&ObjectKey::new("infra", "web")).into_iter().flatten().map(|a| (a.type_, a.value.clone())).collect()
+    }
+
+    #[test]
+    fn addresses_follow_the_service_type() {
+        let (output, world) = world_with("LoadBalancer");
+        assert_eq!(
+            values(&addresses(&output, &world, &[])),
+            vec![("IPAddress", "192.0.2.10".to_string()), ("Hostname", "lb.example.com".to_string())]
+        );
+        let (output, world) = world_with("ClusterIP");
+        assert_eq!(values(&addresses(&output, &world, &[])), vec![("IPAddress", "10.0.0.7".to_string())]);
+        let (output, world) = world_with("NodePort");
+        let nodes = [node("10.1.0.2", None), node("10.1.0.1", None)];
+        assert_eq!(
+            values(&addresses(&output, &world, &nodes)),
+            vec![("IPAddress", "10.1.0.1".to_string()), ("IPAddress", "10.1.0.2".to_string())]
+        );
+        let nodes = [node("10.1.0.2", Some("203.0.113.5")), node("10.1.0.1", None)];
+        assert_eq!(values(&addresses(&output, &world, &nodes)), vec![("IPAddress", "203.0.113.5".to_string())]);
+    }
 }

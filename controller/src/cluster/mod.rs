@@ -122,7 +122,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             continue;
         }
         let failures = deployer.apply(&output, &world).await;
-        let addresses = apply::addresses(&output, &world);
+        let addresses = apply::addresses(&output, &world, &stores.nodes.state());
         let progress_now = push.progress();
         let mut status = output.status.clone();
         for (key, gateway) in &mut status.gateways {

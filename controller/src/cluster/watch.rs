@@ -13,7 +13,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -36,6 +36,8 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     pub namespaces: Store<Namespace>,
     pub proxy_configs: Option<Store<ProxyConfig>>,
+    /// Node addresses, for the addresses of Gateways behind NodePort Services.
+    pub nodes: Store<Node>,
 }
 
 impl Stores {
@@ -67,6 +69,7 @@ impl Stores {
             secrets: watch(client, watcher::Config::default().fields("type=kubernetes.io/tls"), &changed),
             namespaces: watch(client, watcher::Config::default(), &changed),
             proxy_configs,
+            nodes: watch(client, watcher::Config::default(), &changed),
         };
         let ready = async {
             stores.gateway_classes.wait_until_ready().await?;
@@ -83,6 +86,7 @@ impl Stores {
             if let Some(s) = &stores.proxy_configs {
                 s.wait_until_ready().await?;
             }
+            stores.nodes.wait_until_ready().await?;
             anyhow::Ok(())
         };
         ready.await.context("waiting for the first list of every watched kind")?;
