@@ -67,10 +67,16 @@ enum State {
     Upgraded,
 }
 
+/// The first line of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
 /// Where a connection is between request heads.
 #[derive(Debug)]
 struct HeadTracker {
     state: State,
+    /// While `Some(n)`: the connection's first `n` bytes matched the HTTP/2 preface. A
+    /// cleartext HTTP/2 (h2c) connection has no request heads to time.
+    preface: Option<usize>,
 }
 
 impl HeadTracker {
@@ -78,6 +84,20 @@ impl HeadTracker {
     /// head after a response (its deadline starts now).
     fn read(&mut self, bytes: &[u8]) -> bool {
         const END: &[u8; 4] = b"\r\n\r\n";
+        if let Some(n) = self.preface {
+            let want = &H2_PREFACE_LINE[n..];
+            let k = want.len().min(bytes.len());
+            if bytes[..k] == want[..k] {
+                if n + k == H2_PREFACE_LINE.len() {
+                    self.preface = None;
+                    self.state = State::Upgraded;
+                    return false;
+                }
+                self.preface = Some(n + k);
+            } else {
+                self.preface = None;
+            }
+        }
         let mut started = false;
         if let State::Responded = self.state {
             if bytes.is_empty() {
@@ -142,7 +162,7 @@ impl DeadlineStream {
         Self {
             inner,
             timeout,
-            tracker: HeadTracker { state: State::Head { matched: 0 } },
+            tracker: HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) },
             deadline: tokio::time::Instant::now() + timeout,
             timer: None,
         }
@@ -293,8 +313,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn h2c_connections_have_no_heads_to_time() {
+        let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
+        t.read(b"PRI * HT");
+        assert!(t.in_head());
+        t.read(b"TP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(matches!(t.state, State::Upgraded));
+        assert!(!t.in_head());
+        let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
+        t.read(b"PRIVATE / HTTP/1.1\r\n");
+        assert!(t.preface.is_none() && t.in_head());
+    }
+
+    #[test]
     fn follows_heads_across_reads_and_requests() {
-        let mut t = HeadTracker { state: State::Head { matched: 0 } };
+        let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
         assert!(!t.read(b"GET / HTTP/1.1\r\nHost: a\r"));
         assert!(matches!(t.state, State::Head { matched: 1 }));
         t.read(b"\n\r");

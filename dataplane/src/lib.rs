@@ -170,8 +170,14 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             unmatched: metrics.route(metrics::NO_ROUTE),
             access_log: cli.access_log,
         };
+        let mut http = pingora_proxy::http_proxy(&server.configuration, proxy);
+        // Cleartext HTTP/2 (h2c, prior knowledge) beside HTTP/1.1 on plain listeners;
+        // HTTPS listeners negotiate HTTP/2 with ALPN.
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = true;
+        http.server_options = Some(options);
         let app = deadline::HeaderDeadline {
-            inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy)),
+            inner: Arc::new(http),
             timeout: (cli.request_header_timeout_secs > 0)
                 .then(|| Duration::from_secs(cli.request_header_timeout_secs)),
         };

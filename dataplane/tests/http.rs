@@ -244,6 +244,29 @@ fn weights_split_traffic() {
     assert_eq!(counts.get("a"), Some(&150), "{counts:?}");
 }
 
+/// Plain listeners speak HTTP/1.1 and cleartext HTTP/2 with prior knowledge (h2c), as the
+/// conformance test HTTPRouteBackendProtocolH2C's client does.
+#[test]
+fn plain_listeners_accept_h2c_prior_knowledge() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
+        vec![cluster("a", &[a.port])],
+    ));
+    let curl = |flag: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", flag, "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}/h2c"))
+            .output()
+            .expect("curl is needed for this test; .ci/run installs it");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    assert_eq!(curl("--http2-prior-knowledge"), "2 200");
+    assert_eq!(curl("--http1.1"), "1.1 200");
+}
+
 /// One cluster with a slow and a fast endpoint, under 6 concurrent sequential clients for
 /// 1.5 s: returns how many requests each endpoint answered.
 fn spread_over_slow_and_fast(least_request: bool) -> (usize, usize) {
