@@ -280,7 +280,8 @@ pub fn addresses(output: &Output, world: &World, nodes: &[std::sync::Arc<Node>])
                 }
             }
         } else if kind == "NodePort" {
-            let mut ips = node_addresses("ExternalIP");
+            let mut ips: Vec<String> = spec.and_then(|s| s.external_ips.clone()).unwrap_or_default();
+            ips.extend(node_addresses("ExternalIP"));
             if ips.is_empty() {
                 ips = node_addresses("InternalIP");
             }
@@ -289,7 +290,8 @@ pub fn addresses(output: &Output, world: &World, nodes: &[std::sync::Arc<Node>])
             let ips = spec
                 .and_then(|s| s.cluster_ips.clone())
                 .unwrap_or_else(|| spec.and_then(|s| s.cluster_ip.clone()).into_iter().collect());
-            for ip in ips.into_iter().filter(|ip| !ip.is_empty() && ip != "None") {
+            let external = spec.and_then(|s| s.external_ips.clone()).unwrap_or_default();
+            for ip in external.into_iter().chain(ips).filter(|ip| !ip.is_empty() && ip != "None") {
                 list.push(Address { type_: "IPAddress", value: ip });
             }
         }
@@ -305,6 +307,10 @@ mod tests {
     use super::*;
 
     fn world_with(service_type: &str) -> (Output, World) {
+        world_with_extra(service_type, "")
+    }
+
+    fn world_with_extra(service_type: &str, extra: &str) -> (Output, World) {
         let manifests = format!(
             r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -324,6 +330,7 @@ kind: Service
 metadata: {{name: web-sluice, namespace: infra}}
 spec:
   type: {service_type}
+  {extra}
   clusterIP: 10.0.0.7
   clusterIPs: [10.0.0.7]
   ports: [{{port: 80}}]
@@ -363,6 +370,11 @@ status:
         );
         let (output, world) = world_with("ClusterIP");
         assert_eq!(values(&addresses(&output, &world, &[])), vec![("IPAddress", "10.0.0.7".to_string())]);
+        let (output, world) = world_with_extra("ClusterIP", "externalIPs: [198.18.0.77]");
+        assert_eq!(
+            values(&addresses(&output, &world, &[])),
+            vec![("IPAddress", "198.18.0.77".to_string()), ("IPAddress", "10.0.0.7".to_string())]
+        );
         let (output, world) = world_with("NodePort");
         let nodes = [node("10.1.0.2", None), node("10.1.0.1", None)];
         assert_eq!(

@@ -129,8 +129,14 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             if !output.gateways.contains_key(key) {
                 continue;
             }
+            let requested = output.gateways.get(key).map(|g| g.infra.requested_addresses.clone()).unwrap_or_default();
+            let assigned: Vec<&str> = addresses.get(key).into_iter().flatten().map(|a| a.value.as_str()).collect();
+            let missing: Vec<&String> = requested.iter().filter(|r| !assigned.contains(&r.as_str())).collect();
             if !addresses.contains_key(key) {
                 gateway.hold_programmed("AddressNotAssigned", "waiting for the Gateway's Service to get an address");
+            } else if !missing.is_empty() {
+                let message = format!("spec.addresses {missing:?} are not (yet) assigned to the Gateway's Service");
+                gateway.hold_programmed("AddressNotAssigned", &message);
             } else if let Err(message) = progress_now
                 .get(&key.to_string())
                 .map_or_else(|| Err("no configuration published yet".to_string()), |p| p.programmed())

@@ -310,6 +310,13 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                     })
                     .collect(),
             ),
+            // spec.addresses (IP addresses; the translator refuses other kinds): asked of the
+            // load balancer, or published as external IPs that kube-proxy routes.
+            load_balancer_ip: matches!(service_type, ServiceType::LoadBalancer)
+                .then(|| infra.requested_addresses.first().cloned())
+                .flatten(),
+            external_ips: (!matches!(service_type, ServiceType::LoadBalancer) && !infra.requested_addresses.is_empty())
+                .then(|| infra.requested_addresses.clone()),
             external_traffic_policy: external.then(|| {
                 match config.external_traffic_policy.unwrap_or_default() {
                     ExternalTrafficPolicy::Cluster => "Cluster",
