@@ -67,6 +67,8 @@ pub struct RequestContext {
     in_flight: Option<crate::routes::InFlight>,
     /// Whether the request came in over TLS.
     tls: bool,
+    /// Body feeds of this request's mirrors: each chunk is offered to them as it passes.
+    mirror_bodies: Vec<tokio::sync::mpsc::Sender<crate::mirror::Chunk>>,
 }
 
 #[async_trait]
@@ -81,6 +83,7 @@ impl ProxyHttp for SluiceProxy {
             endpoint: None,
             in_flight: None,
             tls: false,
+            mirror_bodies: Vec::new(),
         }
     }
 
@@ -246,11 +249,31 @@ impl ProxyHttp for SluiceProxy {
             }
             if let Some((endpoint, in_flight)) = cluster.pick() {
                 let request = upstream_request.clone();
+                let body = if crate::mirror::has_body(&request) {
+                    let (feed, body) = tokio::sync::mpsc::channel(crate::mirror::BODY_CHUNKS);
+                    ctx.mirror_bodies.push(feed);
+                    Some(body)
+                } else {
+                    None
+                };
                 tokio::spawn(async move {
-                    crate::mirror::send(endpoint, request).await;
+                    crate::mirror::send(endpoint, request, body).await;
                     drop(in_flight);
                 });
             }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if !ctx.mirror_bodies.is_empty() {
+            crate::mirror::offer(&mut ctx.mirror_bodies, body.as_ref(), end_of_stream);
         }
         Ok(())
     }

@@ -531,6 +531,64 @@ fn mirrors_requests_and_times_out_slow_backends() {
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
+/// A backend that keeps every raw request it gets (head and body, de-chunked only as far
+/// as reading until the final chunk) and answers 200.
+fn capturing_backend() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(b"0\r\n\r\n") && !seen.ends_with(b"content-length: 0\r\nconnection: close\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn mirrors_request_bodies() {
+    let a = Echo::start("a");
+    let (mirror_port, mirrored) = capturing_backend();
+    let port = free_port();
+    let mirror = sluice_snapshot::RequestMirror { cluster: "mirror".into(), numerator: 1, denominator: 1 };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![HttpRoute {
+            filters: vec![filter(http_filter::Kind::RequestMirror(mirror))],
+            ..route("mirrored", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])
+        }],
+        vec![cluster("a", &[a.port]), cluster("mirror", &[mirror_port])],
+    ));
+    let body = "x".repeat(100_000) + "the end of a mirrored body";
+    let text = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw(port, text.as_bytes()).status, 200);
+    let copy = mirrored.recv_timeout(Duration::from_secs(5)).expect("the mirror got no request");
+    assert!(copy.starts_with("POST /upload HTTP/1.1\r\n"), "{}", &copy[..copy.len().min(200)]);
+    assert!(copy.contains("transfer-encoding: chunked"), "{}", &copy[..copy.len().min(400)]);
+    assert!(copy.contains("the end of a mirrored body"), "the body did not reach the mirror");
+    let mirrored_body = copy.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    assert_eq!(mirrored_body.matches('x').count(), 100_000, "the mirrored body is incomplete");
+    // A body-less request is mirrored with content-length 0, as before.
+    assert_eq!(get(port, "x", "/plain", &[]).status, 200);
+    let copy = mirrored.recv_timeout(Duration::from_secs(5)).expect("no mirror of the GET");
+    assert!(copy.starts_with("GET /plain HTTP/1.1\r\n") && copy.contains("content-length: 0"), "{copy}");
+}
+
 #[test]
 fn upgrades_websockets_to_the_backend() {
     use std::io::{Read, Write};
