@@ -81,25 +81,21 @@ pub struct KubernetesArgs {
 }
 
 impl KubernetesArgs {
-    fn options(self) -> crate::cluster::Options {
+    fn options(self) -> Result<crate::cluster::Options> {
         let push_url =
             self.push_url.unwrap_or_else(|| format!("https://sluice-controller.{}.svc:9443", self.namespace));
         let host = push_url
-            .split("://")
-            .nth(1)
-            .unwrap_or(&push_url)
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .rsplit_once(':')
-            .map_or_else(|| push_url.clone(), |(h, _)| h.to_string());
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .with_context(|| format!("--push-url {push_url:?} is not a URL with a host, e.g. https://sluice-controller.sluice-system.svc:9443"))?;
         let mut push_names = vec![host.trim_matches(['[', ']']).to_string()];
         push_names.extend(self.push_names);
         let identity = self.identity.unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map_or_else(|_| "sluice-controller".into(), |h| h.trim().to_string())
         });
-        crate::cluster::Options {
+        Ok(crate::cluster::Options {
             namespace: self.namespace,
             identity,
             leader_election: !self.no_leader_election,
@@ -107,7 +103,7 @@ impl KubernetesArgs {
             push_names,
             deploy: crate::deploy::DeployOptions { default_image: self.dataplane_image, control_plane_url: push_url },
             debounce: Duration::from_millis(self.debounce_ms),
-        }
+        })
     }
 }
 
@@ -144,7 +140,8 @@ pub fn execute(command: Command, dataplane: Vec<OsString>) -> Result<()> {
                 .try_init();
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(crate::cluster::run(args.options(), shutdown_signal()))
+            let options = args.options()?;
+            runtime.block_on(crate::cluster::run(options, shutdown_signal()))
         }
     }
 }

@@ -85,11 +85,9 @@ struct Query {
 
 fn parse_query(query: &str) -> Result<Query, String> {
     let mut q = Query::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let flag = v == "true" || v == "1";
-        match k {
+        match k.as_ref() {
             "sinceTime" => {
                 q.since = Some(v.parse().map_err(|e| format!("sinceTime {v:?}: {e}"))?);
             }
@@ -109,31 +107,6 @@ fn parse_query(query: &str) -> Result<Query, String> {
         }
     }
     Ok(q)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Formats stored lines for the client: the content, with its time first

@@ -297,6 +297,15 @@ struct Pod1 {
     events: mpsc::Sender<Event>,
 }
 
+/// Waits for a stop request (a dropped registry handle stops the pod at once).
+async fn stop_requested(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    let how = match stop.changed().await {
+        Ok(()) => *stop.borrow(),
+        Err(_) => None,
+    };
+    how.unwrap_or(Stop { grace: 0, remove: true })
+}
+
 async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option<Stop>>) {
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let name = pod.name_any();
@@ -334,9 +343,8 @@ async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option
             }
         }
         tokio::select! {
-            changed = stop.changed() => {
-                let how = if changed.is_ok() { *stop.borrow() } else { None };
-                p.teardown(how.unwrap_or(Stop { grace: 0, remove: true })).await;
+            how = stop_requested(&mut stop) => {
+                p.teardown(how).await;
                 return;
             }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -349,9 +357,8 @@ async fn supervise(agent: Arc<Agent>, pod: Pod, mut stop: watch::Receiver<Option
         p.step().await;
         p.post_status().await;
         tokio::select! {
-            changed = stop.changed() => {
-                let how = if changed.is_ok() { *stop.borrow() } else { None };
-                p.teardown(how.unwrap_or(Stop { grace: 0, remove: true })).await;
+            how = stop_requested(&mut stop) => {
+                p.teardown(how).await;
                 return;
             }
             Some(event) = rx.recv() => p.handle(event).await,

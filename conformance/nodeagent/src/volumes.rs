@@ -132,6 +132,22 @@ fn select(data: BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, what: &s
     }
 }
 
+/// The files of a Secret or ConfigMap (`data` is `None` when it does not exist).
+fn keyed_files(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    match data {
+        Some(data) => select(data, items, &format!("{kind} {ns}/{name}")),
+        None if optional == Some(true) => Ok(Vec::new()),
+        None => bail!("{kind} {ns}/{name} not found"),
+    }
+}
+
 async fn secret_files(
     agent: &Agent,
     ns: &str,
@@ -140,20 +156,15 @@ async fn secret_files(
     optional: Option<bool>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let api: Api<Secret> = Api::namespaced(agent.client.clone(), ns);
-    match api.get_opt(name).await? {
-        Some(s) => {
-            let data = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .chain(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())))
-                .collect();
-            select(data, items, &format!("secret {ns}/{name}"))
-        }
-        None if optional == Some(true) => Ok(Vec::new()),
-        None => bail!("secret {ns}/{name} not found"),
-    }
+    let data = api.get_opt(name).await?.map(|s| {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .chain(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())))
+            .collect()
+    });
+    keyed_files("secret", ns, name, data, items, optional)
 }
 
 async fn config_map_files(
@@ -164,20 +175,15 @@ async fn config_map_files(
     optional: Option<bool>,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let api: Api<ConfigMap> = Api::namespaced(agent.client.clone(), ns);
-    match api.get_opt(name).await? {
-        Some(c) => {
-            let data = c
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .chain(c.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)))
-                .collect();
-            select(data, items, &format!("configmap {ns}/{name}"))
-        }
-        None if optional == Some(true) => Ok(Vec::new()),
-        None => bail!("configmap {ns}/{name} not found"),
-    }
+    let data = api.get_opt(name).await?.map(|c| {
+        c.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .chain(c.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)))
+            .collect()
+    });
+    keyed_files("configmap", ns, name, data, items, optional)
 }
 
 fn downward_files(

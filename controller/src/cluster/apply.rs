@@ -86,16 +86,8 @@ impl Deployer {
     pub async fn apply(&mut self, output: &Output, world: &World) -> usize {
         let mut failures = 0;
         for (key, gateway) in &output.gateways {
-            let Some(object) = world.gateways.iter().find(|g| {
-                g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
-            }) else {
+            let Some(identity) = identity(world, key) else {
                 continue;
-            };
-            let identity = GatewayIdentity {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                uid: object.metadata.uid.clone().unwrap_or_default(),
-                class: object.spec.gateway_class_name.clone(),
             };
             let rendered = deploy::render(&identity, &gateway.infra, &self.options);
             let digest = hash(&rendered);
@@ -205,6 +197,19 @@ impl Deployer {
     }
 }
 
+/// The deployer's view of the Gateway `key`, if the World has it.
+fn identity(world: &World, key: &ObjectKey) -> Option<GatewayIdentity> {
+    let gateway = world.gateways.iter().find(|g| {
+        g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
+    })?;
+    Some(GatewayIdentity {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        uid: gateway.metadata.uid.clone().unwrap_or_default(),
+        class: gateway.spec.gateway_class_name.clone(),
+    })
+}
+
 fn owner(identity: &GatewayIdentity) -> OwnerReference {
     OwnerReference {
         api_version: "gateway.networking.k8s.io/v1".into(),
@@ -246,16 +251,8 @@ pub fn addresses(output: &Output, world: &World, nodes: &[std::sync::Arc<Node>])
     };
     let mut out = BTreeMap::new();
     for key in output.gateways.keys() {
-        let Some(gateway) = world.gateways.iter().find(|g| {
-            g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
-        }) else {
+        let Some(identity) = identity(world, key) else {
             continue;
-        };
-        let identity = GatewayIdentity {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            uid: String::new(),
-            class: gateway.spec.gateway_class_name.clone(),
         };
         let name = deploy::generated_name(&identity);
         let Some(service) = world.services.iter().find(|s| {

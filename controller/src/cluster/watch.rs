@@ -4,7 +4,6 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -150,8 +149,8 @@ where
                     if !failing {
                         tracing::warn!("watch of {}s failed (retrying with back-off): {error}", K::kind(&()));
                     }
+                    // default_backoff() waits before the watch resumes.
                     failing = true;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
