@@ -22,38 +22,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{ALPN, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType};
 use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
-use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// A [`ServerApp`] that puts the header deadline in front of an HTTP app.
-pub struct HeaderDeadline<A> {
-    pub inner: Arc<A>,
-    /// `None`: no deadline (connections pass through untouched).
-    pub timeout: Option<Duration>,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let Some(timeout) = self.timeout else {
-            return self.inner.process_new(stream, shutdown).await;
-        };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        let wrapped: Stream = Box::new(DeadlineStream::new(stream, timeout));
-        self.inner.process_new(wrapped, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
-    }
-}
 
 #[derive(Debug)]
 enum State {
@@ -144,28 +117,47 @@ impl HeadTracker {
     }
 }
 
-/// A stream whose reads fail once a request head takes longer than the deadline.
+/// A stream whose reads fail once a request head takes longer than the deadline, and
+/// that first returns bytes already read from the connection (by the HTTP/1.1 fast path,
+/// before it handed the connection over).
 ///
 /// Cheap for well-behaved clients: the deadline is a plain instant, checked when bytes
 /// arrive; a timer is armed only when a read of an incomplete head has to wait.
 #[derive(Debug)]
 pub struct DeadlineStream {
     inner: Stream,
-    timeout: Duration,
+    /// `None`: no deadline, only the prefix.
+    timeout: Option<Duration>,
     tracker: HeadTracker,
     deadline: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    prefix: Vec<u8>,
+    /// How much of `prefix` was returned already.
+    prefix_read: usize,
 }
 
 impl DeadlineStream {
-    pub fn new(inner: Stream, timeout: Duration) -> Self {
+    pub fn new(inner: Stream, timeout: Option<Duration>, prefix: Vec<u8>) -> Self {
         Self {
             inner,
             timeout,
             tracker: HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) },
-            deadline: tokio::time::Instant::now() + timeout,
+            deadline: tokio::time::Instant::now() + timeout.unwrap_or_default(),
             timer: None,
+            prefix,
+            prefix_read: 0,
         }
+    }
+
+    /// Follows bytes just read; false when the head they belong to is too late.
+    fn track(&mut self, bytes: &[u8]) -> bool {
+        let Some(timeout) = self.timeout else { return true };
+        if self.tracker.read(bytes) {
+            self.deadline = tokio::time::Instant::now() + timeout;
+        } else if self.tracker.in_head() && tokio::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        true
     }
 }
 
@@ -176,18 +168,31 @@ fn too_slow() -> std::io::Error {
 impl AsyncRead for DeadlineStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.prefix_read < this.prefix.len() {
+            let prefix = std::mem::take(&mut this.prefix);
+            let rest = prefix.get(this.prefix_read..).unwrap_or_default();
+            let n = rest.len().min(buf.remaining());
+            let bytes = rest.get(..n).unwrap_or_default();
+            buf.put_slice(bytes);
+            let in_time = this.track(bytes);
+            this.prefix_read += n;
+            if this.prefix_read < prefix.len() {
+                this.prefix = prefix;
+            } else {
+                this.prefix_read = 0;
+            }
+            return Poll::Ready(if in_time { Ok(()) } else { Err(too_slow()) });
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &result {
             Poll::Ready(Ok(())) => {
                 let new = buf.filled().get(before..).unwrap_or_default();
-                if this.tracker.read(new) {
-                    this.deadline = tokio::time::Instant::now() + this.timeout;
-                } else if this.tracker.in_head() && tokio::time::Instant::now() >= this.deadline {
+                if !this.track(new) {
                     return Poll::Ready(Err(too_slow()));
                 }
             }
-            Poll::Pending if this.tracker.in_head() => {
+            Poll::Pending if this.timeout.is_some() && this.tracker.in_head() => {
                 let deadline = this.deadline;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if timer.deadline() != deadline {
@@ -304,7 +309,22 @@ impl GetSocketDigest for DeadlineStream {
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        if self.prefix_read >= self.prefix.len() {
+            return self.inner.try_peek(buf).await;
+        }
+        // Peek into the prefix, reading more behind it if it is too short.
+        while self.prefix.len() - self.prefix_read < buf.len() {
+            let mut more = [0u8; 1024];
+            let n = self.inner.read(&mut more).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.prefix.extend_from_slice(more.get(..n).unwrap_or_default());
+        }
+        let unread = self.prefix.get(self.prefix_read..).unwrap_or_default();
+        buf.copy_from_slice(unread.get(..buf.len()).unwrap_or_default());
+        Ok(true)
     }
 }
 

@@ -9,6 +9,7 @@
 //! ```
 
 mod deadline;
+mod fast;
 mod metrics;
 mod mirror;
 mod path;
@@ -72,6 +73,10 @@ pub struct Cli {
     /// disconnected (0: no deadline). Pingora alone only bounds each read.
     #[arg(long, default_value_t = 30)]
     request_header_timeout_secs: u64,
+    /// Serve plain HTTP/1.1 requests without a body on the fast path (routes with header
+    /// filters and URL rewrites); everything else goes through Pingora's proxy either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    http1_fast_path: bool,
 }
 
 fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
@@ -165,21 +170,23 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
     server.bootstrap();
     if !http_ports.is_empty() || !https_ports.is_empty() {
-        let proxy = SluiceProxy {
-            tables: tables.clone(),
-            unmatched: metrics.route(metrics::NO_ROUTE),
-            access_log: cli.access_log,
-        };
+        let unmatched = metrics.route(metrics::NO_ROUTE);
+        let proxy = SluiceProxy { tables: tables.clone(), unmatched: unmatched.clone(), access_log: cli.access_log };
         let mut http = pingora_proxy::http_proxy(&server.configuration, proxy);
         // Cleartext HTTP/2 (h2c, prior knowledge) beside HTTP/1.1 on plain listeners;
         // HTTPS listeners negotiate HTTP/2 with ALPN.
         let mut options = pingora_core::apps::HttpServerOptions::default();
         options.h2c = true;
         http.server_options = Some(options);
-        let app = deadline::HeaderDeadline {
-            inner: Arc::new(http),
-            timeout: (cli.request_header_timeout_secs > 0)
+        let app = fast::Front {
+            proxy: Arc::new(http),
+            tables: tables.clone(),
+            unmatched,
+            access_log: cli.access_log,
+            head_timeout: (cli.request_header_timeout_secs > 0)
                 .then(|| Duration::from_secs(cli.request_header_timeout_secs)),
+            fast_path: cli.http1_fast_path,
+            pool: fast::UpstreamPool::default(),
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {

@@ -26,7 +26,7 @@ use sluice_snapshot::{AppProtocol, HeaderModifier, RequestRedirect, http_filter,
 
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
-use crate::routes::{Compiled, RequestView, Route, Target, terminal_filter};
+use crate::routes::{Compiled, Headers, RequestView, Route, Target, terminal_filter};
 
 /// Applies a header modifier (set, then add, then remove) to a request or response head;
 /// the two Pingora types share these methods but no trait.
@@ -130,7 +130,7 @@ impl ProxyHttp for SluiceProxy {
             path: header.uri.path(),
             query: header.uri.query(),
             method: &header.method,
-            headers: &header.headers,
+            headers: Headers::Map(&header.headers),
         };
         let Some(route) = listener.find(&view).cloned() else {
             tracing::debug!(listener = listener.name, %host, path = header.uri.path(), "no route matches");
@@ -415,6 +415,11 @@ fn request_host(header: &RequestHeader) -> Cow<'_, str> {
         .and_then(|v| v.to_str().ok())
         .or_else(|| header.uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
+    host_of(raw)
+}
+
+/// A Host value without its port and trailing dot, lower-cased.
+pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
         raw.split_once(']').map_or(raw, |(v6, _)| v6.trim_start_matches('['))
     } else {
@@ -429,7 +434,7 @@ fn request_host(header: &RequestHeader) -> Cow<'_, str> {
 }
 
 /// Applies a path modifier to `path` (the normalized request path).
-fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&str>, path: &str) -> String {
+pub(crate) fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&str>, path: &str) -> String {
     match kind {
         path_modifier::Kind::ReplaceFullPath(full) => full.clone(),
         path_modifier::Kind::ReplacePrefixMatch(replacement) => {

@@ -526,7 +526,29 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub method: &'a http::Method,
-    pub headers: &'a http::HeaderMap,
+    pub headers: Headers<'a>,
+}
+
+/// A request's header fields: Pingora's parsed map, or the raw fields of the HTTP/1.1
+/// fast path (names compared case-insensitively).
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a http::HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl Headers<'_> {
+    /// Whether any value of header `name` is visible ASCII (what `HeaderValue::to_str`
+    /// accepts) and satisfies `test`.
+    fn any_value(&self, name: &http::HeaderName, test: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Headers::Map(map) => map.get_all(name).iter().any(|value| value.to_str().is_ok_and(&test)),
+            Headers::Raw(fields) => fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name.as_str())).any(|f| {
+                f.value.iter().all(|b| *b == b'\t' || (32..127).contains(b))
+                    && std::str::from_utf8(f.value).is_ok_and(&test)
+            }),
+        }
+    }
 }
 
 impl ListenerTable {
@@ -560,9 +582,8 @@ impl Route {
         if self.method.as_ref().is_some_and(|m| m != request.method) {
             return false;
         }
-        let headers_ok = self.headers.iter().all(|(name, matcher)| {
-            request.headers.get_all(name).iter().any(|value| value.to_str().is_ok_and(|v| matcher.matches(v)))
-        });
+        let headers_ok =
+            self.headers.iter().all(|(name, matcher)| request.headers.any_value(name, |v| matcher.matches(v)));
         headers_ok
             && self.query_params.iter().all(|(name, matcher)| {
                 first_query_value(request.query, name).is_some_and(|value| matcher.matches(&value))

@@ -205,6 +205,13 @@ impl DataPlane {
             .args(["--snapshot", snapshot_path.to_str().unwrap(), "--bind", "127.0.0.1"])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .args(extra_args)
+            // CI runs these tests a second time with the HTTP/1.1 fast path off, so that
+            // Pingora's path is checked against the same expectations.
+            .args(
+                std::env::var("SLUICE_TEST_HTTP1_FAST_PATH")
+                    .map(|v| vec!["--http1-fast-path".to_string(), v])
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap()))
             .spawn()

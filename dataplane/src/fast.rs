@@ -1,0 +1,1185 @@
+//! The HTTP/1.1 fast path, in front of Pingora's proxy.
+//!
+//! Most requests are plain HTTP/1.1 requests without a body to routes that only modify
+//! headers or rewrite URLs. This path serves them straight from the connection's bytes:
+//! it parses the head in place (httparse, no header map), routes with the same tables,
+//! writes the upstream request with one write, and passes the response through with its
+//! own framing, on upstream connections kept in a small pool. Everything else — bodies,
+//! upgrades, TLS, HTTP/2, mirrors, redirects, direct responses, timeouts, anything odd —
+//! goes to Pingora's proxy: the bytes read so far are handed over with the connection,
+//! which stays with Pingora from then on.
+//!
+//! ```text
+//!  accept ─► read head ─► plan (parse, route, pick) ─┬─ Proxy ──► upstream (pooled) ─► response ─┐
+//!               ▲                                    ├─ Respond (404/500/503/invalid backend)    │
+//!               └──────────── keep-alive ◄───────────┴───────────────────────────────────────────┘
+//!                                                    └─ HandOver ─► Pingora (rest of connection)
+//! ```
+//!
+//! Both paths answer alike: same routing, filters, X-Forwarded-*, hop-by-hop stripping,
+//! `Date`/`Connection` on responses, status codes for upstream failures (503 connect,
+//! 504 connect timeout, 502 otherwise), metrics and access log. The data-plane tests run
+//! with the fast path on and off (`--http1-fast-path false`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{ALPN, Stream};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use sluice_snapshot::{AppProtocol, HttpFilter, http_filter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::deadline::DeadlineStream;
+use crate::metrics::RouteMetrics;
+use crate::path::normalize;
+use crate::proxy::{MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, host_of, rewrite_path};
+use crate::routes::{Headers, InFlight, RequestView, Route, Target};
+
+/// How long an idle client connection is kept open between requests (as Pingora does).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Connecting to an endpoint (as the Pingora path's peers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle upstream connections kept per endpoint, and for how long.
+const POOL_PER_ENDPOINT: usize = 128;
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Limits of a backend's response head (beyond them: 502).
+const MAX_RESPONSE_HEADERS: usize = 128;
+const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Bytes read per call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The HTTP app of the plain and TLS listeners: the fast path, then Pingora.
+pub struct Front {
+    pub proxy: Arc<HttpProxy<SluiceProxy>>,
+    pub tables: Tables,
+    /// Metrics of requests that matched no route.
+    pub unmatched: Arc<RouteMetrics>,
+    pub access_log: bool,
+    /// The overall request-head deadline (`None`: none).
+    pub head_timeout: Option<Duration>,
+    /// Whether plain HTTP/1.1 connections try the fast path first.
+    pub fast_path: bool,
+    pub pool: UpstreamPool,
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 has its own framing and limits: no head deadline to keep.
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        if !self.fast_path || stream.get_ssl_digest().is_some() {
+            return self.hand_over(stream, Vec::new(), shutdown).await;
+        }
+        let port = stream.get_socket_digest().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
+        let Some(port) = port else {
+            return self.hand_over(stream, Vec::new(), shutdown).await;
+        };
+        let mut connection = Connection::new(stream, port);
+        match connection.serve(self, shutdown).await {
+            Next::Close => None,
+            Next::HandOver => {
+                let unread = connection.unread();
+                self.hand_over(connection.stream, unread, shutdown).await
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+impl Front {
+    /// Pingora serves the rest of the connection, starting with `unread`.
+    async fn hand_over(self: &Arc<Self>, stream: Stream, unread: Vec<u8>, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if self.head_timeout.is_none() && unread.is_empty() {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.head_timeout, unread));
+        self.proxy.process_new(wrapped, shutdown).await
+    }
+}
+
+/// Idle upstream connections by endpoint.
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    by_endpoint: HashMap<SocketAddr, Vec<(TcpStream, Instant)>>,
+    swept: Option<Instant>,
+}
+
+impl UpstreamPool {
+    fn take(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+        let mut pool = self.idle.lock().ok()?;
+        let idle = pool.by_endpoint.get_mut(&endpoint)?;
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put(&self, endpoint: SocketAddr, stream: TcpStream) {
+        let Ok(mut pool) = self.idle.lock() else { return };
+        let now = Instant::now();
+        // Now and then, drop connections idle for too long (e.g. to endpoints gone).
+        if pool.swept.is_none_or(|at| now.duration_since(at) > POOL_IDLE / 2) {
+            pool.swept = Some(now);
+            pool.by_endpoint.retain(|_, idle| {
+                idle.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE);
+                !idle.is_empty()
+            });
+        }
+        let idle = pool.by_endpoint.entry(endpoint).or_default();
+        if idle.len() < POOL_PER_ENDPOINT {
+            idle.push((stream, now));
+        }
+    }
+}
+
+/// What the connection does after the fast path stops.
+enum Next {
+    Close,
+    HandOver,
+}
+
+/// One client connection on the fast path.
+struct Connection {
+    stream: Stream,
+    /// Bytes read from the client; `buf[..filled]` is not consumed yet.
+    buf: Vec<u8>,
+    filled: usize,
+    port: u16,
+    client: Option<SocketAddr>,
+    /// The client's IP, as X-Forwarded-For carries it.
+    client_ip: String,
+    /// Outgoing bytes: the upstream request head, then the response head.
+    out: Vec<u8>,
+    /// Bytes read from the upstream.
+    upstream_buf: Vec<u8>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    accepted: tokio::time::Instant,
+}
+
+/// What to do with a complete request head.
+enum Plan {
+    /// The head is not complete yet.
+    Partial,
+    HandOver,
+    Respond(Answer),
+    Proxy(Box<Exchange>),
+}
+
+/// A response from the proxy itself (no route, no endpoint, an invalid backend).
+struct Answer {
+    status: u16,
+    route: Option<Arc<Route>>,
+    head_len: usize,
+    close: bool,
+    log: Option<LogFields>,
+}
+
+/// A request on its way to an endpoint; its upstream head is in `Connection::out`.
+struct Exchange {
+    route: Arc<Route>,
+    backend: usize,
+    endpoint: SocketAddr,
+    _in_flight: Option<InFlight>,
+    head_len: usize,
+    /// The client asked to close after this request.
+    close: bool,
+    /// A HEAD request: the response has no body, whatever its headers say.
+    head_request: bool,
+    log: Option<LogFields>,
+}
+
+/// What the access log needs of the request (only collected when it is on).
+struct LogFields {
+    method: String,
+    host: String,
+    path: String,
+}
+
+/// Why an exchange with the upstream failed before a response reached the client.
+enum UpstreamError {
+    ConnectRefused,
+    ConnectTimeout,
+    Other,
+}
+
+impl UpstreamError {
+    fn status(&self) -> u16 {
+        match self {
+            UpstreamError::ConnectRefused => 503,
+            UpstreamError::ConnectTimeout => 504,
+            UpstreamError::Other => 502,
+        }
+    }
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the client connection closes after it too.
+    UntilClose,
+}
+
+impl Connection {
+    fn new(stream: Stream, port: u16) -> Connection {
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        Connection {
+            stream,
+            buf: vec![0; READ_CHUNK],
+            filled: 0,
+            port,
+            client,
+            client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default(),
+            out: Vec::with_capacity(1024),
+            upstream_buf: vec![0; READ_CHUNK],
+            timer: None,
+            accepted: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The bytes read from the client and not consumed.
+    fn unread(&mut self) -> Vec<u8> {
+        self.buf.truncate(self.filled);
+        std::mem::take(&mut self.buf)
+    }
+
+    async fn serve(&mut self, front: &Front, shutdown: &ShutdownWatch) -> Next {
+        let mut first = true;
+        loop {
+            // The head deadline runs from accept for the first request, from its first
+            // byte for later ones; between requests the connection may idle.
+            let mut head_deadline = first.then(|| self.head_deadline(front, self.accepted));
+            let plan = loop {
+                let plan = if self.filled == 0 { Plan::Partial } else { self.plan(front) };
+                if !matches!(plan, Plan::Partial) {
+                    break plan;
+                }
+                if self.filled > MAX_REQUEST_HEADER_BYTES {
+                    // Too large for the fast path: Pingora gives the defined answer.
+                    break Plan::HandOver;
+                }
+                let deadline = match head_deadline {
+                    Some(deadline) => deadline,
+                    None if self.filled == 0 => tokio::time::Instant::now() + KEEPALIVE_IDLE,
+                    None => {
+                        let deadline = self.head_deadline(front, tokio::time::Instant::now());
+                        head_deadline = Some(deadline);
+                        deadline
+                    }
+                };
+                match self.read_client(deadline).await {
+                    Ok(0) | Err(_) => return Next::Close,
+                    Ok(_) => {}
+                }
+            };
+            first = false;
+            let close = match plan {
+                Plan::Partial | Plan::HandOver => return Next::HandOver,
+                Plan::Respond(answer) => {
+                    let started = Instant::now();
+                    let close = answer.close || *shutdown.borrow();
+                    self.consume(answer.head_len);
+                    let written = self.respond(answer.status, close).await;
+                    front.record(answer.route.as_ref(), answer.status, started, self.client, None, answer.log);
+                    if written.is_err() {
+                        return Next::Close;
+                    }
+                    close
+                }
+                Plan::Proxy(exchange) => {
+                    let started = Instant::now();
+                    self.consume(exchange.head_len);
+                    let close_requested = exchange.close || *shutdown.borrow();
+                    let (status, close) = match self.exchange(front, &exchange, close_requested).await {
+                        Ok(outcome) => outcome,
+                        Err((error, answered)) => {
+                            exchange.route.metrics.upstream_error();
+                            match answered {
+                                Some(status) => (status, true),
+                                None => {
+                                    let _ = self.respond(error.status(), true).await;
+                                    (error.status(), true)
+                                }
+                            }
+                        }
+                    };
+                    front.record(
+                        Some(&exchange.route),
+                        status,
+                        started,
+                        self.client,
+                        Some(exchange.endpoint),
+                        exchange.log,
+                    );
+                    close
+                }
+            };
+            if close {
+                return Next::Close;
+            }
+        }
+    }
+
+    fn head_deadline(&self, front: &Front, from: tokio::time::Instant) -> tokio::time::Instant {
+        // Without a configured deadline, a head still may not take longer than an idle
+        // keep-alive connection may wait.
+        from + front.head_timeout.unwrap_or(KEEPALIVE_IDLE)
+    }
+
+    /// Drops a served request head from the buffer.
+    fn consume(&mut self, len: usize) {
+        let len = len.min(self.filled);
+        self.buf.copy_within(len..self.filled, 0);
+        self.filled -= len;
+    }
+
+    /// Reads more request bytes; fails at `deadline`. The timer is only armed when the
+    /// read has to wait.
+    async fn read_client(&mut self, deadline: tokio::time::Instant) -> std::io::Result<usize> {
+        if self.filled == self.buf.len() {
+            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
+        }
+        let Connection { stream, buf, filled, timer, .. } = self;
+        let space = buf.get_mut(*filled..).unwrap_or_default();
+        let n = std::future::poll_fn(|cx| {
+            let mut read = ReadBuf::new(space);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(read.filled().len())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await?;
+        *filled += n;
+        Ok(n)
+    }
+
+    /// Parses and routes the buffered request head; on `Proxy`, `out` holds the upstream
+    /// request head.
+    fn plan(&mut self, front: &Front) -> Plan {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+        let mut request = httparse::Request::new(&mut fields);
+        let head_len = match request.parse(self.buf.get(..self.filled).unwrap_or_default()) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Plan::Partial,
+            Err(_) => return Plan::HandOver,
+        };
+        let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else {
+            return Plan::HandOver;
+        };
+        let fields: &[httparse::Header<'_>] = &*request.headers;
+        let Some(head) = RequestHead::read(method, target, fields) else {
+            return Plan::HandOver;
+        };
+        let tables = front.tables.load();
+        if tables.tls.contains_key(&self.port) {
+            return Plan::HandOver;
+        }
+        let log = |path: &str| {
+            front.access_log.then(|| LogFields {
+                method: method.to_string(),
+                host: host_of(head.host).into_owned(),
+                path: path.to_string(),
+            })
+        };
+        let answer = |status, route, path: &str| {
+            Plan::Respond(Answer { status, route, head_len, close: head.close, log: log(path) })
+        };
+        let (raw_path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let path = normalize(raw_path);
+        let Some(port_table) = tables.ports.get(&self.port) else {
+            return answer(404, None, &path);
+        };
+        let host = host_of(head.host);
+        let Some(listener) = port_table.listener(&host) else {
+            return answer(404, None, &path);
+        };
+        let view = RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) };
+        let Some(route) = listener.find(&view) else {
+            return answer(404, None, &path);
+        };
+        if crate::routes::terminal_filter(&route.filters).is_some()
+            || !route.mirrors.is_empty()
+            || route.request_timeout_ms > 0
+            || route.backend_timeout_ms > 0
+        {
+            return Plan::HandOver;
+        }
+        let Some((backend, target)) = route.backends.pick() else {
+            return answer(500, Some(route.clone()), &path);
+        };
+        let cluster = match target {
+            Target::Status(status) => return answer(*status, Some(route.clone()), &path),
+            Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c => return Plan::HandOver,
+            Target::Cluster(cluster) => cluster,
+        };
+        let Some((endpoint, in_flight)) = cluster.pick() else {
+            return answer(503, Some(route.clone()), &path);
+        };
+        let filters = route.filters.iter().chain(route.backends.filters(backend));
+        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &self.client_ip);
+        let log = log(&path);
+        Plan::Proxy(Box::new(Exchange {
+            route: route.clone(),
+            backend,
+            endpoint,
+            _in_flight: in_flight,
+            head_len,
+            close: head.close,
+            head_request: method == "HEAD",
+            log,
+        }))
+    }
+
+    /// Sends the upstream request (in `out`) and passes the response to the client.
+    /// Returns the status and whether the client connection closes; on error, whether
+    /// a response had been written to the client already.
+    async fn exchange(
+        &mut self,
+        front: &Front,
+        exchange: &Exchange,
+        close_requested: bool,
+    ) -> Result<(u16, bool), (UpstreamError, Option<u16>)> {
+        let mut upstream = None;
+        let mut read = 0;
+        for _attempt in 0..2 {
+            let (mut stream, reused) = match front.pool.take(exchange.endpoint) {
+                Some(stream) => (stream, true),
+                None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
+            };
+            let sent = stream.write_all(&self.out).await.is_ok();
+            read = if sent { stream.read(&mut self.upstream_buf).await.unwrap_or(0) } else { 0 };
+            if read > 0 {
+                upstream = Some(stream);
+                break;
+            }
+            if !reused {
+                return Err((UpstreamError::Other, None));
+            }
+            // A pooled connection the backend had closed: once more on a new one.
+        }
+        let Some(mut stream) = upstream else { return Err((UpstreamError::Other, None)) };
+        loop {
+            let head = match self.response_head(exchange, read, close_requested) {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    if read >= MAX_RESPONSE_HEAD_BYTES {
+                        return Err((UpstreamError::Other, None));
+                    }
+                    if read == self.upstream_buf.len() {
+                        self.upstream_buf.resize(read + READ_CHUNK, 0);
+                    }
+                    let n = stream
+                        .read(self.upstream_buf.get_mut(read..).unwrap_or_default())
+                        .await
+                        .map_err(|_| (UpstreamError::Other, None))?;
+                    if n == 0 {
+                        return Err((UpstreamError::Other, None));
+                    }
+                    read += n;
+                    continue;
+                }
+                Err(()) => return Err((UpstreamError::Other, None)),
+            };
+            if head.interim {
+                // 1xx (not 101): forward it and read on for the final response.
+                self.stream.write_all(&self.out).await.map_err(|_| (UpstreamError::Other, None))?;
+                self.stream.flush().await.map_err(|_| (UpstreamError::Other, None))?;
+                self.upstream_buf.copy_within(head.len..read, 0);
+                read -= head.len;
+                if read == 0 {
+                    read = stream.read(&mut self.upstream_buf).await.map_err(|_| (UpstreamError::Other, None))?;
+                    if read == 0 {
+                        return Err((UpstreamError::Other, None));
+                    }
+                }
+                continue;
+            }
+            let client_close = head.client_close;
+            let reusable = self
+                .pass_body(&mut stream, &head, read)
+                .await
+                .map_err(|()| (UpstreamError::Other, Some(head.status)))?;
+            if reusable {
+                front.pool.put(exchange.endpoint, stream);
+            }
+            return Ok((head.status, client_close));
+        }
+    }
+
+    /// Parses the response head in `upstream_buf[..read]`; when complete, writes the
+    /// client's response head to `out`. `Ok(None)`: incomplete.
+    fn response_head(
+        &mut self,
+        exchange: &Exchange,
+        read: usize,
+        close_requested: bool,
+    ) -> Result<Option<ResponseHead>, ()> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let len = match response.parse(self.upstream_buf.get(..read).unwrap_or_default()) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let (Some(status), Some(version)) = (response.code, response.version) else { return Err(()) };
+        self.out.clear();
+        if (100..200).contains(&status) {
+            if status == 101 {
+                // Nothing asked to switch protocols.
+                return Err(());
+            }
+            self.out.extend_from_slice(self.upstream_buf.get(..len).unwrap_or_default());
+            return Ok(Some(ResponseHead {
+                status,
+                len,
+                framing: Framing::Empty,
+                upstream_keep: true,
+                client_close: false,
+                interim: true,
+            }));
+        }
+        let mut length: Option<u64> = None;
+        // Some(whether chunked is the last coding)
+        let mut transfer_chunked: Option<bool> = None;
+        let mut upstream_close = version == 0;
+        for field in response.headers.iter() {
+            if field.name.eq_ignore_ascii_case("content-length") {
+                let value = parse_length(field.value).ok_or(())?;
+                if length.is_some_and(|l| l != value) {
+                    return Err(());
+                }
+                length = Some(value);
+            } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_chunked = Some(last_token(field.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+            } else if field.name.eq_ignore_ascii_case("connection") {
+                if has_token(field.value, b"close") {
+                    upstream_close = true;
+                } else if version == 0 && has_token(field.value, b"keep-alive") {
+                    upstream_close = false;
+                }
+            }
+        }
+        // Both framings: Transfer-Encoding wins and Content-Length is not forwarded
+        // (RFC 9112 §6.3), as Pingora does.
+        let drop_length = transfer_chunked.is_some();
+        let framing = if exchange.head_request || status == 204 || status == 304 {
+            Framing::Empty
+        } else {
+            match (transfer_chunked, length) {
+                (Some(true), _) => Framing::Chunked,
+                (Some(false), _) | (None, None) => Framing::UntilClose,
+                (None, Some(length)) => Framing::Length(length),
+            }
+        };
+        let client_close = close_requested;
+        let reason = response.reason.unwrap_or("");
+        let out = &mut self.out;
+        push_status_line(out, status, reason);
+        let mut headers: FieldList<'_> = response
+            .headers
+            .iter()
+            .filter(|f| !RESPONSE_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
+            .filter(|f| !(drop_length && f.name.eq_ignore_ascii_case("content-length")))
+            .filter(|f| !(framing == Framing::UntilClose && f.name.eq_ignore_ascii_case("transfer-encoding")))
+            .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
+            .collect();
+        if framing == Framing::UntilClose {
+            // The client's connection stays open: the body goes to it in chunks.
+            headers.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
+        }
+        let filters = exchange.route.filters.iter().chain(exchange.route.backends.filters(exchange.backend));
+        for filter in filters {
+            if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
+                apply_modifier(&mut headers, modifier);
+            }
+        }
+        for (name, value) in &headers {
+            push_field(out, name, value);
+        }
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        push_field(out, b"date", date.as_bytes());
+        push_field(out, b"connection", if client_close { b"close" } else { b"keep-alive" });
+        out.extend_from_slice(b"\r\n");
+        Ok(Some(ResponseHead { status, len, framing, upstream_keep: !upstream_close, client_close, interim: false }))
+    }
+
+    /// Writes the response head (in `out`) and the body to the client. Returns whether
+    /// the upstream connection can be reused.
+    async fn pass_body(&mut self, upstream: &mut TcpStream, head: &ResponseHead, read: usize) -> Result<bool, ()> {
+        let mut body = self.upstream_buf.get(head.len..read).unwrap_or_default();
+        let mut chunks = ChunkedScanner::default();
+        // How much of `body` belongs to this response, and whether it is complete.
+        let (take, mut done, mut remaining) = match head.framing {
+            Framing::Empty => (0, true, 0),
+            Framing::Length(n) => {
+                let take = usize::try_from(n).unwrap_or(usize::MAX).min(body.len());
+                (take, take as u64 == n, n - take as u64)
+            }
+            Framing::Chunked => match chunks.feed(body)? {
+                Some(end) => (end, true, 0),
+                None => (body.len(), false, 0),
+            },
+            Framing::UntilClose => (body.len(), false, 0),
+        };
+        let extra = body.len() > take;
+        body = body.get(..take).unwrap_or_default();
+        let rechunk = head.framing == Framing::UntilClose;
+        if rechunk {
+            push_chunk(&mut self.out, body);
+        } else {
+            self.out.extend_from_slice(body);
+        }
+        self.stream.write_all(&self.out).await.map_err(|_| ())?;
+        while !done {
+            let n = upstream.read(&mut self.upstream_buf).await.map_err(|_| ())?;
+            if n == 0 {
+                if rechunk {
+                    self.stream.write_all(b"0\r\n\r\n").await.map_err(|_| ())?;
+                    break;
+                }
+                return Err(());
+            }
+            if rechunk {
+                self.out.clear();
+                push_chunk(&mut self.out, self.upstream_buf.get(..n).unwrap_or_default());
+                self.stream.write_all(&self.out).await.map_err(|_| ())?;
+                continue;
+            }
+            let data = self.upstream_buf.get(..n).unwrap_or_default();
+            let take = match head.framing {
+                Framing::Length(_) => {
+                    let take = usize::try_from(remaining).unwrap_or(usize::MAX).min(n);
+                    remaining -= take as u64;
+                    done = remaining == 0;
+                    take
+                }
+                Framing::Chunked => match chunks.feed(data)? {
+                    Some(end) => {
+                        done = true;
+                        end
+                    }
+                    None => n,
+                },
+                _ => n,
+            };
+            if take < n {
+                // Bytes after the response: the connection is out of step.
+                self.stream.write_all(data.get(..take).unwrap_or_default()).await.map_err(|_| ())?;
+                self.stream.flush().await.map_err(|_| ())?;
+                return Ok(false);
+            }
+            self.stream.write_all(data).await.map_err(|_| ())?;
+        }
+        self.stream.flush().await.map_err(|_| ())?;
+        Ok(done && !extra && head.upstream_keep && head.framing != Framing::UntilClose)
+    }
+
+    /// Answers the request with an empty body, as `proxy::respond` does.
+    async fn respond(&mut self, status: u16, close: bool) -> std::io::Result<()> {
+        let out = &mut self.out;
+        out.clear();
+        let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        push_status_line(out, status, reason);
+        push_field(out, b"content-length", b"0");
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        push_field(out, b"date", date.as_bytes());
+        push_field(out, b"connection", if close { b"close" } else { b"keep-alive" });
+        out.extend_from_slice(b"\r\n");
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await
+    }
+}
+
+impl Front {
+    /// Metrics and the access-log line of one request, as `SluiceProxy::logging` writes them.
+    fn record(
+        &self,
+        route: Option<&Arc<Route>>,
+        status: u16,
+        started: Instant,
+        client: Option<SocketAddr>,
+        upstream: Option<SocketAddr>,
+        log: Option<LogFields>,
+    ) {
+        let elapsed = started.elapsed();
+        route.map_or(&self.unmatched, |route| &route.metrics).record(status, elapsed);
+        if let Some(log) = log {
+            let line = serde_json::json!({
+                "client": client.map(|a| a.to_string()),
+                "method": log.method,
+                "host": log.host,
+                "path": log.path,
+                "status": status,
+                "route": route.map(|r| r.name.as_str()),
+                "upstream": upstream.map(|a| a.to_string()),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            });
+            println!("{line}");
+        }
+    }
+}
+
+/// A parsed response head, and what it means for both connections.
+struct ResponseHead {
+    status: u16,
+    len: usize,
+    framing: Framing,
+    upstream_keep: bool,
+    client_close: bool,
+    /// A 1xx response: the final one follows.
+    interim: bool,
+}
+
+/// What the fast path needs to know of a request head, or `None` when the request is
+/// not for the fast path.
+struct RequestHead<'b> {
+    host: &'b str,
+    method: http::Method,
+    close: bool,
+}
+
+impl<'b> RequestHead<'b> {
+    fn read(method: &str, target: &str, fields: &[httparse::Header<'b>]) -> Option<RequestHead<'b>> {
+        if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+            return None;
+        }
+        let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+        let mut host = None;
+        let mut close = false;
+        let mut bytes = 0;
+        for field in fields {
+            bytes += field.name.len() + field.value.len();
+            let name = field.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return None;
+                }
+                host = Some(std::str::from_utf8(field.value).ok()?);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                // Only requests without a body.
+                if field.value != b"0" {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // Nominated hop-by-hop fields: Pingora's checks apply.
+                        return None;
+                    }
+                }
+            } else if HANDED_OVER.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                return None;
+            }
+        }
+        if bytes > MAX_REQUEST_HEADER_BYTES || fields.len() > MAX_REQUEST_HEADERS {
+            return None;
+        }
+        Some(RequestHead { host: host?, method, close })
+    }
+}
+
+/// Request fields that send the request to Pingora: bodies, upgrades, expectations.
+const HANDED_OVER: [&str; 4] = ["transfer-encoding", "upgrade", "expect", "http2-settings"];
+
+/// Request fields that never reach a backend (RFC 9110 §7.6.1; `connection` itself is
+/// handled with its tokens). X-Forwarded-For/-Proto are rewritten.
+const REQUEST_HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "x-forwarded-proto",
+];
+
+/// Response fields the proxy replaces (`connection`, `date`) or drops.
+const RESPONSE_HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "date"];
+
+/// Bytes of an origin-form request target the fast path takes (RFC 3986 `pchar`, `/`,
+/// `?`, `%`); anything else is left to Pingora's URI parser and its answer.
+fn plain_target_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+        || matches!(
+            byte,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// Writes the upstream request head: the routed (normalized, maybe rewritten) target,
+/// the client's fields without hop-by-hop ones, the filters' changes, X-Forwarded-*.
+#[allow(clippy::too_many_arguments)]
+fn upstream_head<'a>(
+    out: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    route: &Route,
+    filters: impl Iterator<Item = &'a HttpFilter>,
+    fields: &[httparse::Header<'_>],
+    client_ip: &str,
+) {
+    let mut headers: FieldList<'_> = fields
+        .iter()
+        .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
+        .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
+        .collect();
+    let mut new_path: Option<String> = None;
+    for filter in filters {
+        match &filter.kind {
+            Some(http_filter::Kind::RequestHeaderModifier(modifier)) => apply_modifier(&mut headers, modifier),
+            Some(http_filter::Kind::UrlRewrite(rewrite)) => {
+                if !rewrite.hostname.is_empty() {
+                    headers.retain(|(name, _)| !name.eq_ignore_ascii_case(b"host"));
+                    headers.push((Cow::Borrowed(b"host"), Cow::Owned(rewrite.hostname.as_bytes().to_vec())));
+                }
+                if let Some(kind) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
+                    new_path = Some(rewrite_path(kind, route.path_prefix.as_deref(), path));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(new_path.as_deref().unwrap_or(path).as_bytes());
+    if let Some(query) = query {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<Cow<'_, [u8]>> = None;
+    for (name, value) in &headers {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for.get_or_insert_with(|| value.clone());
+            continue;
+        }
+        push_field(out, name, value);
+    }
+    if !client_ip.is_empty() {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(existing) = forwarded_for {
+            out.extend_from_slice(&existing);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if let Some(existing) = forwarded_for {
+        push_field(out, b"x-forwarded-for", &existing);
+    }
+    push_field(out, b"x-forwarded-proto", b"http");
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields on their way through: (name, value), in order.
+type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
+
+/// Applies a header modifier (set, then add, then remove) to a list of fields.
+fn apply_modifier(headers: &mut FieldList<'_>, modifier: &sluice_snapshot::HeaderModifier) {
+    for header in &modifier.set {
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(header.name.as_bytes()));
+        headers.push((Cow::Owned(header.name.as_bytes().to_vec()), Cow::Owned(header.value.as_bytes().to_vec())));
+    }
+    for header in &modifier.add {
+        headers.push((Cow::Owned(header.name.as_bytes().to_vec()), Cow::Owned(header.value.as_bytes().to_vec())));
+    }
+    for name in &modifier.remove {
+        headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
+    }
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n`
+fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = status.clamp(100, 999);
+    for digit in [status / 100, status / 10 % 10, status % 10] {
+        out.push(b'0' + u8::try_from(digit).unwrap_or(0));
+    }
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One chunk of a chunked body (nothing for no bytes: an empty chunk ends the body).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A Content-Length value: digits, or a list of equal ones.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+fn last_token(value: &[u8]) -> Option<&[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).rfind(|t| !t.is_empty())
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+async fn connect(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(Err(_)) => Err(UpstreamError::ConnectRefused),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// Follows a chunked body (RFC 9112 §7.1) as it passes, to find where it ends.
+#[derive(Debug, Default)]
+struct ChunkedScanner {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+impl ChunkedScanner {
+    /// Follows `bytes`; `Some(n)`: the body ends after the first `n` of them.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = bytes[i];
+            self.state = match self.state {
+                ChunkState::Size => match byte {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = u64::from((byte as char).to_digit(16).ok_or(())?);
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(());
+                        }
+                        self.size = self.size * 16 + digit;
+                        ChunkState::Size
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => ChunkState::Extension,
+                    b'\r' if self.digits > 0 => ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => match byte {
+                    b'\r' => ChunkState::SizeLf,
+                    b'\n' => return Err(()),
+                    _ => ChunkState::Extension,
+                },
+                ChunkState::SizeLf => match byte {
+                    b'\n' if self.size == 0 => ChunkState::TrailerStart,
+                    b'\n' => ChunkState::Data(self.size),
+                    _ => return Err(()),
+                },
+                ChunkState::Data(left) => {
+                    let available = (bytes.len() - i) as u64;
+                    let step = left.min(available);
+                    i += usize::try_from(step).map_err(|_| ())?;
+                    self.state = if step == left { ChunkState::DataCr } else { ChunkState::Data(left - step) };
+                    continue;
+                }
+                ChunkState::DataCr => match byte {
+                    b'\r' => ChunkState::DataLf,
+                    _ => return Err(()),
+                },
+                ChunkState::DataLf => match byte {
+                    b'\n' => {
+                        self.size = 0;
+                        self.digits = 0;
+                        ChunkState::Size
+                    }
+                    _ => return Err(()),
+                },
+                ChunkState::TrailerStart => match byte {
+                    b'\r' => ChunkState::FinalLf,
+                    b'\n' => return Err(()),
+                    _ => ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLine => match byte {
+                    b'\r' => ChunkState::TrailerLf,
+                    b'\n' => return Err(()),
+                    _ => ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLf => match byte {
+                    b'\n' => ChunkState::TrailerStart,
+                    _ => return Err(()),
+                },
+                ChunkState::FinalLf => match byte {
+                    b'\n' => {
+                        self.state = ChunkState::Done;
+                        return Ok(Some(i + 1));
+                    }
+                    _ => return Err(()),
+                },
+                ChunkState::Done => return Ok(Some(i)),
+            };
+            i += 1;
+        }
+        Ok(matches!(self.state, ChunkState::Done).then_some(bytes.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.feed(body), Ok(Some(body.len() - 4)));
+        // Byte by byte: the same end.
+        let mut scanner = ChunkedScanner::default();
+        let mut end = None;
+        for (i, byte) in body.iter().enumerate() {
+            if let Some(n) = scanner.feed(std::slice::from_ref(byte)).unwrap() {
+                end = Some(i + n);
+                break;
+            }
+        }
+        assert_eq!(end, Some(body.len() - 4));
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.feed(b"0\r\n\r\n"), Ok(Some(5)));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for body in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"5\nhello", b"ffffffffffffffffff\r\n"] {
+            assert_eq!(ChunkedScanner::default().feed(body), Err(()), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn content_lengths_must_be_digits_and_agree() {
+        assert_eq!(parse_length(b"12"), Some(12));
+        assert_eq!(parse_length(b"12, 12"), Some(12));
+        assert_eq!(parse_length(b"12, 13"), None);
+        assert_eq!(parse_length(b"+12"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+
+    fn head(text: &'static str) -> Option<(http::Method, bool)> {
+        let fields = Box::leak(Box::new([httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS]));
+        let mut request = httparse::Request::new(fields);
+        request.parse(text.as_bytes()).unwrap();
+        let (method, target) = (request.method.unwrap(), request.path.unwrap());
+        RequestHead::read(method, target, request.headers).map(|h| (h.method, h.close))
+    }
+
+    #[test]
+    fn only_plain_requests_take_the_fast_path() {
+        assert_eq!(head("GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n"), Some((http::Method::GET, false)));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), Some((http::Method::GET, true)));
+        assert_eq!(
+            head("DELETE / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").map(|h| h.0),
+            Some(http::Method::DELETE)
+        );
+        for text in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-private\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a|b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(head(text), None, "{text}");
+        }
+    }
+}

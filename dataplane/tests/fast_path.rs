@@ -1,0 +1,327 @@
+//! The HTTP/1.1 fast path on real sockets: keep-alive, pipelining, every response framing,
+//! pooled upstream connections, hand-over to Pingora mid-connection, upstream failures.
+//! (CI also runs these with `SLUICE_TEST_HTTP1_FAST_PATH=false`: Pingora's path must give
+//! the same answers.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_snapshot::{HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot};
+use support::{DataPlane, cluster, free_port, to};
+
+/// A backend answering each request head with `answer(head)`: the bytes to send and
+/// whether to close the connection afterwards. Request heads (and bodies, by
+/// Content-Length) are logged.
+struct Scripted {
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+type Answer = fn(&str) -> (Vec<u8>, bool);
+
+impl Scripted {
+    fn start(answer: Answer) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || serve(stream, answer, &seen));
+            }
+        });
+        Scripted { port, log }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0usize);
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        log.lock().unwrap().push(format!("{head}{}", String::from_utf8_lossy(&body)));
+        let (bytes, close) = answer(&head);
+        if writer.write_all(&bytes).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// The request path of a head.
+fn target(head: &str) -> &str {
+    head.split_whitespace().nth(1).unwrap_or_default()
+}
+
+fn framings(head: &str) -> (Vec<u8>, bool) {
+    let bytes: &[u8] = match target(head) {
+        "/length" => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-kind: length\r\n\r\nlength",
+        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nchu\r\n4;x=y\r\nnked\r\n0\r\nx-t: 1\r\n\r\n",
+        "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+        "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 7\r\n\r\ncreated",
+        "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n",
+        "/close" => b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        "/big" => {
+            let body = "x".repeat(200_000);
+            return (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false);
+        }
+        _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    };
+    let close = target(head) == "/close";
+    (bytes.to_vec(), close)
+}
+
+fn snapshot(port: u16, backend: u16) -> Snapshot {
+    Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![Listener {
+            name: "gateway/test/gw/listener/http".into(),
+            port: u32::from(port),
+            protocol: Protocol::Http as i32,
+            http_routes: vec![HttpRoute {
+                name: "all".into(),
+                r#match: Some(HttpMatch {
+                    path: Some(PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() }),
+                    ..Default::default()
+                }),
+                backends: vec![to("b", 1)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        clusters: vec![cluster("b", &[backend])],
+        ..Default::default()
+    }
+}
+
+/// One response read off a keep-alive connection, by its framing.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+fn read_reply(reader: &mut BufReader<TcpStream>, head_request: bool) -> Reply {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "connection closed after {head:?}");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let lower = head.to_ascii_lowercase();
+    let field =
+        |name: &str| lower.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()));
+    let mut body = Vec::new();
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+    } else if field("transfer-encoding").is_some() {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = field("content-length") {
+        body = vec![0u8; length.parse().unwrap()];
+        reader.read_exact(&mut body).unwrap();
+    } else {
+        reader.read_to_end(&mut body).unwrap();
+    }
+    Reply { status, head, body }
+}
+
+fn connect(port: u16) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    (stream, reader)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")
+}
+
+#[test]
+fn keeps_connections_alive_across_every_response_framing() {
+    let backend = Scripted::start(framings);
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let (mut stream, mut reader) = connect(port);
+    for (path, status, body) in [
+        ("/length", 200, &b"length"[..]),
+        ("/chunked", 200, b"chunked"),
+        ("/interim", 201, b"created"),
+        ("/empty", 204, b""),
+        ("/length", 200, b"length"),
+    ] {
+        stream.write_all(get(path).as_bytes()).unwrap();
+        let mut reply = read_reply(&mut reader, false);
+        if reply.status == 103 {
+            reply = read_reply(&mut reader, false);
+        }
+        assert_eq!((reply.status, reply.body.as_slice()), (status, body), "{path}: {}", reply.head);
+        let head = reply.head.to_ascii_lowercase();
+        assert!(head.contains("connection: keep-alive\r\n"), "{path}: {head}");
+        assert!(head.contains("\r\ndate: "), "{path}: {head}");
+    }
+    stream.write_all(b"HEAD /head HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let reply = read_reply(&mut reader, true);
+    assert_eq!(reply.status, 200);
+    assert!(reply.head.to_ascii_lowercase().contains("content-length: 100"), "{}", reply.head);
+    stream.write_all(get("/big").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut reader, false).body.len(), 200_000);
+    // A response delimited by the backend closing reaches the client chunked, and the
+    // client's connection stays open.
+    stream.write_all(get("/close").as_bytes()).unwrap();
+    let reply = read_reply(&mut reader, false);
+    assert_eq!(reply.body, b"until close");
+    assert!(reply.head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{}", reply.head);
+    stream.write_all(get("/length").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut reader, false).body, b"length");
+}
+
+#[test]
+fn answers_pipelined_requests_in_order() {
+    if std::env::var("SLUICE_TEST_HTTP1_FAST_PATH").is_ok_and(|v| v == "false") {
+        // Skipped with the fast path off: Pingora's HTTP/1 server closes a connection
+        // whose request has further requests pipelined behind it, without answering.
+        return;
+    }
+    let backend = Scripted::start(|head| {
+        let body = target(head).to_string();
+        (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
+    });
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let (mut stream, mut reader) = connect(port);
+    stream.write_all(format!("{}{}{}", get("/one"), get("/two"), get("/three")).as_bytes()).unwrap();
+    for path in ["/one", "/two", "/three"] {
+        assert_eq!(read_reply(&mut reader, false).body, path.as_bytes());
+    }
+    // `Connection: close` from the client: answered, then closed.
+    stream.write_all(b"GET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let reply = read_reply(&mut reader, false);
+    assert_eq!(reply.body, b"/last");
+    assert!(reply.head.to_ascii_lowercase().contains("connection: close"), "{}", reply.head);
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "the connection closes");
+}
+
+#[test]
+fn retries_pooled_connections_the_backend_closed() {
+    // The backend closes every connection after one response without saying so, as a
+    // backend with a short idle timeout does: the proxy's pooled connection is dead.
+    let backend = Scripted::start(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), true));
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    for i in 0..5 {
+        let (mut stream, mut reader) = connect(port);
+        stream.write_all(get(&format!("/{i}")).as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut reader, false).status, 200, "request {i}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backend.seen().len(), 5, "each request reached the backend once");
+}
+
+#[test]
+fn hands_requests_with_bodies_over_to_pingora_mid_connection() {
+    let backend = Scripted::start(framings);
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let (mut stream, mut reader) = connect(port);
+    stream.write_all(get("/first").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut reader, false).status, 200);
+    stream.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+    assert_eq!(read_reply(&mut reader, false).status, 200);
+    stream.write_all(get("/after").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut reader, false).body, b"ok");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[1].starts_with("POST /upload HTTP/1.1\r\n") && seen[1].ends_with("\r\n\r\nhello"), "{seen:?}");
+    assert!(seen[2].starts_with("GET /after "), "{seen:?}");
+}
+
+#[test]
+fn transfer_encoding_wins_over_content_length_from_backends() {
+    let backend = Scripted::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            false,
+        )
+    });
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let (mut stream, mut reader) = connect(port);
+    for _ in 0..2 {
+        stream.write_all(get("/").as_bytes()).unwrap();
+        let reply = read_reply(&mut reader, false);
+        assert_eq!(reply.body, b"abc");
+        assert!(!reply.head.to_ascii_lowercase().contains("content-length"), "{}", reply.head);
+    }
+}
+
+#[test]
+fn answers_upstream_failures_with_gateway_errors() {
+    let port = free_port();
+    // Nothing listens on the backend port: 503.
+    let _plane = DataPlane::start(&snapshot(port, free_port()));
+    let (mut stream, mut reader) = connect(port);
+    stream.write_all(get("/").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut reader, false).status, 503);
+
+    for (answer, what) in [
+        ((|_| (b"NOT HTTP\r\n\r\n".to_vec(), true)) as Answer, "garbage"),
+        (|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec(), true), "two lengths"),
+        (|_| (Vec::new(), true), "closed without answering"),
+    ] {
+        let backend = Scripted::start(answer);
+        let port = free_port();
+        let _plane = DataPlane::start(&snapshot(port, backend.port));
+        let (mut stream, mut reader) = connect(port);
+        stream.write_all(get("/").as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut reader, false).status, 502, "{what}");
+    }
+}
