@@ -272,8 +272,13 @@ impl Connection {
             // The head deadline runs from accept for the first request, from its first
             // byte for later ones; between requests the connection may idle.
             let mut head_deadline = first.then(|| self.head_deadline(front, self.accepted));
+            // Bytes already searched for the end of the head: a head arriving in many
+            // small pieces is parsed once, not once per piece.
+            let mut scanned = 0;
             let plan = loop {
-                let plan = if self.filled == 0 { Plan::Partial } else { self.plan(front) };
+                let complete = head_end_after(self.buf.get(..self.filled).unwrap_or_default(), scanned);
+                scanned = self.filled;
+                let plan = if complete { self.plan(front) } else { Plan::Partial };
                 if !matches!(plan, Plan::Partial) {
                     break plan;
                 }
@@ -957,6 +962,14 @@ fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `buf` has an empty line (the end of a head: `\n\n` or `\n\r\n`) ending at
+/// or after index `from`.
+fn head_end_after(buf: &[u8], from: usize) -> bool {
+    buf.iter().enumerate().skip(from).any(|(i, byte)| {
+        *byte == b'\n' && (i >= 1 && buf[i - 1] == b'\n' || i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n')
+    })
+}
+
 /// One chunk of a chunked body (nothing for no bytes: an empty chunk ends the body).
 fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
@@ -1141,6 +1154,18 @@ mod tests {
         for body in [&b"x\r\n"[..], b"5\r\nhelloX", b"\r\n", b"5\nhello", b"ffffffffffffffffff\r\n"] {
             assert_eq!(ChunkedScanner::default().feed(body), Err(()), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(head_end_after(head, 0));
+        for split in 1..head.len() {
+            assert!(!head_end_after(&head[..split], 0), "{split}");
+            assert!(head_end_after(head, split), "{split}");
+        }
+        assert!(head_end_after(b"GET / HTTP/1.1\nHost: x\n\n", 20));
+        assert!(!head_end_after(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
     }
 
     #[test]
