@@ -2,7 +2,7 @@
 # Data-plane throughput, latency and memory against nginx, HAProxy, Envoy and a minimal
 # Pingora proxy at 1, 100 and 1000 routes. Last line:
 # `dataplane routes=1000 rps_per_cpu_vs_nginx=R vs_minimal_pingora=Q p99_vs_nginx=P rss_mb=M`.
-# Knobs: ROUNDS (3), DURATION seconds per run (8), ROUTES ("1 100 1000"), PROXIES.
+# Knobs: ROUNDS (5), DURATION seconds per run (8), ROUTES ("1 100 1000"), PROXIES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()

@@ -10,7 +10,7 @@ nginx's measured maximum when oha is installed (wrk's closed-loop p99 otherwise)
 import json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 from common import ROOT, TARGET, proc_tree, rss_mb
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "8"))
 ROUTES = [int(n) for n in os.environ.get("ROUTES", "1 100 1000").split()]
 PROXIES = os.environ.get("PROXIES", "nginx haproxy envoy minimal sluice").split()

@@ -54,7 +54,9 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Limits of a backend's response head (beyond them: 502).
 const MAX_RESPONSE_HEADERS: usize = 128;
 const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
-/// Bytes read per call.
+/// Buffer sizes: request heads start in a small buffer that grows as needed; the
+/// upstream buffer (response heads and bodies) is allocated with the first exchange.
+const HEAD_BUFFER: usize = 4 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The HTTP app of the plain and TLS listeners: the fast path, then Pingora.
@@ -248,13 +250,13 @@ impl Connection {
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         Connection {
             stream,
-            buf: vec![0; READ_CHUNK],
+            buf: vec![0; HEAD_BUFFER],
             filled: 0,
             port,
             client,
             client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default(),
             out: Vec::with_capacity(1024),
-            upstream_buf: vec![0; READ_CHUNK],
+            upstream_buf: Vec::new(),
             timer: None,
             accepted: tokio::time::Instant::now(),
         }
@@ -365,7 +367,7 @@ impl Connection {
     /// read has to wait.
     async fn read_client(&mut self, deadline: tokio::time::Instant) -> std::io::Result<usize> {
         if self.filled == self.buf.len() {
-            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
+            self.buf.resize(self.buf.len() * 2, 0);
         }
         let Connection { stream, buf, filled, timer, .. } = self;
         let space = buf.get_mut(*filled..).unwrap_or_default();
@@ -481,6 +483,9 @@ impl Connection {
     ) -> Result<(u16, bool), (UpstreamError, Option<u16>)> {
         let mut upstream = None;
         let mut read = 0;
+        if self.upstream_buf.len() < READ_CHUNK {
+            self.upstream_buf.resize(READ_CHUNK, 0);
+        }
         for _attempt in 0..2 {
             let (mut stream, reused) = match front.pool.take(exchange.endpoint) {
                 Some(stream) => (stream, true),

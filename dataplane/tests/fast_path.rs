@@ -325,3 +325,19 @@ fn answers_upstream_failures_with_gateway_errors() {
         assert_eq!(read_reply(&mut reader, false).status, 502, "{what}");
     }
 }
+
+#[test]
+fn reads_large_heads_arriving_in_pieces() {
+    let backend = Scripted::start(framings);
+    let port = free_port();
+    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let (mut stream, mut reader) = connect(port);
+    let big = "v".repeat(20_000);
+    let request = format!("GET /length HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+    for piece in request.as_bytes().chunks(7_000) {
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(read_reply(&mut reader, false).body, b"length");
+    assert!(backend.seen()[0].contains(&format!("x-big: {big}\r\n")), "the whole field reached the backend");
+}
