@@ -19,14 +19,16 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    total = 0
+    """(user, system) CPU seconds of the process tree."""
+    user = system = 0
     for p in proc_tree(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError):
             pass
-    return total / HZ
+    return user / HZ, system / HZ
 
 
 def steal_and_total():
@@ -108,7 +110,9 @@ def measure(proxy, work, n, rate=None):
         cpu1, (steal1, total1) = cpu_seconds(proc.pid), steal_and_total()
         steal = (steal1 - steal0) / max(1, total1 - total0)
         p99_fixed = oha_p99(url, host, rate, DURATION) if rate else None
-        return {"rps": rps, "per_cpu": requests / max(cpu1 - cpu0, 1e-9), "errors": errors, "p99_ms": p99,
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        return {"rps": rps, "per_cpu": requests / max(user + system, 1e-9), "errors": errors, "p99_ms": p99,
+                "user_us": user * 1e6 / max(requests, 1), "sys_us": system * 1e6 / max(requests, 1),
                 "p99_fixed_ms": p99_fixed, "steal": steal, "rss_idle": rss_idle, "rss_load": rss_mb(proc.pid)}
     finally:
         stop(proc)
@@ -146,7 +150,8 @@ def main():
     finally:
         os.killpg(backend.pid, signal.SIGTERM)
     print()
-    print(f"{'routes':>6} {'proxy':8} {'req/cpu-s':>10} {'spread':>8} {'vs nginx':>8} {'p99 ms':>7} {'p99@50% ms':>10} {'rss MB':>7}")
+    print(f"{'routes':>6} {'proxy':8} {'req/cpu-s':>10} {'spread':>8} {'vs nginx':>8} {'user µs':>8} {'sys µs':>7} "
+          f"{'p99 ms':>7} {'p99@50% ms':>10} {'rss MB':>7}")
     last = None
     for n, runs in summary.items():
         med = lambda p, k: statistics.median([x[k] for x in runs[p] if x[k] is not None]) if runs.get(p) and any(x[k] is not None for x in runs[p]) else float("nan")
@@ -157,6 +162,7 @@ def main():
             values = [x["per_cpu"] for x in runs[p]]
             spread = (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
             print(f"{n:>6} {p:8} {med(p, 'per_cpu'):>10.0f} {spread:>7.1%} {med(p, 'per_cpu') / base:>8.2f} "
+                  f"{med(p, 'user_us'):>8.1f} {med(p, 'sys_us'):>7.1f} "
                   f"{med(p, 'p99_ms'):>7.2f} {med(p, 'p99_fixed_ms'):>10.2f} {med(p, 'rss_load'):>7.1f}")
         p99_key = "p99_fixed_ms" if not (med("sluice", "p99_fixed_ms") != med("sluice", "p99_fixed_ms")) else "p99_ms"
         last = (n, med("sluice", "per_cpu") / base, med("sluice", "per_cpu") / med("minimal", "per_cpu"),

@@ -46,6 +46,8 @@ use crate::routes::{Headers, InFlight, RequestView, Route, Target};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How much earlier than KEEPALIVE_IDLE an idle connection may be closed.
+const IDLE_SLACK: Duration = Duration::from_secs(5);
 /// Connecting to an endpoint (as the Pingora path's peers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle upstream connections kept per endpoint, and for how long.
@@ -288,16 +290,18 @@ impl Connection {
                     // Too large for the fast path: Pingora gives the defined answer.
                     break Plan::HandOver;
                 }
-                let deadline = match head_deadline {
-                    Some(deadline) => deadline,
-                    None if self.filled == 0 => tokio::time::Instant::now() + KEEPALIVE_IDLE,
+                let (deadline, slack) = match head_deadline {
+                    Some(deadline) => (deadline, Duration::ZERO),
+                    // Idle between requests: the timer armed for an earlier wait may fire
+                    // up to IDLE_SLACK early instead of being moved for every request.
+                    None if self.filled == 0 => (tokio::time::Instant::now() + KEEPALIVE_IDLE, IDLE_SLACK),
                     None => {
                         let deadline = self.head_deadline(front, tokio::time::Instant::now());
                         head_deadline = Some(deadline);
-                        deadline
+                        (deadline, Duration::ZERO)
                     }
                 };
-                match self.read_client(deadline).await {
+                match self.read_client(deadline, slack).await {
                     Ok(0) | Err(_) => return Next::Close,
                     Ok(_) => {}
                 }
@@ -363,9 +367,9 @@ impl Connection {
         self.filled -= len;
     }
 
-    /// Reads more request bytes; fails at `deadline`. The timer is only armed when the
-    /// read has to wait.
-    async fn read_client(&mut self, deadline: tokio::time::Instant) -> std::io::Result<usize> {
+    /// Reads more request bytes; fails at `deadline` (or up to `slack` before it). The
+    /// timer is only armed when the read has to wait.
+    async fn read_client(&mut self, deadline: tokio::time::Instant, slack: Duration) -> std::io::Result<usize> {
         if self.filled == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
@@ -379,7 +383,8 @@ impl Connection {
                 Poll::Pending => {}
             }
             let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() != deadline {
+            let armed = sleep.deadline();
+            if armed > deadline || armed + slack < deadline {
                 sleep.as_mut().reset(deadline);
             }
             match sleep.as_mut().poll(cx) {
