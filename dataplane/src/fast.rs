@@ -128,11 +128,15 @@ struct Pool {
 }
 
 impl UpstreamPool {
-    fn take(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+    /// An idle connection to `endpoint`. With `verify`, one the backend has closed (or
+    /// sent unexpected bytes on) is skipped: for requests that must not be sent twice.
+    fn take(&self, endpoint: SocketAddr, verify: bool) -> Option<TcpStream> {
         let mut pool = self.idle.lock().ok()?;
         let idle = pool.by_endpoint.get_mut(&endpoint)?;
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE {
+            let open = !verify
+                || matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open && since.elapsed() < POOL_IDLE {
                 return Some(stream);
             }
         }
@@ -210,6 +214,9 @@ struct Exchange {
     close: bool,
     /// A HEAD request: the response has no body, whatever its headers say.
     head_request: bool,
+    /// An idempotent method (RFC 9110 §9.2.2): may be sent again on a new connection
+    /// when a pooled one turns out closed.
+    idempotent: bool,
     log: Option<LogFields>,
 }
 
@@ -473,6 +480,7 @@ impl Connection {
             head_len,
             close: head.close,
             head_request: method == "HEAD",
+            idempotent: head.method.is_idempotent(),
             log,
         }))
     }
@@ -492,7 +500,7 @@ impl Connection {
             self.upstream_buf.resize(READ_CHUNK, 0);
         }
         for _attempt in 0..2 {
-            let (mut stream, reused) = match front.pool.take(exchange.endpoint) {
+            let (mut stream, reused) = match front.pool.take(exchange.endpoint, !exchange.idempotent) {
                 Some(stream) => (stream, true),
                 None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
             };
@@ -502,7 +510,7 @@ impl Connection {
                 upstream = Some(stream);
                 break;
             }
-            if !reused {
+            if !reused || !exchange.idempotent {
                 return Err((UpstreamError::Other, None));
             }
             // A pooled connection the backend had closed: once more on a new one.

@@ -263,7 +263,14 @@ fn retries_pooled_connections_the_backend_closed() {
         assert_eq!(read_reply(&mut reader, false).status, 200, "request {i}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(backend.seen().len(), 5, "each request reached the backend once");
+    // A request that must not be sent twice is not sent on a connection known closed.
+    for i in 0..3 {
+        let (mut stream, mut reader) = connect(port);
+        stream.write_all(format!("POST /p{i} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut reader, false).status, 200, "POST {i}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(backend.seen().len(), 8, "each request reached the backend once");
 }
 
 #[test]
