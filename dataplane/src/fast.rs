@@ -41,7 +41,9 @@ use tokio::net::TcpStream;
 use crate::deadline::DeadlineStream;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
-use crate::proxy::{MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, host_of, rewrite_path};
+use crate::proxy::{
+    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, host_of, rewrite_path,
+};
 use crate::routes::{Headers, InFlight, RequestView, Route, Target};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
@@ -749,7 +751,7 @@ impl Connection {
 }
 
 impl Front {
-    /// Metrics and the access-log line of one request, as `SluiceProxy::logging` writes them.
+    /// Metrics and the access-log line of one request (as `SluiceProxy::logging`).
     fn record(
         &self,
         route: Option<&Arc<Route>>,
@@ -762,17 +764,17 @@ impl Front {
         let elapsed = started.elapsed();
         route.map_or(&self.unmatched, |route| &route.metrics).record(status, elapsed);
         if let Some(log) = log {
-            let line = serde_json::json!({
-                "client": client.map(|a| a.to_string()),
-                "method": log.method,
-                "host": log.host,
-                "path": log.path,
-                "status": status,
-                "route": route.map(|r| r.name.as_str()),
-                "upstream": upstream.map(|a| a.to_string()),
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-            });
-            println!("{line}");
+            AccessLog {
+                client: client.map(|a| a.to_string()),
+                method: &log.method,
+                host: &log.host,
+                path: &log.path,
+                status,
+                route: route.map(|r| &**r),
+                upstream,
+                elapsed,
+            }
+            .print();
         }
     }
 }

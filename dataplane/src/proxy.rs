@@ -316,17 +316,17 @@ impl ProxyHttp for SluiceProxy {
         metrics.record(status, elapsed);
         if self.access_log {
             let header = session.req_header();
-            let line = serde_json::json!({
-                "client": session.client_addr().map(|a| a.to_string()),
-                "method": header.method.as_str(),
-                "host": request_host(header),
-                "path": header.uri.path(),
-                "status": status,
-                "route": ctx.route.as_ref().map(|r| r.name.as_str()),
-                "upstream": ctx.endpoint.map(|(a, _)| a.to_string()),
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-            });
-            println!("{line}");
+            AccessLog {
+                client: session.client_addr().map(|a| a.to_string()),
+                method: header.method.as_str(),
+                host: &request_host(header),
+                path: header.uri.path(),
+                status,
+                route: ctx.route.as_deref(),
+                upstream: ctx.endpoint.map(|(a, _)| a),
+                elapsed,
+            }
+            .print();
         }
     }
 
@@ -344,6 +344,35 @@ impl ProxyHttp for SluiceProxy {
             }
         }
         Ok(())
+    }
+}
+
+/// One request's access-log line (both the fast path and Pingora's path print these).
+pub(crate) struct AccessLog<'a> {
+    pub client: Option<String>,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: Option<&'a Route>,
+    pub upstream: Option<SocketAddr>,
+    pub elapsed: Duration,
+}
+
+impl AccessLog<'_> {
+    /// Prints the line as JSON on stdout.
+    pub(crate) fn print(&self) {
+        let line = serde_json::json!({
+            "client": self.client,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "status": self.status,
+            "route": self.route.map(|r| r.name.as_str()),
+            "upstream": self.upstream.map(|a| a.to_string()),
+            "duration_ms": self.elapsed.as_secs_f64() * 1000.0,
+        });
+        println!("{line}");
     }
 }
 

@@ -12,8 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_snapshot::{HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot};
-use support::{DataPlane, cluster, free_port, to};
+use support::{DataPlane, catch_all, free_port};
 
 /// A backend answering each request head with `answer(head)`: the bytes to send and
 /// whether to close the connection afterwards. Request heads (and bodies, by
@@ -97,29 +96,6 @@ fn framings(head: &str) -> (Vec<u8>, bool) {
     (bytes.to_vec(), close)
 }
 
-fn snapshot(port: u16, backend: u16) -> Snapshot {
-    Snapshot {
-        gateway: "test/gw".into(),
-        listeners: vec![Listener {
-            name: "gateway/test/gw/listener/http".into(),
-            port: u32::from(port),
-            protocol: Protocol::Http as i32,
-            http_routes: vec![HttpRoute {
-                name: "all".into(),
-                r#match: Some(HttpMatch {
-                    path: Some(PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() }),
-                    ..Default::default()
-                }),
-                backends: vec![to("b", 1)],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        clusters: vec![cluster("b", &[backend])],
-        ..Default::default()
-    }
-}
-
 /// One response read off a keep-alive connection, by its framing.
 #[derive(Debug)]
 struct Reply {
@@ -188,7 +164,7 @@ fn get(path: &str) -> String {
 fn keeps_connections_alive_across_every_response_framing() {
     let backend = Scripted::start(framings);
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
     for (path, status, body) in [
         ("/length", 200, &b"length"[..]),
@@ -235,7 +211,7 @@ fn answers_pipelined_requests_in_order() {
         (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
     });
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
     stream.write_all(format!("{}{}{}", get("/one"), get("/two"), get("/three")).as_bytes()).unwrap();
     for path in ["/one", "/two", "/three"] {
@@ -256,7 +232,7 @@ fn retries_pooled_connections_the_backend_closed() {
     // backend with a short idle timeout does: the proxy's pooled connection is dead.
     let backend = Scripted::start(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), true));
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     for i in 0..5 {
         let (mut stream, mut reader) = connect(port);
         stream.write_all(get(&format!("/{i}")).as_bytes()).unwrap();
@@ -277,7 +253,7 @@ fn retries_pooled_connections_the_backend_closed() {
 fn hands_requests_with_bodies_over_to_pingora_mid_connection() {
     let backend = Scripted::start(framings);
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
     stream.write_all(get("/first").as_bytes()).unwrap();
     assert_eq!(read_reply(&mut reader, false).status, 200);
@@ -300,7 +276,7 @@ fn transfer_encoding_wins_over_content_length_from_backends() {
         )
     });
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
     for _ in 0..2 {
         stream.write_all(get("/").as_bytes()).unwrap();
@@ -314,7 +290,7 @@ fn transfer_encoding_wins_over_content_length_from_backends() {
 fn answers_upstream_failures_with_gateway_errors() {
     let port = free_port();
     // Nothing listens on the backend port: 503.
-    let _plane = DataPlane::start(&snapshot(port, free_port()));
+    let _plane = DataPlane::start(&catch_all(port, free_port()));
     let (mut stream, mut reader) = connect(port);
     stream.write_all(get("/").as_bytes()).unwrap();
     assert_eq!(read_reply(&mut reader, false).status, 503);
@@ -326,7 +302,7 @@ fn answers_upstream_failures_with_gateway_errors() {
     ] {
         let backend = Scripted::start(answer);
         let port = free_port();
-        let _plane = DataPlane::start(&snapshot(port, backend.port));
+        let _plane = DataPlane::start(&catch_all(port, backend.port));
         let (mut stream, mut reader) = connect(port);
         stream.write_all(get("/").as_bytes()).unwrap();
         assert_eq!(read_reply(&mut reader, false).status, 502, "{what}");
@@ -337,7 +313,7 @@ fn answers_upstream_failures_with_gateway_errors() {
 fn reads_large_heads_arriving_in_pieces() {
     let backend = Scripted::start(framings);
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(port, backend.port));
+    let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
     let big = "v".repeat(20_000);
     let request = format!("GET /length HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");

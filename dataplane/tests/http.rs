@@ -12,7 +12,7 @@ use sluice_snapshot::{
     PathMatchType, PathModifier, Protocol, RequestRedirect, Snapshot, UrlRewrite, ValueMatch, ValueMatchType,
     WeightedBackend, http_filter, path_modifier, weighted_backend,
 };
-use support::{DataPlane, Echo, cluster, free_port, get, raw, request, to};
+use support::{DataPlane, Echo, catch_all, cluster, curl, free_port, get, raw, request, to};
 
 fn path(kind: PathMatchType, value: &str) -> HttpMatch {
     HttpMatch { path: Some(PathMatch { r#type: kind as i32, value: value.into() }), ..Default::default() }
@@ -250,21 +250,10 @@ fn weights_split_traffic() {
 fn plain_listeners_accept_h2c_prior_knowledge() {
     let a = Echo::start("a");
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(
-        port,
-        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
-        vec![cluster("a", &[a.port])],
-    ));
-    let curl = |flag: &str| {
-        let output = std::process::Command::new("curl")
-            .args(["-sS", flag, "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
-            .arg(format!("http://127.0.0.1:{port}/h2c"))
-            .output()
-            .expect("curl is needed for this test; .ci/run installs it");
-        String::from_utf8_lossy(&output.stdout).to_string()
-    };
-    assert_eq!(curl("--http2-prior-knowledge"), "2 200");
-    assert_eq!(curl("--http1.1"), "1.1 200");
+    let _plane = DataPlane::start(&catch_all(port, a.port));
+    let url = format!("http://127.0.0.1:{port}/h2c");
+    assert_eq!(curl(&["--http2-prior-knowledge", &url]), "2 200");
+    assert_eq!(curl(&["--http1.1", &url]), "1.1 200");
 }
 
 /// One cluster with a slow and a fast endpoint, under 6 concurrent sequential clients for
@@ -447,11 +436,7 @@ fn request_heads_must_arrive_within_the_deadline() {
 fn rejects_request_smuggling_shapes() {
     let a = Echo::start("a");
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(
-        port,
-        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
-        vec![cluster("a", &[a.port])],
-    ));
+    let _plane = DataPlane::start(&catch_all(port, a.port));
     let both = raw(
         port,
         b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
@@ -469,11 +454,7 @@ fn rejects_request_smuggling_shapes() {
 fn hostile_headers_get_defined_answers() {
     let a = Echo::start("a");
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(
-        port,
-        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
-        vec![cluster("a", &[a.port])],
-    ));
+    let _plane = DataPlane::start(&catch_all(port, a.port));
     let huge = format!("x-big: {}", "a".repeat(70 * 1024));
     assert_eq!(get(port, "x", "/", &[huge.as_str()]).status, 431, "one huge header");
     let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
@@ -689,11 +670,7 @@ fn exposes_metrics_and_an_access_log() {
 fn strips_hop_by_hop_headers() {
     let a = Echo::start("a");
     let port = free_port();
-    let _plane = DataPlane::start(&snapshot(
-        port,
-        vec![route("all", &[], path(PathMatchType::Prefix, "/"), vec![to("a", 1)])],
-        vec![cluster("a", &[a.port])],
-    ));
+    let _plane = DataPlane::start(&catch_all(port, a.port));
     let response = raw(
         port,
         b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close, x-private\r\nx-private: secret\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-kept: yes\r\n\r\n",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sluice_snapshot::{
     Certificate, HttpMatch, HttpRoute, Listener, PathMatch, PathMatchType, Protocol, Snapshot, TcpRoute, TlsMode,
 };
-use support::{DataPlane, Echo, cluster, free_port, parse_response, to};
+use support::{DataPlane, Echo, cluster, curl, free_port, parse_response, to};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -291,16 +291,12 @@ fn requests_for_another_listener_than_the_sni_chose_are_misdirected() {
     }
 
     // HTTP/2 (ALPN h2), where connection reuse across hosts is what makes this matter.
-    let curl = |host: &str| {
-        let output = std::process::Command::new("curl")
-            .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
-            .args(["--resolve", &format!("a.example.com:{port}:127.0.0.1")])
-            .args(["-H", &format!("host: {host}")])
-            .arg(format!("https://a.example.com:{port}/"))
-            .output()
-            .expect("curl (with HTTP/2) is needed for this test; .ci/run installs it");
-        String::from_utf8_lossy(&output.stdout).to_string()
+    let h2 = |host: &str| {
+        let resolve = format!("a.example.com:{port}:127.0.0.1");
+        let host = format!("host: {host}");
+        let url = format!("https://a.example.com:{port}/");
+        curl(&["-k", "--http2", "--resolve", &resolve, "-H", &host, &url])
     };
-    assert_eq!(curl("a.example.com"), "2 200");
-    assert_eq!(curl("x.wild.example.com"), "2 421");
+    assert_eq!(h2("a.example.com"), "2 200");
+    assert_eq!(h2("x.wild.example.com"), "2 421");
 }

@@ -287,3 +287,42 @@ pub fn to(cluster: &str, weight: u32) -> sluice_snapshot::WeightedBackend {
         filters: vec![],
     }
 }
+
+/// A snapshot with one HTTP listener on `port` whose single route sends every request to
+/// the endpoint on `backend_port`.
+pub fn catch_all(port: u16, backend_port: u16) -> Snapshot {
+    Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![sluice_snapshot::Listener {
+            name: "gateway/test/gw/listener/http".into(),
+            port: u32::from(port),
+            protocol: sluice_snapshot::Protocol::Http as i32,
+            http_routes: vec![sluice_snapshot::HttpRoute {
+                name: "all".into(),
+                r#match: Some(sluice_snapshot::HttpMatch {
+                    path: Some(sluice_snapshot::PathMatch {
+                        r#type: sluice_snapshot::PathMatchType::Prefix as i32,
+                        value: "/".into(),
+                    }),
+                    ..Default::default()
+                }),
+                backends: vec![to("a", 1)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        clusters: vec![cluster("a", &[backend_port])],
+        ..Default::default()
+    }
+}
+
+/// Runs curl with `args` and returns `"<http version> <status>"` (curl must be installed;
+/// .ci/run installs it).
+pub fn curl(args: &[&str]) -> String {
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (with HTTP/2) is needed for these tests; .ci/run installs it");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
