@@ -6,8 +6,7 @@ package conformance
 
 import (
 	// echo-basic is the backend every Gateway API conformance test deploys
-	// (image gcr.io/k8s-staging-gateway-api/echo-basic). Its go.mod upstream is
-	// hidden as .go.mod, so it is a package of the separate
-	// sigs.k8s.io/gateway-api/conformance module (its own module since v1.5).
-	_ "sigs.k8s.io/gateway-api/conformance/echo-basic"
+	// (image registry.k8s.io/gateway-api/conformance/echo-basic). Since Gateway
+	// API v1.7 it lives in its own module, sigs.k8s.io/gateway-api-conformance-images.
+	_ "sigs.k8s.io/gateway-api-conformance-images/echo-basic"
 )

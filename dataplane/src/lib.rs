@@ -156,14 +156,17 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     };
     let (http_ports, https_ports, tcp_ports) =
         (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp));
-    let Some(first_port) = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied() else {
-        bail!("the snapshot has no listener to serve");
-    };
+    // A Gateway whose every listener is invalid still gets a data plane: it serves
+    // nothing until the deployer rolls it with listener ports, and is Ready meanwhile.
+    let first_port = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied();
+    if first_port.is_none() {
+        tracing::warn!(gateway = snapshot.gateway, "the snapshot has no listener to serve; waiting for one");
+    }
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =
             if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
-        let probe = format!("{probe_host}:{first_port}");
+        let probe = first_port.map(|port| format!("{probe_host}:{port}"));
         spawn_admin(admin, tables.clone(), metrics.clone(), probe)?;
     }
 
@@ -256,7 +259,7 @@ fn content_hash(bytes: &[u8]) -> u64 {
 }
 
 /// A tiny admin endpoint: `/ready` and `/config`.
-fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: String) -> Result<()> {
+fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: Option<String>) -> Result<()> {
     let ready = AtomicBool::new(false);
     let registry = metrics.registry();
     let listener = TcpListener::bind(address).with_context(|| format!("binding admin address {address}"))?;
@@ -276,7 +279,8 @@ fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: Stri
             }
             let request = String::from_utf8_lossy(&buffer[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            if path == "/ready" && !ready.load(Ordering::Relaxed) && std::net::TcpStream::connect(&probe).is_ok() {
+            let accepting = probe.as_ref().is_none_or(|probe| std::net::TcpStream::connect(probe).is_ok());
+            if path == "/ready" && !ready.load(Ordering::Relaxed) && accepting {
                 ready.store(true, Ordering::Relaxed);
             }
             let (status, body) = match path {

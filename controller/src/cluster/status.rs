@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::Gateway;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use sluice_gateway_api::gatewayclasses::GatewayClass;
+use sluice_gateway_api::gateways::Gateway;
 use sluice_translate::{CONTROLLER_NAME, Condition, ObjectKey, RouteStatus, Status};
 
 use super::watch::Stores;
@@ -234,7 +234,7 @@ pub async fn write(
         let current = current_status(object.as_deref());
         let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
         let value = route_status(desired, &current, &now);
-        apply::<gateway_api::httproutes::HttpRoute>(
+        apply::<sluice_gateway_api::httproutes::HttpRoute>(
             Api::namespaced(client.clone(), &key.namespace),
             key,
             &current,
@@ -251,7 +251,7 @@ pub async fn write(
             let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
             let value = route_status(desired, &current, &now);
             let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<gateway_api::experimental::tcproutes::TcpRoute>(api, key, &current, value, rv, &mut written).await;
+            apply::<sluice_gateway_api::tcproutes::TcpRoute>(api, key, &current, value, rv, &mut written).await;
         }
     }
     written

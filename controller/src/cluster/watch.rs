@@ -7,11 +7,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use gateway_api::experimental::tcproutes::TcpRoute;
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::Gateway;
-use gateway_api::httproutes::HttpRoute;
-use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -19,6 +14,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::gatewayclasses::GatewayClass;
+use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::httproutes::HttpRoute;
+use sluice_gateway_api::referencegrants::ReferenceGrant;
+use sluice_gateway_api::tcproutes::TcpRoute;
 use sluice_translate::World;
 use tokio::sync::Notify;
 
@@ -37,6 +37,8 @@ pub struct Stores {
     pub proxy_configs: Option<Store<ProxyConfig>>,
     /// Node addresses, for the addresses of Gateways behind NodePort Services.
     pub nodes: Store<Node>,
+    /// The `bundle-version` of the installed Gateway API CRDs (read at start).
+    pub crd_bundle_version: Option<String>,
 }
 
 impl Stores {
@@ -44,10 +46,18 @@ impl Stores {
     /// first translation never sees a half-loaded cluster). Optional kinds (TCPRoute from
     /// the experimental channel, ProxyConfig) are watched only if their CRD is installed.
     pub async fn start(client: &Client, changed: Arc<Notify>) -> Result<Stores> {
+        let crd_bundle_version = bundle_version(client).await;
+        tracing::info!(
+            found = crd_bundle_version.as_deref().unwrap_or("(unknown)"),
+            supported = ?sluice_translate::SUPPORTED_BUNDLE_VERSIONS,
+            "Gateway API CRDs"
+        );
         let tcp_routes = if installed::<TcpRoute>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
-            tracing::warn!("the TCPRoute CRD (experimental channel) is not installed: TCPRoutes are not served");
+            tracing::warn!(
+                "the TCPRoute v1 CRD (Gateway API v1.6 or later) is not installed: TCPRoutes are not served"
+            );
             None
         };
         let proxy_configs = if installed::<ProxyConfig>(client).await {
@@ -69,6 +79,7 @@ impl Stores {
             namespaces: watch(client, watcher::Config::default(), &changed),
             proxy_configs,
             nodes: watch(client, watcher::Config::default(), &changed),
+            crd_bundle_version,
         };
         let ready = async {
             stores.gateway_classes.wait_until_ready().await?;
@@ -105,9 +116,28 @@ impl Stores {
             secrets: self.secrets.state(),
             namespaces: self.namespaces.state(),
             proxy_configs: self.proxy_configs.as_ref().map(Store::state).unwrap_or_default(),
+            crd_bundle_version: Some(self.crd_bundle_version.clone().unwrap_or_default()),
         }
     }
 }
+
+/// The `gateway.networking.k8s.io/bundle-version` annotation of the GatewayClass CRD
+/// (every Gateway API CRD of one release carries the same one). None if it cannot be read.
+async fn bundle_version(client: &Client) -> Option<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match api.get("gatewayclasses.gateway.networking.k8s.io").await {
+        Ok(crd) => {
+            Some(crd.metadata.annotations.unwrap_or_default().remove(BUNDLE_VERSION_ANNOTATION).unwrap_or_default())
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the GatewayClass CRD's bundle-version");
+            None
+        }
+    }
+}
+
+const BUNDLE_VERSION_ANNOTATION: &str = "gateway.networking.k8s.io/bundle-version";
 
 /// True if the API server serves the kind (its CRD is installed).
 async fn installed<K>(client: &Client) -> bool

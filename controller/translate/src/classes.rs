@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use gateway_api::gatewayclasses::GatewayClass;
 use sluice_crds::{GROUP, ProxyConfigSpec};
+use sluice_gateway_api::gatewayclasses::GatewayClass;
 
 use crate::World;
 use crate::features::supported_features;
@@ -40,13 +40,45 @@ pub(crate) fn translate_classes(
                 Condition::new(reason::ACCEPTED, false, reason::INVALID_PARAMETERS, message, generation),
             ),
         };
-        status.insert(
-            name.clone(),
-            GatewayClassStatus { conditions: vec![condition], supported_features: supported_features() },
-        );
+        let mut conditions = vec![condition];
+        conditions.extend(supported_version(world.crd_bundle_version.as_deref(), generation));
+        status.insert(name.clone(), GatewayClassStatus { conditions, supported_features: supported_features() });
         classes.insert(name, info);
     }
     classes
+}
+
+/// Gateway API releases whose CRDs Sluice reads (the two latest, as conformance counts).
+pub const SUPPORTED_BUNDLE_VERSIONS: &[&str] = &["v1.6", "v1.7"];
+
+/// The SupportedVersion condition: True when the installed CRDs come from a supported
+/// release (any patch of it). Other versions get best-effort support (the class stays
+/// Accepted), as the spec allows. None without CRDs (standalone mode).
+fn supported_version(found: Option<&str>, generation: i64) -> Option<Condition> {
+    let found = found?;
+    let supported = SUPPORTED_BUNDLE_VERSIONS
+        .iter()
+        .any(|minor| found.strip_prefix(minor).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')));
+    let wanted = SUPPORTED_BUNDLE_VERSIONS.iter().map(|v| format!("{v}.x")).collect::<Vec<_>>().join(", ");
+    Some(if supported {
+        Condition::new(
+            reason::SUPPORTED_VERSION,
+            true,
+            reason::SUPPORTED_VERSION,
+            format!("Gateway API CRDs {found} found; Sluice supports {wanted}"),
+            generation,
+        )
+    } else {
+        let found =
+            if found.is_empty() { "without a bundle-version annotation".to_string() } else { found.to_string() };
+        Condition::new(
+            reason::SUPPORTED_VERSION,
+            false,
+            reason::UNSUPPORTED_VERSION,
+            format!("Gateway API CRDs {found} found; Sluice supports {wanted} (best effort for others)"),
+            generation,
+        )
+    })
 }
 
 fn class_proxy_config(class: &GatewayClass, index: &Index<'_>) -> Result<ProxyConfigSpec, String> {
@@ -85,5 +117,29 @@ pub(crate) fn merge_proxy_config(class: &ProxyConfigSpec, gateway: Option<&Proxy
         annotations,
         image: gateway.image.clone().or_else(|| class.image.clone()),
         log_level: gateway.log_level.clone().or_else(|| class.log_level.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::supported_version;
+
+    #[test]
+    fn supported_versions() {
+        assert_eq!(supported_version(None, 1), None);
+        for (found, status, reason) in [
+            ("v1.7.0", true, "SupportedVersion"),
+            ("v1.7.12", true, "SupportedVersion"),
+            ("v1.6.3", true, "SupportedVersion"),
+            ("v1.5.1", false, "UnsupportedVersion"),
+            ("v1.70.0", false, "UnsupportedVersion"),
+            ("", false, "UnsupportedVersion"),
+        ] {
+            let condition = supported_version(Some(found), 3).unwrap();
+            assert_eq!(condition.status == crate::ConditionStatus::True, status, "{found}");
+            assert_eq!(condition.reason, reason, "{found}");
+            assert_eq!(condition.observed_generation, 3);
+            assert!(condition.message.contains("v1.6.x, v1.7.x"), "{}", condition.message);
+        }
     }
 }

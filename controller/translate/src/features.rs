@@ -2,13 +2,12 @@
 //! `status.supportedFeatures`. The conformance suite tests exactly these, so a name is
 //! added here only together with the code (and tests) that implement it.
 
-/// Feature names (Gateway API v1.5.1 `pkg/features`), sorted. TCPRoute is served too, but
-/// v1.5.1 defines no feature name for it.
+/// Feature names (Gateway API v1.7.0 `pkg/features`), sorted.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
-    "GatewayInfrastructurePropagation",
+    "GatewayInfrastructure",
     "GatewayPort8080",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
@@ -34,6 +33,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
+    "TCPRoute",
 ];
 
 pub(crate) fn supported_features() -> Vec<String> {

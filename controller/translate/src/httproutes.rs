@@ -1,9 +1,8 @@
 //! HTTPRoutes: rules → snapshot routes (one per rule match), filters, backends, precedence.
 
 use std::cmp::Reverse;
-use std::str::FromStr;
 
-use gateway_api::httproutes::{
+use sluice_gateway_api::httproutes::{
     HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPath,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePath,
     HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
@@ -426,12 +425,13 @@ fn path_modifier_of(
 }
 
 fn redirect_path(path: &HttpRouteRulesFiltersRequestRedirectPath) -> Result<Option<PathModifier>, String> {
-    let full = path.r#type == gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
+    let full =
+        path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
     path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
 }
 
 fn rewrite_path(path: &HttpRouteRulesFiltersUrlRewritePath) -> Result<Option<PathModifier>, String> {
-    let full = path.r#type == gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
+    let full = path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
     path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
 }
 
@@ -440,7 +440,7 @@ fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, String> {
     let parse = |value: &Option<String>, field: &str| -> Result<u64, String> {
         match value {
             None => Ok(0),
-            Some(text) => gateway_api::Duration::from_str(text)
+            Some(text) => sluice_gateway_api::parse_duration(text)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .map_err(|error| format!("timeouts.{field} {text:?} is not a valid duration: {error}")),
         }

@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::referencegrants::ReferenceGrant;
 
 use crate::World;
 

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! User mistakes never fail translation: they become status conditions with the reasons
-//! Gateway API v1.5.1 defines, and invalid backends answer 500 for their share of traffic.
+//! Gateway API v1.7.0 defines, and invalid backends answer 500 for their share of traffic.
 
 mod attach;
 mod backends;
@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sluice_crds::ProxyConfigSpec;
 use sluice_snapshot::{Cluster, Listener, Snapshot, TlsMode};
 
+pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
 pub use index::ObjectKey;
 pub use status::{
@@ -182,7 +183,7 @@ impl Translation<'_> {
 
     fn http_route(
         &mut self,
-        route: &gateway_api::httproutes::HttpRoute,
+        route: &sluice_gateway_api::httproutes::HttpRoute,
         rank: usize,
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
@@ -244,7 +245,7 @@ impl Translation<'_> {
 
     fn tcp_route(
         &mut self,
-        route: &gateway_api::experimental::tcproutes::TcpRoute,
+        route: &sluice_gateway_api::tcproutes::TcpRoute,
         rank: usize,
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);

@@ -138,7 +138,7 @@ pub struct ParentRef {
     pub port: Option<i32>,
 }
 
-/// Condition types and reasons of Gateway API v1.5.1 that Sluice writes.
+/// Condition types and reasons of Gateway API v1.7.0 that Sluice writes.
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
     pub const PROGRAMMED: &str = "Programmed";
@@ -150,6 +150,7 @@ pub mod reason {
     pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
 
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
     pub const INVALID: &str = "Invalid";
     pub const PENDING: &str = "Pending";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";

@@ -1,6 +1,6 @@
 //! TCPRoutes: each rule becomes one snapshot TCP route with weighted backends.
 
-use gateway_api::experimental::tcproutes::TcpRoute as TCPRoute;
+use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
 use sluice_snapshot::{Cluster, TcpRoute};
 
 use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};

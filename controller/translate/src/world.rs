@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use gateway_api::experimental::tcproutes::TcpRoute as TCPRoute;
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::Gateway;
-use gateway_api::httproutes::HttpRoute as HTTPRoute;
-use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::gatewayclasses::GatewayClass;
+use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
+use sluice_gateway_api::referencegrants::ReferenceGrant;
+use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
 
 /// Every object the translator reads. Order does not matter: translation sorts.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +25,9 @@ pub struct World {
     pub secrets: Vec<Arc<Secret>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub proxy_configs: Vec<Arc<ProxyConfig>>,
+    /// The `bundle-version` of the Gateway API CRDs installed in the cluster ("" when the
+    /// annotation is missing); None where no CRDs are involved (standalone mode).
+    pub crd_bundle_version: Option<String>,
 }
 
 /// A manifest document that was not taken into the World, and why.
