@@ -178,3 +178,27 @@ fn the_quickstart_example_serves_traffic() {
     assert_eq!(echo["service"], "echo");
     assert!(answers(8080, "unknown.example.com", 404, ""));
 }
+
+/// The TCP/UDP example: a TCPRoute and a UDPRoute to the built-in echo backends.
+#[test]
+fn the_tcp_udp_example_serves_traffic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status_file = temp_dir("tcp-udp").join("status.yaml");
+    let _sluice = sluice_run(&root.join("examples/tcp-udp"), &status_file);
+    // TCP: the bytes reach the HTTP echo behind the TCP listener.
+    eventually(Duration::from_secs(30), "the TCP route", || answers(9000, "any", 200, "echo-127.0.0.1-9101"));
+    // UDP: a datagram comes back from the UDP echo, which names itself.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buffer = [0u8; 2048];
+    eventually(Duration::from_secs(30), "the UDP route", || {
+        socket.send_to(b"ping", "127.0.0.1:5300").unwrap();
+        socket.recv(&mut buffer).is_ok()
+    });
+    socket.send_to(b"hello", "127.0.0.1:5300").unwrap();
+    let len = socket.recv(&mut buffer).unwrap();
+    let echo: serde_json::Value = serde_json::from_slice(&buffer[..len]).unwrap();
+    assert_eq!(echo["request"], "hello");
+    assert_eq!(echo["service"], "echo");
+    assert_eq!(echo["pod"], "echo-127.0.0.1-9102");
+}

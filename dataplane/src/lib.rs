@@ -18,6 +18,7 @@ pub mod push;
 mod routes;
 mod tcp;
 mod tls;
+mod udp;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -73,6 +74,14 @@ pub struct Cli {
     /// disconnected (0: no deadline). Pingora alone only bounds each read.
     #[arg(long, default_value_t = 30)]
     request_header_timeout_secs: u64,
+    /// Seconds after which a UDP session (one client address) without datagrams in
+    /// either direction ends; its next datagram starts a new session.
+    #[arg(long, default_value_t = 60)]
+    udp_idle_timeout_secs: u64,
+    /// UDP sessions per UDP port at most; datagrams of further clients are dropped
+    /// (metric `udp_dropped_datagrams{reason="session_limit"}`).
+    #[arg(long, default_value_t = 16384)]
+    udp_max_sessions: usize,
     /// Serve plain HTTP/1.1 requests without a body on the fast path (routes with header
     /// filters and URL rewrites); everything else goes through Pingora's proxy either way.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -129,7 +138,8 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_summary(snapshot: &Snapshot) {
-    let routes: usize = snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len()).sum();
+    let routes: usize =
+        snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len() + l.udp_routes.len()).sum();
     println!(
         "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
         snapshot.gateway,
@@ -154,12 +164,13 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         ports.dedup();
         ports
     };
-    let (http_ports, https_ports, tcp_ports) =
-        (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp));
+    let (http_ports, https_ports, tcp_ports, udp_ports) =
+        (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp), ports_of(Protocol::Udp));
     // A Gateway whose every listener is invalid still gets a data plane: it serves
     // nothing until the deployer rolls it with listener ports, and is Ready meanwhile.
+    // Readiness probes a TCP-based port; UDP-only data planes are Ready once applied.
     let first_port = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied();
-    if first_port.is_none() {
+    if first_port.is_none() && udp_ports.is_empty() {
         tracing::warn!(gateway = snapshot.gateway, "the snapshot has no listener to serve; waiting for one");
     }
     if let Some(admin) = &cli.admin {
@@ -211,7 +222,18 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         service.add_tcp(&format!("{}:{port}", cli.bind));
         server.add_service(service);
     }
-    tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, "serving");
+    for port in &udp_ports {
+        let app = udp::UdpProxy {
+            tables: tables.clone(),
+            bind: cli.bind.clone(),
+            port: *port,
+            idle_timeout: Duration::from_secs(cli.udp_idle_timeout_secs.max(1)),
+            max_sessions: cli.udp_max_sessions.max(1),
+            metrics: metrics.clone(),
+        };
+        server.add_service(pingora_core::services::background::background_service(&format!("udp-{port}"), app));
+    }
+    tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, udp = ?udp_ports, "serving");
     server.run_forever()
 }
 

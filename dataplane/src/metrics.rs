@@ -30,6 +30,21 @@ pub struct Metrics {
     pub generation: AtomicU64,
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
+    pub udp: UdpMetrics,
+}
+
+/// Counters of the UDP listeners (all ports together).
+#[derive(Debug, Default)]
+pub struct UdpMetrics {
+    /// Sessions alive now.
+    pub sessions: AtomicU64,
+    /// Datagrams from clients forwarded to backends.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams from backends forwarded to clients.
+    pub datagrams_out: AtomicU64,
+    pub dropped_no_backend: AtomicU64,
+    pub dropped_session_limit: AtomicU64,
+    pub dropped_send_error: AtomicU64,
 }
 
 /// Counters of one route.
@@ -171,6 +186,37 @@ impl Collector for MetricsCollector {
             encoder.encode_descriptor("config_reloads", "Snapshot reloads by result", None, MetricType::Counter)?;
         for (result, value) in [("applied", &metrics.reloads_applied), ("rejected", &metrics.reloads_rejected)] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        let udp = &metrics.udp;
+        let sessions = i64::try_from(udp.sessions.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(sessions).encode(encoder.encode_descriptor(
+            "udp_sessions",
+            "UDP sessions (client addresses) alive",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "udp_datagrams",
+            "UDP datagrams forwarded, by direction",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, value) in [("in", &udp.datagrams_in), ("out", &udp.datagrams_out)] {
+            ConstCounter::new(value.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("direction", direction)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "udp_dropped_datagrams",
+            "UDP datagrams from clients dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in [
+            ("no_backend", &udp.dropped_no_backend),
+            ("session_limit", &udp.dropped_session_limit),
+            ("send_error", &udp.dropped_send_error),
+        ] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

@@ -34,6 +34,8 @@ pub struct Compiled {
     pub tls: HashMap<u16, CertificateTable>,
     /// Backends of the TCP ports.
     pub tcp: HashMap<u16, Backends>,
+    /// Backends of the UDP ports.
+    pub udp: HashMap<u16, Backends>,
 }
 
 /// The certificates of the listeners sharing one TLS port.
@@ -266,20 +268,27 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
     let mut ports: HashMap<u16, PortTable> = HashMap::new();
     let mut tls: HashMap<u16, CertificateTable> = HashMap::new();
     let mut tcp: HashMap<u16, Backends> = HashMap::new();
+    let mut udp: HashMap<u16, Backends> = HashMap::new();
+    // The first attached route of a TCP or UDP listener is served.
+    let l4_backends = |route: Option<(&str, &[WeightedBackend])>| -> Result<Backends, CompileError> {
+        let Some((name, backends)) = route else { return Ok(Backends::default()) };
+        let targets = backends
+            .iter()
+            .map(|b| backend_target(b, &clusters).map(|t| (b.weight, t, Vec::new())))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|problem| CompileError::Route { route: name.to_string(), problem })?;
+        Ok(Backends::new(targets))
+    };
     for listener in &snapshot.listeners {
         let Ok(port) = u16::try_from(listener.port) else { continue };
         if listener.protocol() == Protocol::Tcp {
-            if let Some(route) = listener.tcp_routes.first() {
-                let targets = route
-                    .backends
-                    .iter()
-                    .map(|b| backend_target(b, &clusters).map(|t| (b.weight, t, Vec::new())))
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(|problem| CompileError::Route { route: route.name.clone(), problem })?;
-                tcp.insert(port, Backends::new(targets));
-            } else {
-                tcp.insert(port, Backends::default());
-            }
+            let route = listener.tcp_routes.first().map(|r| (r.name.as_str(), r.backends.as_slice()));
+            tcp.insert(port, l4_backends(route)?);
+            continue;
+        }
+        if listener.protocol() == Protocol::Udp {
+            let route = listener.udp_routes.first().map(|r| (r.name.as_str(), r.backends.as_slice()));
+            udp.insert(port, l4_backends(route)?);
             continue;
         }
         if listener.protocol() == Protocol::Https {
@@ -321,7 +330,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         }
     }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
-    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp })
+    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp })
 }
 
 fn cluster_table(cluster: &Cluster) -> ClusterTable {

@@ -80,15 +80,17 @@ impl<'a> Checker<'a> {
             }
         }
         let mut listener_names = BTreeSet::new();
-        let mut ports: BTreeMap<u32, Vec<&Listener>> = BTreeMap::new();
+        // UDP and the TCP-based protocols are different transports: they may share a port
+        // number, and each is checked on its own.
+        let mut ports: BTreeMap<(bool, u32), Vec<&Listener>> = BTreeMap::new();
         for listener in &snapshot.listeners {
             if !listener_names.insert(listener.name.as_str()) {
                 self.problem(&listener.name, "duplicate listener name");
             }
-            ports.entry(listener.port).or_default().push(listener);
+            ports.entry((listener.protocol() == Protocol::Udp, listener.port)).or_default().push(listener);
             self.listener(listener, &certificates);
         }
-        for (port, listeners) in ports {
+        for ((udp, port), listeners) in ports {
             let protocols: BTreeSet<i32> = listeners.iter().map(|l| l.protocol).collect();
             if protocols.len() > 1 {
                 self.problem(&format!("port {port}"), "listeners with different protocols share the port");
@@ -99,6 +101,9 @@ impl<'a> Checker<'a> {
             }
             if listeners.iter().any(|l| l.protocol() == Protocol::Tcp) && listeners.len() > 1 {
                 self.problem(&format!("port {port}"), "a TCP listener cannot share its port");
+            }
+            if udp && listeners.len() > 1 {
+                self.problem(&format!("port {port}"), "a UDP listener cannot share its port");
             }
         }
     }
@@ -132,6 +137,9 @@ impl<'a> Checker<'a> {
         if protocol != Protocol::Tcp && !listener.tcp_routes.is_empty() {
             self.problem(at, "TCP routes on a non-TCP listener");
         }
+        if protocol != Protocol::Udp && !listener.udp_routes.is_empty() {
+            self.problem(at, "UDP routes on a non-UDP listener");
+        }
         for route in &listener.http_routes {
             self.http_route(route);
         }
@@ -140,6 +148,14 @@ impl<'a> Checker<'a> {
                 self.backend(&route.name, backend);
                 if !backend.filters.is_empty() {
                     self.problem(&route.name, "TCP backends take no filters");
+                }
+            }
+        }
+        for route in &listener.udp_routes {
+            for backend in &route.backends {
+                self.backend(&route.name, backend);
+                if !backend.filters.is_empty() {
+                    self.problem(&route.name, "UDP backends take no filters");
                 }
             }
         }
@@ -405,6 +421,36 @@ mod tests {
         let error = validate(&s).unwrap_err();
         assert!(error.to_string().contains("different protocols"), "{error}");
         assert!(error.to_string().contains("not an IP"), "{error}");
+    }
+
+    #[test]
+    fn udp_listeners_share_port_numbers_with_tcp_but_not_with_each_other() {
+        let mut s = snapshot(vec![]);
+        let mut udp = s.listeners[0].clone();
+        udp.name = "gateway/ns/gw/listener/udp".into();
+        udp.protocol = Protocol::Udp as i32;
+        udp.http_routes.clear();
+        udp.udp_routes.push(crate::UdpRoute {
+            name: "udproute/ns/r/rule/0".into(),
+            backends: vec![WeightedBackend {
+                name: "service/ns/svc/port/80".into(),
+                weight: 1,
+                target: Some(weighted_backend::Target::Cluster("service/ns/svc/port/80".into())),
+                filters: vec![],
+            }],
+        });
+        s.listeners.push(udp.clone());
+        assert_eq!(validate(&s), Ok(()));
+        let mut second = udp.clone();
+        second.name = "gateway/ns/gw/listener/udp2".into();
+        second.hostname = "other.example.com".into();
+        s.listeners.push(second);
+        let error = validate(&s).unwrap_err();
+        assert!(error.to_string().contains("a UDP listener cannot share its port"), "{error}");
+        s.listeners.pop();
+        s.listeners[0].udp_routes = udp.udp_routes.clone();
+        let error = validate(&s).unwrap_err();
+        assert!(error.to_string().contains("UDP routes on a non-UDP listener"), "{error}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::httproutes::HttpRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
+use sluice_gateway_api::udproutes::UdpRoute;
 use sluice_translate::World;
 use tokio::sync::Notify;
 
@@ -29,6 +30,7 @@ pub struct Stores {
     pub gateways: Store<Gateway>,
     pub http_routes: Store<HttpRoute>,
     pub tcp_routes: Option<Store<TcpRoute>>,
+    pub udp_routes: Option<Store<UdpRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
@@ -60,6 +62,14 @@ impl Stores {
             );
             None
         };
+        let udp_routes = if installed::<UdpRoute>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!(
+                "the UDPRoute v1 CRD (Gateway API v1.6 or later) is not installed: UDPRoutes are not served"
+            );
+            None
+        };
         let proxy_configs = if installed::<ProxyConfig>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
@@ -71,6 +81,7 @@ impl Stores {
             gateways: watch(client, watcher::Config::default(), &changed),
             http_routes: watch(client, watcher::Config::default(), &changed),
             tcp_routes,
+            udp_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
@@ -86,6 +97,9 @@ impl Stores {
             stores.gateways.wait_until_ready().await?;
             stores.http_routes.wait_until_ready().await?;
             if let Some(s) = &stores.tcp_routes {
+                s.wait_until_ready().await?;
+            }
+            if let Some(s) = &stores.udp_routes {
                 s.wait_until_ready().await?;
             }
             stores.reference_grants.wait_until_ready().await?;
@@ -110,6 +124,7 @@ impl Stores {
             gateways: self.gateways.state(),
             http_routes: self.http_routes.state(),
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
+            udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),

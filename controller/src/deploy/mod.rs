@@ -129,7 +129,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
         .ports
         .iter()
         .map(|p| ContainerPort {
-            name: Some(port_name(p.port)),
+            name: Some(port_name(p)),
             container_port: p.port,
             protocol: Some(p.protocol.clone()),
             ..Default::default()
@@ -302,7 +302,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                     .ports
                     .iter()
                     .map(|p| ServicePort {
-                        name: Some(port_name(p.port)),
+                        name: Some(port_name(p)),
                         port: p.port,
                         target_port: Some(IntOrString::Int(p.port)),
                         protocol: Some(p.protocol.clone()),
@@ -332,8 +332,9 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
 }
 
 /// `port-8080`: a valid port name (a DNS label of at most 15 characters) for any port.
-fn port_name(port: i32) -> String {
-    format!("port-{port}")
+/// `port-<n>` for TCP, `udp-<n>` for UDP (both may use one number; names must differ).
+fn port_name(port: &sluice_translate::InfraPort) -> String {
+    if port.protocol == "UDP" { format!("udp-{}", port.port) } else { format!("port-{}", port.port) }
 }
 
 #[cfg(test)]

@@ -37,6 +37,26 @@ pub async fn start(address: SocketAddr, identity: EchoIdentity) -> std::io::Resu
     Ok(tokio::spawn(serve(listener, identity)))
 }
 
+/// Binds `address` (UDP) and answers every datagram with a JSON object naming the
+/// request and the backend (`request`, `namespace`, `service`, `pod`), as the conformance
+/// `echo-basic` UDP echo does; the returned handle stops it.
+pub async fn start_udp(address: SocketAddr, identity: EchoIdentity) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let socket = tokio::net::UdpSocket::bind(address).await?;
+    Ok(tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65535];
+        loop {
+            let Ok((len, from)) = socket.recv_from(&mut buffer).await else { continue };
+            let answer = serde_json::json!({
+                "request": String::from_utf8_lossy(&buffer[..len]),
+                "namespace": identity.namespace,
+                "service": identity.service,
+                "pod": identity.pod,
+            });
+            let _ = socket.send_to(answer.to_string().as_bytes(), from).await;
+        }
+    }))
+}
+
 async fn connection(stream: TcpStream, identity: &EchoIdentity) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream);

@@ -199,7 +199,8 @@ struct Runner {
     routes_text: String,
     problems: Arc<Vec<Problem>>,
     processes: BTreeMap<String, DataPlane>,
-    echoes: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>>,
+    /// Echo backends by address and transport (true: UDP).
+    echoes: BTreeMap<(SocketAddr, bool), tokio::task::JoinHandle<()>>,
     last_report: String,
     /// Whether the directory was translated at least once.
     translated: bool,
@@ -352,7 +353,7 @@ impl Runner {
 
     /// Runs an echo backend at each static endpoint of Services annotated for it.
     async fn ensure_echoes(&mut self, world: &World) {
-        let mut wanted: BTreeMap<SocketAddr, echo::EchoIdentity> = BTreeMap::new();
+        let mut wanted: BTreeMap<(SocketAddr, bool), echo::EchoIdentity> = BTreeMap::new();
         for service in &world.services {
             let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(ECHO_ANNOTATION));
             if annotated.is_none_or(|value| value != "true") {
@@ -372,10 +373,11 @@ impl Runner {
                             eprintln!("sluice: echo backends run on loopback only; skipping {address} of {name}");
                             continue;
                         }
-                        for port in slice.ports.iter().flatten().filter_map(|p| p.port) {
-                            let Ok(port) = u16::try_from(port) else { continue };
+                        for slice_port in slice.ports.iter().flatten() {
+                            let Some(Ok(port)) = slice_port.port.map(u16::try_from) else { continue };
+                            let udp = slice_port.protocol.as_deref() == Some("UDP");
                             wanted.insert(
-                                SocketAddr::new(ip, port),
+                                (SocketAddr::new(ip, port), udp),
                                 echo::EchoIdentity {
                                     namespace: namespace.clone(),
                                     service: name.clone(),
@@ -394,13 +396,15 @@ impl Runner {
             }
             keep
         });
-        for (address, identity) in wanted {
-            if self.echoes.contains_key(&address) {
+        for ((address, udp), identity) in wanted {
+            if self.echoes.contains_key(&(address, udp)) {
                 continue;
             }
-            match echo::start(address, identity).await {
+            let started =
+                if udp { echo::start_udp(address, identity).await } else { echo::start(address, identity).await };
+            match started {
                 Ok(task) => {
-                    self.echoes.insert(address, task);
+                    self.echoes.insert((address, udp), task);
                 }
                 Err(error) => eprintln!("sluice: cannot start the echo backend on {address}: {error}"),
             }
@@ -620,7 +624,9 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
 fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     let mut out = String::new();
     let mut accepted = 0;
-    for (kind, routes) in [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes)] {
+    for (kind, routes) in
+        [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes), ("UDPRoute", &status.udp_routes)]
+    {
         for (key, route) in routes {
             for parent in &route.parents {
                 if parent.conditions.iter().all(is_good) {

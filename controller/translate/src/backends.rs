@@ -54,18 +54,25 @@ impl BackendError {
 pub(crate) enum Traffic {
     Http,
     Tcp,
+    /// Datagrams: only a Service port with `protocol: UDP` will do.
+    Udp,
 }
 
 /// Clusters built so far, shared by every Gateway of one translation so that a Service
 /// port's endpoints are computed once.
 #[derive(Default)]
 pub(crate) struct ClusterCache {
-    built: HashMap<(ObjectKey, i32), Result<Arc<Cluster>, BackendError>>,
+    built: HashMap<(ObjectKey, i32, bool), Result<Arc<Cluster>, BackendError>>,
 }
 
-/// `service/<ns>/<name>/port/<port>`, the snapshot name of a Service port.
+/// `service/<ns>/<name>/port/<port>`, the snapshot name of a Service port
+/// (`…/port/<port>/udp` for its UDP port, which may share the number).
 pub(crate) fn cluster_name(service: &ObjectKey, port: i32) -> String {
     format!("service/{}/{}/port/{port}", service.namespace, service.name)
+}
+
+fn udp_cluster_name(service: &ObjectKey, port: i32) -> String {
+    format!("{}/udp", cluster_name(service, port))
 }
 
 impl ClusterCache {
@@ -97,10 +104,11 @@ impl ClusterCache {
         let Some(port) = backend.port else {
             return Err(BackendError::BackendNotFound(format!("backendRef to Service {key} needs a port")));
         };
+        let udp = traffic == Traffic::Udp;
         let cluster = self
             .built
-            .entry((key.clone(), port))
-            .or_insert_with(|| build_cluster(index, &key, port).map(Arc::new))
+            .entry((key.clone(), port, udp))
+            .or_insert_with(|| build_cluster(index, &key, port, udp).map(Arc::new))
             .clone()?;
         if traffic == Traffic::Http && cluster.app_protocol() == AppProtocol::Unspecified {
             return Err(BackendError::UnsupportedProtocol(format!(
@@ -111,16 +119,17 @@ impl ClusterCache {
     }
 }
 
-fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32) -> Result<Cluster, BackendError> {
+fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32, udp: bool) -> Result<Cluster, BackendError> {
     let Some(service) = index.services.get(key) else {
         return Err(BackendError::BackendNotFound(format!("Service {key} not found")));
     };
-    let Some(service_port) = find_port(service, port) else {
-        return Err(BackendError::BackendNotFound(format!("Service {key} has no port {port}")));
+    let Some(service_port) = find_port(service, port, udp) else {
+        let protocol = if udp { "UDP port" } else { "port" };
+        return Err(BackendError::BackendNotFound(format!("Service {key} has no {protocol} {port}")));
     };
     let slices = index.endpoint_slices.get(key).map(Vec::as_slice).unwrap_or_default();
     Ok(Cluster {
-        name: cluster_name(key, port),
+        name: if udp { udp_cluster_name(key, port) } else { cluster_name(key, port) },
         app_protocol: app_protocol(service_port.app_protocol.as_deref()) as i32,
         endpoints: endpoints(slices, service_port.name.as_deref().unwrap_or_default()),
         load_balancing: load_balancing(service) as i32,
@@ -139,8 +148,16 @@ fn load_balancing(service: &Service) -> LoadBalancing {
     }
 }
 
-fn find_port(service: &Service, port: i32) -> Option<&ServicePort> {
-    service.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.port == port)
+/// The Service port `port` for UDP (protocol UDP) or for TCP-based traffic (preferring a
+/// port that is not UDP when both exist).
+fn find_port(service: &Service, port: i32, udp: bool) -> Option<&ServicePort> {
+    let ports = service.spec.as_ref()?.ports.as_ref()?;
+    let is_udp = |p: &&ServicePort| p.protocol.as_deref() == Some("UDP");
+    if udp {
+        ports.iter().filter(|p| p.port == port).find(is_udp)
+    } else {
+        ports.iter().filter(|p| p.port == port).find(|p| !is_udp(p)).or_else(|| ports.iter().find(|p| p.port == port))
+    }
 }
 
 /// Maps a Service port's appProtocol (GEP-1911). `Unspecified` marks one Sluice cannot

@@ -34,6 +34,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
     "TCPRoute",
+    "UDPRoute",
 ];
 
 pub(crate) fn supported_features() -> Vec<String> {

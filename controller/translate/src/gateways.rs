@@ -9,7 +9,9 @@ use sluice_gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
-use sluice_snapshot::{Certificate, HttpRoute, Protocol, TcpRoute};
+use sluice_snapshot::{Certificate, HttpRoute, Protocol};
+
+use crate::l4routes::L4Rule;
 
 use crate::classes::{ClassInfo, merge_proxy_config};
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
@@ -48,7 +50,8 @@ pub(crate) struct ListenerPlan {
     pub certificates: Vec<String>,
     pub attached_routes: i32,
     pub http_routes: Vec<HttpRoute>,
-    pub tcp_routes: Vec<TcpRoute>,
+    /// TCP or UDP rules, by the listener's protocol.
+    pub l4_routes: Vec<L4Rule>,
 }
 
 impl ListenerPlan {
@@ -90,6 +93,7 @@ fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
     match protocol {
         Protocol::Http | Protocol::Https => &["HTTPRoute"],
         Protocol::Tcp => &["TCPRoute"],
+        Protocol::Udp => &["UDPRoute"],
         Protocol::Tls | Protocol::Unspecified => &[],
     }
 }
@@ -180,6 +184,7 @@ fn plan_listener(
         "HTTPS" => Protocol::Https,
         "TLS" => Protocol::Tls,
         "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
         _ => Protocol::Unspecified,
     };
     let mut not_accepted = None;
@@ -308,7 +313,7 @@ fn plan_listener(
         certificates: listener_certificates,
         attached_routes: 0,
         http_routes: Vec::new(),
-        tcp_routes: Vec::new(),
+        l4_routes: Vec::new(),
     }
 }
 
@@ -356,22 +361,25 @@ fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
 /// itself. As Gateway API v1.5.1 requires, no conflicting listener is picked as a winner:
 /// every listener involved in a conflict is marked and none of them is served.
 fn mark_conflicts(listeners: &mut [ListenerPlan]) {
-    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    // UDP is another transport: a UDP listener may share its port number with a TCP-based
+    // one, and is checked apart from them.
+    let mut by_port: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
     for (i, listener) in listeners.iter().enumerate() {
         if listener.not_accepted.is_none() {
-            by_port.entry(listener.port).or_default().push(i);
+            by_port.entry((listener.protocol == Protocol::Udp, listener.port)).or_default().push(i);
         }
     }
-    for (port, members) in by_port {
+    for ((_, port), members) in by_port {
         let protocols: BTreeSet<&str> = members.iter().map(|&i| protocol_name(listeners[i].protocol)).collect();
-        let exclusive = members.len() > 1 && members.iter().any(|&i| listeners[i].protocol == Protocol::Tcp);
+        let exclusive = members.len() > 1
+            && members.iter().any(|&i| matches!(listeners[i].protocol, Protocol::Tcp | Protocol::Udp));
         if protocols.len() > 1 || exclusive {
             let list = protocols.into_iter().collect::<Vec<_>>().join(", ");
             for &i in &members {
                 listeners[i].conflicted = Some((
                     reason::PROTOCOL_CONFLICT,
                     format!(
-                        "port {port} is used by several listeners with protocols {list}; a TCP port cannot be shared"
+                        "port {port} is used by several listeners with protocols {list}; a TCP or UDP port cannot be shared"
                     ),
                 ));
             }
@@ -425,6 +433,7 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::Https => "HTTPS",
         Protocol::Tls => "TLS",
         Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
         Protocol::Unspecified => "unsupported",
     }
 }

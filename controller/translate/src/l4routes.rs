@@ -1,33 +1,98 @@
-//! TCPRoutes: each rule becomes one snapshot TCP route with weighted backends.
+//! TCPRoutes and UDPRoutes: each rule becomes one snapshot L4 route with weighted
+//! backends. Both kinds have the same shape, so one compile serves both.
 
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
-use sluice_snapshot::{Cluster, TcpRoute};
+use sluice_gateway_api::udproutes::UdpRoute as UDPRoute;
+use sluice_snapshot::{Cluster, WeightedBackend};
 
 use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
 use crate::index::{Index, ObjectKey};
+use crate::status::ParentRef;
 
-pub(crate) struct CompiledTcpRoute {
-    pub routes: Vec<TcpRoute>,
+/// A route kind that forwards whole connections (TCP) or datagram sessions (UDP).
+pub(crate) trait L4Route: kube::Resource<DynamicType = ()> {
+    /// `TCPRoute` or `UDPRoute`.
+    const KIND: &'static str;
+    /// Lower-case kind, the prefix of snapshot route names.
+    const PREFIX: &'static str;
+    const TRAFFIC: Traffic;
+    fn parents(&self) -> Vec<ParentRef>;
+    /// Per rule, its backendRefs with their weights.
+    fn rules(&self) -> Vec<Vec<(BackendRef<'_>, i32)>>;
+}
+
+macro_rules! l4_route {
+    ($type:ty, $kind:literal, $prefix:literal, $traffic:expr) => {
+        impl L4Route for $type {
+            const KIND: &'static str = $kind;
+            const PREFIX: &'static str = $prefix;
+            const TRAFFIC: Traffic = $traffic;
+            fn parents(&self) -> Vec<ParentRef> {
+                self.spec
+                    .parent_refs
+                    .iter()
+                    .flatten()
+                    .map(|p| ParentRef {
+                        group: p.group.clone(),
+                        kind: p.kind.clone(),
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        section_name: p.section_name.clone(),
+                        port: p.port,
+                    })
+                    .collect()
+            }
+            fn rules(&self) -> Vec<Vec<(BackendRef<'_>, i32)>> {
+                self.spec
+                    .rules
+                    .iter()
+                    .map(|rule| {
+                        rule.backend_refs
+                            .iter()
+                            .map(|b| {
+                                let reference = BackendRef {
+                                    group: b.group.as_deref(),
+                                    kind: b.kind.as_deref(),
+                                    name: &b.name,
+                                    namespace: b.namespace.as_deref(),
+                                    port: b.port,
+                                };
+                                (reference, b.weight.unwrap_or(1))
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+l4_route!(TCPRoute, "TCPRoute", "tcproute", Traffic::Tcp);
+l4_route!(UDPRoute, "UDPRoute", "udproute", Traffic::Udp);
+
+/// One rule of an L4 route, as the snapshot carries it (a TcpRoute or a UdpRoute).
+#[derive(Debug, Clone)]
+pub(crate) struct L4Rule {
+    pub name: String,
+    pub backends: Vec<WeightedBackend>,
+}
+
+pub(crate) struct CompiledL4Route {
+    pub rules: Vec<L4Rule>,
     pub unresolved: Option<BackendError>,
     pub clusters: Vec<std::sync::Arc<Cluster>>,
 }
 
-pub(crate) fn compile_tcp_route(route: &TCPRoute, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledTcpRoute {
+pub(crate) fn compile_l4_route<R: L4Route>(route: &R, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledL4Route {
     let key = ObjectKey::of(route);
-    let mut out = CompiledTcpRoute { routes: Vec::new(), unresolved: None, clusters: Vec::new() };
-    for (i, rule) in route.spec.rules.iter().enumerate() {
+    let mut out = CompiledL4Route { rules: Vec::new(), unresolved: None, clusters: Vec::new() };
+    for (i, rule) in route.rules().into_iter().enumerate() {
         let mut backends = Vec::new();
-        for backend in &rule.backend_refs {
-            let reference = BackendRef {
-                group: backend.group.as_deref(),
-                kind: backend.kind.as_deref(),
-                name: &backend.name,
-                namespace: backend.namespace.as_deref(),
-                port: backend.port,
-            };
-            let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
-            let resolved = cache.resolve(index, "TCPRoute", &key.namespace, reference, Traffic::Tcp);
-            // On TCP the data plane closes the connections that land on an invalid share.
+        for (reference, weight) in rule {
+            let weight = u32::try_from(weight).unwrap_or(0);
+            let resolved = cache.resolve(index, R::KIND, &key.namespace, reference, R::TRAFFIC);
+            // The data plane closes the connections (drops the datagrams) that land on an
+            // invalid share.
             backends.push(weighted_backend(
                 reference,
                 &key.namespace,
@@ -38,7 +103,7 @@ pub(crate) fn compile_tcp_route(route: &TCPRoute, index: &Index<'_>, cache: &mut
                 &mut out.unresolved,
             ));
         }
-        out.routes.push(TcpRoute { name: format!("tcproute/{}/{}/rule/{i}", key.namespace, key.name), backends });
+        out.rules.push(L4Rule { name: format!("{}/{}/{}/rule/{i}", R::PREFIX, key.namespace, key.name), backends });
     }
     out
 }

@@ -2,7 +2,7 @@
 //! controller must do.
 //!
 //! ```text
-//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, ReferenceGrants, Services,
+//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, UDPRoutes, ReferenceGrants, Services,
 //!         EndpointSlices, Secrets, Namespaces, ProxyConfigs)
 //!    │ translate()          no client, no clock, no I/O; deterministic
 //!    ▼
@@ -21,14 +21,14 @@ mod features;
 mod gateways;
 mod httproutes;
 mod index;
+mod l4routes;
 pub mod status;
-mod tcproutes;
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_crds::ProxyConfigSpec;
-use sluice_snapshot::{Cluster, Listener, Snapshot, TlsMode};
+use sluice_snapshot::{Cluster, Listener, Protocol, Snapshot, TcpRoute, TlsMode, UdpRoute};
 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
@@ -44,8 +44,8 @@ use backends::{BackendError, ClusterCache};
 use gateways::{GatewayPlan, ListenerPlan, plan_gateway};
 use httproutes::{RouteOrder, by_age, compile_route, place_rule};
 use index::Index;
+use l4routes::{L4Route, L4Rule, compile_l4_route};
 use status::reason;
-use tcproutes::compile_tcp_route;
 
 /// Everything translation decides.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -82,7 +82,7 @@ pub struct Infra {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct InfraPort {
     pub port: i32,
-    /// `TCP` for every listener protocol Sluice serves (HTTP, HTTPS and TCP all run on TCP).
+    /// `UDP` for UDP listeners, `TCP` for every other protocol (HTTP, HTTPS and TCP).
     pub protocol: String,
 }
 
@@ -94,6 +94,7 @@ pub struct Status {
     pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
 }
 
 /// Snapshot routes placed on one listener of one Gateway, before ordering.
@@ -106,7 +107,8 @@ struct Translation<'w> {
     cache: ClusterCache,
     clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
     http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
-    tcp_routes: Placed<usize, Vec<sluice_snapshot::TcpRoute>>,
+    /// TCP and UDP rules per listener (a listener is one or the other).
+    l4_routes: Placed<usize, Vec<L4Rule>>,
 }
 
 /// Translates the whole World. Pure and deterministic.
@@ -127,7 +129,7 @@ pub fn translate(world: &World) -> Output {
         cache: ClusterCache::default(),
         clusters: BTreeMap::new(),
         http_routes: BTreeMap::new(),
-        tcp_routes: BTreeMap::new(),
+        l4_routes: BTreeMap::new(),
     };
     for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
         if let Some((key, status)) = pass.http_route(route, rank) {
@@ -135,8 +137,13 @@ pub fn translate(world: &World) -> Output {
         }
     }
     for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.tcp_route(route, rank) {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
             output.status.tcp_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.udp_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
+            output.status.udp_routes.insert(key, status);
         }
     }
     pass.finish(&mut output);
@@ -243,18 +250,14 @@ impl Translation<'_> {
         Some((key, RouteStatus { parents: statuses }))
     }
 
-    fn tcp_route(
-        &mut self,
-        route: &sluice_gateway_api::tcproutes::TcpRoute,
-        rank: usize,
-    ) -> Option<(ObjectKey, RouteStatus)> {
+    fn l4_route<R: L4Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
-        let generation = route.metadata.generation.unwrap_or_default();
-        let parents = parent_refs!(route);
+        let generation = route.meta().generation.unwrap_or_default();
+        let parents = route.parents();
         if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
             return None;
         }
-        let compiled = compile_tcp_route(route, &self.index, &mut self.cache);
+        let compiled = compile_l4_route(route, &self.index, &mut self.cache);
         let mut statuses = Vec::new();
         for parent in parents {
             if !our_parent(&parent, &key, &self.plans) {
@@ -262,7 +265,7 @@ impl Translation<'_> {
             }
             let gateway_key = parent_gateway(&parent, &key);
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
-            let attachment = attach(plan, &parent, "TCPRoute", &key.namespace, &[], &self.index);
+            let attachment = attach(plan, &parent, R::KIND, &key.namespace, &[], &self.index);
             if let Attachment::Attached(listeners) = &attachment {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
@@ -272,10 +275,10 @@ impl Translation<'_> {
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
-                    self.tcp_routes
+                    self.l4_routes
                         .entry((gateway_key.clone(), *listener))
                         .or_default()
-                        .push((rank, compiled.routes.clone()));
+                        .push((rank, compiled.rules.clone()));
                 }
             }
             let conditions = route_conditions(&attachment, compiled.unresolved.as_ref(), &[], false, generation);
@@ -296,10 +299,10 @@ impl Translation<'_> {
                 plan.listeners[listener].http_routes = routes.into_iter().map(|(_, route)| route).collect();
             }
         }
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.tcp_routes) {
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.l4_routes) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].tcp_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
+                plan.listeners[listener].l4_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
             }
         }
         for (key, plan) in self.plans {
@@ -451,7 +454,19 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
         if !listener.serves() {
             continue;
         }
-        ports.insert(InfraPort { port: listener.port, protocol: "TCP".into() });
+        let transport = if listener.protocol == Protocol::Udp { "UDP" } else { "TCP" };
+        ports.insert(InfraPort { port: listener.port, protocol: transport.into() });
+        let (tcp_routes, udp_routes) = if listener.protocol == Protocol::Udp {
+            (
+                Vec::new(),
+                listener.l4_routes.into_iter().map(|r| UdpRoute { name: r.name, backends: r.backends }).collect(),
+            )
+        } else {
+            (
+                listener.l4_routes.into_iter().map(|r| TcpRoute { name: r.name, backends: r.backends }).collect(),
+                Vec::new(),
+            )
+        };
         used_certificates.extend(listener.certificates.iter().cloned());
         listeners.push(Listener {
             name: format!("gateway/{}/{}/listener/{}", plan.key.namespace, plan.key.name, listener.name),
@@ -467,7 +482,8 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
             },
             certificates: listener.certificates,
             http_routes: listener.http_routes,
-            tcp_routes: listener.tcp_routes,
+            tcp_routes,
+            udp_routes,
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();

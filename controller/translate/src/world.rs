@@ -11,6 +11,7 @@ use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
+use sluice_gateway_api::udproutes::UdpRoute as UDPRoute;
 
 /// Every object the translator reads. Order does not matter: translation sorts.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +20,7 @@ pub struct World {
     pub gateways: Vec<Arc<Gateway>>,
     pub http_routes: Vec<Arc<HTTPRoute>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
+    pub udp_routes: Vec<Arc<UDPRoute>>,
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
@@ -71,6 +73,7 @@ impl World {
         self.gateways.extend(other.gateways.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.tcp_routes.extend(other.tcp_routes.iter().cloned());
+        self.udp_routes.extend(other.udp_routes.iter().cloned());
         self.reference_grants.extend(other.reference_grants.iter().cloned());
         self.services.extend(other.services.iter().cloned());
         self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
@@ -110,6 +113,7 @@ impl World {
         dedupe(&mut self.gateways, skipped);
         dedupe(&mut self.http_routes, skipped);
         dedupe(&mut self.tcp_routes, skipped);
+        dedupe(&mut self.udp_routes, skipped);
         dedupe(&mut self.reference_grants, skipped);
         dedupe(&mut self.services, skipped);
         dedupe(&mut self.endpoint_slices, skipped);
@@ -142,6 +146,7 @@ impl World {
             ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, value),
             ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, value),
             ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, value),
+            ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, value),
             ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, value),
             ("", "Service") => push_namespaced(&mut self.services, value),
             ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, value),
