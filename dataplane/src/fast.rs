@@ -457,6 +457,7 @@ impl Connection {
             || !route.mirrors.is_empty()
             || route.request_timeout_ms > 0
             || route.backend_timeout_ms > 0
+            || route.retry.is_some()
         {
             return Plan::HandOver;
         }

@@ -15,6 +15,7 @@ mod mirror;
 mod path;
 mod proxy;
 pub mod push;
+mod retry;
 mod routes;
 mod tcp;
 mod tls;
@@ -181,7 +182,11 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         spawn_admin(admin, tables.clone(), metrics.clone(), probe)?;
     }
 
-    let mut server = Server::new(None).map_err(|e| anyhow::anyhow!("starting the server: {e}"))?;
+    let mut conf = pingora_core::server::configuration::ServerConf::new()
+        .ok_or_else(|| anyhow::anyhow!("starting the server: no default configuration"))?;
+    // Pingora's own bound on tries per request; HTTPRoute retries bound it further.
+    conf.max_retries = usize::try_from(sluice_snapshot::MAX_RETRY_ATTEMPTS).unwrap_or(100) + 1;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     if !http_ports.is_empty() || !https_ports.is_empty() {
         let unmatched = metrics.route(metrics::NO_ROUTE);

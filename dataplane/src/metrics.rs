@@ -58,9 +58,15 @@ pub struct RouteMetrics {
     count: AtomicU64,
     sum_micros: AtomicU64,
     upstream_errors: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl RouteMetrics {
+    /// Counts one retry (HTTPRoute `retry`) of a request of this route.
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records one finished request.
     pub fn record(&self, status: u16, elapsed: Duration) {
         self.count_status(status);
@@ -173,6 +179,17 @@ impl Collector for MetricsCollector {
         for (route, m) in &routes {
             let labels = [("route", route.clone())];
             ConstCounter::new(m.upstream_errors.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "retries",
+            "Requests sent to a backend again (HTTPRoute retry), by route",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, m) in &routes {
+            let labels = [("route", route.clone())];
+            ConstCounter::new(m.retries.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
         }
 
         let gauge = ConstGauge::new(i64::try_from(metrics.generation.load(Ordering::Relaxed)).unwrap_or(i64::MAX));

@@ -26,6 +26,7 @@ use sluice_snapshot::{AppProtocol, HeaderModifier, RequestRedirect, http_filter,
 
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
+use crate::retry;
 use crate::routes::{Compiled, Headers, RequestView, Route, Target, terminal_filter};
 
 /// Applies a header modifier (set, then add, then remove) to a request or response head;
@@ -69,6 +70,12 @@ pub struct RequestContext {
     tls: bool,
     /// Body feeds of this request's mirrors: each chunk is offered to them as it passes.
     mirror_bodies: Vec<tokio::sync::mpsc::Sender<crate::mirror::Chunk>>,
+    /// The cluster the endpoint came from, for retries to pick another endpoint.
+    cluster: Option<Arc<crate::routes::ClusterTable>>,
+    /// Retries made so far (HTTPRoute `retry`).
+    retries: u32,
+    /// The current error is a retry the route's rule asked for (a listed answer code).
+    rule_retry: bool,
 }
 
 #[async_trait]
@@ -84,6 +91,9 @@ impl ProxyHttp for SluiceProxy {
             in_flight: None,
             tls: false,
             mirror_bodies: Vec::new(),
+            cluster: None,
+            retries: 0,
+            rule_retry: false,
         }
     }
 
@@ -174,6 +184,12 @@ impl ProxyHttp for SluiceProxy {
                     ctx.endpoint = Some((endpoint, cluster.app_protocol));
                     ctx.in_flight = in_flight;
                     ctx.backend = Some(index);
+                    ctx.cluster = Some(cluster.clone());
+                    if route.retry.is_some() {
+                        // Keep the request body (up to Pingora's retry buffer) so that a
+                        // retry can send it again; a longer body is never resent.
+                        session.enable_retry_buffering();
+                    }
                     Ok(false)
                 }
             },
@@ -181,6 +197,17 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        if ctx.retries > 0
+            && let Some(route) = &ctx.route
+        {
+            let backoff = route.retry.as_ref().map_or(0, |r| r.backoff_ms);
+            tokio::time::sleep(retry::backoff(backoff)).await;
+            // Another endpoint of the same backend, as the balancing picks it.
+            if let Some((endpoint, in_flight)) = ctx.cluster.as_ref().and_then(|c| c.pick()) {
+                ctx.endpoint = Some((endpoint, ctx.cluster.as_ref().map_or(AppProtocol::Http1, |c| c.app_protocol)));
+                ctx.in_flight = in_flight;
+            }
+        }
         let Some((endpoint, app_protocol)) = ctx.endpoint else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint chosen"));
         };
@@ -192,7 +219,15 @@ impl ProxyHttp for SluiceProxy {
         if let Some(route) = &ctx.route {
             // The tighter of the two Gateway API timeouts bounds connecting and every read
             // from the backend; a timeout answers 504.
-            let limit = [route.backend_timeout_ms, route.request_timeout_ms].into_iter().filter(|t| *t > 0).min();
+            // Retries share the request timeout: each attempt gets what is left of it.
+            let left = (route.request_timeout_ms > 0).then(|| {
+                let spent = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                route.request_timeout_ms.saturating_sub(spent)
+            });
+            if left == Some(0) {
+                return Err(Error::new_up(ErrorType::ReadTimedout));
+            }
+            let limit = [route.backend_timeout_ms, left.unwrap_or(0)].into_iter().filter(|t| *t > 0).min();
             if let Some(ms) = limit {
                 let timeout = Duration::from_millis(ms);
                 peer.options.total_connection_timeout = Some(timeout);
@@ -276,6 +311,70 @@ impl ProxyHttp for SluiceProxy {
             crate::mirror::offer(&mut ctx.mirror_bodies, body.as_ref(), end_of_stream);
         }
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        let Some(route) = &ctx.route else { return Ok(()) };
+        let Some(retry) = &route.retry else { return Ok(()) };
+        if retry::on_status(retry, status, ctx.retries, session.retry_buffer_truncated()) {
+            ctx.retries += 1;
+            ctx.rule_retry = true;
+            route.metrics.retried();
+            let mut error = Error::new_up(ErrorType::HTTPStatus(status));
+            error.set_retry(true);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Pingora's policy (no retry for non-idempotent methods or a body that outgrew the
+    /// retry buffer; reused-connection failures only) except for retries the route's rule
+    /// asked for, which any method gets while its body is still whole.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let rule_retry = std::mem::take(&mut ctx.rule_retry);
+        if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else if rule_retry {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(route) = &ctx.route
+            && let Some(retry) = &route.retry
+            && ctx.retries < retry.attempts
+        {
+            // Nothing reached the backend: retrying is safe for every method.
+            ctx.retries += 1;
+            route.metrics.retried();
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut Self::CTX) -> FailToProxy {

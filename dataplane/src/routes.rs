@@ -107,6 +107,8 @@ pub struct Route {
     pub metrics: Arc<crate::metrics::RouteMetrics>,
     pub request_timeout_ms: u64,
     pub backend_timeout_ms: u64,
+    /// The rule's retries (HTTPRoute `retry`).
+    pub retry: Option<sluice_snapshot::Retry>,
 }
 
 #[derive(Debug)]
@@ -418,6 +420,7 @@ fn compile_route(
         metrics: metrics.route(&route.name),
         request_timeout_ms: timeouts.request_ms,
         backend_timeout_ms: timeouts.backend_request_ms,
+        retry: route.retry.clone(),
     })
 }
 

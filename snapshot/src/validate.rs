@@ -43,6 +43,9 @@ pub fn valid_header_value(value: &str) -> bool {
     value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// Retries per request at most (Gateway API leaves the limit to implementations).
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+
 fn valid_port(port: u32) -> bool {
     (1..=65535).contains(&port)
 }
@@ -195,6 +198,14 @@ impl<'a> Checker<'a> {
             }
             if !http_match.method.is_empty() && !valid_token(&http_match.method) {
                 self.problem(at, format!("invalid method {:?}", http_match.method));
+            }
+        }
+        if let Some(retry) = &route.retry {
+            if let Some(code) = retry.codes.iter().find(|code| !(400..=599).contains(*code)) {
+                self.problem(at, format!("retry code {code} is not in 400-599"));
+            }
+            if retry.attempts > MAX_RETRY_ATTEMPTS {
+                self.problem(at, format!("retry attempts {} above {MAX_RETRY_ATTEMPTS}", retry.attempts));
             }
         }
         let mut terminal = false;

@@ -10,8 +10,8 @@ use sluice_gateway_api::httproutes::{
 };
 use sluice_snapshot::{
     Cluster, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
-    PathModifier, RequestMirror, RequestRedirect, Timeouts, UrlRewrite, ValueMatch, ValueMatchType, WeightedBackend,
-    http_filter, path_modifier,
+    PathModifier, RequestMirror, RequestRedirect, Retry, Timeouts, UrlRewrite, ValueMatch, ValueMatchType,
+    WeightedBackend, http_filter, path_modifier,
 };
 
 use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
@@ -26,6 +26,7 @@ pub(crate) struct CompiledRule {
     pub filters: Vec<HttpFilter>,
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Option<Timeouts>,
+    pub retry: Option<Retry>,
 }
 
 /// An HTTPRoute's rules compiled once, whatever listeners it attaches to.
@@ -108,7 +109,15 @@ fn compile_rule(
         if matches!(filter.kind, Some(http_filter::Kind::DirectResponse(_))) {
             // An unresolvable custom filter: the whole rule answers with an error.
             let timeouts = compile_timeouts(rule)?;
-            return Ok(CompiledRule { index: rule_index, matches, filters: vec![filter], backends: vec![], timeouts });
+            let retry = compile_retry(rule)?;
+            return Ok(CompiledRule {
+                index: rule_index,
+                matches,
+                filters: vec![filter],
+                backends: vec![],
+                timeouts,
+                retry,
+            });
         }
         terminal |= matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_)));
         filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
@@ -170,7 +179,46 @@ fn compile_rule(
             })),
         });
     }
-    Ok(CompiledRule { index: rule_index, matches, filters, backends, timeouts: compile_timeouts(rule)? })
+    Ok(CompiledRule {
+        index: rule_index,
+        matches,
+        filters,
+        backends,
+        timeouts: compile_timeouts(rule)?,
+        retry: compile_retry(rule)?,
+    })
+}
+
+/// Default wait before a retry when the rule gives no `backoff`.
+const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
+
+/// The rule's `retry`: codes 400-599, attempts within the data plane's limit, backoff a
+/// Gateway API duration. Without `attempts` a request is retried once.
+fn compile_retry(rule: &HttpRouteRules) -> Result<Option<Retry>, String> {
+    let Some(retry) = &rule.retry else { return Ok(None) };
+    let mut codes = Vec::new();
+    for code in retry.codes.iter().flatten() {
+        match u32::try_from(*code) {
+            Ok(code) if (400..=599).contains(&code) => codes.push(code),
+            _ => return Err(format!("retry.codes {code} is not an HTTP error code (400-599)")),
+        }
+    }
+    let attempts = match retry.attempts {
+        None => 1,
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n <= sluice_snapshot::MAX_RETRY_ATTEMPTS => n,
+            _ => {
+                return Err(format!("retry.attempts {n} is out of range (0-{})", sluice_snapshot::MAX_RETRY_ATTEMPTS));
+            }
+        },
+    };
+    let backoff_ms = match &retry.backoff {
+        None => DEFAULT_RETRY_BACKOFF_MS,
+        Some(text) => sluice_gateway_api::parse_duration(text)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|error| format!("retry.backoff {text:?} is not a valid duration: {error}"))?,
+    };
+    Ok(Some(Retry { codes, attempts, backoff_ms }))
 }
 
 fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
@@ -469,6 +517,7 @@ pub(crate) fn place_rule<'a>(
             filters: rule.filters.clone(),
             backends: rule.backends.clone(),
             timeouts: rule.timeouts,
+            retry: rule.retry.clone(),
         };
         (order, snapshot_route)
     })
