@@ -80,7 +80,8 @@ pub struct Cli {
     #[arg(long, default_value_t = 60)]
     udp_idle_timeout_secs: u64,
     /// UDP sessions per UDP port at most; datagrams of further clients are dropped
-    /// (metric `udp_dropped_datagrams{reason="session_limit"}`).
+    /// (metric `sluice_udp_dropped_datagrams_total{reason="session_limit"}`), live
+    /// sessions are never evicted.
     #[arg(long, default_value_t = 16384)]
     udp_max_sessions: usize,
     /// Serve plain HTTP/1.1 requests without a body on the fast path (routes with header
@@ -234,7 +235,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             port: *port,
             idle_timeout: Duration::from_secs(cli.udp_idle_timeout_secs.max(1)),
             max_sessions: cli.udp_max_sessions.max(1),
-            metrics: metrics.clone(),
+            metrics: metrics.udp_port(*port),
         };
         server.add_service(pingora_core::services::background::background_service(&format!("udp-{port}"), app));
     }

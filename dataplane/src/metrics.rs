@@ -3,7 +3,7 @@
 //! Counters live per route name and survive snapshot swaps (a route keeps its series when
 //! the config changes); `/metrics` renders them through a prometheus-client collector.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,10 +30,10 @@ pub struct Metrics {
     pub generation: AtomicU64,
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
-    pub udp: UdpMetrics,
+    udp_ports: Mutex<BTreeMap<u16, Arc<UdpMetrics>>>,
 }
 
-/// Counters of the UDP listeners (all ports together).
+/// Counters of one UDP port.
 #[derive(Debug, Default)]
 pub struct UdpMetrics {
     /// Sessions alive now.
@@ -42,8 +42,13 @@ pub struct UdpMetrics {
     pub datagrams_in: AtomicU64,
     /// Datagrams from backends forwarded to clients.
     pub datagrams_out: AtomicU64,
+    /// Client datagrams of new sessions without a usable backend (invalid backend, no
+    /// backend, no endpoint).
     pub dropped_no_backend: AtomicU64,
+    /// Client datagrams of new sessions while the port has its maximum of sessions.
     pub dropped_session_limit: AtomicU64,
+    /// Datagrams that could not be sent on (either direction), or whose upstream socket
+    /// could not be opened.
     pub dropped_send_error: AtomicU64,
 }
 
@@ -108,6 +113,12 @@ impl Metrics {
     pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         routes.entry(route.to_string()).or_default().clone()
+    }
+
+    /// The counters of UDP port `port`, created on first use.
+    pub fn udp_port(&self, port: u16) -> Arc<UdpMetrics> {
+        let mut ports = self.udp_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ports.entry(port).or_default().clone()
     }
 
     /// A registry exposing these metrics.
@@ -204,36 +215,47 @@ impl Collector for MetricsCollector {
         for (result, value) in [("applied", &metrics.reloads_applied), ("rejected", &metrics.reloads_rejected)] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("result", result)])?)?;
         }
-        let udp = &metrics.udp;
-        let sessions = i64::try_from(udp.sessions.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-        ConstGauge::new(sessions).encode(encoder.encode_descriptor(
+        let udp_ports: Vec<(String, Arc<UdpMetrics>)> = {
+            let ports = metrics.udp_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            ports.iter().map(|(port, m)| (port.to_string(), m.clone())).collect()
+        };
+        let mut family = encoder.encode_descriptor(
             "udp_sessions",
-            "UDP sessions (client addresses) alive",
+            "UDP sessions (client addresses) alive, by port",
             None,
             MetricType::Gauge,
-        )?)?;
+        )?;
+        for (port, m) in &udp_ports {
+            let sessions = i64::try_from(m.sessions.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            ConstGauge::new(sessions).encode(family.encode_family(&[("port", port.as_str())])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "udp_datagrams",
-            "UDP datagrams forwarded, by direction",
+            "UDP datagrams forwarded, by port and direction",
             None,
             MetricType::Counter,
         )?;
-        for (direction, value) in [("in", &udp.datagrams_in), ("out", &udp.datagrams_out)] {
-            ConstCounter::new(value.load(Ordering::Relaxed))
-                .encode(family.encode_family(&[("direction", direction)])?)?;
+        for (port, m) in &udp_ports {
+            for (direction, value) in [("in", &m.datagrams_in), ("out", &m.datagrams_out)] {
+                let labels = [("port", port.as_str()), ("direction", direction)];
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "udp_dropped_datagrams",
-            "UDP datagrams from clients dropped, by reason",
+            "UDP datagrams dropped, by port and reason",
             None,
             MetricType::Counter,
         )?;
-        for (reason, value) in [
-            ("no_backend", &udp.dropped_no_backend),
-            ("session_limit", &udp.dropped_session_limit),
-            ("send_error", &udp.dropped_send_error),
-        ] {
-            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("reason", reason)])?)?;
+        for (port, m) in &udp_ports {
+            for (reason, value) in [
+                ("no_backend", &m.dropped_no_backend),
+                ("session_limit", &m.dropped_session_limit),
+                ("send_error", &m.dropped_send_error),
+            ] {
+                let labels = [("port", port.as_str()), ("reason", reason)];
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -273,5 +295,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_config_generation 7"), "{text}");
+    }
+
+    #[test]
+    fn renders_udp_counters_per_port() {
+        let metrics = Arc::new(Metrics::default());
+        let dns = metrics.udp_port(53);
+        dns.sessions.fetch_add(2, Ordering::Relaxed);
+        dns.datagrams_in.fetch_add(5, Ordering::Relaxed);
+        dns.dropped_session_limit.fetch_add(1, Ordering::Relaxed);
+        metrics.udp_port(5353).dropped_no_backend.fetch_add(3, Ordering::Relaxed);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+        for line in [
+            r#"sluice_udp_sessions{port="53"} 2"#,
+            r#"sluice_udp_sessions{port="5353"} 0"#,
+            r#"sluice_udp_datagrams_total{port="53",direction="in"} 5"#,
+            r#"sluice_udp_datagrams_total{port="53",direction="out"} 0"#,
+            r#"sluice_udp_dropped_datagrams_total{port="53",reason="session_limit"} 1"#,
+            r#"sluice_udp_dropped_datagrams_total{port="5353",reason="no_backend"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! A snapshot swap changes the backends of new sessions only: a session keeps its
-//! endpoint until it has been idle for the timeout.
+//! endpoint until it has been idle for the timeout. A client datagram that cannot start
+//! a session (no usable backend, the port's session limit reached) is dropped and
+//! counted; live sessions are never evicted. One task reads the listener socket; each
+//! session's relay task owns the session's end, so one session's errors stay its own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,9 +24,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::net::UdpSocket;
 
-use crate::metrics::Metrics;
+use crate::metrics::UdpMetrics;
 use crate::proxy::Tables;
-use crate::routes::Target;
+use crate::routes::{InFlight, Target};
 
 /// The largest UDP payload; every datagram is forwarded whole.
 const MAX_DATAGRAM: usize = 65535;
@@ -35,14 +38,18 @@ pub struct UdpProxy {
     pub port: u16,
     pub idle_timeout: Duration,
     pub max_sessions: usize,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<UdpMetrics>,
 }
 
 /// One client's session: its upstream socket and when it was last used.
 struct Session {
     upstream: Arc<UdpSocket>,
+    /// Milliseconds since the port's clock started; written under the sessions lock by
+    /// the listener task, so that the relay never ends a session a datagram just used.
     last_used: Arc<AtomicU64>,
 }
+
+type Sessions = Arc<std::sync::Mutex<HashMap<SocketAddr, Session>>>;
 
 #[async_trait]
 impl BackgroundService for UdpProxy {
@@ -57,14 +64,14 @@ impl BackgroundService for UdpProxy {
         };
         tracing::info!(%address, "serving UDP");
         tokio::select! {
-            () = self.serve(socket) => {}
+            () = self.serve(socket, shutdown.clone()) => {}
             _ = shutdown.changed() => {}
         }
     }
 }
 
 impl UdpProxy {
-    async fn serve(&self, socket: Arc<UdpSocket>) {
+    async fn serve(&self, socket: Arc<UdpSocket>, shutdown: ShutdownWatch) {
         let sessions: Sessions = Arc::default();
         let clock = tokio::time::Instant::now();
         let mut buffer = vec![0u8; MAX_DATAGRAM];
@@ -89,52 +96,51 @@ impl UdpProxy {
             let upstream = match existing {
                 Some(upstream) => upstream,
                 None if count >= self.max_sessions => {
-                    self.metrics.udp.dropped_session_limit.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(port = self.port, %client, "UDP session limit reached; dropping");
+                    self.metrics.dropped_session_limit.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 // Only this task adds sessions, so nobody adds this client meanwhile.
-                None => match self.open_session(&socket, client, &sessions, clock, now).await {
-                    Some(session) => {
-                        let upstream = session.upstream.clone();
-                        lock(&sessions).insert(client, session);
-                        self.metrics.udp.sessions.fetch_add(1, Ordering::Relaxed);
-                        upstream
+                None => {
+                    let relay = RelayContext { listener: &socket, sessions: &sessions, clock, shutdown: &shutdown };
+                    match self.open_session(client, now, relay).await {
+                        Some(session) => {
+                            let upstream = session.upstream.clone();
+                            lock(&sessions).insert(client, session);
+                            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+                            upstream
+                        }
+                        None => continue,
                     }
-                    None => continue,
-                },
+                }
             };
             match upstream.send(&buffer[..len]).await {
                 Ok(_) => {
-                    self.metrics.udp.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.datagrams_in.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {
                     tracing::debug!(%client, %error, "UDP send to the backend failed");
-                    self.metrics.udp.dropped_send_error.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.dropped_send_error.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     }
 
-    /// Picks an endpoint for a new client and starts the task relaying its answers.
-    async fn open_session(
-        &self,
-        listener: &Arc<UdpSocket>,
-        client: SocketAddr,
-        sessions: &Sessions,
-        clock: tokio::time::Instant,
-        now: u64,
-    ) -> Option<Session> {
-        let endpoint = {
+    /// Picks an endpoint for a new client (from the tables current now) and starts the
+    /// task relaying its answers.
+    async fn open_session(&self, client: SocketAddr, now: u64, context: RelayContext<'_>) -> Option<Session> {
+        let picked = {
             let tables = self.tables.load();
             match tables.udp.get(&self.port).and_then(|backends| backends.pick()) {
-                Some((_, Target::Cluster(cluster))) => cluster.pick().map(|(endpoint, _)| endpoint),
-                // An invalid backend, no backend or no endpoint: the datagram is dropped.
+                Some((_, Target::Cluster(cluster))) => cluster.pick(),
+                // An invalid backend, no backend (or no route) or no endpoint: dropped.
                 _ => None,
             }
         };
-        let Some(endpoint) = endpoint else {
+        // With least-request balancing the session counts as in flight until it ends.
+        let Some((endpoint, in_flight)) = picked else {
             tracing::debug!(port = self.port, %client, "no UDP backend; dropping");
-            self.metrics.udp.dropped_no_backend.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped_no_backend.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         let local: SocketAddr = if endpoint.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
@@ -142,33 +148,41 @@ impl UdpProxy {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(%error, "cannot open an upstream UDP socket");
-                self.metrics.udp.dropped_send_error.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dropped_send_error.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };
         if let Err(error) = upstream.connect(endpoint).await {
             tracing::debug!(%endpoint, %error, "cannot connect the upstream UDP socket");
-            self.metrics.udp.dropped_send_error.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped_send_error.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let upstream = Arc::new(upstream);
         let last_used = Arc::new(AtomicU64::new(now));
         let relay = Relay {
-            listener: listener.clone(),
+            listener: context.listener.clone(),
             upstream: upstream.clone(),
             client,
             last_used: last_used.clone(),
-            sessions: sessions.clone(),
+            sessions: context.sessions.clone(),
             idle_timeout: self.idle_timeout,
-            clock,
+            clock: context.clock,
             metrics: self.metrics.clone(),
+            shutdown: context.shutdown.clone(),
+            _in_flight: in_flight,
         };
         tokio::spawn(relay.run());
         Some(Session { upstream, last_used })
     }
 }
 
-type Sessions = Arc<std::sync::Mutex<HashMap<SocketAddr, Session>>>;
+/// What a new session's relay shares with the port.
+struct RelayContext<'a> {
+    listener: &'a Arc<UdpSocket>,
+    sessions: &'a Sessions,
+    clock: tokio::time::Instant,
+    shutdown: &'a ShutdownWatch,
+}
 
 fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Session>> {
     // A panic never happens while the lock is held; recover the map if one did.
@@ -188,38 +202,73 @@ struct Relay {
     sessions: Sessions,
     idle_timeout: Duration,
     clock: tokio::time::Instant,
-    metrics: Arc<Metrics>,
+    metrics: Arc<UdpMetrics>,
+    shutdown: ShutdownWatch,
+    _in_flight: Option<InFlight>,
 }
 
 impl Relay {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         let idle = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let quiet = millis_since(self.clock).saturating_sub(self.last_used.load(Ordering::Relaxed));
+            let quiet = self.quiet();
             if quiet >= idle {
-                break;
+                if self.end_if_idle(idle) {
+                    return;
+                }
+                continue;
             }
             let wait = Duration::from_millis(idle - quiet);
-            match tokio::time::timeout(wait, self.upstream.recv(&mut buffer)).await {
-                Ok(Ok(len)) => {
-                    self.last_used.store(millis_since(self.clock), Ordering::Relaxed);
-                    if self.listener.send_to(&buffer[..len], self.client).await.is_ok() {
-                        self.metrics.udp.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                received = tokio::time::timeout(wait, self.upstream.recv(&mut buffer)) => match received {
+                    Ok(Ok(len)) => self.answer(&buffer[..len]).await,
+                    // The backend refused (ICMP port unreachable): keep the session until idle.
+                    Ok(Err(error)) => {
+                        tracing::debug!(client = %self.client, %error, "UDP receive from the backend failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                }
-                // The backend refused (ICMP port unreachable): keep the session until idle.
-                Ok(Err(error)) => {
-                    tracing::debug!(client = %self.client, %error, "UDP receive from the backend failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => {}
+                    Err(_) => {}
+                },
+                _ = self.shutdown.changed() => break,
             }
         }
+        self.end(&mut lock(&self.sessions));
+    }
+
+    /// Milliseconds since the session last carried a datagram, either way.
+    fn quiet(&self) -> u64 {
+        millis_since(self.clock).saturating_sub(self.last_used.load(Ordering::Relaxed))
+    }
+
+    async fn answer(&self, datagram: &[u8]) {
+        self.last_used.store(millis_since(self.clock), Ordering::Relaxed);
+        match self.listener.send_to(datagram, self.client).await {
+            Ok(_) => {
+                self.metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::debug!(client = %self.client, %error, "UDP send to the client failed");
+                self.metrics.dropped_send_error.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ends the session unless a client datagram used it since the caller looked: the
+    /// listener task refreshes sessions under the same lock.
+    fn end_if_idle(&self, idle: u64) -> bool {
         let mut sessions = lock(&self.sessions);
+        if self.quiet() < idle {
+            return false;
+        }
+        self.end(&mut sessions);
+        true
+    }
+
+    fn end(&self, sessions: &mut HashMap<SocketAddr, Session>) {
         if sessions.get(&self.client).is_some_and(|s| Arc::ptr_eq(&s.upstream, &self.upstream)) {
             sessions.remove(&self.client);
-            self.metrics.udp.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -465,6 +465,66 @@ mod tests {
     }
 
     #[test]
+    fn udp_listeners_carry_only_udp_routes_and_share_port_numbers_with_tcp() {
+        let mut s = snapshot(vec![]);
+        let backend = s.listeners[0].clone();
+        let mut tcp = backend.clone();
+        tcp.name = "gateway/ns/gw/listener/tcp".into();
+        tcp.port = 53;
+        tcp.protocol = Protocol::Tcp as i32;
+        let mut udp = tcp.clone();
+        udp.name = "gateway/ns/gw/listener/udp".into();
+        udp.protocol = Protocol::Udp as i32;
+        let to_svc = WeightedBackend {
+            name: "service/ns/svc/port/80".into(),
+            weight: 1,
+            target: Some(weighted_backend::Target::Cluster("service/ns/svc/port/80".into())),
+            filters: vec![],
+        };
+        tcp.tcp_routes.push(crate::TcpRoute { name: "tcproute/ns/r/rule/0".into(), backends: vec![to_svc.clone()] });
+        udp.udp_routes.push(crate::UdpRoute { name: "udproute/ns/r/rule/0".into(), backends: vec![to_svc.clone()] });
+        s.listeners.extend([tcp.clone(), udp.clone()]);
+        assert_eq!(validate(&s), Ok(()), "a TCP and a UDP listener on port 53");
+
+        let mut wrong = udp.clone();
+        wrong.http_routes = vec![route(prefix("/"))];
+        wrong.tcp_routes = tcp.tcp_routes.clone();
+        s.listeners[2] = wrong;
+        let error = validate(&s).unwrap_err();
+        assert_eq!(
+            error.problems,
+            [
+                "gateway/ns/gw/listener/udp: HTTP routes on a non-HTTP listener",
+                "gateway/ns/gw/listener/udp: TCP routes on a non-TCP listener",
+            ]
+        );
+
+        let mut bad_backends = udp.clone();
+        bad_backends.udp_routes[0].backends[0].target = Some(weighted_backend::Target::Cluster("nope".into()));
+        bad_backends.udp_routes[0].backends[0].filters.push(HttpFilter {
+            kind: Some(Kind::RequestRedirect(RequestRedirect { status_code: 302, ..Default::default() })),
+        });
+        s.listeners[2] = bad_backends;
+        let error = validate(&s).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("udproute/ns/r/rule/0: backend service/ns/svc/port/80 points to unknown cluster nope"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("udproute/ns/r/rule/0: UDP backends take no filters"), "{error}");
+
+        // Two UDP listeners on one port conflict even with different hostnames, like TCP ones.
+        s.listeners[2] = udp.clone();
+        let mut second = udp.clone();
+        second.name = "gateway/ns/gw/listener/udp2".into();
+        second.hostname = "other.example.com".into();
+        s.listeners.push(second);
+        let error = validate(&s).unwrap_err();
+        assert_eq!(error.problems, ["port 53: a UDP listener cannot share its port"]);
+    }
+
+    #[test]
     fn hostnames() {
         assert!(valid_hostname("foo.example.com"));
         assert!(valid_hostname("*.example.com"));
