@@ -133,6 +133,21 @@ fn metric(plane: &DataPlane, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in {metrics}"))
 }
 
+/// Waits (2 s at most) until a counter reaches `least`: the proxy counts a forwarded
+/// datagram after sending it, so the client may read the answer before the count moves.
+fn metric_reaches(plane: &DataPlane, series: &str, least: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if metric(plane, series) >= least {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn echo_round_trip() {
     let a = UdpEcho::start("a");
@@ -142,8 +157,8 @@ fn echo_round_trip() {
     assert_eq!(text(ask(&socket, port, b"hello", 20)), "a:hello");
     assert_eq!(text(ask(&socket, port, b"again", 5)), "a:again");
     assert_eq!(metric(&plane, &format!(r#"sluice_udp_sessions{{port="{port}"}}"#)), 1);
-    assert!(metric(&plane, &format!(r#"sluice_udp_datagrams_total{{port="{port}",direction="in"}}"#)) >= 2);
-    assert!(metric(&plane, &format!(r#"sluice_udp_datagrams_total{{port="{port}",direction="out"}}"#)) >= 2);
+    assert!(metric_reaches(&plane, &format!(r#"sluice_udp_datagrams_total{{port="{port}",direction="in"}}"#), 2));
+    assert!(metric_reaches(&plane, &format!(r#"sluice_udp_datagrams_total{{port="{port}",direction="out"}}"#), 2));
 }
 
 #[test]
