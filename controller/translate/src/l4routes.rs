@@ -28,19 +28,7 @@ macro_rules! l4_route {
             const PREFIX: &'static str = $prefix;
             const TRAFFIC: Traffic = $traffic;
             fn parents(&self) -> Vec<ParentRef> {
-                self.spec
-                    .parent_refs
-                    .iter()
-                    .flatten()
-                    .map(|p| ParentRef {
-                        group: p.group.clone(),
-                        kind: p.kind.clone(),
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                        section_name: p.section_name.clone(),
-                        port: p.port,
-                    })
-                    .collect()
+                parent_refs!(self)
             }
             fn rules(&self) -> Vec<Vec<(BackendRef<'_>, i32)>> {
                 self.spec

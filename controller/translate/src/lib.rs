@@ -14,6 +14,28 @@
 //! User mistakes never fail translation: they become status conditions with the reasons
 //! Gateway API v1.7.0 defines, and invalid backends answer 500 for their share of traffic.
 
+/// The parentRefs of a route, as status echoes them. Every route kind has its own
+/// generated parentRef type with the same fields, hence a macro (defined before the
+/// modules so that `l4routes` uses it too).
+macro_rules! parent_refs {
+    ($route:expr) => {
+        $route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| ParentRef {
+                group: p.group.clone(),
+                kind: p.kind.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            })
+            .collect::<Vec<ParentRef>>()
+    };
+}
+
 mod attach;
 mod backends;
 mod classes;
@@ -148,27 +170,6 @@ pub fn translate(world: &World) -> Output {
     }
     pass.finish(&mut output);
     output
-}
-
-/// The parentRefs of a route, as status echoes them. Every route kind has its own
-/// generated parentRef type with the same fields, hence a macro.
-macro_rules! parent_refs {
-    ($route:expr) => {
-        $route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .map(|p| ParentRef {
-                group: p.group.clone(),
-                kind: p.kind.clone(),
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                section_name: p.section_name.clone(),
-                port: p.port,
-            })
-            .collect::<Vec<ParentRef>>()
-    };
 }
 
 impl Translation<'_> {
