@@ -167,7 +167,8 @@ fn print_translation(paths: &[PathBuf], status_only: bool) -> Result<()> {
     for path in paths {
         read_manifests(path, &mut text)?;
     }
-    let (world, skipped) = World::from_manifests(&text);
+    let (mut world, skipped) = World::from_manifests(&text);
+    world.now = Some(crate::unix_now());
     for skip in &skipped {
         let at = skip.document.map(|d| format!("document {d} ")).unwrap_or_default();
         eprintln!("skipped {at}{}: {}", skip.object, skip.reason);

@@ -437,28 +437,20 @@ fn backend_target(backend: &WeightedBackend, clusters: &HashMap<&str, Arc<Cluste
     })
 }
 
-/// Parses a certificate's PEM chain and key into what rustls serves.
+/// Parses a certificate's PEM chain and key into what rustls serves (the translator
+/// checks certificates with the same code).
 fn certified_key(certificate: &Certificate) -> Result<Arc<CertifiedKey>, String> {
-    use pingora_rustls::{CertificateDer, PrivateKeyDer};
-    use rustls_pki_types::pem::PemObject;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certificate.cert_chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: certificate chain: {e}", certificate.name))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate in the chain", certificate.name));
-    }
-    let key = PrivateKeyDer::from_pem_slice(certificate.private_key_pem.as_bytes())
-        .map_err(|e| format!("{}: private key: {e}", certificate.name))?;
+    // The TLS listeners' handshakes use the process-wide provider.
     pingora_rustls::install_default_crypto_provider();
-    let provider = pingora_rustls::CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
-    let signing_key =
-        provider.key_provider.load_private_key(key).map_err(|e| format!("{}: private key: {e}", certificate.name))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+    sluice_snapshot::compile::load_certificate(&certificate.cert_chain_pem, &certificate.private_key_pem)
+        .map(|loaded| loaded.key)
+        .map_err(|problem| format!("{}: {problem}", certificate.name))
 }
 
-/// Gateway API regular expressions match the whole value.
+/// Gateway API regular expressions match the whole value (the translator compiles them
+/// with the same function).
 fn full_regex(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("regex {pattern:?}: {e}"))
+    sluice_snapshot::compile::full_regex(pattern)
 }
 
 fn listener_table(name: String, routes: Vec<Arc<Route>>, source: &[HttpRoute]) -> ListenerTable {

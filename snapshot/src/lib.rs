@@ -9,6 +9,7 @@
 //! proto3-JSON serde impls (pbjson), so a snapshot travels as protobuf over gRPC and as
 //! JSON/YAML in files and golden tests. This crate knows neither kube nor pingora.
 
+pub mod compile;
 mod hash;
 mod validate;
 

@@ -237,8 +237,8 @@ impl<'a> Checker<'a> {
     }
 
     fn regex(&mut self, at: &str, pattern: &str) {
-        if let Err(error) = regex::Regex::new(pattern) {
-            self.problem(at, format!("invalid regular expression {pattern:?}: {error}"));
+        if let Err(problem) = crate::compile::full_regex(pattern) {
+            self.problem(at, problem);
         }
     }
 

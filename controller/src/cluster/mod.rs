@@ -103,7 +103,8 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             _ = &mut shutdown => break,
         }
         retry = None;
-        let world = stores.world();
+        let mut world = stores.world();
+        world.now = Some(crate::unix_now());
         let output = sluice_translate::translate(&world);
         let mut current = BTreeSet::new();
         for (key, gateway) in &output.gateways {

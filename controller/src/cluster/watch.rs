@@ -132,6 +132,7 @@ impl Stores {
             namespaces: self.namespaces.state(),
             proxy_configs: self.proxy_configs.as_ref().map(Store::state).unwrap_or_default(),
             crd_bundle_version: Some(self.crd_bundle_version.clone().unwrap_or_default()),
+            now: None,
         }
     }
 }

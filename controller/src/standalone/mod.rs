@@ -218,7 +218,8 @@ impl Runner {
         }
         self.translated = true;
         let read = started.elapsed();
-        let (world, problems) = self.manifests.world();
+        let (mut world, problems) = self.manifests.world();
+        world.now = Some(crate::unix_now());
         self.problems = Arc::new(problems);
         let mut output = translate(&world);
         let translated = started.elapsed();

@@ -305,8 +305,9 @@ pub(crate) fn by_age<K: kube::Resource>(routes: &[std::sync::Arc<K>]) -> Vec<&K>
     sorted
 }
 
+/// Compiles a regular expression exactly as the data plane will (anchored, size limits).
 fn check_regex(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(pattern).map(|_| ()).map_err(|error| format!("invalid regular expression {pattern:?}: {error}"))
+    sluice_snapshot::compile::full_regex(pattern).map(|_| ())
 }
 
 fn compile_filter(

@@ -53,6 +53,8 @@ pub(crate) struct Index<'w> {
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants by the namespace they live in (the target namespace).
     pub grants: HashMap<&'w str, Vec<&'w ReferenceGrant>>,
+    /// `World::now`.
+    pub now: Option<i64>,
 }
 
 /// The label the API server puts on every Namespace, holding its name.
@@ -92,6 +94,7 @@ impl<'w> Index<'w> {
             proxy_configs: world.proxy_configs.iter().map(|p| (ObjectKey::of(p.as_ref()), p.as_ref())).collect(),
             namespace_labels,
             grants,
+            now: world.now,
         }
     }
 

@@ -30,6 +30,9 @@ pub struct World {
     /// The `bundle-version` of the Gateway API CRDs installed in the cluster ("" when the
     /// annotation is missing); None where no CRDs are involved (standalone mode).
     pub crd_bundle_version: Option<String>,
+    /// The time of this pass in seconds since the Unix epoch, against which certificates'
+    /// validity is checked; None: validity is not checked (golden tests).
+    pub now: Option<i64>,
 }
 
 /// A manifest document that was not taken into the World, and why.
