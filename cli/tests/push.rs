@@ -1,5 +1,5 @@
 //! The push link end to end: a push server in the test, real data-plane processes, real
-//! backends. Identity checks, NACKs, versions across controller restarts, and a
+//! backends. Identity checks, NACKs and dropped pieces, versions across controller restarts, and a
 //! controller outage under load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
@@ -31,7 +31,7 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, 
         Err(error) => return format!("transport error: {error}"),
     };
     let mut client = ConfigPushClient::new(channel);
-    let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None };
+    let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![] };
     let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
     let outbound = tokio_stream::iter(vec![message]).chain(tokio_stream::pending());
     let mut inbound = match client.stream(outbound).await {
@@ -92,7 +92,7 @@ fn a_client_gets_only_its_own_gateway() {
 }
 
 #[test]
-fn a_rejected_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
+fn a_rejected_snapshot_is_nacked_and_a_broken_route_is_dropped_alone() {
     let (backend, _echo) = echo("echo");
     let controller = Controller::start(0, None);
     let (port, admin) = (free_port(), free_port());
@@ -104,14 +104,16 @@ fn a_rejected_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
     });
     eventually(Duration::from_secs(5), "the ACK", || controller.push.progress()[gateway].programmed().is_ok());
 
-    // A route to a cluster the snapshot does not define: the data plane must reject it.
-    let bad = controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v2", "missing"));
+    // Two listeners of one name: structurally invalid, the data plane must reject it.
+    let mut invalid = snapshot(gateway, port, "a.example", backend, "v2", "echo");
+    invalid.listeners.push(invalid.listeners[0].clone());
+    let bad = controller.push.publish(gateway, invalid);
     assert_eq!(bad.unwrap().generation, 2);
     eventually(Duration::from_secs(5), "the NACK", || {
         controller.push.progress()[gateway].pods["pod-0"].rejected.as_ref().is_some_and(|(v, _)| *v == 2)
     });
     let why = controller.push.progress()[gateway].programmed().unwrap_err();
-    assert!(why.contains("pod-0 rejected version 2") && why.contains("missing"), "{why}");
+    assert!(why.contains("pod-0 rejected version 2") && why.contains("duplicate listener name"), "{why}");
     let (status, head, _) = get(port, "a.example", "/").unwrap();
     assert_eq!(status, 200);
     assert!(head.contains("x-version: v1"), "the previous snapshot serves: {head}");
@@ -124,6 +126,27 @@ fn a_rejected_snapshot_is_nacked_and_the_last_good_one_keeps_serving() {
     });
     eventually(Duration::from_secs(5), "the ACK of 3", || controller.push.progress()[gateway].programmed().is_ok());
     assert_eq!(served_generation(admin), Some(3));
+    assert!(controller.push.progress()[gateway].dropped().is_empty());
+
+    // One route to a cluster the snapshot does not define: that route is dropped (it
+    // answers 500), the snapshot is applied and the ACK says which route was dropped.
+    let mut one_bad = snapshot(gateway, port, "a.example", backend, "v4", "echo");
+    let mut broken = one_bad.listeners[0].http_routes[0].clone();
+    broken.name = "httproute/team-a/broken/rule/0/match/0".into();
+    broken.hostnames = vec!["b.example".into()];
+    broken.backends[0].target = Some(sluice_snapshot::weighted_backend::Target::Cluster("missing".into()));
+    one_bad.listeners[0].http_routes.push(broken);
+    controller.push.publish(gateway, one_bad);
+    eventually(Duration::from_secs(5), "the ACK of 4", || {
+        controller.push.progress()[gateway].programmed().is_ok() && served_generation(admin) == Some(4)
+    });
+    let dropped = controller.push.progress()[gateway].dropped();
+    assert_eq!(dropped.keys().collect::<Vec<_>>(), ["httproute/team-a/broken/rule/0/match/0"]);
+    assert!(dropped.values().all(|problem| problem.contains("unknown cluster missing")), "{dropped:?}");
+    let (status, head, _) = get(port, "a.example", "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("x-version: v4"), "{head}");
+    assert_eq!(get(port, "b.example", "/").unwrap().0, 500);
 }
 
 #[test]

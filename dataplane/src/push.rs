@@ -3,7 +3,7 @@
 //! ```text
 //!  connect (mTLS) ──► Hello{gateway, pod, current version}
 //!     ◄── Snapshot vN ──► same content as served? take the version, no reload
-//!                         else validate + compile ──ok──► ArcSwap store ──► Ack{vN}
+//!                         else validate + compile ──ok──► ArcSwap store ──► Ack{vN, dropped pieces}
 //!                                                  └─err─► keep serving     ──► Nack{vN, error}
 //!  stream ends / fails ──► keep serving the last good snapshot, reconnect after a
 //!                          jittered exponential backoff (100 ms … 10 s)
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use sluice_snapshot::push::config_push_client::ConfigPushClient;
-use sluice_snapshot::push::{Ack, DataPlaneMessage, Hello, Nack, control_plane_message, data_plane_message};
+use sluice_snapshot::push::{Ack, DataPlaneMessage, Dropped, Hello, Nack, control_plane_message, data_plane_message};
 use sluice_snapshot::{Snapshot, Version};
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -76,7 +76,14 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
                 return;
             }
         };
-        let applier = Applier { metrics, tables: None, current: None, first: Some(first_sender), ports: Vec::new() };
+        let applier = Applier {
+            metrics,
+            tables: None,
+            current: None,
+            first: Some(first_sender),
+            ports: Vec::new(),
+            dropped: Vec::new(),
+        };
         runtime.block_on(run(&url, &args, gateway, pod, applier));
     })?;
     tracing::info!("waiting for the first snapshot from the control plane");
@@ -121,6 +128,9 @@ struct Applier {
     current: Option<Version>,
     first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
     ports: Vec<u32>,
+    /// The pieces of the current snapshot that are not served (reported in every ACK and
+    /// in the Hello of a reconnect).
+    dropped: Vec<Dropped>,
 }
 
 impl Applier {
@@ -145,6 +155,8 @@ impl Applier {
             }
         }
         let compiled = compile(&snapshot, &self.metrics).map_err(|error| error.to_string())?;
+        self.dropped =
+            compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
         let mut ports: Vec<u32> = snapshot.listeners.iter().map(|l| l.port).collect();
         ports.sort_unstable();
@@ -208,7 +220,12 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
     let channel = endpoint.connect().await.context("connecting")?;
     let mut client = ConfigPushClient::new(channel).max_decoding_message_size(usize::MAX);
     let (sender, receiver) = mpsc::channel(4);
-    let hello = Hello { gateway: gateway.to_string(), pod: pod.to_string(), current: applier.current.clone() };
+    let hello = Hello {
+        gateway: gateway.to_string(),
+        pod: pod.to_string(),
+        current: applier.current.clone(),
+        dropped: applier.dropped.clone(),
+    };
     sender.send(message(data_plane_message::Message::Hello(hello))).await?;
     let mut inbound = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
@@ -232,7 +249,7 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
             Ok(version) => {
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(generation = version.generation, apply_ms, "applied snapshot");
-                data_plane_message::Message::Ack(Ack { version: Some(version) })
+                data_plane_message::Message::Ack(Ack { version: Some(version), dropped: applier.dropped.clone() })
             }
             Err(error) => {
                 applier.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);

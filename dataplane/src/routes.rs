@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pingora_rustls::sign::CertifiedKey;
 use regex::Regex;
 use sluice_snapshot::{
-    AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, LoadBalancing, PathMatchType, Protocol, Snapshot,
+    AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, LoadBalancing, PathMatchType, Piece, Protocol, Snapshot,
     ValueMatchType, WeightedBackend, http_filter, weighted_backend,
 };
 
@@ -36,6 +36,19 @@ pub struct Compiled {
     pub tcp: HashMap<u16, Backends>,
     /// Backends of the UDP ports.
     pub udp: HashMap<u16, Backends>,
+    /// The pieces of the snapshot that could not be compiled and are not served (the
+    /// push ACK reports them, so that their route's or listener's status says why).
+    pub dropped: Vec<Dropped>,
+}
+
+/// A piece of a snapshot the data plane does not serve: a route (it answers 500, or never
+/// matches when its match cannot be compiled), a listener or a certificate (the listeners
+/// that need it are dropped too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The piece's snapshot name (`httproute/ns/r/rule/0/match/0`, `gateway/ns/gw/listener/l`).
+    pub name: String,
+    pub problem: String,
 }
 
 /// The certificates of the listeners sharing one TLS port.
@@ -117,6 +130,8 @@ enum PathMatcher {
     /// Prefix without its trailing slash ("" for "/").
     Prefix(String),
     Regex(Regex),
+    /// A dropped route whose match could not be compiled: it matches nothing.
+    Never,
 }
 
 #[derive(Debug)]
@@ -204,8 +219,6 @@ impl ClusterTable {
 pub enum CompileError {
     #[error(transparent)]
     Invalid(#[from] sluice_snapshot::ValidationError),
-    #[error("{route}: {problem}")]
-    Route { route: String, problem: String },
 }
 
 impl Backends {
@@ -260,45 +273,90 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// Builds the routing tables for `snapshot` (validated first).
+/// Builds the routing tables for `snapshot`. A structurally invalid snapshot (names,
+/// ports, clusters that do not fit together) is an error; a route, listener or
+/// certificate that cannot be compiled is dropped alone (see [`Dropped`]) and the rest
+/// is served.
 pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result<Compiled, CompileError> {
-    sluice_snapshot::validate(snapshot)?;
+    let mut broken: HashMap<Piece, String> = HashMap::new();
+    let mut structural = Vec::new();
+    for problem in sluice_snapshot::problems(snapshot) {
+        if problem.piece == Piece::Snapshot {
+            structural.push(problem.to_string());
+            continue;
+        }
+        let entry = broken.entry(problem.piece).or_default();
+        if !entry.is_empty() {
+            entry.push_str("; ");
+        }
+        entry.push_str(&problem.message);
+    }
+    if !structural.is_empty() {
+        return Err(CompileError::Invalid(sluice_snapshot::ValidationError { problems: structural }));
+    }
+    let mut dropped = Vec::new();
     let clusters: HashMap<&str, Arc<ClusterTable>> =
         snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c)))).collect();
-    let certificates: HashMap<&str, &Certificate> =
-        snapshot.certificates.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut keys: HashMap<&str, Result<Arc<CertifiedKey>, String>> = HashMap::new();
+    for certificate in &snapshot.certificates {
+        let key = match broken.get(&Piece::Certificate(certificate.name.clone())) {
+            Some(problem) => Err(problem.clone()),
+            None => certified_key(certificate),
+        };
+        if let Err(problem) = &key {
+            dropped.push(Dropped { name: certificate.name.clone(), problem: problem.clone() });
+        }
+        keys.insert(certificate.name.as_str(), key);
+    }
     let mut ports: HashMap<u16, PortTable> = HashMap::new();
     let mut tls: HashMap<u16, CertificateTable> = HashMap::new();
     let mut tcp: HashMap<u16, Backends> = HashMap::new();
     let mut udp: HashMap<u16, Backends> = HashMap::new();
     // The first attached route of a TCP or UDP listener is served.
-    let l4_backends = |route: Option<(&str, &[WeightedBackend])>| -> Result<Backends, CompileError> {
-        let Some((name, backends)) = route else { return Ok(Backends::default()) };
-        let targets = backends
-            .iter()
-            .map(|b| backend_target(b, &clusters).map(|t| (b.weight, t, Vec::new())))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|problem| CompileError::Route { route: name.to_string(), problem })?;
-        Ok(Backends::new(targets))
+    let l4_backends = |route: Option<(&str, &[WeightedBackend])>, dropped: &mut Vec<Dropped>| -> Backends {
+        let Some((name, backends)) = route else { return Backends::default() };
+        let targets = match broken.get(&Piece::Route(name.to_string())) {
+            Some(problem) => Err(problem.clone()),
+            None => backends
+                .iter()
+                .map(|b| backend_target(b, &clusters).map(|t| (b.weight, t, Vec::new())))
+                .collect::<Result<Vec<_>, String>>(),
+        };
+        match targets {
+            Ok(targets) => Backends::new(targets),
+            Err(problem) => {
+                dropped.push(Dropped { name: name.to_string(), problem });
+                Backends::default()
+            }
+        }
     };
     for listener in &snapshot.listeners {
         let Ok(port) = u16::try_from(listener.port) else { continue };
+        if let Some(problem) = broken.get(&Piece::Listener(listener.name.clone())) {
+            dropped.push(Dropped { name: listener.name.clone(), problem: problem.clone() });
+            continue;
+        }
         if listener.protocol() == Protocol::Tcp {
             let route = listener.tcp_routes.first().map(|r| (r.name.as_str(), r.backends.as_slice()));
-            tcp.insert(port, l4_backends(route)?);
+            tcp.insert(port, l4_backends(route, &mut dropped));
             continue;
         }
         if listener.protocol() == Protocol::Udp {
             let route = listener.udp_routes.first().map(|r| (r.name.as_str(), r.backends.as_slice()));
-            udp.insert(port, l4_backends(route)?);
+            udp.insert(port, l4_backends(route, &mut dropped));
             continue;
         }
         if listener.protocol() == Protocol::Https {
-            let key = match listener.certificates.first().and_then(|name| certificates.get(name.as_str())) {
-                Some(certificate) => certified_key(certificate)
-                    .map_err(|problem| CompileError::Route { route: listener.name.clone(), problem })?,
-                None => {
-                    return Err(CompileError::Route { route: listener.name.clone(), problem: "no certificate".into() });
+            let key = match listener.certificates.first().map(|name| (name, keys.get(name.as_str()))) {
+                Some((_, Some(Ok(key)))) => key.clone(),
+                Some((name, Some(Err(problem)))) => {
+                    let problem = format!("certificate {name} cannot be served: {problem}");
+                    dropped.push(Dropped { name: listener.name.clone(), problem });
+                    continue;
+                }
+                Some((_, None)) | None => {
+                    dropped.push(Dropped { name: listener.name.clone(), problem: "no certificate".into() });
+                    continue;
                 }
             };
             let table = tls.entry(port).or_default();
@@ -316,7 +374,15 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         table.protocol = Some(listener.protocol());
         let mut routes = Vec::new();
         for route in &listener.http_routes {
-            routes.push(Arc::new(compile_route(route, &clusters, metrics)?));
+            let compiled = match broken.get(&Piece::Route(route.name.clone())) {
+                Some(problem) => Err(problem.clone()),
+                None => compile_route(route, &clusters, metrics),
+            };
+            let compiled = compiled.unwrap_or_else(|problem| {
+                dropped.push(Dropped { name: route.name.clone(), problem });
+                failed_route(route, metrics)
+            });
+            routes.push(Arc::new(compiled));
         }
         let listener_table = listener_table(listener.name.clone(), routes, &listener.http_routes);
         let index = table.listeners.len();
@@ -331,8 +397,11 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
             }
         }
     }
+    for piece in &dropped {
+        tracing::warn!(piece = piece.name, problem = piece.problem, "not serving a piece of the snapshot");
+    }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
-    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp })
+    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp, dropped })
 }
 
 fn cluster_table(cluster: &Cluster) -> ClusterTable {
@@ -355,12 +424,16 @@ fn cluster_table(cluster: &Cluster) -> ClusterTable {
     }
 }
 
-fn compile_route(
-    route: &HttpRoute,
-    clusters: &HashMap<&str, Arc<ClusterTable>>,
-    metrics: &crate::metrics::Metrics,
-) -> Result<Route, CompileError> {
-    let problem = |problem: String| CompileError::Route { route: route.name.clone(), problem };
+/// What a route matches, compiled.
+struct CompiledMatch {
+    path: PathMatcher,
+    path_prefix: Option<String>,
+    headers: Vec<(http::HeaderName, ValueMatcher)>,
+    query_params: Vec<(String, ValueMatcher)>,
+    method: Option<http::Method>,
+}
+
+fn compile_match(route: &HttpRoute) -> Result<CompiledMatch, String> {
     let http_match = route.r#match.clone().unwrap_or_default();
     let (path, path_prefix) = match &http_match.path {
         None => (PathMatcher::Prefix(String::new()), Some("/".to_string())),
@@ -369,19 +442,19 @@ fn compile_route(
             PathMatchType::Prefix | PathMatchType::Unspecified => {
                 (PathMatcher::Prefix(p.value.trim_end_matches('/').to_string()), Some(p.value.clone()))
             }
-            PathMatchType::RegularExpression => (PathMatcher::Regex(full_regex(&p.value).map_err(problem)?), None),
+            PathMatchType::RegularExpression => (PathMatcher::Regex(full_regex(&p.value)?), None),
         },
     };
-    let value_matcher = |kind: ValueMatchType, value: &str| -> Result<ValueMatcher, CompileError> {
+    let value_matcher = |kind: ValueMatchType, value: &str| -> Result<ValueMatcher, String> {
         Ok(match kind {
-            ValueMatchType::RegularExpression => ValueMatcher::Regex(full_regex(value).map_err(problem)?),
+            ValueMatchType::RegularExpression => ValueMatcher::Regex(full_regex(value)?),
             _ => ValueMatcher::Exact(value.to_string()),
         })
     };
     let mut headers = Vec::new();
     for header in &http_match.headers {
         let name = http::HeaderName::from_bytes(header.name.as_bytes())
-            .map_err(|e| problem(format!("header name {:?}: {e}", header.name)))?;
+            .map_err(|e| format!("header name {:?}: {e}", header.name))?;
         headers.push((name, value_matcher(header.r#type(), &header.value)?));
     }
     let mut query_params = Vec::new();
@@ -391,18 +464,27 @@ fn compile_route(
     let method = if http_match.method.is_empty() {
         None
     } else {
-        Some(http::Method::from_bytes(http_match.method.as_bytes()).map_err(|e| problem(e.to_string()))?)
+        Some(http::Method::from_bytes(http_match.method.as_bytes()).map_err(|e| e.to_string())?)
     };
+    Ok(CompiledMatch { path, path_prefix, headers, query_params, method })
+}
+
+fn compile_route(
+    route: &HttpRoute,
+    clusters: &HashMap<&str, Arc<ClusterTable>>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Route, String> {
+    let CompiledMatch { path, path_prefix, headers, query_params, method } = compile_match(route)?;
     let mut targets = Vec::new();
     for backend in &route.backends {
-        targets.push((backend.weight, backend_target(backend, clusters).map_err(problem)?, backend.filters.clone()));
+        targets.push((backend.weight, backend_target(backend, clusters)?, backend.filters.clone()));
     }
     let mut mirrors = Vec::new();
     for filter in &route.filters {
         if let Some(http_filter::Kind::RequestMirror(mirror)) = &filter.kind {
             let cluster = clusters
                 .get(mirror.cluster.as_str())
-                .ok_or_else(|| problem(format!("unknown mirror cluster {}", mirror.cluster)))?;
+                .ok_or_else(|| format!("unknown mirror cluster {}", mirror.cluster))?;
             mirrors.push((cluster.clone(), mirror.numerator, mirror.denominator));
         }
     }
@@ -422,6 +504,33 @@ fn compile_route(
         backend_timeout_ms: timeouts.backend_request_ms,
         retry: route.retry.clone(),
     })
+}
+
+/// A route that could not be compiled: it answers 500 to what it matches, or matches
+/// nothing when its match itself cannot be compiled.
+fn failed_route(route: &HttpRoute, metrics: &crate::metrics::Metrics) -> Route {
+    let matched = compile_match(route).unwrap_or(CompiledMatch {
+        path: PathMatcher::Never,
+        path_prefix: None,
+        headers: Vec::new(),
+        query_params: Vec::new(),
+        method: None,
+    });
+    Route {
+        mirrors: Vec::new(),
+        name: route.name.clone(),
+        path: matched.path,
+        headers: matched.headers,
+        query_params: matched.query_params,
+        method: matched.method,
+        path_prefix: matched.path_prefix,
+        filters: Vec::new(),
+        backends: Backends::new(vec![(1, Target::Status(500), Vec::new())]),
+        metrics: metrics.route(&route.name),
+        request_timeout_ms: 0,
+        backend_timeout_ms: 0,
+        retry: None,
+    }
 }
 
 fn backend_target(backend: &WeightedBackend, clusters: &HashMap<&str, Arc<ClusterTable>>) -> Result<Target, String> {
@@ -579,6 +688,7 @@ impl Route {
                     && (request.path.len() == prefix.len() || request.path.as_bytes().get(prefix.len()) == Some(&b'/'))
             }
             PathMatcher::Regex(regex) => regex.is_match(request.path),
+            PathMatcher::Never => false,
         };
         if !path_ok {
             return false;

@@ -340,12 +340,28 @@ fn reloads_new_snapshots_and_keeps_the_last_good_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // An invalid snapshot (unknown cluster) is refused; the last good one keeps serving.
+    // A route to an unknown cluster is dropped alone: it answers 500, the rest serves.
+    let mut one_broken = second.clone();
+    one_broken.listeners[0]
+        .http_routes
+        .insert(0, route("three", &[], path(PathMatchType::Prefix, "/nope"), vec![to("nope", 1)]));
+    plane.write_snapshot(&serde_json::to_string(&one_broken).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(port, "x", "/nope", &[]).status != 500 {
+        assert!(Instant::now() < deadline, "the snapshot with one broken route was not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"));
+
+    // A structurally invalid snapshot (two listeners of one name) is refused; the last
+    // good one keeps serving.
     let mut broken = second.clone();
-    broken.listeners[0].http_routes[0].backends = vec![to("nope", 1)];
+    broken.listeners.push(broken.listeners[0].clone());
+    broken.listeners[0].http_routes[0].backends = vec![to("a", 1)];
     plane.write_snapshot(&serde_json::to_string(&broken).unwrap());
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"));
+    assert_eq!(get(port, "x", "/nope", &[]).status, 500);
     plane.write_snapshot("{ not json");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"));

@@ -300,3 +300,92 @@ fn requests_for_another_listener_than_the_sni_chose_are_misdirected() {
     assert_eq!(h2("a.example.com"), "2 200");
     assert_eq!(h2("x.wild.example.com"), "2 421");
 }
+
+#[test]
+fn one_broken_route_or_certificate_leaves_the_rest_serving() {
+    use sluice_snapshot::{HttpFilter, PathModifier, UrlRewrite, http_filter, path_modifier};
+    let a = Echo::start("a");
+    let (http_port, https_port) = (free_port(), free_port());
+    let prefix = |value: &str| HttpMatch {
+        path: Some(PathMatch { r#type: PathMatchType::Prefix as i32, value: value.into() }),
+        ..Default::default()
+    };
+    let route = |name: &str, m: HttpMatch| HttpRoute {
+        name: format!("httproute/{name}/rule/0/match/0"),
+        r#match: Some(m),
+        backends: vec![to("a", 1)],
+        ..Default::default()
+    };
+    // Team A: a regex valid alone but not once anchored, and a rewrite that would inject
+    // a header into the upstream request. Team B: a plain route.
+    let bad_regex = route(
+        "team-a/regex",
+        HttpMatch {
+            path: Some(PathMatch { r#type: PathMatchType::RegularExpression as i32, value: "(?x)/r#".into() }),
+            ..Default::default()
+        },
+    );
+    let mut injection = route("team-a/rewrite", prefix("/evil"));
+    injection.filters.push(HttpFilter {
+        kind: Some(http_filter::Kind::UrlRewrite(UrlRewrite {
+            hostname: String::new(),
+            path: Some(PathModifier {
+                kind: Some(path_modifier::Kind::ReplaceFullPath("/x HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /y".into())),
+            }),
+        })),
+    });
+    let good = route("team-b/good", prefix("/"));
+    let mut mismatched = certificate("secret/team-a/broken", "a.example.com");
+    mismatched.private_key_pem = fixture("wild.key");
+    let mut broken_https = https_listener("broken", https_port, "broken.example.com", "secret/team-a/broken", "a");
+    broken_https.http_routes[0].name = "httproute/team-a/tls/rule/0/match/0".into();
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![
+            Listener {
+                name: "gateway/test/gw/listener/http".into(),
+                port: u32::from(http_port),
+                protocol: Protocol::Http as i32,
+                http_routes: vec![bad_regex, injection, good],
+                ..Default::default()
+            },
+            https_listener("a", https_port, "a.example.com", "secret/test/a", "a"),
+            broken_https,
+        ],
+        clusters: vec![cluster("a", &[a.port])],
+        certificates: vec![certificate("secret/test/a", "a.example.com"), mismatched],
+        ..Default::default()
+    };
+    // A data plane starting from this snapshot serves everything but the broken pieces.
+    let plane = DataPlane::start(&snapshot);
+    let http = |path: &str| support::get(http_port, "any.example.com", path, &[]);
+    let response = http("/good");
+    assert_eq!((response.status, response.echo("backend")), (200, Some("a")));
+    assert_eq!(response.echo("path"), Some("/good"));
+    // The rewrite route answers 500 and nothing reaches the backend.
+    let seen_before = a.seen().len();
+    assert_eq!(http("/evil/thing").status, 500);
+    assert_eq!(a.seen().len(), seen_before, "the broken route must not reach its backend");
+    // The regex route matches nothing: its requests fall to the next route.
+    assert_eq!(http("/r").echo("path"), Some("/r"));
+    let (response, leaf) = https_get(https_port, "a.example.com", "/");
+    assert_eq!((response.status, leaf), (200, der_of("a.example.com")));
+    assert!(
+        presented_certificate(https_port, "broken.example.com").is_empty(),
+        "no certificate for the broken listener"
+    );
+
+    // The same holds for a live swap: team B's changed route serves while team A's stay broken.
+    let mut next = snapshot.clone();
+    next.listeners[0].http_routes[2] = route("team-b/good", prefix("/v2"));
+    plane.write_snapshot(&serde_json::to_string(&next).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http("/other").status != 404 {
+        assert!(Instant::now() < deadline, "the new snapshot was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http("/v2/x").echo("path"), Some("/v2/x"));
+    assert_eq!(http("/evil").status, 500);
+    let metrics = plane.admin("/metrics");
+    assert!(metrics.contains("sluice_config_reloads_total{result=\"applied\"} 1"), "{metrics}");
+}

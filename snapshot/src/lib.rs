@@ -14,7 +14,10 @@ mod hash;
 mod validate;
 
 pub use hash::{Versioner, content_hash, encode_with_version, hash_encoded};
-pub use validate::{MAX_RETRY_ATTEMPTS, ValidationError, valid_header_value, valid_hostname, valid_token, validate};
+pub use validate::{
+    MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, problems, valid_header_value, valid_hostname,
+    valid_path_value, valid_token, validate,
+};
 
 /// Generated snapshot types (`sluice.snapshot.v1`).
 #[allow(clippy::all, missing_docs)]

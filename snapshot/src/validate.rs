@@ -22,14 +22,51 @@ pub struct ValidationError {
 
 /// Checks every invariant the data plane relies on.
 pub fn validate(snapshot: &Snapshot) -> Result<(), ValidationError> {
-    let mut check = Checker::default();
-    check.snapshot(snapshot);
-    if check.problems.is_empty() { Ok(()) } else { Err(ValidationError { problems: check.problems }) }
+    let problems: Vec<String> = problems(snapshot).into_iter().map(|p| p.to_string()).collect();
+    if problems.is_empty() { Ok(()) } else { Err(ValidationError { problems }) }
 }
 
-#[derive(Default)]
+/// What a problem makes unusable: the whole snapshot (structure), or one piece that the
+/// data plane drops while it serves the rest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Piece {
+    /// Names, ports or clusters that do not fit together: the snapshot is rejected.
+    Snapshot,
+    /// One listener (by name): it is not served.
+    Listener(String),
+    /// One route (HTTP, TCP or UDP, by name): it answers 500, or never matches when its
+    /// match cannot be compiled.
+    Route(String),
+    /// One certificate (by name): it is not served, nor the listeners that need it.
+    Certificate(String),
+}
+
+/// One problem found in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub piece: Piece,
+    /// The offending item's name (`httproute/ns/r/rule/0/match/0`, `port 80`, ...).
+    pub at: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// Every problem of a snapshot, each with the piece it makes unusable.
+pub fn problems(snapshot: &Snapshot) -> Vec<Problem> {
+    let mut check = Checker { piece: Piece::Snapshot, problems: Vec::new(), clusters: BTreeSet::new() };
+    check.snapshot(snapshot);
+    check.problems
+}
+
 struct Checker<'a> {
-    problems: Vec<String>,
+    /// The piece being checked: problems found now make it unusable.
+    piece: Piece,
+    problems: Vec<Problem>,
     clusters: BTreeSet<&'a str>,
 }
 
@@ -38,9 +75,16 @@ pub fn valid_token(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Whether `value` may be sent as a header value (no CR, LF, NUL or other controls).
+/// Whether `value` may be sent as a header value: visible ASCII, spaces and tabs (no CR,
+/// LF, NUL or other controls, no bytes beyond ASCII).
 pub fn valid_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Whether `path` may be written into a request line or a `Location` header: visible
+/// ASCII only (no CR, LF, NUL, spaces or bytes beyond ASCII; percent-encode those).
+pub fn valid_path_value(path: &str) -> bool {
+    path.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// Retries per request at most (Gateway API leaves the limit to implementations).
@@ -52,7 +96,7 @@ fn valid_port(port: u32) -> bool {
 
 impl<'a> Checker<'a> {
     fn problem(&mut self, at: &str, what: impl std::fmt::Display) {
-        self.problems.push(format!("{at}: {what}"));
+        self.problems.push(Problem { piece: self.piece.clone(), at: at.to_string(), message: what.to_string() });
     }
 
     fn snapshot(&mut self, snapshot: &'a Snapshot) {
@@ -79,7 +123,9 @@ impl<'a> Checker<'a> {
             }
             if !certificate.cert_chain_pem.contains("-----BEGIN") || !certificate.private_key_pem.contains("-----BEGIN")
             {
+                self.piece = Piece::Certificate(certificate.name.clone());
                 self.problem(&certificate.name, "certificate chain or private key is not PEM");
+                self.piece = Piece::Snapshot;
             }
         }
         let mut listener_names = BTreeSet::new();
@@ -91,7 +137,9 @@ impl<'a> Checker<'a> {
                 self.problem(&listener.name, "duplicate listener name");
             }
             ports.entry((listener.protocol() == Protocol::Udp, listener.port)).or_default().push(listener);
+            self.piece = Piece::Listener(listener.name.clone());
             self.listener(listener, &certificates);
+            self.piece = Piece::Snapshot;
         }
         for ((udp, port), listeners) in ports {
             let protocols: BTreeSet<i32> = listeners.iter().map(|l| l.protocol).collect();
@@ -144,9 +192,11 @@ impl<'a> Checker<'a> {
             self.problem(at, "UDP routes on a non-UDP listener");
         }
         for route in &listener.http_routes {
+            self.piece = Piece::Route(route.name.clone());
             self.http_route(route);
         }
         for route in &listener.tcp_routes {
+            self.piece = Piece::Route(route.name.clone());
             for backend in &route.backends {
                 self.backend(&route.name, backend);
                 if !backend.filters.is_empty() {
@@ -155,6 +205,7 @@ impl<'a> Checker<'a> {
             }
         }
         for route in &listener.udp_routes {
+            self.piece = Piece::Route(route.name.clone());
             for backend in &route.backends {
                 self.backend(&route.name, backend);
                 if !backend.filters.is_empty() {
@@ -304,6 +355,12 @@ impl<'a> Checker<'a> {
     }
 
     fn path_modifier(&mut self, at: &str, modifier: Option<&PathModifier>, path_type: Option<PathMatchType>) {
+        if let Some(path_modifier::Kind::ReplacePrefixMatch(path) | path_modifier::Kind::ReplaceFullPath(path)) =
+            modifier.and_then(|m| m.kind.as_ref())
+            && !valid_path_value(path)
+        {
+            self.problem(at, format!("replacement path {path:?} holds a control, space or non-ASCII character"));
+        }
         match modifier.and_then(|m| m.kind.as_ref()) {
             Some(path_modifier::Kind::ReplacePrefixMatch(prefix)) => {
                 if path_type != Some(PathMatchType::Prefix) {
@@ -522,6 +579,47 @@ mod tests {
         s.listeners.push(second);
         let error = validate(&s).unwrap_err();
         assert_eq!(error.problems, ["port 53: a UDP listener cannot share its port"]);
+    }
+
+    #[test]
+    fn problems_name_the_piece_they_make_unusable() {
+        let mut bad_rewrite = route(prefix("/"));
+        bad_rewrite.name = "httproute/ns/bad/rule/0/match/0".into();
+        bad_rewrite.filters.push(HttpFilter {
+            kind: Some(Kind::UrlRewrite(crate::UrlRewrite {
+                hostname: String::new(),
+                path: Some(PathModifier {
+                    kind: Some(path_modifier::Kind::ReplaceFullPath("/x HTTP/1.1\r\nX-Evil: 1".into())),
+                }),
+            })),
+        });
+        let mut s = snapshot(vec![route(prefix("/")), bad_rewrite]);
+        let mut https = s.listeners[0].clone();
+        https.name = "gateway/ns/gw/listener/https".into();
+        https.port = 443;
+        https.protocol = Protocol::Https as i32;
+        https.http_routes.clear();
+        https.certificates = vec!["secret/ns/missing".into()];
+        s.listeners.push(https);
+        let found = problems(&s);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].piece, Piece::Route("httproute/ns/bad/rule/0/match/0".into()));
+        assert!(found[0].message.contains("holds a control, space or non-ASCII character"), "{}", found[0]);
+        assert_eq!(found[1].piece, Piece::Listener("gateway/ns/gw/listener/https".into()));
+        assert!(found[1].message.contains("unknown certificate secret/ns/missing"));
+        s.listeners[1].name = s.listeners[0].name.clone();
+        assert!(problems(&s).iter().any(|p| p.piece == Piece::Snapshot && p.message == "duplicate listener name"));
+    }
+
+    #[test]
+    fn path_and_header_values() {
+        assert!(valid_path_value("/a/b?c=%20"));
+        for bad in ["/a b", "/a\r\n", "/a\0", "/é", ""] {
+            assert_eq!(valid_path_value(bad), bad.is_empty(), "{bad:?}");
+        }
+        assert!(valid_header_value("a b\tc"));
+        assert!(!valid_header_value("a\r\nb"));
+        assert!(!valid_header_value("é"));
     }
 
     #[test]

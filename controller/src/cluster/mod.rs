@@ -145,6 +145,11 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 gateway.hold_programmed(reason::PENDING, &message);
             }
         }
+        for key in output.gateways.keys() {
+            if let Some(progress) = progress_now.get(&key.to_string()) {
+                status.apply_dropped(key, &progress.dropped());
+            }
+        }
         let written = status::write(&client, &stores, &status, &addresses).await;
         if written.writes > 0 {
             tracing::debug!("wrote {} statuses", written.writes);

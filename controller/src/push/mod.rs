@@ -48,6 +48,10 @@ pub struct PodProgress {
     pub rejected: Option<(u64, String)>,
     /// Whether the pod's stream is open.
     pub connected: bool,
+    /// The pieces of the applied version the pod could not compile and does not serve:
+    /// (snapshot name, problem).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<(String, String)>,
 }
 
 /// The push state of one Gateway.
@@ -82,6 +86,21 @@ impl GatewayProgress {
         } else {
             Err(format!("waiting for data planes {} to apply version {version}", behind.join(", ")))
         }
+    }
+
+    /// The pieces that connected pods on the current version do not serve, by snapshot
+    /// name (`httproute/ns/r/rule/0/match/0`, `gateway/ns/gw/listener/l`), with the
+    /// problem the first such pod reported.
+    pub fn dropped(&self) -> BTreeMap<String, String> {
+        let mut dropped = BTreeMap::new();
+        let current =
+            self.pods.values().filter(|pod| pod.connected && pod.applied.is_some() && pod.applied == self.version);
+        for pod in current {
+            for (name, problem) in &pod.dropped {
+                dropped.entry(name.clone()).or_insert_with(|| problem.clone());
+            }
+        }
+        dropped
     }
 }
 
@@ -295,6 +314,7 @@ impl PushServer {
         pod.progress.connected = true;
         pod.progress.rejected = None;
         pod.progress.applied = reported.map(|v| v.generation);
+        pod.progress.dropped = hello.dropped.iter().map(|d| (d.name.clone(), d.problem.clone())).collect();
         let receiver = state.current.subscribe();
         drop(gateways);
         self.progress_changed();
@@ -311,6 +331,10 @@ impl PushServer {
             data_plane_message::Message::Ack(ack) => {
                 entry.progress.applied = ack.version.map(|v| v.generation);
                 entry.progress.rejected = None;
+                if !ack.dropped.is_empty() {
+                    tracing::warn!(gateway, pod, dropped = ack.dropped.len(), "data plane dropped snapshot pieces");
+                }
+                entry.progress.dropped = ack.dropped.into_iter().map(|d| (d.name, d.problem)).collect();
             }
             data_plane_message::Message::Nack(nack) => {
                 let generation = nack.version.map(|v| v.generation).unwrap_or_default();
@@ -485,7 +509,10 @@ mod tests {
             pods: pods
                 .iter()
                 .map(|(name, applied, connected)| {
-                    (name.to_string(), PodProgress { applied: *applied, rejected: None, connected: *connected })
+                    (
+                        name.to_string(),
+                        PodProgress { applied: *applied, rejected: None, connected: *connected, dropped: vec![] },
+                    )
                 })
                 .collect(),
         }
@@ -519,13 +546,13 @@ mod tests {
         let ours = server.publish("ns/gw", snapshot.clone()).unwrap();
         // Same content under a higher generation (we restarted): adopted, no reload.
         let same = Version { generation: 40, content_hash: ours.content_hash.clone() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(same) };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(same), dropped: vec![] };
         let (_, receiver) = server.connect(&hello);
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 40);
         assert!(server.progress()["ns/gw"].programmed().is_ok());
         // Other content at a higher generation: ours is re-stamped above it.
         let other = Version { generation: 90, content_hash: "other".into() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p2".into(), current: Some(other) };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p2".into(), current: Some(other), dropped: vec![] };
         let (_, receiver) = server.connect(&hello);
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 91);
         // And it keeps growing from there.

@@ -438,6 +438,11 @@ impl Runner {
         }
         let mut text = render_gateways(&document, &self.processes, self.options.quiet);
         text.push_str(&self.routes_text);
+        for (gateway, progress) in &document.data_planes {
+            for (piece, problem) in progress.dropped() {
+                text.push_str(&format!("gateway {gateway}: the data plane does not serve {piece}: {problem}\n"));
+            }
+        }
         for problem in document.problems.iter() {
             text.push_str(&format!("skipped in {}: {}\n", problem.file.display(), problem.message));
         }
@@ -543,6 +548,12 @@ impl StatusDocument {
         for (key, gateway) in &mut status.gateways {
             if let Some(message) = self.programmed_holds.get(&key.to_string()) {
                 gateway.hold_programmed(reason::PENDING, message);
+            }
+        }
+        let keys: Vec<_> = status.gateways.keys().cloned().collect();
+        for key in keys {
+            if let Some(progress) = self.data_planes.get(&key.to_string()) {
+                status.apply_dropped(&key, &progress.dropped());
             }
         }
         status

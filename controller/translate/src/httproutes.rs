@@ -431,7 +431,7 @@ fn header_modifier<'a>(
     let header = |(name, value): (&String, &String)| {
         check_header_name(name)?;
         if !sluice_snapshot::valid_header_value(value) {
-            return Err(format!("the value of header {name:?} contains control characters"));
+            return Err(format!("the value of header {name:?} holds a control (CR, LF, NUL) or non-ASCII character"));
         }
         Ok(Header { name: name.clone(), value: value.clone() })
     };
@@ -469,6 +469,13 @@ fn path_modifier_of(
         && !path.starts_with('/')
     {
         return Err(format!("replacement path {path:?} must start with /"));
+    }
+    if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
+        && !sluice_snapshot::valid_path_value(path)
+    {
+        return Err(format!(
+            "replacement path {path:?} holds a control character (CR, LF, NUL), a space or a non-ASCII character; percent-encode it"
+        ));
     }
     Ok(Some(PathModifier { kind: Some(kind) }))
 }

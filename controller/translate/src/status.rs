@@ -51,7 +51,7 @@ impl Condition {
             type_: type_.into(),
             status: if status { ConditionStatus::True } else { ConditionStatus::False },
             reason: reason.into(),
-            message: message.into(),
+            message: bounded_message(&message.into()),
             observed_generation,
         }
     }
@@ -83,7 +83,7 @@ impl GatewayStatus {
             if condition.status == ConditionStatus::True {
                 condition.status = ConditionStatus::False;
                 condition.reason = reason.into();
-                condition.message = message.to_string();
+                condition.message = bounded_message(message);
             }
         }
     }
@@ -170,4 +170,148 @@ pub mod reason {
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+}
+
+/// Condition messages are cut to this many bytes: the API allows 32768, and a status
+/// write that fails on its size would be retried forever.
+pub const MAX_MESSAGE_BYTES: usize = 32_000;
+
+/// `message`, cut at a character boundary to at most [`MAX_MESSAGE_BYTES`] bytes, with a
+/// marker when cut.
+pub fn bounded_message(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    const MARKER: &str = " ... (truncated)";
+    let mut end = MAX_MESSAGE_BYTES - MARKER.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARKER}", &message[..end])
+}
+
+impl crate::Status {
+    /// Folds in what a Gateway's data planes reported they could not compile (by snapshot
+    /// name, with the problem): a dropped listener is not Programmed, a route with a
+    /// dropped rule is PartiallyInvalid towards that Gateway. Other objects are untouched.
+    pub fn apply_dropped(&mut self, gateway: &crate::ObjectKey, dropped: &std::collections::BTreeMap<String, String>) {
+        let listener_prefix = format!("gateway/{}/{}/listener/", gateway.namespace, gateway.name);
+        let mut by_route: std::collections::BTreeMap<(&str, crate::ObjectKey), Vec<String>> = Default::default();
+        for (name, problem) in dropped {
+            if let Some(listener) = name.strip_prefix(&listener_prefix) {
+                let Some(status) = self.gateways.get_mut(gateway) else { continue };
+                let Some(entry) = status.listeners.iter_mut().find(|l| l.name == listener) else { continue };
+                for condition in entry.conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
+                    condition.status = ConditionStatus::False;
+                    condition.reason = reason::INVALID.into();
+                    condition.message =
+                        bounded_message(&format!("the data plane cannot serve this listener: {problem}"));
+                }
+                continue;
+            }
+            let mut parts = name.split('/');
+            let (Some(kind), Some(namespace), Some(route), Some("rule"), Some(rule)) =
+                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let key = crate::ObjectKey::new(namespace, route);
+            by_route.entry((kind, key)).or_default().push(format!("rule {rule}: {problem}"));
+        }
+        for ((kind, key), problems) in by_route {
+            let routes = match kind {
+                "httproute" => &mut self.http_routes,
+                "tcproute" => &mut self.tcp_routes,
+                "udproute" => &mut self.udp_routes,
+                _ => continue,
+            };
+            let Some(status) = routes.get_mut(&key) else { continue };
+            let message = bounded_message(&format!("the data plane dropped {}", problems.join("; ")));
+            for parent in status.parents.iter_mut().filter(|p| {
+                p.parent_ref.name == gateway.name
+                    && p.parent_ref.namespace.as_deref().unwrap_or(&key.namespace) == gateway.namespace
+                    && p.parent_ref.kind.as_deref().is_none_or(|k| k == "Gateway")
+            }) {
+                let generation = parent.conditions.first().map_or(0, |c| c.observed_generation);
+                parent.conditions.retain(|c| c.type_ != reason::PARTIALLY_INVALID);
+                parent.conditions.push(Condition::new(
+                    reason::PARTIALLY_INVALID,
+                    true,
+                    reason::UNSUPPORTED_VALUE,
+                    message.clone(),
+                    generation,
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ObjectKey, Status};
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("short"), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.ends_with("(truncated)"), "{}", cut.len());
+    }
+
+    #[test]
+    fn dropped_pieces_mark_only_their_listener_and_route() {
+        let gateway = ObjectKey::new("infra", "gw");
+        let condition = |type_: &str| Condition::new(type_, true, type_, "ok", 3);
+        let listener = |name: &str| ListenerStatus {
+            name: name.into(),
+            supported_kinds: vec![],
+            attached_routes: 1,
+            conditions: vec![condition(reason::PROGRAMMED)],
+        };
+        let parent = |gateway: &str| RouteParentStatus {
+            parent_ref: ParentRef {
+                group: None,
+                kind: None,
+                namespace: Some("infra".into()),
+                name: gateway.into(),
+                section_name: None,
+                port: None,
+            },
+            controller_name: CONTROLLER_NAME.into(),
+            conditions: vec![condition(reason::ACCEPTED)],
+        };
+        let mut status = Status::default();
+        status.gateways.insert(
+            gateway.clone(),
+            GatewayStatus { conditions: vec![], listeners: vec![listener("https"), listener("http")] },
+        );
+        let route = |parents| RouteStatus { parents };
+        status.http_routes.insert(ObjectKey::new("team-a", "bad"), route(vec![parent("gw"), parent("other")]));
+        status.http_routes.insert(ObjectKey::new("team-b", "good"), route(vec![parent("gw")]));
+        let before = status.clone();
+        let dropped = [
+            ("gateway/infra/gw/listener/https".to_string(), "certificate secret/infra/c: bad key".to_string()),
+            ("httproute/team-a/bad/rule/1/match/0".to_string(), "invalid regular expression".to_string()),
+            ("httproute/team-a/bad/rule/2/match/0".to_string(), "bad path".to_string()),
+            ("gateway/infra/other/listener/http".to_string(), "not ours".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        status.apply_dropped(&gateway, &dropped);
+        let listeners = &status.gateways[&gateway].listeners;
+        assert_eq!(listeners[0].conditions[0].status, ConditionStatus::False);
+        assert!(listeners[0].conditions[0].message.contains("bad key"));
+        assert_eq!(listeners[1], before.gateways[&gateway].listeners[1]);
+        let bad = &status.http_routes[&ObjectKey::new("team-a", "bad")];
+        let partially = &bad.parents[0].conditions[1];
+        assert_eq!((partially.type_.as_str(), partially.reason.as_str()), ("PartiallyInvalid", "UnsupportedValue"));
+        assert_eq!(partially.message, "the data plane dropped rule 1: invalid regular expression; rule 2: bad path");
+        assert_eq!(partially.observed_generation, 3);
+        assert_eq!(bad.parents[1], before.http_routes[&ObjectKey::new("team-a", "bad")].parents[1], "other Gateway");
+        assert_eq!(
+            status.http_routes[&ObjectKey::new("team-b", "good")],
+            before.http_routes[&ObjectKey::new("team-b", "good")]
+        );
+    }
 }

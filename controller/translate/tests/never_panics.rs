@@ -21,7 +21,23 @@ const NAMES: &[&str] = &["a", "a", "b"];
 const NAMESPACES: &[&str] = &["default", "default", "default", "ns1", "ns2"];
 const HOSTS: &[&str] =
     &["", "example.com", "a.example.com", "*.example.com", "*.a.example.com", "*", "Bad_Host", "a..b"];
-const PATHS: &[&str] = &["/", "/foo", "/foo/", "", "foo", "/(", "^/v[0-9]+$", "/a/b/c", "(?P<x", "/%2F"];
+const PATHS: &[&str] = &[
+    "/",
+    "/foo",
+    "/foo/",
+    "",
+    "foo",
+    "/(",
+    "^/v[0-9]+$",
+    "/a/b/c",
+    "(?P<x",
+    "/%2F",
+    "(?x)a#",
+    "/x\r\nX-Evil: 1",
+    "/a b",
+    "/é",
+    r"\w{1000}\w{1000}",
+];
 const PORTS: &[i64] = &[80, 80, 80, 443, 8080, 0, -1, 70000, 9000];
 const WEIGHTS: &[i64] = &[0, 1, 5, -3, 1_000_000];
 
@@ -58,6 +74,9 @@ fn filter() -> impl Strategy<Value = Value> {
         1 => Just(json!({"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}})),
         1 => Just(json!({"type": "URLRewrite", "urlRewrite": {"hostname": "rewritten.example.com", "path": {"type": "ReplaceFullPath", "replaceFullPath": "/x"}}})),
         1 => Just(json!({"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch"}}})),
+        1 => pick(PATHS).prop_map(|p| json!({"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": p}}})),
+        1 => pick(PATHS).prop_map(|p| json!({"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplaceFullPath", "replaceFullPath": p}}})),
+        1 => pick(&["a\r\nb", "é", "ok", "\u{0}"]).prop_map(|v| json!({"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": v}]}})),
         1 => (backend_ref(), opt(pick(&[0i64, 50, 100, 150]).prop_map(|p| json!(p)))).prop_map(|(b, percent)| json!({"type": "RequestMirror", "requestMirror": {"backendRef": b, "percent": percent}})),
         1 => Just(json!({"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}})),
         1 => Just(json!({"type": "RequestMirror"})),
@@ -161,11 +180,25 @@ fn grant() -> impl Strategy<Value = Value> {
         }))
 }
 
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dataplane/tests/fixtures");
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+}
+
 fn secret() -> impl Strategy<Value = Value> {
-    (pick(NAMES), pick(NAMESPACES), pick(&["garbage", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]))
-        .prop_map(|(name, namespace, crt)| json!({
+    let garbage_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_string();
+    let pairs = vec![
+        ("garbage".to_string(), garbage_key.clone()),
+        ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_string(), garbage_key),
+        (fixture("a.example.com.crt"), fixture("a.example.com.key")),
+        // A key of another certificate: rustls would fail every handshake.
+        (fixture("a.example.com.crt"), fixture("wild.key")),
+    ];
+    (pick(NAMES), pick(NAMESPACES), proptest::sample::select(pairs))
+        .prop_map(|(name, namespace, (crt, key))| json!({
             "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": name, "namespace": namespace},
-            "stringData": {"tls.crt": crt, "tls.key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}
+            "stringData": {"tls.crt": crt, "tls.key": key}
         }))
 }
 
@@ -192,8 +225,14 @@ proptest! {
         let (world, _skipped) = World::from_manifests(&text);
         let output = translate(&world);
         for (gateway, out) in &output.gateways {
+            // The data plane's compile: validate() plus the shared regex and certificate
+            // compile (regexes are compiled by validate()).
             if let Err(error) = sluice_snapshot::validate(&out.snapshot) {
                 prop_assert!(false, "gateway {gateway}: {error}\ninput:\n{text}");
+            }
+            for certificate in &out.snapshot.certificates {
+                let loaded = sluice_snapshot::compile::load_certificate(&certificate.cert_chain_pem, &certificate.private_key_pem);
+                prop_assert!(loaded.is_ok(), "gateway {gateway}: {}: {:?}", certificate.name, loaded.err());
             }
         }
         // Every route parent status names our controller, and observedGeneration is set.
