@@ -202,3 +202,49 @@ fn the_tcp_udp_example_serves_traffic() {
     assert_eq!(echo["service"], "echo");
     assert_eq!(echo["pod"], "echo-127.0.0.1-9102");
 }
+
+/// One team's hostile route (a regex the data plane could not anchor, a rewrite with
+/// CR/LF) fails alone, in its own status; another team's route serves and keeps changing.
+#[test]
+fn one_teams_bad_route_never_stops_another() {
+    let dir = temp_dir("tenants");
+    let status_file = dir.with_extension("status.yaml");
+    let (port, a) = (free_port(), free_port());
+    write(&dir, "gateway.yaml", &gateway(port));
+    write(&dir, "backends.yaml", &backend("echo-a", a));
+    let hostile = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hostile, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [team-a.example]
+  rules:
+    - matches: [{path: {type: RegularExpression, value: \"(?x)/a#\"}}]
+      backendRefs: [{name: echo-a, port: 80}]
+    - filters:
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: \"/x HTTP/1.1\\r\\nX-Evil: 1\"}}
+      backendRefs: [{name: echo-a, port: 80}]
+";
+    write(&dir, "team-a.yaml", hostile);
+    write(&dir, "team-b.yaml", &route("web", "web.example", "echo-a", "one"));
+    let _sluice = sluice_run(&dir, &status_file);
+    eventually(Duration::from_secs(30), "team B's route to serve", || answers(port, "web.example", 200, "x-tag: one"));
+    eventually(Duration::from_secs(5), "team A's route status", || {
+        let text = std::fs::read_to_string(&status_file).unwrap_or_default();
+        text.contains("(?x)/a#") && text.contains("holds a control character")
+    });
+    let text = std::fs::read_to_string(&status_file).unwrap();
+    let status: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let hostile = &status["status"]["httpRoutes"]["default/hostile"]["parents"][0]["conditions"];
+    let accepted = hostile.as_sequence().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
+    assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("False"), Some("UnsupportedValue")));
+    let web = &status["status"]["httpRoutes"]["default/web"]["parents"][0]["conditions"];
+    assert!(web.as_sequence().unwrap().iter().all(|c| c["status"] == "True"), "{web:?}");
+    assert!(answers(port, "team-a.example", 404, ""), "team A's rules are not served");
+    // Team B's changes still apply.
+    write(&dir, "team-b.yaml", &route("web", "web.example", "echo-a", "two"));
+    eventually(Duration::from_secs(5), "team B's changed route", || answers(port, "web.example", 200, "x-tag: two"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&status_file);
+}
