@@ -127,7 +127,9 @@ struct Applier {
     tables: Option<Tables>,
     current: Option<Version>,
     first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
-    ports: Vec<u32>,
+    /// The listening sockets as (port, UDP?): a port moving between TCP and UDP needs a
+    /// restart as much as a new port does.
+    ports: Vec<(u32, bool)>,
     /// The pieces of the current snapshot that are not served (reported in every ACK and
     /// in the Hello of a reconnect).
     dropped: Vec<Dropped>,
@@ -158,7 +160,8 @@ impl Applier {
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
-        let mut ports: Vec<u32> = snapshot.listeners.iter().map(|l| l.port).collect();
+        let mut ports: Vec<(u32, bool)> =
+            snapshot.listeners.iter().map(|l| (l.port, l.protocol() == sluice_snapshot::Protocol::Udp)).collect();
         ports.sort_unstable();
         ports.dedup();
         match &self.tables {
