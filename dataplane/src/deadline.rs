@@ -306,25 +306,47 @@ impl GetSocketDigest for DeadlineStream {
     }
 }
 
+/// The whole HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a connection may take to show whether it speaks cleartext HTTP/2 when no head
+/// deadline is configured.
+const PREFACE_WAIT: Duration = Duration::from_secs(10);
+
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// Pingora peeks the first 24 bytes of a cleartext connection to tell HTTP/2 (the
+    /// preface) from HTTP/1.x. A complete HTTP/1.x head can be shorter than that
+    /// (`GET / HTTP/1.0\r\n\r\n`), so waiting for 24 bytes would hold it forever: bytes
+    /// are read only until they stop matching the preface, within the head deadline, and
+    /// what does not fill `buf` is padded so that it cannot equal the preface.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt;
-        if self.prefix_read >= self.prefix.len() {
-            return self.inner.try_peek(buf).await;
-        }
-        // Peek into the prefix, reading more behind it if it is too short.
-        while self.prefix.len() - self.prefix_read < buf.len() {
+        let deadline = tokio::time::Instant::now() + self.timeout.unwrap_or(PREFACE_WAIT);
+        loop {
+            let unread = self.prefix.get(self.prefix_read..).unwrap_or_default();
+            let compared = unread.len().min(H2_PREFACE.len());
+            let diverged = unread.get(..compared) != H2_PREFACE.get(..compared);
+            if unread.len() >= buf.len() || diverged {
+                let n = unread.len().min(buf.len());
+                buf.fill(0);
+                buf.get_mut(..n).unwrap_or_default().copy_from_slice(unread.get(..n).unwrap_or_default());
+                return Ok(true);
+            }
             let mut more = [0u8; 1024];
-            let n = self.inner.read(&mut more).await?;
+            let n = match tokio::time::timeout_at(deadline, self.inner.read(&mut more)).await {
+                Ok(read) => read?,
+                Err(_) => return Err(too_slow()),
+            };
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+            if self.prefix_read >= self.prefix.len() {
+                self.prefix.clear();
+                self.prefix_read = 0;
+            }
             self.prefix.extend_from_slice(more.get(..n).unwrap_or_default());
         }
-        let unread = self.prefix.get(self.prefix_read..).unwrap_or_default();
-        buf.copy_from_slice(unread.get(..buf.len()).unwrap_or_default());
-        Ok(true)
     }
 }
 

@@ -109,7 +109,9 @@ impl ServerApp for Front {
 impl Front {
     /// Pingora serves the rest of the connection, starting with `unread`.
     async fn hand_over(self: &Arc<Self>, stream: Stream, unread: Vec<u8>, shutdown: &ShutdownWatch) -> Option<Stream> {
-        if self.head_timeout.is_none() && unread.is_empty() {
+        // Cleartext connections are always wrapped: Pingora's h2c check peeks through the
+        // wrapper, which never waits for the preface's 24 bytes after a shorter HTTP/1.x head.
+        if self.head_timeout.is_none() && unread.is_empty() && stream.get_ssl_digest().is_some() {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.head_timeout, unread));

@@ -72,8 +72,9 @@ pub struct Cli {
     poll_interval_ms: u64,
     /// Seconds within which an HTTP/1.x request head must arrive completely, from its
     /// first byte (from accept for a connection's first request); slower clients are
-    /// disconnected (0: no deadline). Pingora alone only bounds each read.
-    #[arg(long, default_value_t = 30)]
+    /// disconnected (0: no deadline). Pingora alone only bounds each read. 10 s is
+    /// HAProxy's recommended `timeout http-request`.
+    #[arg(long, default_value_t = 10)]
     request_header_timeout_secs: u64,
     /// Seconds after which a UDP session (one client address) without datagrams in
     /// either direction ends; its next datagram starts a new session.

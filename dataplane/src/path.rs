@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 /// Normalizes an origin-form path (without query): decodes percent-encoded unreserved
 /// characters (RFC 3986 §2.3; `%2F` stays encoded, it is not a separator), merges repeated
-/// slashes and removes `.` and `..` segments (§5.2.4). Always returns a path starting with `/`.
+/// slashes and removes `.` and `..` segments (§5.2.4), also those carrying `;` path
+/// parameters. Always returns a path starting with `/`.
 pub fn normalize(path: &str) -> Cow<'_, str> {
     if is_normal(path) {
         return Cow::Borrowed(path);
@@ -15,12 +16,16 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
     let mut segments: Vec<&str> = Vec::new();
     let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
+        // A dot-segment with path parameters (`..;x`, `.;x`) is a dot-segment to servers
+        // that strip parameters (Tomcat, Jetty): `/public/..;/admin` must not reach a
+        // backend as `/admin` behind a route for `/public`, so it is resolved here.
+        match segment.split(';').next().unwrap_or_default() {
+            "" if segment.is_empty() => {}
+            "." => {}
             ".." => {
                 segments.pop();
             }
-            other => segments.push(other),
+            _ => segments.push(segment),
         }
     }
     let mut out = String::with_capacity(decoded.len());
@@ -47,7 +52,7 @@ fn is_normal(path: &str) -> bool {
             b'/' if previous == b'/' => return false,
             b'.' if previous == b'/' => {
                 let next = bytes.get(i + 1).copied();
-                if next.is_none() || next == Some(b'/') || next == Some(b'.') {
+                if next.is_none() || next == Some(b'/') || next == Some(b'.') || next == Some(b';') {
                     return false;
                 }
             }
@@ -115,6 +120,12 @@ mod tests {
             ("/.well-known/x", "/.well-known/x"),
             ("", "/"),
             ("/100%", "/100%"),
+            ("/public/..;/admin", "/admin"),
+            ("/public/..;jsessionid=x/admin", "/admin"),
+            ("/a/.;x/b", "/a/b"),
+            ("/a/%2e%2e;/b", "/b"),
+            ("/a/b;v=1/c", "/a/b;v=1/c"),
+            ("/a/;x/b", "/a/;x/b"),
         ] {
             assert_eq!(normalize(input), expected, "input {input:?}");
         }

@@ -102,6 +102,13 @@ impl ProxyHttp for SluiceProxy {
             session.set_keepalive(None);
             return respond(session, 431, None).await;
         }
+        if let Some(problem) = host_problem(session.req_header()) {
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more
+            // than one, is answered 400 and the connection closed.
+            tracing::debug!(problem, "bad request");
+            session.set_keepalive(None);
+            return respond(session, 400, None).await;
+        }
         if ambiguous_framing(&session.req_header().headers) || stripped_content_length(session) {
             // Request smuggling shapes: answer 400 and close, never forward.
             session.set_keepalive(None);
@@ -533,6 +540,21 @@ fn stripped_content_length(session: &Session) -> bool {
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
     !asked_close && session.as_downstream().get_keepalive().is_none()
+}
+
+/// Why the request's Host is unacceptable: more than one Host field, or none on an HTTP/1.1
+/// request (whose absolute-form target does not make up for it: RFC 9112 §3.2 requires the
+/// field). HTTP/1.0 requests may come without Host; they are routed as for an empty host
+/// (routes and listeners without hostnames). HTTP/2 requests carry `:authority`.
+fn host_problem(header: &RequestHeader) -> Option<&'static str> {
+    let hosts = header.headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        return Some("more than one Host header");
+    }
+    if hosts == 0 && header.version == http::Version::HTTP_11 {
+        return Some("an HTTP/1.1 request without Host");
+    }
+    None
 }
 
 /// The request's host: the Host header (or the URI authority), lower-cased, without port.

@@ -1,0 +1,108 @@
+//! Hostile and odd clients on raw sockets: every one gets its defined answer within its
+//! deadline, with the HTTP/1.1 fast path on and off (CI runs both).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use sluice_snapshot::{HttpMatch, HttpRoute, PathMatch, PathMatchType};
+use support::{DataPlane, Echo, catch_all, cluster, free_port, parse_response, to};
+
+/// Sends `request`, then reads until the server closes; returns the response and how long
+/// the close took. Fails the test if the server holds the connection for `limit`.
+fn exchange(port: u16, request: &[u8], limit: Duration) -> (support::Response, Duration) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{request:?}: the connection was held open for {limit:?} ({e}); got {bytes:?}"),
+        }
+    }
+    (parse_response(&bytes), started.elapsed())
+}
+
+#[test]
+fn requests_without_or_with_two_hosts_get_their_answer_at_once() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start(&catch_all(port, a.port));
+    let limit = Duration::from_secs(3);
+
+    // A complete HTTP/1.0 request without Host, shorter than the h2c preface: answered
+    // (routed as for an empty host) and closed, not held waiting for 24 bytes.
+    let (response, took) = exchange(port, b"GET /x HTTP/1.0\r\n\r\n", limit);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.echo("path"), Some("/x"));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // HTTP/1.1 requires Host (RFC 9112 §3.2): 400 and close.
+    let (response, took) = exchange(port, b"GET /x HTTP/1.1\r\n\r\n", limit);
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (response, _) = exchange(port, b"GET http://a.example/x HTTP/1.1\r\n\r\n", limit);
+    assert_eq!(response.status, 400, "absolute-form does not replace Host: {response:?}");
+
+    // Two Host fields: 400 and close, nothing forwarded.
+    let seen = a.seen().len();
+    let (response, took) = exchange(port, b"GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", limit);
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(a.seen().len(), seen, "nothing reaches the backend");
+
+    // The h2c preface itself still selects HTTP/2 (curl --http2-prior-knowledge).
+    let answer = support::curl(&["--http2-prior-knowledge", &format!("http://127.0.0.1:{port}/h2")]);
+    assert_eq!(answer, "2 200");
+}
+
+#[test]
+fn heads_that_never_complete_are_closed_at_the_head_deadline() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start_with(&catch_all(port, a.port), &["--request-header-timeout-secs", "1"]);
+    for partial in [&b"G"[..], b"GET", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\nHost: a"] {
+        let (response, took) = exchange(port, partial, Duration::from_secs(4));
+        assert!(response.status == 0 || response.status == 408, "{partial:?}: {response:?}");
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{partial:?}: {took:?}");
+    }
+}
+
+#[test]
+fn dot_segments_with_path_parameters_are_resolved_before_routing() {
+    let (public, admin) = (Echo::start("public"), Echo::start("admin"));
+    let port = free_port();
+    let prefix = |name: &str, value: &str, backend: &str| HttpRoute {
+        name: name.into(),
+        r#match: Some(HttpMatch {
+            path: Some(PathMatch { r#type: PathMatchType::Prefix as i32, value: value.into() }),
+            ..Default::default()
+        }),
+        backends: vec![to(backend, 1)],
+        ..Default::default()
+    };
+    let mut snapshot = catch_all(port, public.port);
+    snapshot.listeners[0].http_routes = vec![prefix("public", "/public", "public"), prefix("admin", "/admin", "admin")];
+    snapshot.clusters = vec![cluster("public", &[public.port]), cluster("admin", &[admin.port])];
+    let _plane = DataPlane::start(&snapshot);
+    for (path, backend, seen) in [
+        ("/public/..;/admin/x", "admin", "/admin/x"),
+        ("/public/..;jsessionid=1/admin", "admin", "/admin"),
+        ("/public/.;x/y", "public", "/public/y"),
+        ("/public/a;v=1/b", "public", "/public/a;v=1/b"),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let (response, _) = exchange(port, request.as_bytes(), Duration::from_secs(3));
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+        assert_eq!((response.echo("backend"), response.echo("path")), (Some(backend), Some(seen)), "{path}");
+    }
+}
