@@ -8,6 +8,7 @@
 //!  --admin ADDR: GET /ready (200 once a snapshot is applied), GET /config (version)
 //! ```
 
+mod admin;
 mod deadline;
 mod fast;
 mod metrics;
@@ -21,11 +22,10 @@ mod tcp;
 mod tls;
 mod udp;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -181,7 +181,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         let probe_host =
             if cli.bind == "0.0.0.0" || cli.bind == "::" { "127.0.0.1".to_string() } else { cli.bind.clone() };
         let probe = first_port.map(|port| format!("{probe_host}:{port}"));
-        spawn_admin(admin, tables.clone(), metrics.clone(), probe)?;
+        admin::spawn(admin, tables.clone(), metrics.clone(), probe)?;
     }
 
     let mut conf = pingora_core::server::configuration::ServerConf::new()
@@ -285,56 +285,4 @@ fn content_hash(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     hasher.finish()
-}
-
-/// A tiny admin endpoint: `/ready` and `/config`.
-fn spawn_admin(address: &str, tables: Tables, metrics: Arc<Metrics>, probe: Option<String>) -> Result<()> {
-    let ready = AtomicBool::new(false);
-    let registry = metrics.registry();
-    let listener = TcpListener::bind(address).with_context(|| format!("binding admin address {address}"))?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            // Read the whole request head, so that closing never resets the connection
-            // over unread bytes.
-            let mut buffer = [0u8; 4096];
-            let mut n = 0;
-            while n < buffer.len() && !buffer[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buffer[n..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => n += read,
-                }
-            }
-            let request = String::from_utf8_lossy(&buffer[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let accepting = probe.as_ref().is_none_or(|probe| std::net::TcpStream::connect(probe).is_ok());
-            if path == "/ready" && !ready.load(Ordering::Relaxed) && accepting {
-                ready.store(true, Ordering::Relaxed);
-            }
-            let (status, body) = match path {
-                "/ready" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
-                "/ready" => ("503 Service Unavailable", "listeners are not accepting yet\n".to_string()),
-                "/metrics" => {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => ("200 OK", text),
-                        Err(_) => ("500 Internal Server Error", "cannot render metrics\n".to_string()),
-                    }
-                }
-                "/config" => {
-                    let current = tables.load();
-                    let generation = metrics.generation.load(Ordering::Relaxed);
-                    ("200 OK", format!("gateway={} generation={generation}\n", current.gateway))
-                }
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(())
 }

@@ -106,3 +106,34 @@ fn dot_segments_with_path_parameters_are_resolved_before_routing() {
         assert_eq!((response.echo("backend"), response.echo("path")), (Some(backend), Some(seen)), "{path}");
     }
 }
+
+#[test]
+fn ready_answers_at_once_while_other_admin_clients_stall() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let plane = DataPlane::start(&catch_all(port, a.port));
+    let admin = plane.admin_port;
+    // Clients that send half a head and stop, or ask for /metrics and never read it. (A
+    // server taking one client at a time would make /ready wait for each of them.)
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut dribbler = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        dribbler.write_all(b"GET /rea").unwrap();
+        stalled.push(dribbler);
+        let mut reader = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        reader.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        stalled.push(reader);
+    }
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (response, _) = exchange(admin, b"GET /ready HTTP/1.1\r\n\r\n", Duration::from_secs(2));
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+    // A head that never completes is closed after the admin read timeout (2 s).
+    let started = Instant::now();
+    let (response, _) = exchange(admin, b"GET /ready HTT", Duration::from_secs(5));
+    assert_eq!(response.status, 0);
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    drop(stalled);
+}
