@@ -58,6 +58,18 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Limits of a backend's response head (beyond them: 502).
 const MAX_RESPONSE_HEADERS: usize = 128;
 const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// The longest a read from a backend or a write to a client may wait (a backend that
+/// stops answering, a client that stops reading); Pingora's path uses the same bound.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `io` within [`IO_TIMEOUT`]; a timeout is an error like any other I/O error.
+async fn within<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    match tokio::time::timeout(IO_TIMEOUT, io).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Buffer sizes: request heads start in a small buffer that grows as needed; the
 /// upstream buffer (response heads and bodies) is allocated with the first exchange.
 const HEAD_BUFFER: usize = 4 * 1024;
@@ -75,11 +87,22 @@ pub struct Front {
     /// Whether plain HTTP/1.1 connections try the fast path first.
     pub fast_path: bool,
     pub pool: UpstreamPool,
+    /// Connection counters of every HTTP/HTTPS port, and the most open per port.
+    pub connections: HashMap<u16, Arc<crate::metrics::ListenerMetrics>>,
+    pub max_connections: usize,
 }
 
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let local = stream.get_socket_digest().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
+        let counters = local.and_then(|port| self.connections.get(&port));
+        // At the cap, the connection is closed at once (counted in
+        // sluice_connections_refused_total); the guard counts it open until it ends.
+        let _open = match counters {
+            Some(counters) => Some(counters.admit(self.max_connections)?),
+            None => None,
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 has its own framing and limits: no head deadline to keep.
             return self.proxy.process_new(stream, shutdown).await;
@@ -509,8 +532,8 @@ impl Connection {
                 Some(stream) => (stream, true),
                 None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
             };
-            let sent = stream.write_all(&self.out).await.is_ok();
-            read = if sent { stream.read(&mut self.upstream_buf).await.unwrap_or(0) } else { 0 };
+            let sent = within(stream.write_all(&self.out)).await.is_ok();
+            read = if sent { within(stream.read(&mut self.upstream_buf)).await.unwrap_or(0) } else { 0 };
             if read > 0 {
                 upstream = Some(stream);
                 break;
@@ -531,8 +554,7 @@ impl Connection {
                     if read == self.upstream_buf.len() {
                         self.upstream_buf.resize(read + READ_CHUNK, 0);
                     }
-                    let n = stream
-                        .read(self.upstream_buf.get_mut(read..).unwrap_or_default())
+                    let n = within(stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
                         .await
                         .map_err(|_| (UpstreamError::Other, None))?;
                     if n == 0 {
@@ -545,12 +567,13 @@ impl Connection {
             };
             if head.interim {
                 // 1xx (not 101): forward it and read on for the final response.
-                self.stream.write_all(&self.out).await.map_err(|_| (UpstreamError::Other, None))?;
-                self.stream.flush().await.map_err(|_| (UpstreamError::Other, None))?;
+                within(self.stream.write_all(&self.out)).await.map_err(|_| (UpstreamError::Other, None))?;
+                within(self.stream.flush()).await.map_err(|_| (UpstreamError::Other, None))?;
                 self.upstream_buf.copy_within(head.len..read, 0);
                 read -= head.len;
                 if read == 0 {
-                    read = stream.read(&mut self.upstream_buf).await.map_err(|_| (UpstreamError::Other, None))?;
+                    read =
+                        within(stream.read(&mut self.upstream_buf)).await.map_err(|_| (UpstreamError::Other, None))?;
                     if read == 0 {
                         return Err((UpstreamError::Other, None));
                     }
@@ -692,12 +715,12 @@ impl Connection {
         } else {
             self.out.extend_from_slice(body);
         }
-        self.stream.write_all(&self.out).await.map_err(|_| ())?;
+        within(self.stream.write_all(&self.out)).await.map_err(|_| ())?;
         while !done {
-            let n = upstream.read(&mut self.upstream_buf).await.map_err(|_| ())?;
+            let n = within(upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
             if n == 0 {
                 if rechunk {
-                    self.stream.write_all(b"0\r\n\r\n").await.map_err(|_| ())?;
+                    within(self.stream.write_all(b"0\r\n\r\n")).await.map_err(|_| ())?;
                     break;
                 }
                 return Err(());
@@ -705,7 +728,7 @@ impl Connection {
             if rechunk {
                 self.out.clear();
                 push_chunk(&mut self.out, self.upstream_buf.get(..n).unwrap_or_default());
-                self.stream.write_all(&self.out).await.map_err(|_| ())?;
+                within(self.stream.write_all(&self.out)).await.map_err(|_| ())?;
                 continue;
             }
             let data = self.upstream_buf.get(..n).unwrap_or_default();
@@ -727,13 +750,13 @@ impl Connection {
             };
             if take < n {
                 // Bytes after the response: the connection is out of step.
-                self.stream.write_all(data.get(..take).unwrap_or_default()).await.map_err(|_| ())?;
-                self.stream.flush().await.map_err(|_| ())?;
+                within(self.stream.write_all(data.get(..take).unwrap_or_default())).await.map_err(|_| ())?;
+                within(self.stream.flush()).await.map_err(|_| ())?;
                 return Ok(false);
             }
-            self.stream.write_all(data).await.map_err(|_| ())?;
+            within(self.stream.write_all(data)).await.map_err(|_| ())?;
         }
-        self.stream.flush().await.map_err(|_| ())?;
+        within(self.stream.flush()).await.map_err(|_| ())?;
         Ok(done && !extra && head.upstream_keep && head.framing != Framing::UntilClose)
     }
 
@@ -748,8 +771,8 @@ impl Connection {
         push_field(out, b"date", date.as_bytes());
         push_field(out, b"connection", if close { b"close" } else { b"keep-alive" });
         out.extend_from_slice(b"\r\n");
-        self.stream.write_all(&self.out).await?;
-        self.stream.flush().await
+        within(self.stream.write_all(&self.out)).await?;
+        within(self.stream.flush()).await
     }
 }
 

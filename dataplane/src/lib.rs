@@ -89,6 +89,10 @@ pub struct Cli {
     /// filters and URL rewrites); everything else goes through Pingora's proxy either way.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     http1_fast_path: bool,
+    /// Client connections open at most per TCP-based listener port (HTTP, HTTPS, TLS,
+    /// TCP); more are closed at accept and counted in sluice_connections_refused_total.
+    #[arg(long, default_value_t = 16384)]
+    max_connections_per_listener: usize,
 }
 
 fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
@@ -120,6 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
         (Some(path), _) => {
             let (text, snapshot, compiled) = load(path, &metrics)?;
             metrics.generation.store(compiled.generation, Ordering::Relaxed);
+            metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
             if cli.check {
                 print_summary(&snapshot);
                 return Ok(());
@@ -208,6 +213,8 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
                 .then(|| Duration::from_secs(cli.request_header_timeout_secs)),
             fast_path: cli.http1_fast_path,
             pool: fast::UpstreamPool::default(),
+            connections: http_ports.iter().chain(&https_ports).map(|port| (*port, metrics.listener(*port))).collect(),
+            max_connections: cli.max_connections_per_listener.max(1),
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {
@@ -224,7 +231,12 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         server.add_service(service);
     }
     for port in &tcp_ports {
-        let app = tcp::TcpProxy { tables: tables.clone(), port: *port };
+        let app = tcp::TcpProxy {
+            tables: tables.clone(),
+            port: *port,
+            connections: metrics.listener(*port),
+            max_connections: cli.max_connections_per_listener.max(1),
+        };
         let mut service = pingora_core::services::listening::Service::new(format!("tcp-{port}"), app);
         service.add_tcp(&format!("{}:{port}", cli.bind));
         server.add_service(service);
@@ -267,6 +279,7 @@ fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, inte
             match parsed {
                 Ok((compiled, snapshot)) => {
                     metrics.generation.store(compiled.generation, Ordering::Relaxed);
+                    metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
                     metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
                     tables.store(Arc::new(compiled));
                     tracing::info!(gateway = snapshot.gateway, "applied new snapshot");

@@ -31,6 +31,40 @@ pub struct Metrics {
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
     udp_ports: Mutex<BTreeMap<u16, Arc<UdpMetrics>>>,
+    listeners: Mutex<BTreeMap<u16, Arc<ListenerMetrics>>>,
+    /// Pieces of the current snapshot that are not served (could not be compiled).
+    pub dropped_pieces: AtomicU64,
+}
+
+/// Connections of one TCP-based listener port (HTTP, HTTPS, TLS, TCP).
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: std::sync::atomic::AtomicUsize,
+    /// Connections closed at accept because the port had its maximum open.
+    pub refused: AtomicU64,
+}
+
+/// One open connection of a listener port, counted until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<ListenerMetrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerMetrics {
+    /// Counts a new connection, or refuses it (None) when `max` are open already.
+    pub fn admit(self: &Arc<Self>, max: usize) -> Option<OpenConnection> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(OpenConnection(self.clone()))
+    }
 }
 
 /// Counters of one UDP port.
@@ -118,6 +152,12 @@ impl Metrics {
     /// The counters of UDP port `port`, created on first use.
     pub fn udp_port(&self, port: u16) -> Arc<UdpMetrics> {
         let mut ports = self.udp_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ports.entry(port).or_default().clone()
+    }
+
+    /// The connection counters of listener port `port`, created on first use.
+    pub fn listener(&self, port: u16) -> Arc<ListenerMetrics> {
+        let mut ports = self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         ports.entry(port).or_default().clone()
     }
 
@@ -215,6 +255,37 @@ impl Collector for MetricsCollector {
         for (result, value) in [("applied", &metrics.reloads_applied), ("rejected", &metrics.reloads_rejected)] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("result", result)])?)?;
         }
+        let listeners: Vec<(String, Arc<ListenerMetrics>)> = {
+            let ports = metrics.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            ports.iter().map(|(port, m)| (port.to_string(), m.clone())).collect()
+        };
+        let mut family = encoder.encode_descriptor(
+            "connections_open",
+            "Client connections open, by port",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (port, m) in &listeners {
+            let open = i64::try_from(m.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            ConstGauge::new(open).encode(family.encode_family(&[("port", port.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "connections_refused",
+            "Client connections closed at accept because the port had --max-connections-per-listener open",
+            None,
+            MetricType::Counter,
+        )?;
+        for (port, m) in &listeners {
+            ConstCounter::new(m.refused.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("port", port.as_str())])?)?;
+        }
+        let dropped = i64::try_from(metrics.dropped_pieces.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(dropped).encode(encoder.encode_descriptor(
+            "snapshot_dropped_pieces",
+            "Routes, listeners and certificates of the current snapshot that could not be compiled and are not served",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let udp_ports: Vec<(String, Arc<UdpMetrics>)> = {
             let ports = metrics.udp_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             ports.iter().map(|(port, m)| (port.to_string(), m.clone())).collect()

@@ -57,6 +57,9 @@ pub struct SluiceProxy {
     pub access_log: bool,
 }
 
+/// The longest a request body may take to arrive, from the request's start.
+const REQUEST_BODY_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Per-request state.
 pub struct RequestContext {
     started: Instant,
@@ -98,6 +101,10 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // A client that stops reading the response, or stops sending its body, is given up
+        // after this long idle; the whole body must arrive within REQUEST_BODY_DEADLINE.
+        session.set_write_timeout(Some(crate::fast::IO_TIMEOUT));
+        session.set_read_timeout(Some(crate::fast::IO_TIMEOUT));
         if headers_too_large(&session.req_header().headers) {
             session.set_keepalive(None);
             return respond(session, 431, None).await;
@@ -220,6 +227,9 @@ impl ProxyHttp for SluiceProxy {
         };
         let mut peer = HttpPeer::new(endpoint, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
+        // A backend that stops answering (or reading) is given up after this long idle.
+        peer.options.read_timeout = Some(crate::fast::IO_TIMEOUT);
+        peer.options.write_timeout = Some(crate::fast::IO_TIMEOUT);
         if app_protocol == AppProtocol::H2c {
             peer.options.alpn = ALPN::H2;
         }
@@ -314,6 +324,14 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if !end_of_stream && ctx.started.elapsed() > REQUEST_BODY_DEADLINE {
+            return Err(Error::create(
+                ErrorType::ReadTimedout,
+                pingora_core::ErrorSource::Downstream,
+                Some("the request body did not arrive within its deadline".into()),
+                None,
+            ));
+        }
         if !ctx.mirror_bodies.is_empty() {
             crate::mirror::offer(&mut ctx.mirror_bodies, body.as_ref(), end_of_stream);
         }
@@ -399,6 +417,7 @@ impl ProxyHttp for SluiceProxy {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match error.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

@@ -16,11 +16,14 @@ use crate::routes::Target;
 pub struct TcpProxy {
     pub tables: Tables,
     pub port: u16,
+    pub connections: Arc<crate::metrics::ListenerMetrics>,
+    pub max_connections: usize,
 }
 
 #[async_trait]
 impl ServerApp for TcpProxy {
     async fn process_new(self: &Arc<Self>, mut downstream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _open = self.connections.admit(self.max_connections)?;
         let endpoint = {
             let tables = self.tables.load();
             match tables.tcp.get(&self.port).and_then(|backends| backends.pick()) {

@@ -137,3 +137,31 @@ fn ready_answers_at_once_while_other_admin_clients_stall() {
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     drop(stalled);
 }
+
+#[test]
+fn connections_beyond_the_listener_cap_are_closed_and_counted() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let plane = DataPlane::start_with(&catch_all(port, a.port), &["--max-connections-per-listener", "2"]);
+    // Two connections sit open mid-head (within the head deadline).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (response, took) =
+        exchange(port, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(3));
+    assert_eq!(response.status, 0, "the third connection is closed unanswered: {response:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let metrics = plane.admin("/metrics");
+    assert!(metrics.contains(&format!("sluice_connections_refused_total{{port=\"{port}\"}} 1")), "{metrics}");
+    assert!(metrics.contains(&format!("sluice_connections_open{{port=\"{port}\"}} 2")), "{metrics}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let (response, _) =
+        exchange(port, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(3));
+    assert_eq!(response.status, 200, "a freed slot serves again: {response:?}");
+}

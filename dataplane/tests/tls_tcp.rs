@@ -388,4 +388,6 @@ fn one_broken_route_or_certificate_leaves_the_rest_serving() {
     assert_eq!(http("/evil").status, 500);
     let metrics = plane.admin("/metrics");
     assert!(metrics.contains("sluice_config_reloads_total{result=\"applied\"} 1"), "{metrics}");
+    // Team A's regex and rewrite routes, its certificate and its listener.
+    assert!(metrics.contains("sluice_snapshot_dropped_pieces 4"), "{metrics}");
 }
