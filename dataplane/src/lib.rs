@@ -10,6 +10,8 @@
 
 mod deadline;
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod mirror;
 mod path;
