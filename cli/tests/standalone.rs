@@ -115,9 +115,9 @@ fn sluice_run_follows_the_directory() {
     assert!(answers(port, "web.example", 200, "\"service\":\"echo-a\""));
     eventually(Duration::from_secs(5), "Programmed=True in the status file", || {
         let text = std::fs::read_to_string(&status_file).unwrap_or_default();
-        let status: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
+        let status: serde_json::Value = serde_saphyr::from_str(&text).unwrap_or_default();
         let conditions = &status["status"]["gateways"]["default/gw"]["conditions"];
-        conditions.as_sequence().is_some_and(|c| c.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"))
+        conditions.as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"))
     });
 
     // A change to the route: another backend and another header value.
@@ -173,7 +173,7 @@ fn the_quickstart_example_serves_traffic() {
         answers(8080, "echo.example.com", 200, "x-served-by: sluice")
     });
     let (_, _, body) = get(8080, "echo.example.com", "/hello").unwrap();
-    let echo: serde_yaml::Value = serde_yaml::from_str(&body).unwrap();
+    let echo: serde_json::Value = serde_saphyr::from_str(&body).unwrap();
     assert_eq!(echo["path"], "/hello");
     assert_eq!(echo["service"], "echo");
     assert!(answers(8080, "unknown.example.com", 404, ""));
@@ -235,12 +235,12 @@ spec:
         text.contains("(?x)/a#") && text.contains("holds a control character")
     });
     let text = std::fs::read_to_string(&status_file).unwrap();
-    let status: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let status: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let hostile = &status["status"]["httpRoutes"]["default/hostile"]["parents"][0]["conditions"];
-    let accepted = hostile.as_sequence().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
+    let accepted = hostile.as_array().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
     assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("False"), Some("UnsupportedValue")));
     let web = &status["status"]["httpRoutes"]["default/web"]["parents"][0]["conditions"];
-    assert!(web.as_sequence().unwrap().iter().all(|c| c["status"] == "True"), "{web:?}");
+    assert!(web.as_array().unwrap().iter().all(|c| c["status"] == "True"), "{web:?}");
     assert!(answers(port, "team-a.example", 404, ""), "team A's rules are not served");
     // Team B's changes still apply.
     write(&dir, "team-b.yaml", &route("web", "web.example", "echo-a", "two"));

@@ -175,7 +175,7 @@ fn print_translation(paths: &[PathBuf], status_only: bool) -> Result<()> {
     }
     let output = translate(&world);
     let rendered = if status_only {
-        serde_yaml::to_string(&output.status)?
+        serde_saphyr::to_string(&output.status)?
     } else {
         let mut output = output;
         for gateway in output.gateways.values_mut() {
@@ -183,7 +183,7 @@ fn print_translation(paths: &[PathBuf], status_only: bool) -> Result<()> {
                 certificate.private_key_pem = "<redacted>".into();
             }
         }
-        serde_yaml::to_string(&output)?
+        serde_saphyr::to_string(&output)?
     };
     print!("{rendered}");
     Ok(())

@@ -35,7 +35,7 @@ fn rendered(input: &str) -> String {
         };
         all.insert(key.to_string(), render(&identity, &gateway.infra, &options));
     }
-    serde_yaml::to_string(&all).unwrap()
+    serde_saphyr::to_string(&all).unwrap()
 }
 
 #[test]

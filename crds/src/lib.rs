@@ -78,12 +78,12 @@ pub enum ExternalTrafficPolicy {
 }
 
 /// The CustomResourceDefinition YAML of every Sluice CRD, as shipped in `crds/yaml/`.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
     use kube::CustomResourceExt;
     let crd = ProxyConfig::crd();
     Ok(format!(
         "# Generated from crds/src/lib.rs: run `UPDATE_CRDS=1 cargo test -p sluice-crds` to refresh.\n{}",
-        serde_yaml::to_string(&crd)?
+        serde_saphyr::to_string(&crd)?
     ))
 }
 
@@ -115,7 +115,7 @@ spec:
   labels: {team: platform}
   resources: {limits: {cpu: "1", memory: 256Mi}}
 "#;
-        let config: ProxyConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: ProxyConfig = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(config.spec.replicas, Some(3));
         assert_eq!(config.spec.service_type, Some(ServiceType::ClusterIP));
         assert_eq!(config.spec.external_traffic_policy, Some(ExternalTrafficPolicy::Local));

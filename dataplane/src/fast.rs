@@ -818,14 +818,14 @@ struct ResponseHead {
 
 /// What the fast path needs to know of a request head, or `None` when the request is
 /// not for the fast path.
-struct RequestHead<'b> {
+pub(crate) struct RequestHead<'b> {
     host: &'b str,
     method: http::Method,
     close: bool,
 }
 
 impl<'b> RequestHead<'b> {
-    fn read(method: &str, target: &str, fields: &[httparse::Header<'b>]) -> Option<RequestHead<'b>> {
+    pub(crate) fn read(method: &str, target: &str, fields: &[httparse::Header<'b>]) -> Option<RequestHead<'b>> {
         if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
             return None;
         }
@@ -1010,7 +1010,7 @@ fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
 
 /// Whether `buf` has an empty line (the end of a head: `\n\n` or `\n\r\n`) ending at
 /// or after index `from`.
-fn head_end_after(buf: &[u8], from: usize) -> bool {
+pub(crate) fn head_end_after(buf: &[u8], from: usize) -> bool {
     buf.iter().enumerate().skip(from).any(|(i, byte)| {
         *byte == b'\n' && (i >= 1 && buf[i - 1] == b'\n' || i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n')
     })
@@ -1034,7 +1034,7 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// A Content-Length value: digits, or a list of equal ones.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let mut length = None;
     for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
@@ -1070,7 +1070,7 @@ async fn connect(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
 
 /// Follows a chunked body (RFC 9112 §7.1) as it passes, to find where it ends.
 #[derive(Debug, Default)]
-struct ChunkedScanner {
+pub(crate) struct ChunkedScanner {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -1095,7 +1095,7 @@ enum ChunkState {
 
 impl ChunkedScanner {
     /// Follows `bytes`; `Some(n)`: the body ends after the first `n` of them.
-    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
         let mut i = 0;
         while i < bytes.len() {
             let byte = bytes[i];

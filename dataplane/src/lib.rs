@@ -11,6 +11,8 @@
 mod admin;
 mod deadline;
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod mirror;
 mod path;

@@ -63,31 +63,40 @@ fn is_normal(path: &str) -> bool {
     true
 }
 
+/// Decodes `%XX` escapes of unreserved characters; other escapes stay, in upper case. A
+/// `%` that starts no escape becomes `%25` (unless it ends the path), so that characters
+/// decoded after it can never form a new escape (`%%32e` must not become `%2e`).
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(value) = hex_pair(bytes[i + 1], bytes[i + 2])
-        {
-            let c = char::from(value);
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') {
-                out.push(c);
-            } else {
-                // Keep the escape, with upper-case hex so equal paths compare equal.
-                out.push('%');
-                out.push(bytes[i + 1].to_ascii_uppercase() as char);
-                out.push(bytes[i + 2].to_ascii_uppercase() as char);
+        if bytes[i] == b'%' {
+            if let Some(value) = bytes.get(i + 1..i + 3).and_then(|pair| hex_pair(pair[0], pair[1])) {
+                if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                    out.push(value);
+                } else {
+                    // Keep the escape, with upper-case hex so equal paths compare equal.
+                    out.extend_from_slice(&[
+                        b'%',
+                        bytes[i + 1].to_ascii_uppercase(),
+                        bytes[i + 2].to_ascii_uppercase(),
+                    ]);
+                }
+                i += 3;
+                continue;
             }
-            i += 3;
-            continue;
+            if i + 1 < bytes.len() {
+                out.extend_from_slice(b"%25");
+                i += 1;
+                continue;
+            }
         }
-        out.push(bytes[i] as char);
+        out.push(bytes[i]);
         i += 1;
     }
-    out
+    // Only ASCII bytes were decoded or inserted, between whole characters: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn hex_pair(high: u8, low: u8) -> Option<u8> {
@@ -126,6 +135,10 @@ mod tests {
             ("/a/%2e%2e;/b", "/b"),
             ("/a/b;v=1/c", "/a/b;v=1/c"),
             ("/a/;x/b", "/a/;x/b"),
+            ("/café//x", "/café/x"),
+            ("/a/%%32e%%32e/secret", "/a/%252e%252e/secret"),
+            ("/%f%39", "/%25f9"),
+            ("/a%zz", "/a%25zz"),
         ] {
             assert_eq!(normalize(input), expected, "input {input:?}");
         }

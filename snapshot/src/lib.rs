@@ -49,7 +49,8 @@ impl Snapshot {
     pub fn from_text(text: &str) -> Result<Self, Error> {
         match serde_json::from_str(text) {
             Ok(snapshot) => Ok(snapshot),
-            Err(json_err) => serde_yaml::from_str(text)
+            // No snippet of the text in the error: a snapshot holds private keys.
+            Err(json_err) => serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
                 .map_err(|yaml_err| Error::Parse(format!("as JSON: {json_err}; as YAML: {yaml_err}"))),
         }
     }

@@ -568,7 +568,7 @@ impl StatusDocument {
             problems: Vec<String>,
         }
         let problems = self.problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)).collect();
-        serde_yaml::to_string(&File { status: self.status(), data_planes: &self.data_planes, problems })
+        serde_saphyr::to_string(&File { status: self.status(), data_planes: &self.data_planes, problems })
             .map_err(|e| e.to_string())
     }
 }

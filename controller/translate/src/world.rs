@@ -52,16 +52,18 @@ impl World {
     pub fn from_manifests(text: &str) -> (World, Vec<Skipped>) {
         let mut world = World::default();
         let mut skipped = Vec::new();
-        for (document, value) in split_documents(text).into_iter().enumerate() {
-            let value = match value {
-                Ok(serde_yaml::Value::Null) => continue,
-                Ok(value) => value,
-                Err(reason) => {
+        for (document, chunk) in split_documents(text).into_iter().enumerate() {
+            let header = match serde_saphyr::from_str_with_options::<Option<Document>>(&chunk, yaml_options()) {
+                Ok(Some(Document::Manifest(header))) => header,
+                Ok(Some(Document::Other(_))) => Header::default(),
+                Ok(None) => continue,
+                Err(error) => {
+                    let reason = format!("invalid YAML: {error}");
                     skipped.push(Skipped { document: Some(document), object: String::new(), reason });
                     continue;
                 }
             };
-            if let Err((object, reason)) = world.add_value(value) {
+            if let Err((object, reason)) = world.add_document(&header, &chunk) {
                 skipped.push(Skipped { document: Some(document), object, reason });
             }
         }
@@ -125,46 +127,117 @@ impl World {
         dedupe(&mut self.proxy_configs, skipped);
     }
 
-    /// Adds one manifest; on failure returns the object's description and the reason.
-    fn add_value(&mut self, value: serde_yaml::Value) -> Result<(), (String, String)> {
-        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let meta = |key: &str| {
-            value.get("metadata").and_then(|m| m.get(key)).and_then(|v| v.as_str()).unwrap_or_default().to_string()
-        };
-        let api_version = text("apiVersion");
-        let kind = text("kind");
+    /// Adds one manifest (`document` is its YAML text, `header` its type and name); on
+    /// failure returns the object's description and the reason.
+    fn add_document(&mut self, header: &Header, document: &str) -> Result<(), (String, String)> {
+        let text = |value: &Option<Scalar>| value.as_ref().map(|v| v.0.clone()).unwrap_or_default();
+        let meta = header.metadata.as_ref();
+        let api_version = text(&header.api_version);
+        let kind = text(&header.kind);
+        let name = meta.map(|m| text(&m.name)).unwrap_or_default();
+        let namespace = meta.map(|m| text(&m.namespace)).unwrap_or_default();
         let group = api_version.rsplit_once('/').map(|(group, _)| group).unwrap_or_default();
-        let namespace = meta("namespace");
-        let object = if namespace.is_empty() {
-            format!("{kind} {}", meta("name"))
-        } else {
-            format!("{kind} {namespace}/{}", meta("name"))
-        };
+        let object = if namespace.is_empty() { format!("{kind} {name}") } else { format!("{kind} {namespace}/{name}") };
         let fail = |reason: String| (object.clone(), reason);
-        if meta("name").is_empty() {
+        if name.is_empty() {
             return Err(fail("metadata.name is missing".into()));
         }
         match (group, kind.as_str()) {
-            ("gateway.networking.k8s.io", "GatewayClass") => push(&mut self.gateway_classes, value),
-            ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, value),
-            ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, value),
-            ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, value),
-            ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, value),
-            ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, value),
-            ("", "Service") => push_namespaced(&mut self.services, value),
-            ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, value),
-            ("", "Secret") => push_namespaced(&mut self.secrets, value),
-            ("", "Namespace") => push(&mut self.namespaces, value),
-            (sluice_crds::GROUP, "ProxyConfig") => push_namespaced(&mut self.proxy_configs, value),
+            ("gateway.networking.k8s.io", "GatewayClass") => push(&mut self.gateway_classes, document),
+            ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, document),
+            ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, document),
+            ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, document),
+            ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, document),
+            ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, document),
+            ("", "Service") => push_namespaced(&mut self.services, document),
+            ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, document),
+            ("", "Secret") => push_namespaced(&mut self.secrets, document),
+            ("", "Namespace") => push(&mut self.namespaces, document),
+            (sluice_crds::GROUP, "ProxyConfig") => push_namespaced(&mut self.proxy_configs, document),
             _ => Err(format!("kind {kind} of {api_version:?} is not read by Sluice")),
         }
         .map_err(fail)
     }
 }
 
-/// Splits a YAML stream at its `---` separator lines and parses each document on its
-/// own, so that one bad document does not hide the others.
-fn split_documents(text: &str) -> Vec<Result<serde_yaml::Value, String>> {
+/// A YAML document: a manifest, or anything else (a scalar, a list), which has no name.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Document {
+    Manifest(Header),
+    Other(serde::de::IgnoredAny),
+}
+
+/// The fields of a manifest that say what it is, read before the whole object.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<Scalar>,
+    kind: Option<Scalar>,
+    metadata: Option<HeaderMetadata>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct HeaderMetadata {
+    name: Option<Scalar>,
+    namespace: Option<Scalar>,
+}
+
+/// A header field: any scalar is taken as its text; a mapping or list there is ignored
+/// (the typed read of the whole object reports it).
+struct Scalar(String);
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a scalar")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Scalar, E> {
+                Ok(Scalar(value.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar(String::new()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar(String::new()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar(String::new()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// YAML 1.2 readings (`yes`/`no`/`on`/`off` stay strings, as Kubernetes reads them), and
+/// errors without a snippet of the document: a Secret's data must not reach a status.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true, with_snippet: false }
+}
+
+/// Splits a YAML stream at its `---` separator lines, so that one bad document does not
+/// hide the others; each document is parsed on its own.
+fn split_documents(text: &str) -> Vec<String> {
     let mut chunks = vec![String::new()];
     for line in text.lines() {
         let is_separator = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
@@ -175,18 +248,19 @@ fn split_documents(text: &str) -> Vec<Result<serde_yaml::Value, String>> {
             chunk.push('\n');
         }
     }
+    chunks.retain(|chunk| chunk.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#')));
     chunks
-        .iter()
-        .filter(|chunk| chunk.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#')))
-        .map(|chunk| serde_yaml::from_str(chunk).map_err(|error| format!("invalid YAML: {error}")))
-        .collect()
 }
 
-fn push<T: DeserializeOwned + kube::Resource>(into: &mut Vec<Arc<T>>, value: serde_yaml::Value) -> Result<(), String> {
-    let mut object: T = serde_yaml::from_value(value).map_err(|error| format!("invalid object: {error}"))?;
+fn push<T: DeserializeOwned + kube::Resource>(into: &mut Vec<Arc<T>>, document: &str) -> Result<(), String> {
+    let mut object: T = read_object(document)?;
     defaults(object.meta_mut());
     into.push(Arc::new(object));
     Ok(())
+}
+
+fn read_object<T: DeserializeOwned>(document: &str) -> Result<T, String> {
+    serde_saphyr::from_str_with_options(document, yaml_options()).map_err(|error| format!("invalid object: {error}"))
 }
 
 /// Fills in what the API server would: `metadata.generation` starts at 1.
@@ -195,11 +269,8 @@ fn defaults(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 }
 
 /// Namespaced objects without a namespace land in `default`, as `kubectl apply` does.
-fn push_namespaced<T: DeserializeOwned + kube::Resource>(
-    into: &mut Vec<Arc<T>>,
-    value: serde_yaml::Value,
-) -> Result<(), String> {
-    let mut object: T = serde_yaml::from_value(value).map_err(|error| format!("invalid object: {error}"))?;
+fn push_namespaced<T: DeserializeOwned + kube::Resource>(into: &mut Vec<Arc<T>>, document: &str) -> Result<(), String> {
+    let mut object: T = read_object(document)?;
     defaults(object.meta_mut());
     if object.meta().namespace.as_deref().unwrap_or_default().is_empty() {
         object.meta_mut().namespace = Some("default".into());

@@ -39,9 +39,12 @@ fn render(input: &str) -> Result<String, Failed> {
             certificate.private_key_pem = "<redacted>".into();
         }
     }
-    let skipped = serde_yaml::Mapping::from_iter([("skipped".into(), serde_yaml::to_value(&skipped).unwrap())]);
-    let mut rendered = serde_yaml::to_string(&skipped).unwrap();
-    rendered.push_str(&serde_yaml::to_string(&output).unwrap());
+    #[derive(serde::Serialize)]
+    struct Skipped<'a> {
+        skipped: &'a [sluice_translate::Skipped],
+    }
+    let mut rendered = serde_saphyr::to_string(&Skipped { skipped: &skipped }).unwrap();
+    rendered.push_str(&serde_saphyr::to_string(&output).unwrap());
     Ok(rendered)
 }
 

@@ -221,7 +221,7 @@ proptest! {
 
     #[test]
     fn translate_never_panics_and_emits_valid_snapshots(objects in objects()) {
-        let text: String = objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap())).collect();
+        let text: String = objects.iter().map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap())).collect();
         let (world, _skipped) = World::from_manifests(&text);
         let output = translate(&world);
         for (gateway, out) in &output.gateways {
@@ -274,7 +274,7 @@ fn generator_reaches_programmed_routes() {
     for _ in 0..300 {
         let objects = strategy.new_tree(&mut runner).unwrap().current();
         documents += objects.len();
-        let text: String = objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap())).collect();
+        let text: String = objects.iter().map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap())).collect();
         let (world, skipped) = World::from_manifests(&text);
         skipped_total += skipped.len();
         let output = translate(&world);

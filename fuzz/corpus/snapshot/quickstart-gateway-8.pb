@@ -1,0 +1,3 @@
+
+default/quickstart/
+(gateway/default/quickstart/listener/http?
