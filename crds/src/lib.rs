@@ -53,6 +53,12 @@ pub struct ProxyConfigSpec {
     /// Data-plane log filter, e.g. `info` or `sluice_dataplane=debug` (default info).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Proxies in front of the data plane (e.g. a cloud load balancer) whose
+    /// X-Forwarded-For entries are kept. Default 0: a client's own X-Forwarded-For,
+    /// Forwarded, X-Forwarded-Host, X-Forwarded-Port and X-Real-IP never reach a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub trusted_hops: Option<u32>,
 }
 
 /// Service type for a Gateway's data plane.

@@ -42,7 +42,8 @@ use crate::deadline::DeadlineStream;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{
-    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, host_of, rewrite_path,
+    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, UNTRUSTED_FORWARDING, forwarded_for,
+    host_of, rewrite_path,
 };
 use crate::routes::{Headers, InFlight, RequestView, Route, Target};
 
@@ -90,6 +91,8 @@ pub struct Front {
     /// Connection counters of every HTTP/HTTPS port, and the most open per port.
     pub connections: HashMap<u16, Arc<crate::metrics::ListenerMetrics>>,
     pub max_connections: usize,
+    /// As `SluiceProxy::trusted_hops`.
+    pub trusted_hops: usize,
 }
 
 #[async_trait]
@@ -498,7 +501,7 @@ impl Connection {
             return answer(503, Some(route.clone()), &path);
         };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
-        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &self.client_ip);
+        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &self.client_ip, front.trusted_hops);
         let log = log(&path);
         Plan::Proxy(Box::new(Exchange {
             route: route.clone(),
@@ -925,10 +928,12 @@ fn upstream_head<'a>(
     filters: impl Iterator<Item = &'a HttpFilter>,
     fields: &[httparse::Header<'_>],
     client_ip: &str,
+    trusted_hops: usize,
 ) {
+    let untrusted = |name: &str| trusted_hops == 0 && UNTRUSTED_FORWARDING.iter().any(|h| name.eq_ignore_ascii_case(h));
     let mut headers: FieldList<'_> = fields
         .iter()
-        .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
+        .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) && !untrusted(f.name))
         .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
         .collect();
     let mut new_path: Option<String> = None;
@@ -956,24 +961,18 @@ fn upstream_head<'a>(
         out.extend_from_slice(query.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for: Option<Cow<'_, [u8]>> = None;
+    let mut incoming: Option<Cow<'_, [u8]>> = None;
     for (name, value) in &headers {
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            forwarded_for.get_or_insert_with(|| value.clone());
+            incoming.get_or_insert_with(|| value.clone());
             continue;
         }
         push_field(out, name, value);
     }
-    if !client_ip.is_empty() {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(existing) = forwarded_for {
-            out.extend_from_slice(&existing);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(client_ip.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    } else if let Some(existing) = forwarded_for {
-        push_field(out, b"x-forwarded-for", &existing);
+    let incoming = incoming.as_deref().map(String::from_utf8_lossy);
+    let forwarded = forwarded_for(incoming.as_deref(), client_ip, trusted_hops);
+    if !forwarded.is_empty() {
+        push_field(out, b"x-forwarded-for", forwarded.as_bytes());
     }
     push_field(out, b"x-forwarded-proto", b"http");
     out.extend_from_slice(b"\r\n");

@@ -95,6 +95,11 @@ pub struct Cli {
     /// TCP); more are closed at accept and counted in sluice_connections_refused_total.
     #[arg(long, default_value_t = 16384)]
     max_connections_per_listener: usize,
+    /// Proxies in front of the data plane (load balancers) whose X-Forwarded-For entries
+    /// are kept; 0 (default): a client's own X-Forwarded-For, Forwarded, X-Forwarded-Host,
+    /// X-Forwarded-Port and X-Real-IP never reach a backend.
+    #[arg(long, default_value_t = 0)]
+    trusted_hops: usize,
 }
 
 fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
@@ -199,7 +204,12 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     server.bootstrap();
     if !http_ports.is_empty() || !https_ports.is_empty() {
         let unmatched = metrics.route(metrics::NO_ROUTE);
-        let proxy = SluiceProxy { tables: tables.clone(), unmatched: unmatched.clone(), access_log: cli.access_log };
+        let proxy = SluiceProxy {
+            tables: tables.clone(),
+            unmatched: unmatched.clone(),
+            access_log: cli.access_log,
+            trusted_hops: cli.trusted_hops,
+        };
         let mut http = pingora_proxy::http_proxy(&server.configuration, proxy);
         // Cleartext HTTP/2 (h2c, prior knowledge) beside HTTP/1.1 on plain listeners;
         // HTTPS listeners negotiate HTTP/2 with ALPN.
@@ -217,6 +227,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             pool: fast::UpstreamPool::default(),
             connections: http_ports.iter().chain(&https_ports).map(|port| (*port, metrics.listener(*port))).collect(),
             max_connections: cli.max_connections_per_listener.max(1),
+            trusted_hops: cli.trusted_hops,
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {

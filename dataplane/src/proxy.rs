@@ -55,6 +55,28 @@ pub struct SluiceProxy {
     pub unmatched: Arc<RouteMetrics>,
     /// Whether to print a JSON access-log line per request.
     pub access_log: bool,
+    /// Proxies in front of the data plane whose X-Forwarded-For entries are kept.
+    pub trusted_hops: usize,
+}
+
+/// Client-supplied fields about earlier hops that are dropped unless hops are trusted
+/// (X-Forwarded-For is trimmed instead, X-Forwarded-Proto always replaced).
+pub(crate) const UNTRUSTED_FORWARDING: [&str; 4] = ["forwarded", "x-forwarded-host", "x-forwarded-port", "x-real-ip"];
+
+/// The X-Forwarded-For a backend gets: the last `trusted_hops` entries of the one that
+/// came in (written by proxies in front of the data plane), then the client's address.
+/// With no trusted hops a client cannot make up its address.
+pub(crate) fn forwarded_for(incoming: Option<&str>, client: &str, trusted_hops: usize) -> String {
+    let entries: Vec<&str> = incoming.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    let kept = entries.get(entries.len().saturating_sub(trusted_hops)..).unwrap_or_default();
+    let mut out = kept.join(", ");
+    if !client.is_empty() {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(client);
+    }
+    out
 }
 
 /// The longest a request body may take to arrive, from the request's start.
@@ -261,6 +283,11 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(route) = ctx.route.clone() else { return Ok(()) };
+        if self.trusted_hops == 0 {
+            for name in UNTRUSTED_FORWARDING {
+                upstream_request.remove_header(name);
+            }
+        }
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
         for filter in route.filters.iter().chain(backend_filters) {
             match &filter.kind {
@@ -286,12 +313,12 @@ impl ProxyHttp for SluiceProxy {
                 _ => {}
             }
         }
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
-        if let Some(client) = client {
-            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(existing) => format!("{existing}, {client}"),
-                None => client,
-            };
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let incoming = upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let forwarded = forwarded_for(incoming, &client, self.trusted_hops);
+        if forwarded.is_empty() {
+            upstream_request.remove_header("x-forwarded-for");
+        } else {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         upstream_request.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
@@ -680,6 +707,15 @@ fn misdirected(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_keeps_only_trusted_hops() {
+        assert_eq!(forwarded_for(Some("1.1.1.1, 2.2.2.2"), "10.0.0.1", 0), "10.0.0.1");
+        assert_eq!(forwarded_for(Some("1.1.1.1, 2.2.2.2"), "10.0.0.1", 1), "2.2.2.2, 10.0.0.1");
+        assert_eq!(forwarded_for(Some("1.1.1.1,2.2.2.2"), "10.0.0.1", 5), "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(forwarded_for(None, "10.0.0.1", 2), "10.0.0.1");
+        assert_eq!(forwarded_for(Some(" , "), "", 2), "");
+    }
 
     #[test]
     fn prefix_rewrites() {

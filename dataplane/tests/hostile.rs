@@ -165,3 +165,22 @@ fn connections_beyond_the_listener_cap_are_closed_and_counted() {
         exchange(port, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(3));
     assert_eq!(response.status, 200, "a freed slot serves again: {response:?}");
 }
+
+#[test]
+fn a_clients_forwarding_headers_count_only_through_trusted_hops() {
+    let a = Echo::start("a");
+    let request = b"GET /f HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\nX-Forwarded-For: 6.6.6.6, 7.7.7.7\r\n\
+Forwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n\r\n";
+    for (hops, want) in [("0", "127.0.0.1"), ("1", "7.7.7.7, 127.0.0.1")] {
+        let port = free_port();
+        let _plane = DataPlane::start_with(&catch_all(port, a.port), &["--trusted-hops", hops]);
+        let (response, _) = exchange(port, request, Duration::from_secs(3));
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.echo("x-forwarded-for"), Some(want), "trusted hops {hops}");
+        assert_eq!(response.echo("x-forwarded-proto"), Some("http"), "always the data plane's own");
+        let kept = hops != "0";
+        for name in ["forwarded", "x-real-ip", "x-forwarded-host"] {
+            assert_eq!(response.echo(name).is_some(), kept, "{name} with trusted hops {hops}");
+        }
+    }
+}

@@ -145,22 +145,27 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
     let container = Container {
         name: "dataplane".into(),
         image: Some(config.image.clone().unwrap_or_else(|| options.default_image.clone())),
-        args: Some(vec![
-            "--control-plane".into(),
-            options.control_plane_url.clone(),
-            "--gateway".into(),
-            format!("{}/{}", gateway.namespace, gateway.name),
-            "--ca".into(),
-            format!("{PUSH_TLS_DIR}/ca.crt"),
-            "--cert".into(),
-            format!("{PUSH_TLS_DIR}/tls.crt"),
-            "--key".into(),
-            format!("{PUSH_TLS_DIR}/tls.key"),
-            "--bind".into(),
-            "0.0.0.0".into(),
-            "--admin".into(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
-        ]),
+        args: Some(
+            vec![
+                "--control-plane".into(),
+                options.control_plane_url.clone(),
+                "--gateway".into(),
+                format!("{}/{}", gateway.namespace, gateway.name),
+                "--ca".into(),
+                format!("{PUSH_TLS_DIR}/ca.crt"),
+                "--cert".into(),
+                format!("{PUSH_TLS_DIR}/tls.crt"),
+                "--key".into(),
+                format!("{PUSH_TLS_DIR}/tls.key"),
+                "--bind".into(),
+                "0.0.0.0".into(),
+                "--admin".into(),
+                format!("0.0.0.0:{ADMIN_PORT}"),
+            ]
+            .into_iter()
+            .chain(config.trusted_hops.into_iter().flat_map(|hops| ["--trusted-hops".to_string(), hops.to_string()]))
+            .collect(),
+        ),
         env: Some(vec![
             EnvVar {
                 name: "POD_NAME".into(),

@@ -117,6 +117,7 @@ pub(crate) fn merge_proxy_config(class: &ProxyConfigSpec, gateway: Option<&Proxy
         annotations,
         image: gateway.image.clone().or_else(|| class.image.clone()),
         log_level: gateway.log_level.clone().or_else(|| class.log_level.clone()),
+        trusted_hops: gateway.trusted_hops.or(class.trusted_hops),
     }
 }
 
