@@ -13,8 +13,9 @@
 //!                └──────────── first byte read after a response ────────────────┘
 //! ```
 //!
-//! HTTP/2 connections (ALPN h2) pass through untouched: the head of a stream arrives in
-//! frames, and h2 has its own flow control and idle limits.
+//! HTTP/2 connections (h2c or ALPN h2) are timed only until their 24-byte preface is in:
+//! the head of a stream arrives in frames, and h2 has its own flow control and idle limit
+//! (`--http2-idle-timeout-secs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,15 +41,13 @@ enum State {
     Upgraded,
 }
 
-/// The first line of the HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
-
 /// Where a connection is between request heads.
 #[derive(Debug)]
 struct HeadTracker {
     state: State,
-    /// While `Some(n)`: the connection's first `n` bytes matched the HTTP/2 preface. A
-    /// cleartext HTTP/2 (h2c) connection has no request heads to time.
+    /// While `Some(n)`: the connection's first `n` bytes matched the HTTP/2 preface. An
+    /// HTTP/2 connection (h2c, or ALPN h2) must send its whole preface within the head
+    /// deadline, then has no request heads to time: HTTP/2's idle limit takes over.
     preface: Option<usize>,
 }
 
@@ -58,18 +57,22 @@ impl HeadTracker {
     fn read(&mut self, bytes: &[u8]) -> bool {
         const END: &[u8; 4] = b"\r\n\r\n";
         if let Some(n) = self.preface {
-            let want = &H2_PREFACE_LINE[n..];
+            let want = H2_PREFACE.get(n..).unwrap_or_default();
             let k = want.len().min(bytes.len());
-            if bytes[..k] == want[..k] {
-                if n + k == H2_PREFACE_LINE.len() {
+            if bytes.get(..k) == want.get(..k) {
+                if n + k == H2_PREFACE.len() {
                     self.preface = None;
                     self.state = State::Upgraded;
-                    return false;
+                } else {
+                    self.preface = Some(n + k);
                 }
-                self.preface = Some(n + k);
-            } else {
-                self.preface = None;
+                // Still (or no longer) in the preface: its deadline runs from accept.
+                return false;
             }
+            // Not HTTP/2 after all: the bytes that matched begin an HTTP/1.x head.
+            self.preface = None;
+            let started = self.read(H2_PREFACE.get(..n).unwrap_or_default());
+            return self.read(bytes) || started;
         }
         let mut started = false;
         if let State::Responded = self.state {
@@ -365,6 +368,19 @@ mod tests {
         let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
         t.read(b"PRIVATE / HTTP/1.1\r\n");
         assert!(t.preface.is_none() && t.in_head());
+        // The preface holds a blank line; its deadline runs until all 24 bytes are in.
+        let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
+        t.read(b"PRI * HTTP/2.0\r\n\r\n");
+        assert!(t.in_head(), "a partial preface is still timed");
+        t.read(b"SM\r\n");
+        assert!(t.in_head());
+        t.read(b"\r\n\x00\x00\x00\x04");
+        assert!(!t.in_head());
+        // Bytes that stop matching it are an HTTP/1.x head, the matched ones included.
+        let mut t = HeadTracker { state: State::Head { matched: 0 }, preface: Some(0) };
+        t.read(b"PRI * HTTP/2.0\r\n\r");
+        t.read(b"\nX");
+        assert!(matches!(t.state, State::Open), "{:?}", t.state);
     }
 
     #[test]

@@ -59,13 +59,10 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Limits of a backend's response head (beyond them: 502).
 const MAX_RESPONSE_HEADERS: usize = 128;
 const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
-/// The longest a read from a backend or a write to a client may wait (a backend that
-/// stops answering, a client that stops reading); Pingora's path uses the same bound.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `io` within [`IO_TIMEOUT`]; a timeout is an error like any other I/O error.
-async fn within<T>(io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
-    match tokio::time::timeout(IO_TIMEOUT, io).await {
+/// `io` within `limit` (`Front::io_timeout`); a timeout is an error like any other I/O
+/// error.
+async fn within<T>(limit: Duration, io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    match tokio::time::timeout(limit, io).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
@@ -93,6 +90,9 @@ pub struct Front {
     pub max_connections: usize,
     /// As `SluiceProxy::trusted_hops`.
     pub trusted_hops: usize,
+    /// The longest a read from a backend or a write to a client may wait (a backend that
+    /// stops answering, a client that stops reading); Pingora's path uses the same bound.
+    pub io_timeout: Duration,
 }
 
 #[async_trait]
@@ -107,8 +107,13 @@ impl ServerApp for Front {
             None => None,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 has its own framing and limits: no head deadline to keep.
-            return self.proxy.process_new(stream, shutdown).await;
+            // HTTP/2 has its own framing and limits (the idle timeout); only its preface
+            // must arrive within the head deadline, as h2c's does.
+            if self.head_timeout.is_none() {
+                return self.proxy.process_new(stream, shutdown).await;
+            }
+            let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.head_timeout, Vec::new()));
+            return self.proxy.process_new(wrapped, shutdown).await;
         }
         if !self.fast_path || stream.get_ssl_digest().is_some() {
             return self.hand_over(stream, Vec::new(), shutdown).await;
@@ -117,7 +122,7 @@ impl ServerApp for Front {
         let Some(port) = port else {
             return self.hand_over(stream, Vec::new(), shutdown).await;
         };
-        let mut connection = Connection::new(stream, port);
+        let mut connection = Connection::new(stream, port, self.io_timeout);
         match connection.serve(self, shutdown).await {
             Next::Close => None,
             Next::HandOver => {
@@ -213,6 +218,8 @@ struct Connection {
     upstream_buf: Vec<u8>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     accepted: tokio::time::Instant,
+    /// As `Front::io_timeout`.
+    io_timeout: Duration,
 }
 
 /// What to do with a complete request head.
@@ -261,6 +268,8 @@ struct LogFields {
 enum UpstreamError {
     ConnectRefused,
     ConnectTimeout,
+    /// The backend sent nothing for `Front::io_timeout` (as on Pingora's path: 504).
+    Timeout,
     Other,
 }
 
@@ -268,9 +277,16 @@ impl UpstreamError {
     fn status(&self) -> u16 {
         match self {
             UpstreamError::ConnectRefused => 503,
-            UpstreamError::ConnectTimeout => 504,
+            UpstreamError::ConnectTimeout | UpstreamError::Timeout => 504,
             UpstreamError::Other => 502,
         }
+    }
+
+    /// A failed read from the backend.
+    fn of_read(error: &std::io::Error) -> (UpstreamError, Option<u16>) {
+        let kind =
+            if error.kind() == std::io::ErrorKind::TimedOut { UpstreamError::Timeout } else { UpstreamError::Other };
+        (kind, None)
     }
 }
 
@@ -285,7 +301,7 @@ enum Framing {
 }
 
 impl Connection {
-    fn new(stream: Stream, port: u16) -> Connection {
+    fn new(stream: Stream, port: u16, io_timeout: Duration) -> Connection {
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         Connection {
             stream,
@@ -298,6 +314,7 @@ impl Connection {
             upstream_buf: Vec::new(),
             timer: None,
             accepted: tokio::time::Instant::now(),
+            io_timeout,
         }
     }
 
@@ -535,8 +552,17 @@ impl Connection {
                 Some(stream) => (stream, true),
                 None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
             };
-            let sent = within(stream.write_all(&self.out)).await.is_ok();
-            read = if sent { within(stream.read(&mut self.upstream_buf)).await.unwrap_or(0) } else { 0 };
+            let sent = within(self.io_timeout, stream.write_all(&self.out)).await.is_ok();
+            read = if sent {
+                match within(self.io_timeout, stream.read(&mut self.upstream_buf)).await {
+                    Ok(n) => n,
+                    // The backend has the request and is silent: never sent twice.
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(UpstreamError::of_read(&e)),
+                    Err(_) => 0,
+                }
+            } else {
+                0
+            };
             if read > 0 {
                 upstream = Some(stream);
                 break;
@@ -557,9 +583,9 @@ impl Connection {
                     if read == self.upstream_buf.len() {
                         self.upstream_buf.resize(read + READ_CHUNK, 0);
                     }
-                    let n = within(stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
+                    let n = within(self.io_timeout, stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
                         .await
-                        .map_err(|_| (UpstreamError::Other, None))?;
+                        .map_err(|e| UpstreamError::of_read(&e))?;
                     if n == 0 {
                         return Err((UpstreamError::Other, None));
                     }
@@ -570,13 +596,16 @@ impl Connection {
             };
             if head.interim {
                 // 1xx (not 101): forward it and read on for the final response.
-                within(self.stream.write_all(&self.out)).await.map_err(|_| (UpstreamError::Other, None))?;
-                within(self.stream.flush()).await.map_err(|_| (UpstreamError::Other, None))?;
+                within(self.io_timeout, self.stream.write_all(&self.out))
+                    .await
+                    .map_err(|_| (UpstreamError::Other, None))?;
+                within(self.io_timeout, self.stream.flush()).await.map_err(|_| (UpstreamError::Other, None))?;
                 self.upstream_buf.copy_within(head.len..read, 0);
                 read -= head.len;
                 if read == 0 {
-                    read =
-                        within(stream.read(&mut self.upstream_buf)).await.map_err(|_| (UpstreamError::Other, None))?;
+                    read = within(self.io_timeout, stream.read(&mut self.upstream_buf))
+                        .await
+                        .map_err(|e| UpstreamError::of_read(&e))?;
                     if read == 0 {
                         return Err((UpstreamError::Other, None));
                     }
@@ -718,12 +747,12 @@ impl Connection {
         } else {
             self.out.extend_from_slice(body);
         }
-        within(self.stream.write_all(&self.out)).await.map_err(|_| ())?;
+        within(self.io_timeout, self.stream.write_all(&self.out)).await.map_err(|_| ())?;
         while !done {
-            let n = within(upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
+            let n = within(self.io_timeout, upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
             if n == 0 {
                 if rechunk {
-                    within(self.stream.write_all(b"0\r\n\r\n")).await.map_err(|_| ())?;
+                    within(self.io_timeout, self.stream.write_all(b"0\r\n\r\n")).await.map_err(|_| ())?;
                     break;
                 }
                 return Err(());
@@ -731,7 +760,7 @@ impl Connection {
             if rechunk {
                 self.out.clear();
                 push_chunk(&mut self.out, self.upstream_buf.get(..n).unwrap_or_default());
-                within(self.stream.write_all(&self.out)).await.map_err(|_| ())?;
+                within(self.io_timeout, self.stream.write_all(&self.out)).await.map_err(|_| ())?;
                 continue;
             }
             let data = self.upstream_buf.get(..n).unwrap_or_default();
@@ -753,13 +782,15 @@ impl Connection {
             };
             if take < n {
                 // Bytes after the response: the connection is out of step.
-                within(self.stream.write_all(data.get(..take).unwrap_or_default())).await.map_err(|_| ())?;
-                within(self.stream.flush()).await.map_err(|_| ())?;
+                within(self.io_timeout, self.stream.write_all(data.get(..take).unwrap_or_default()))
+                    .await
+                    .map_err(|_| ())?;
+                within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
                 return Ok(false);
             }
-            within(self.stream.write_all(data)).await.map_err(|_| ())?;
+            within(self.io_timeout, self.stream.write_all(data)).await.map_err(|_| ())?;
         }
-        within(self.stream.flush()).await.map_err(|_| ())?;
+        within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
         Ok(done && !extra && head.upstream_keep && head.framing != Framing::UntilClose)
     }
 
@@ -774,8 +805,8 @@ impl Connection {
         push_field(out, b"date", date.as_bytes());
         push_field(out, b"connection", if close { b"close" } else { b"keep-alive" });
         out.extend_from_slice(b"\r\n");
-        within(self.stream.write_all(&self.out)).await?;
-        within(self.stream.flush()).await
+        within(self.io_timeout, self.stream.write_all(&self.out)).await?;
+        within(self.io_timeout, self.stream.flush()).await
     }
 }
 

@@ -100,6 +100,20 @@ pub struct Cli {
     /// X-Forwarded-Port and X-Real-IP never reach a backend.
     #[arg(long, default_value_t = 0)]
     trusted_hops: usize,
+    /// Seconds the longest read or write on a client or backend connection may wait
+    /// while a request is served (a backend that stops answering, a client that stops
+    /// reading its response or sending its body); then the exchange fails (502/504 if
+    /// no response started, else the connection is closed).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Seconds within which a request body must arrive completely, from the request's
+    /// start; slower uploads are answered 408 (or cut, once the response has started).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    request_body_timeout_secs: u64,
+    /// Seconds an HTTP/2 connection without a stream in flight is kept open (0: no
+    /// limit). Its preface must arrive within --request-header-timeout-secs.
+    #[arg(long, default_value_t = 300)]
+    http2_idle_timeout_secs: u64,
 }
 
 fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
@@ -209,12 +223,16 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             unmatched: unmatched.clone(),
             access_log: cli.access_log,
             trusted_hops: cli.trusted_hops,
+            io_timeout: Duration::from_secs(cli.idle_timeout_secs),
+            request_body_timeout: Duration::from_secs(cli.request_body_timeout_secs),
         };
         let mut http = pingora_proxy::http_proxy(&server.configuration, proxy);
         // Cleartext HTTP/2 (h2c, prior knowledge) beside HTTP/1.1 on plain listeners;
         // HTTPS listeners negotiate HTTP/2 with ALPN.
         let mut options = pingora_core::apps::HttpServerOptions::default();
         options.h2c = true;
+        options.h2_idle_timeout =
+            (cli.http2_idle_timeout_secs > 0).then(|| Duration::from_secs(cli.http2_idle_timeout_secs));
         http.server_options = Some(options);
         let app = fast::Front {
             proxy: Arc::new(http),
@@ -228,6 +246,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             connections: http_ports.iter().chain(&https_ports).map(|port| (*port, metrics.listener(*port))).collect(),
             max_connections: cli.max_connections_per_listener.max(1),
             trusted_hops: cli.trusted_hops,
+            io_timeout: Duration::from_secs(cli.idle_timeout_secs),
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {

@@ -57,6 +57,11 @@ pub struct SluiceProxy {
     pub access_log: bool,
     /// Proxies in front of the data plane whose X-Forwarded-For entries are kept.
     pub trusted_hops: usize,
+    /// The longest a read (request body, backend) or a write (to the client, to a
+    /// backend) may wait.
+    pub io_timeout: Duration,
+    /// The longest a request body may take to arrive, from the request's start.
+    pub request_body_timeout: Duration,
 }
 
 /// Client-supplied fields about earlier hops that are dropped unless hops are trusted
@@ -78,9 +83,6 @@ pub(crate) fn forwarded_for(incoming: Option<&str>, client: &str, trusted_hops: 
     }
     out
 }
-
-/// The longest a request body may take to arrive, from the request's start.
-const REQUEST_BODY_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Per-request state.
 pub struct RequestContext {
@@ -124,9 +126,9 @@ impl ProxyHttp for SluiceProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // A client that stops reading the response, or stops sending its body, is given up
-        // after this long idle; the whole body must arrive within REQUEST_BODY_DEADLINE.
-        session.set_write_timeout(Some(crate::fast::IO_TIMEOUT));
-        session.set_read_timeout(Some(crate::fast::IO_TIMEOUT));
+        // after this long idle; the whole body must arrive within request_body_timeout.
+        session.set_write_timeout(Some(self.io_timeout));
+        session.set_read_timeout(Some(self.io_timeout));
         if headers_too_large(&session.req_header().headers) {
             session.set_keepalive(None);
             return respond(session, 431, None).await;
@@ -250,8 +252,8 @@ impl ProxyHttp for SluiceProxy {
         let mut peer = HttpPeer::new(endpoint, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         // A backend that stops answering (or reading) is given up after this long idle.
-        peer.options.read_timeout = Some(crate::fast::IO_TIMEOUT);
-        peer.options.write_timeout = Some(crate::fast::IO_TIMEOUT);
+        peer.options.read_timeout = Some(self.io_timeout);
+        peer.options.write_timeout = Some(self.io_timeout);
         if app_protocol == AppProtocol::H2c {
             peer.options.alpn = ALPN::H2;
         }
@@ -351,7 +353,7 @@ impl ProxyHttp for SluiceProxy {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if !end_of_stream && ctx.started.elapsed() > REQUEST_BODY_DEADLINE {
+        if !end_of_stream && ctx.started.elapsed() > self.request_body_timeout {
             return Err(Error::create(
                 ErrorType::ReadTimedout,
                 pingora_core::ErrorSource::Downstream,

@@ -184,3 +184,138 @@ Forwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r
         }
     }
 }
+
+/// Sends `bytes`, then reads (and discards) until the server closes; returns how long it
+/// held the connection. Fails the test if that exceeds `limit`.
+fn held_for(port: u16, bytes: &[u8], limit: Duration) -> Duration {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    stream.write_all(bytes).unwrap();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("{bytes:?}: the connection was held open for {limit:?} ({e})"),
+        }
+    }
+}
+
+/// The HTTP/2 connection preface, then an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[test]
+fn http2_connections_need_their_preface_in_time_and_close_when_idle() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start_with(
+        &catch_all(port, a.port),
+        &["--request-header-timeout-secs", "1", "--http2-idle-timeout-secs", "2"],
+    );
+    // A preface cut short after its blank line: closed at the head deadline (1 s).
+    let took = held_for(port, b"PRI * HTTP/2.0\r\n\r\nSM", Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
+    // A whole preface and SETTINGS, then nothing: closed at the HTTP/2 idle timeout (2 s).
+    let took = held_for(port, H2_PREFACE_AND_SETTINGS, Duration::from_secs(6));
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
+    // Requests still work on HTTP/2 with these limits.
+    let answer = support::curl(&["--http2-prior-knowledge", &format!("http://127.0.0.1:{port}/h2")]);
+    assert_eq!(answer, "2 200");
+}
+
+#[test]
+fn a_backend_that_stops_answering_gets_504_at_the_idle_timeout() {
+    let slow = Echo::start_with_delay("slow", Duration::from_secs(6));
+    let port = free_port();
+    let _plane = DataPlane::start_with(&catch_all(port, slow.port), &["--idle-timeout-secs", "1"]);
+    let (response, took) =
+        exchange(port, b"GET /slow HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    assert_eq!(response.status, 504, "{response:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3000), "{took:?}");
+    assert_eq!(slow.seen(), ["GET /slow"], "sent once, never again on another connection");
+}
+
+#[test]
+fn a_request_body_slower_than_its_deadline_gets_408() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let _plane = DataPlane::start_with(&catch_all(port, a.port), &["--request-body-timeout-secs", "1"]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    stream.write_all(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1000\r\n\r\n").unwrap();
+    // Ten bytes every 200 ms: each read is well within the idle timeout, the whole body
+    // never within its deadline.
+    let dribble = {
+        let mut writer = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                if writer.write_all(&[b'x'; 10]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("held open ({e}); got {bytes:?}"),
+        }
+    }
+    let took = started.elapsed();
+    let response = parse_response(&bytes);
+    assert_eq!(response.status, 408, "{response:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3000), "{took:?}");
+    drop(stream);
+    dribble.join().unwrap();
+}
+
+#[test]
+fn a_client_that_never_reads_its_response_is_closed_at_the_idle_timeout() {
+    // A backend answering every request with 256 MiB, as fast as it can.
+    const SIZE: usize = 256 << 20;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in backend.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").as_bytes());
+                let block = vec![0u8; 1 << 20];
+                for _ in 0..SIZE >> 20 {
+                    if stream.write_all(&block).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let _plane = DataPlane::start_with(&catch_all(port, backend_port), &["--idle-timeout-secs", "1"]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /big HTTP/1.1\r\nHost: a.example\r\n\r\n").unwrap();
+    // Never read for three idle timeouts, then read what was buffered: the data plane
+    // gave up writing and closed, long before the whole response.
+    std::thread::sleep(Duration::from_secs(3));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was held open ({e}) after {received} bytes"),
+        }
+    }
+    assert!(received > 0 && received < SIZE / 2, "{received} of {SIZE} bytes");
+}

@@ -391,3 +391,41 @@ fn one_broken_route_or_certificate_leaves_the_rest_serving() {
     // Team A's regex and rewrite routes, its certificate and its listener.
     assert!(metrics.contains("sluice_snapshot_dropped_pieces 4"), "{metrics}");
 }
+
+#[test]
+fn an_http2_client_over_tls_must_send_its_preface_within_the_head_deadline() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![https_listener("a", port, "a.example.com", "secret/test/a", "a")],
+        clusters: vec![cluster("a", &[a.port])],
+        certificates: vec![certificate("secret/test/a", "a.example.com")],
+        ..Default::default()
+    };
+    let _plane = DataPlane::start_with(&snapshot, &["--request-header-timeout-secs", "1"]);
+    for partial in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n"] {
+        let mut config = accept_any_config();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("a.example.com").unwrap();
+        let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, socket);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+        let started = Instant::now();
+        tls.write_all(partial).unwrap();
+        tls.flush().unwrap();
+        let mut bytes = Vec::new();
+        let result = tls.read_to_end(&mut bytes);
+        let took = started.elapsed();
+        assert!(
+            result.as_ref().err().is_none_or(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "{partial:?}: held open ({result:?})"
+        );
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{partial:?}: {took:?}");
+    }
+}

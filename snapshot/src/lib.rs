@@ -15,7 +15,7 @@ mod validate;
 
 pub use hash::{Versioner, content_hash, encode_with_version, hash_encoded};
 pub use validate::{
-    MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, problems, valid_header_value, valid_hostname,
+    ADMIN_PORT, MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, problems, valid_header_value, valid_hostname,
     valid_path_value, valid_token, validate,
 };
 

@@ -90,6 +90,10 @@ pub fn valid_path_value(path: &str) -> bool {
 /// Retries per request at most (Gateway API leaves the limit to implementations).
 pub const MAX_RETRY_ATTEMPTS: u32 = 100;
 
+/// The port of a data plane's admin endpoint (`/ready`, `/metrics`) in its pods: no
+/// listener may use it (the translator answers `PortUnavailable`).
+pub const ADMIN_PORT: u32 = 9901;
+
 fn valid_port(port: u32) -> bool {
     (1..=65535).contains(&port)
 }

@@ -26,7 +26,7 @@ use sluice_translate::Infra;
 /// The label every generated object carries (GEP-1762).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Port of the data plane's admin endpoint (`/ready`, `/metrics`) in its pods.
-pub const ADMIN_PORT: i32 = 9901;
+pub const ADMIN_PORT: i32 = sluice_snapshot::ADMIN_PORT as i32;
 /// Where the push link's client certificate is mounted in data-plane pods.
 pub const PUSH_TLS_DIR: &str = "/etc/sluice/push";
 

@@ -195,6 +195,11 @@ fn plan_listener(
         ));
     } else if !(1..=65535).contains(&listener.port) {
         not_accepted = Some((reason::PORT_UNAVAILABLE, format!("port {} is out of range", listener.port)));
+    } else if u32::try_from(listener.port).ok() == Some(sluice_snapshot::ADMIN_PORT) {
+        not_accepted = Some((
+            reason::PORT_UNAVAILABLE,
+            format!("port {} is reserved for the data plane's admin endpoint (/ready, /metrics)", listener.port),
+        ));
     }
     let hostname = listener.hostname.clone().filter(|h| !h.is_empty());
     if not_accepted.is_none()
