@@ -248,3 +248,54 @@ spec:
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&status_file);
 }
+
+/// A certificate that expires while `sluice run` serves it: with no other change, the
+/// listener's status says so within a rescan, and the certificate stops being served.
+#[test]
+fn a_certificate_is_reported_invalid_once_it_expires() {
+    let dir = temp_dir("expiry");
+    let status_file = dir.with_extension("status.yaml");
+    let (port, a) = (free_port(), free_port());
+    let mut params = rcgen::CertificateParams::new(vec!["web.example".to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::seconds(6);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: web-tls, namespace: default}}\ntype: kubernetes.io/tls\n\
+stringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&certificate.pem()),
+        indent(&key.serialize_pem())
+    );
+    let gateway = gateway(port).replace(
+        "  listeners:\n",
+        &format!(
+            "  listeners:\n    - {{name: https, port: {}, protocol: HTTPS, tls: {{certificateRefs: [{{name: web-tls}}]}}}}\n",
+            free_port()
+        ),
+    );
+    write(&dir, "gateway.yaml", &gateway);
+    write(&dir, "secret.yaml", &secret);
+    write(&dir, "backends.yaml", &backend("echo-a", a));
+    let _sluice = sluice_run(&dir, &status_file);
+    let https = |text: &str| -> Option<(String, String)> {
+        let status: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+        let listeners = status["status"]["gateways"]["default/gw"]["listeners"].as_array()?.clone();
+        let https = listeners.iter().find(|l| l["name"] == "https")?;
+        let resolved = https["conditions"].as_array()?.iter().find(|c| c["type"] == "ResolvedRefs")?.clone();
+        Some((resolved["reason"].as_str()?.to_string(), resolved["message"].as_str()?.to_string()))
+    };
+    let read = || std::fs::read_to_string(&status_file).unwrap_or_default();
+    eventually(Duration::from_secs(30), "the listener to resolve its certificate", || {
+        https(&read()).is_some_and(|(reason, _)| reason == "ResolvedRefs")
+    });
+    eventually(Duration::from_secs(15), "the expiry to be reported", || {
+        https(&read()).is_some_and(|(reason, message)| {
+            reason == "InvalidCertificateRef" && message.contains("the certificate expired at")
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&status_file);
+}

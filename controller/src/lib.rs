@@ -14,3 +14,11 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
+
+/// The instant of `at` (Unix seconds) on tokio's clock, at most a day away (a later time
+/// is looked at again then).
+pub fn instant_of_unix(at: i64) -> tokio::time::Instant {
+    const DAY: u64 = 24 * 3600;
+    let wait = u64::try_from(at.saturating_sub(unix_now())).unwrap_or(0).min(DAY);
+    tokio::time::Instant::now() + std::time::Duration::from_secs(wait)
+}

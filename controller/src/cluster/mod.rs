@@ -92,9 +92,15 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let mut progress = push.watch_progress();
     let mut published: BTreeSet<String> = BTreeSet::new();
     let mut retry: Option<tokio::time::Instant> = None;
+    // When the clock alone changes the translation (a certificate expires).
+    let mut clock_change: Option<tokio::time::Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let retry_at = retry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let retry_at = [retry, clock_change]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = changed.notified() => tokio::time::sleep(options.debounce).await,
             _ = progress.changed() => {}
@@ -106,6 +112,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         let mut world = stores.world();
         world.now = Some(crate::unix_now());
         let output = sluice_translate::translate(&world);
+        clock_change = output.next_change_at.map(crate::instant_of_unix);
         let mut current = BTreeSet::new();
         for (key, gateway) in &output.gateways {
             let name = key.to_string();

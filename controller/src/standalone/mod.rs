@@ -120,6 +120,7 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
         echoes: BTreeMap::new(),
         last_report: String::new(),
         translated: false,
+        clock_change: None,
         document: watch::Sender::new(None),
     };
     if let Some(file) = &options.status_file {
@@ -204,6 +205,9 @@ struct Runner {
     last_report: String,
     /// Whether the directory was translated at least once.
     translated: bool,
+    /// When the clock alone changes the last translation (a certificate expires or
+    /// becomes valid; Unix seconds): the next rescan translates again from then on.
+    clock_change: Option<i64>,
     /// The latest status, for the status file writer.
     document: watch::Sender<Option<Arc<StatusDocument>>>,
 }
@@ -212,7 +216,7 @@ impl Runner {
     async fn reconcile(&mut self) {
         let started = Instant::now();
         match self.manifests.refresh() {
-            Ok(false) if self.translated => return,
+            Ok(false) if self.translated && self.clock_change.is_none_or(|at| crate::unix_now() < at) => return,
             Ok(_) => {}
             Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
         }
@@ -222,6 +226,7 @@ impl Runner {
         world.now = Some(crate::unix_now());
         self.problems = Arc::new(problems);
         let mut output = translate(&world);
+        self.clock_change = output.next_change_at;
         let translated = started.elapsed();
         self.status = Arc::new(std::mem::take(&mut output.status));
         self.routes_text = render_routes(&self.status, self.options.quiet);

@@ -342,6 +342,12 @@ fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, P
     let (not_before, not_after) = checked_certificate(&cert_chain_pem, &private_key_pem).map_err(|e| invalid(&e))?;
     if let Some(now) = index.now {
         let validity = |at: i64| sluice_snapshot::compile::validity_problem(not_before, not_after, at);
+        // Translate again when this answer changes: at notBefore, or just past notAfter.
+        if not_before > now {
+            index.changes_at(not_before);
+        } else if not_after >= now {
+            index.changes_at(not_after.saturating_add(1));
+        }
         if let Some(problem) = validity(now) {
             return Err(invalid(&problem));
         }

@@ -55,6 +55,9 @@ pub(crate) struct Index<'w> {
     pub grants: HashMap<&'w str, Vec<&'w ReferenceGrant>>,
     /// `World::now`.
     pub now: Option<i64>,
+    /// The earliest instant after `now` at which a certificate read so far becomes valid
+    /// or expires (`Output::next_change_at`).
+    pub next_change: std::cell::Cell<Option<i64>>,
 }
 
 /// The label the API server puts on every Namespace, holding its name.
@@ -95,7 +98,15 @@ impl<'w> Index<'w> {
             namespace_labels,
             grants,
             now: world.now,
+            next_change: std::cell::Cell::new(None),
         }
+    }
+
+    /// Notes that translation answers differently from `at` on (a certificate's validity
+    /// starts or ends then).
+    pub fn changes_at(&self, at: i64) {
+        let earliest = self.next_change.get().map_or(at, |known| known.min(at));
+        self.next_change.set(Some(earliest));
     }
 
     /// The one ReferenceGrant check for every cross-namespace reference: may an object of

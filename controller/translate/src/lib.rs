@@ -76,6 +76,11 @@ pub struct Output {
     /// Per accepted Gateway: what its data plane serves and how to deploy it.
     pub gateways: BTreeMap<ObjectKey, GatewayOutput>,
     pub status: Status,
+    /// With `World::now`: the earliest later instant (Unix seconds) at which the same
+    /// World translates differently (a referenced certificate becomes valid or expires).
+    /// The controller translates again then, so status and snapshots follow the clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_change_at: Option<i64>,
 }
 
 /// What one Gateway's data plane gets and how it is deployed.
@@ -168,6 +173,7 @@ pub fn translate(world: &World) -> Output {
             output.status.udp_routes.insert(key, status);
         }
     }
+    output.next_change_at = pass.index.next_change.get();
     pass.finish(&mut output);
     output
 }

@@ -56,3 +56,29 @@ fn expired_and_not_yet_valid_certificates_are_invalid_refs() {
     // Without a clock (golden tests) validity is not checked.
     assert_eq!(https_listener(&world(None)).0, "ResolvedRefs");
 }
+
+#[test]
+fn translation_says_when_a_certificate_becomes_valid_or_expires() {
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dataplane/tests/fixtures/a.example.com.crt"
+    ))
+    .unwrap();
+    let key = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dataplane/tests/fixtures/a.example.com.key"
+    ))
+    .unwrap();
+    let loaded = sluice_snapshot::compile::load_certificate(&pem, &key).unwrap();
+    // Valid now: the next change is the moment after notAfter, and there it is expired.
+    let at = translate(&world(Some(loaded.not_before + 60))).next_change_at;
+    assert_eq!(at, Some(loaded.not_after + 1));
+    assert_eq!(https_listener(&world(at)).0, "InvalidCertificateRef");
+    // Not valid yet: the next change is notBefore, and there it is served.
+    let at = translate(&world(Some(loaded.not_before - 3600))).next_change_at;
+    assert_eq!(at, Some(loaded.not_before));
+    assert_eq!(https_listener(&world(at)).0, "ResolvedRefs");
+    // Expired: nothing changes with time any more; without a clock, nothing is known.
+    assert_eq!(translate(&world(Some(loaded.not_after + 1))).next_change_at, None);
+    assert_eq!(translate(&world(None)).next_change_at, None);
+}
