@@ -29,7 +29,10 @@ fn exchange(port: u16, request: &[u8], limit: Duration) -> (support::Response, D
             Err(e) => panic!("{request:?}: the connection was held open for {limit:?} ({e}); got {bytes:?}"),
         }
     }
-    (parse_response(&bytes), started.elapsed())
+    let (response, took) = (parse_response(&bytes), started.elapsed());
+    // `cargo test --test hostile -- --nocapture` lists every case with its answer and time.
+    eprintln!("case {:?}: status {} closed after {took:?}", String::from_utf8_lossy(request), response.status);
+    (response, took)
 }
 
 #[test]
@@ -195,12 +198,15 @@ fn held_for(port: u16, bytes: &[u8], limit: Duration) -> Duration {
     let mut chunk = [0u8; 4096];
     loop {
         match stream.read(&mut chunk) {
-            Ok(0) => return started.elapsed(),
+            Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
             Err(e) => panic!("{bytes:?}: the connection was held open for {limit:?} ({e})"),
         }
     }
+    let took = started.elapsed();
+    eprintln!("case {:?}: closed after {took:?}", String::from_utf8_lossy(bytes));
+    took
 }
 
 /// The HTTP/2 connection preface, then an empty SETTINGS frame.
@@ -271,6 +277,7 @@ fn a_request_body_slower_than_its_deadline_gets_408() {
     }
     let took = started.elapsed();
     let response = parse_response(&bytes);
+    eprintln!("case a body of 10 bytes per 200 ms: status {} after {took:?}", response.status);
     assert_eq!(response.status, 408, "{response:?}");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3000), "{took:?}");
     drop(stream);
@@ -317,5 +324,6 @@ fn a_client_that_never_reads_its_response_is_closed_at_the_idle_timeout() {
             Err(e) => panic!("the connection was held open ({e}) after {received} bytes"),
         }
     }
+    eprintln!("case a client that never reads: closed after {received} of {SIZE} bytes");
     assert!(received > 0 && received < SIZE / 2, "{received} of {SIZE} bytes");
 }
