@@ -59,6 +59,49 @@ pub struct ProxyConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 16))]
     pub trusted_hops: Option<u32>,
+    /// A HorizontalPodAutoscaler for the data plane; `replicas` is then left to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Class-level only: the IP ranges (CIDRs, e.g. `203.0.113.0/24`) a Gateway of the
+    /// class may ask for in `spec.addresses`. Other addresses, and every address when this
+    /// is empty (the default), are refused with `UnsupportedAddress`: a Gateway can never
+    /// claim an IP the platform team did not hand out (CVE-2020-8554 through externalIPs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_addresses: Vec<String>,
+    /// Class-level only: what a Gateway's own ProxyConfig may set besides the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_overrides: Option<GatewayOverrides>,
+}
+
+/// Autoscaling of a Gateway's data plane by CPU use.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest replicas (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the requested CPU, that the autoscaler keeps
+    /// (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+/// Settings a Gateway's own ProxyConfig may change only when its class allows it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayOverrides {
+    /// A Gateway may run another data-plane image (default false).
+    #[serde(default)]
+    pub image: bool,
+    /// A Gateway may add annotations to its pods and Service (default false; they can
+    /// drive cloud load balancers, sidecar injection or admission webhooks).
+    #[serde(default)]
+    pub annotations: bool,
 }
 
 /// Service type for a Gateway's data plane.

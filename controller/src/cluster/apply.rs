@@ -1,12 +1,16 @@
-//! The deployer's writes: per Gateway the rendered ServiceAccount, Deployment and
-//! Service plus the push-link client certificate Secret, all with server-side apply and
-//! owned by the Gateway; the push CA kept in a Secret of the controller's namespace.
+//! The deployer's writes: per Gateway the rendered ServiceAccount, Deployment, Service,
+//! PodDisruptionBudget and HorizontalPodAutoscaler (the last two only when rendered,
+//! deleted otherwise) plus the push-link client certificate Secret, all with server-side
+//! apply, labelled `app.kubernetes.io/managed-by: sluice` and owned by the Gateway; the
+//! push CA kept in a Secret of the controller's namespace.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -138,6 +142,28 @@ impl Deployer {
             .patch(&name, &params, &Patch::Apply(&rendered.service))
             .await
             .context("applying the Service")?;
+        let budgets = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns);
+        match &rendered.pod_disruption_budget {
+            Some(budget) => {
+                budgets
+                    .patch(&name, &params, &Patch::Apply(budget))
+                    .await
+                    .context("applying the PodDisruptionBudget")?;
+            }
+            None => absent(budgets.delete(&name, &DeleteParams::background()).await.map(|_| ()))
+                .context("deleting the PodDisruptionBudget")?,
+        }
+        let autoscalers = Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), ns);
+        match &rendered.autoscaler {
+            Some(autoscaler) => {
+                autoscalers
+                    .patch(&name, &params, &Patch::Apply(autoscaler))
+                    .await
+                    .context("applying the HorizontalPodAutoscaler")?;
+            }
+            None => absent(autoscalers.delete(&name, &DeleteParams::background()).await.map(|_| ()))
+                .context("deleting the HorizontalPodAutoscaler")?,
+        }
         Ok(())
     }
 
@@ -162,7 +188,10 @@ impl Deployer {
             "metadata": {
                 "name": name,
                 "namespace": identity.namespace,
-                "labels": {deploy::GATEWAY_NAME_LABEL: identity.name.chars().take(63).collect::<String>()},
+                "labels": {
+                    deploy::GATEWAY_NAME_LABEL: identity.name.chars().take(63).collect::<String>(),
+                    "app.kubernetes.io/managed-by": "sluice",
+                },
                 "ownerReferences": [owner(identity)],
             },
             "type": "kubernetes.io/tls",
@@ -183,17 +212,24 @@ impl Deployer {
         let name = deploy::generated_name(identity);
         let ns = &identity.namespace;
         let dp = DeleteParams::background();
-        let ok = |r: Result<_, kube::Error>| match r {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(e),
-        };
+        let ok = absent;
+        ok(Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        ok(Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         ok(Api::<Deployment>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         ok(Api::<Service>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         ok(Api::<ServiceAccount>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        let secret = deploy::push_secret_name(identity);
-        ok(Api::<Secret>::namespaced(self.client.clone(), ns).delete(&secret, &dp).await.map(|_| ()))?;
+        // The push Secret stays until its Gateway is deleted (it owns the Secret): the
+        // controller may not delete Secrets (least privilege), and the push server serves
+        // no snapshot to a Gateway that is not Sluice's, whatever certificate it shows.
         Ok(())
+    }
+}
+
+/// A delete's result, where an object already gone is no failure.
+fn absent(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
     }
 }
 

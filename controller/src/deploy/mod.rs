@@ -3,6 +3,7 @@
 //! ```text
 //!  Gateway (identity, uid) + Infra (ports, ProxyConfig, spec.infrastructure) + options
 //!     ──render──► ServiceAccount, Deployment (data plane), Service
+//!                 (+ PodDisruptionBudget with more than one replica, + HorizontalPodAutoscaler)
 //! ```
 //!
 //! Pure: the caller applies the objects with server-side apply. Everything carries the
@@ -12,12 +13,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LifecycleHandler, ObjectFieldSelector,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::core::v1::{ResourceRequirements, SeccompProfile};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_crds::{ExternalTrafficPolicy, ServiceType};
@@ -55,7 +63,20 @@ pub struct Rendered {
     pub service_account: ServiceAccount,
     pub deployment: Deployment,
     pub service: Service,
+    /// At most one pod unavailable at a time, when there can be more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// With ProxyConfig `autoscaling` (the Deployment's replicas are then its).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
 }
+
+/// The data-plane container's resource requests when the ProxyConfig sets none (an
+/// autoscaler needs a CPU request to scale on).
+const DEFAULT_CPU_REQUEST: &str = "100m";
+const DEFAULT_MEMORY_REQUEST: &str = "64Mi";
+/// The user and group the data plane runs as (distroless's `nonroot`).
+pub const DATA_PLANE_UID: i64 = 65532;
 
 /// The name of everything generated for a Gateway: `<gateway>-<class>`, shortened with a
 /// stable hash when longer than a DNS label allows.
@@ -194,7 +215,18 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
             pre_stop: Some(LifecycleHandler { sleep: Some(SleepAction { seconds: 5 }), ..Default::default() }),
             ..Default::default()
         }),
-        resources: config.resources.clone(),
+        resources: Some(config.resources.clone().unwrap_or_else(|| {
+            ResourceRequirements {
+                requests: Some(
+                    [
+                        ("cpu".to_string(), Quantity(DEFAULT_CPU_REQUEST.into())),
+                        ("memory".to_string(), Quantity(DEFAULT_MEMORY_REQUEST.into())),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            }
+        })),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -225,7 +257,8 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: Some(DeploymentSpec {
-            replicas: Some(config.replicas.unwrap_or(1)),
+            // With an autoscaler the replicas are its to set.
+            replicas: config.autoscaling.is_none().then(|| config.replicas.unwrap_or(1)),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             // Never below the wanted capacity while rolling (e.g. after a listener change).
             strategy: Some(DeploymentStrategy {
@@ -241,9 +274,14 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(35),
+                    // Pod Security "restricted": non-root, the runtime's seccomp profile; the
+                    // push Secret (0440) is readable through fsGroup.
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
+                        run_as_user: Some(DATA_PLANE_UID),
+                        run_as_group: Some(DATA_PLANE_UID),
+                        fs_group: Some(DATA_PLANE_UID),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
                     affinity: Some(Affinity {
@@ -291,7 +329,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
     let service_type = config.service_type.unwrap_or_default();
     let external = matches!(service_type, ServiceType::LoadBalancer | ServiceType::NodePort);
     let service = Service {
-        metadata: meta,
+        metadata: meta.clone(),
         spec: Some(ServiceSpec {
             type_: Some(
                 match service_type {
@@ -301,7 +339,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                 }
                 .into(),
             ),
-            selector: Some(selector),
+            selector: Some(selector.clone()),
             ports: Some(
                 infra
                     .ports
@@ -333,7 +371,43 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
         }),
         ..Default::default()
     };
-    Rendered { service_account, deployment, service }
+    let most_replicas = config.autoscaling.as_ref().map_or(config.replicas.unwrap_or(1), |a| a.max_replicas);
+    let pod_disruption_budget = (most_replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta.clone(),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let autoscaler = config.autoscaling.as_ref().map(|autoscaling| HorizontalPodAutoscaler {
+        metadata: meta.clone(),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name.clone(),
+            },
+            min_replicas: Some(autoscaling.min_replicas.unwrap_or(1)),
+            max_replicas: autoscaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(autoscaling.target_cpu_utilization_percentage.unwrap_or(80)),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Rendered { service_account, deployment, service, pod_disruption_budget, autoscaler }
 }
 
 /// `port-8080`: a valid port name (a DNS label of at most 15 characters) for any port.
@@ -357,6 +431,39 @@ mod tests {
         assert!(long.len() <= 63, "{long}");
         assert_ne!(long, generated_name(&gateway(&"a".repeat(71))), "distinct names stay distinct");
         assert!(push_secret_name(&gateway("web")).ends_with("-push-tls"));
+    }
+
+    /// Pod Security "restricted" (and resource requests) for every pod Sluice renders,
+    /// whatever the ProxyConfig says.
+    #[test]
+    fn data_plane_pods_meet_pod_security_restricted() {
+        let options = DeployOptions { default_image: "i".into(), control_plane_url: "https://c".into() };
+        let low_port = Infra {
+            ports: vec![sluice_translate::InfraPort { port: 80, protocol: "TCP".into() }],
+            ..Default::default()
+        };
+        for infra in [Infra::default(), low_port] {
+            let rendered = render(&gateway("web"), &infra, &options);
+            let pod = rendered.deployment.spec.unwrap().template.spec.unwrap();
+            let security = pod.security_context.unwrap();
+            assert_eq!(security.run_as_non_root, Some(true));
+            assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+            assert_eq!(
+                (security.run_as_user, security.run_as_group, security.fs_group),
+                (Some(65532), Some(65532), Some(65532))
+            );
+            assert!(pod.host_network.is_none() && pod.host_pid.is_none());
+            for container in &pod.containers {
+                let c = container.security_context.clone().unwrap();
+                assert_eq!((c.allow_privilege_escalation, c.read_only_root_filesystem), (Some(false), Some(true)));
+                let capabilities = c.capabilities.unwrap();
+                assert_eq!(capabilities.drop, Some(vec!["ALL".to_string()]));
+                assert!(capabilities.add.unwrap_or_default().iter().all(|c| c == "NET_BIND_SERVICE"));
+                let requests = container.resources.clone().unwrap().requests.unwrap();
+                assert!(requests.contains_key("cpu") && requests.contains_key("memory"), "{requests:?}");
+            }
+            assert!(rendered.pod_disruption_budget.is_none(), "one replica: no budget to keep");
+        }
     }
 
     #[test]

@@ -95,9 +95,63 @@ fn class_proxy_config(class: &GatewayClass, index: &Index<'_>) -> Result<ProxyCo
         return Err("parametersRef to a ProxyConfig needs a namespace".into());
     };
     let key = ObjectKey::new(namespace, parameters.name.clone());
-    match index.proxy_configs.get(&key) {
-        Some(config) => Ok(config.spec.clone()),
-        None => Err(format!("ProxyConfig {key} not found")),
+    let Some(config) = index.proxy_configs.get(&key) else {
+        return Err(format!("ProxyConfig {key} not found"));
+    };
+    if let Some(bad) = config.spec.allowed_addresses.iter().find(|cidr| Cidr::parse(cidr).is_none()) {
+        return Err(format!("ProxyConfig {key}: allowedAddresses entry {bad:?} is not a CIDR such as 203.0.113.0/24"));
+    }
+    if let Some(autoscaling) = &config.spec.autoscaling {
+        autoscaling_problem(autoscaling).map_or(Ok(()), |problem| Err(format!("ProxyConfig {key}: {problem}")))?;
+    }
+    Ok(config.spec.clone())
+}
+
+/// Why an `autoscaling` setting cannot be used, if so.
+pub(crate) fn autoscaling_problem(autoscaling: &sluice_crds::Autoscaling) -> Option<String> {
+    let min = autoscaling.min_replicas.unwrap_or(1);
+    (min > autoscaling.max_replicas).then(|| {
+        format!("autoscaling.minReplicas ({min}) is above autoscaling.maxReplicas ({})", autoscaling.max_replicas)
+    })
+}
+
+/// An IP range: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u32,
+}
+
+impl Cidr {
+    /// `203.0.113.0/24`, `2001:db8::/32`, or a single address (`198.51.100.7`).
+    pub(crate) fn parse(text: &str) -> Option<Cidr> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = address.parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) if prefix.bytes().all(|b| b.is_ascii_digit()) => prefix.parse().ok()?,
+            Some(_) => return None,
+            None => bits,
+        };
+        (prefix <= bits).then_some(Cidr { network, prefix })
+    }
+
+    pub(crate) fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.network, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -118,7 +172,31 @@ pub(crate) fn merge_proxy_config(class: &ProxyConfigSpec, gateway: Option<&Proxy
         image: gateway.image.clone().or_else(|| class.image.clone()),
         log_level: gateway.log_level.clone().or_else(|| class.log_level.clone()),
         trusted_hops: gateway.trusted_hops.or(class.trusted_hops),
+        autoscaling: gateway.autoscaling.clone().or_else(|| class.autoscaling.clone()),
+        // Policies of the platform team: the class's only.
+        allowed_addresses: class.allowed_addresses.clone(),
+        gateway_overrides: class.gateway_overrides,
     }
+}
+
+/// Why a Gateway's own ProxyConfig may not be used under its class's, if so.
+pub(crate) fn override_problem(class: &ProxyConfigSpec, gateway: &ProxyConfigSpec) -> Option<String> {
+    let allowed = class.gateway_overrides.unwrap_or_default();
+    if !gateway.allowed_addresses.is_empty() || gateway.gateway_overrides.is_some() {
+        return Some("allowedAddresses and gatewayOverrides are set on the GatewayClass's ProxyConfig only".into());
+    }
+    if gateway.image.is_some() && !allowed.image {
+        return Some(
+            "it sets image, which the GatewayClass's ProxyConfig does not allow (gatewayOverrides.image)".into(),
+        );
+    }
+    if !gateway.annotations.is_empty() && !allowed.annotations {
+        return Some(
+            "it sets annotations, which the GatewayClass's ProxyConfig does not allow (gatewayOverrides.annotations)"
+                .into(),
+        );
+    }
+    gateway.autoscaling.as_ref().and_then(autoscaling_problem)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use sluice_snapshot::{Certificate, HttpRoute, Protocol};
 
 use crate::l4routes::L4Rule;
 
-use crate::classes::{ClassInfo, merge_proxy_config};
+use crate::classes::{Cidr, ClassInfo, merge_proxy_config, override_problem};
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
 use crate::status::{RouteGroupKind, reason};
 
@@ -112,7 +112,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
             format!("GatewayClass {} is not accepted: {message}", gateway.spec.gateway_class_name),
         )
     });
-    let gateway_config = match gateway_proxy_config(gateway, &key, index) {
+    let gateway_config = match gateway_proxy_config(gateway, &key, &class.proxy_config, index) {
         Ok(config) => config,
         Err(message) => {
             not_accepted.get_or_insert((reason::INVALID_PARAMETERS, message));
@@ -129,8 +129,29 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
     for address in gateway.spec.addresses.iter().flatten() {
         let kind = address.r#type.as_deref().unwrap_or("IPAddress");
         let value = address.value.clone().unwrap_or_default();
-        if kind == "IPAddress" && value.parse::<std::net::IpAddr>().is_ok() {
-            requested_addresses.push(value);
+        if kind == "IPAddress"
+            && let Ok(ip) = value.parse::<std::net::IpAddr>()
+        {
+            let allowed = &class.proxy_config.allowed_addresses;
+            if allowed.iter().filter_map(|cidr| Cidr::parse(cidr)).any(|cidr| cidr.contains(ip)) {
+                requested_addresses.push(value);
+            } else {
+                not_accepted.get_or_insert((
+                    reason::UNSUPPORTED_ADDRESS,
+                    if allowed.is_empty() {
+                        format!(
+                            "address {value} is not allowed: the GatewayClass's ProxyConfig allows no static \
+                             addresses (allowedAddresses)"
+                        )
+                    } else {
+                        format!(
+                            "address {value} is outside the ranges the GatewayClass's ProxyConfig allows \
+                             (allowedAddresses: {})",
+                            allowed.join(", ")
+                        )
+                    },
+                ));
+            }
         } else {
             not_accepted.get_or_insert((
                 reason::UNSUPPORTED_ADDRESS,
@@ -153,6 +174,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
 fn gateway_proxy_config(
     gateway: &Gateway,
     key: &ObjectKey,
+    class: &ProxyConfigSpec,
     index: &Index<'_>,
 ) -> Result<Option<ProxyConfigSpec>, String> {
     let Some(parameters) = gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) else {
@@ -165,10 +187,13 @@ fn gateway_proxy_config(
         ));
     }
     let config_key = ObjectKey::new(key.namespace.clone(), parameters.name.clone());
-    match index.proxy_configs.get(&config_key) {
-        Some(config) => Ok(Some(config.spec.clone())),
-        None => Err(format!("ProxyConfig {config_key} not found")),
+    let Some(config) = index.proxy_configs.get(&config_key) else {
+        return Err(format!("ProxyConfig {config_key} not found"));
+    };
+    if let Some(problem) = override_problem(class, &config.spec) {
+        return Err(format!("ProxyConfig {config_key} cannot be used: {problem}"));
     }
+    Ok(Some(config.spec.clone()))
 }
 
 fn plan_listener(
