@@ -4,10 +4,14 @@
 //! keeps its Lease fresh, binds pending pods to it, and runs every container
 //! of a bound pod as a local process inside the pod's own network namespace
 //! (veth on the host bridge, a pod IP from the test range). Images map to
-//! local binaries (`--image echo-basic=/path/to/echo-basic`). Container output
+//! local binaries (`--image echo-basic=/path/to/echo-basic`) or to OCI image
+//! archives (`--image sluice-dataplane=/path/sluice-dataplane.tar`), which run
+//! in their own root filesystem with the pod's user, groups and read-only root,
+//! as a container runtime would. Container output
 //! is kept as CRI-format log files and served to the API server for
 //! `kubectl logs`. See conformance/cluster/README.md.
 
+mod image;
 mod logs;
 mod node;
 mod pods;
@@ -44,8 +48,9 @@ pub struct Cli {
     /// The whole test range; pod namespaces get a route for it and nothing else.
     #[arg(long, default_value = "198.18.0.0/15")]
     pub test_range: String,
-    /// Image to binary map, NAME=PATH; NAME is the image's last path element
-    /// without tag or digest (`gcr.io/x/echo-basic:v1` → `echo-basic`). Repeatable.
+    /// Image map, NAME=PATH; NAME is the image's last path element without tag
+    /// or digest (`gcr.io/x/echo-basic:v1` → `echo-basic`). PATH is a host binary,
+    /// or an OCI image archive when it ends in `.tar`. Repeatable.
     #[arg(long = "image", value_parser = parse_image)]
     pub images: Vec<(String, PathBuf)>,
     /// Directory for pod state: volumes, logs, pid files.
@@ -74,6 +79,9 @@ pub struct Agent {
     pub cli: Cli,
     pub client: kube::Client,
     pub images: HashMap<String, PathBuf>,
+    /// Images that are OCI archives (NAME → archive), unpacked on first use.
+    pub archives: HashMap<String, PathBuf>,
+    pub unpacked: image::Cache,
     pub ips: sandbox::IpPool,
     pub pods: pods::Registry,
 }
@@ -99,12 +107,16 @@ fn run() -> Result<()> {
 }
 
 async fn async_main(cli: Cli) -> Result<()> {
-    let mut images = HashMap::new();
+    let (mut images, mut archives) = (HashMap::new(), HashMap::new());
     for (name, path) in &cli.images {
         if !path.is_file() {
             bail!("--image {name}={}: no such file", path.display());
         }
-        images.insert(name.clone(), path.clone());
+        if path.extension().is_some_and(|e| e == "tar") {
+            archives.insert(name.clone(), path.clone());
+        } else {
+            images.insert(name.clone(), path.clone());
+        }
     }
     sandbox::check_bridge(&cli.bridge, cli.node_ip).await?;
     std::fs::create_dir_all(cli.state_dir.join("pods"))
@@ -115,7 +127,15 @@ async fn async_main(cli: Cli) -> Result<()> {
 
     let client = kube::Client::try_default().await.context("connecting to the API server (KUBECONFIG)")?;
     let ips = sandbox::IpPool::new(cli.node_ip, cli.pod_prefix)?;
-    let agent = Arc::new(Agent { cli, client, images, ips, pods: pods::Registry::default() });
+    let agent = Arc::new(Agent {
+        cli,
+        client,
+        images,
+        archives,
+        unpacked: image::Cache::default(),
+        ips,
+        pods: pods::Registry::default(),
+    });
 
     node::register(&agent).await?;
     let logs = tokio::spawn(logs::serve(agent.clone()));

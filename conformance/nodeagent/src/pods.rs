@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::sandbox::Sandbox;
-use crate::{Agent, logs, probe, spec, volumes};
+use crate::{Agent, image, logs, probe, spec, volumes};
 
 /// The supervisors of the pods this agent runs, by pod UID.
 #[derive(Default)]
@@ -279,6 +279,31 @@ done
 shift
 exec /proc/self/fd/3 "$@""#;
 
+/// Runs a container of an OCI image (inside `ip netns exec`, which gives it its own
+/// mount namespace): an overlay of the image's root filesystem with a per-container
+/// upper dir, /proc, a minimal /dev, the volumes, the root made read-only when asked,
+/// then `chroot` as the container's user and groups with no_new_privs (kubelet's
+/// allowPrivilegeEscalation: false). Arguments: LOWER UPPER WORK ROOT ro|rw UID:GID
+/// GROUPS, then (source target ro|rw)... --, then the command line.
+const IMAGE_SCRIPT: &str = r#"lower=$1 upper=$2 work=$3 root=$4 rootmode=$5 user=$6 groups=$7
+shift 7
+mkdir -p "$upper" "$work" "$root" || exit 125
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root" || exit 125
+mount -t proc proc "$root/proc" || exit 125
+mount -t tmpfs -o nosuid,noexec,mode=755 tmpfs "$root/dev" || exit 125
+for d in null zero full random urandom; do : >"$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d" || exit 125; done
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/tmp" || exit 125
+while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+  t="$root$2"
+  if [ -d "$1" ]; then mkdir -p "$t"; else mkdir -p "$(dirname "$t")"; [ -e "$t" ] || : >"$t"; fi
+  mount --bind "$1" "$t" || exit 125
+  if [ "$3" = ro ]; then mount -o remount,bind,ro "$t" || exit 125; fi
+  shift 3
+done
+shift
+if [ "$rootmode" = ro ]; then mount -o remount,ro "$root" || exit 125; fi
+exec setpriv --no-new-privs chroot --userspec="$user" --groups="$groups" "$root" "$@""#;
+
 struct Pod1 {
     agent: Arc<Agent>,
     pod: Pod,
@@ -400,6 +425,28 @@ impl Pod1 {
             };
             let uid = self.pod.metadata.uid.clone().unwrap_or_default();
             let sandbox = Sandbox::create(&uid, ip, &cli.bridge, cli.node_ip, cli.pod_prefix, &cli.test_range).await?;
+            // The pod's sysctls, in its own network namespace (only net.* ones are
+            // namespaced; kubelet refuses the rest as unsafe by default).
+            let sysctls =
+                self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|c| c.sysctls.clone());
+            for sysctl in sysctls.into_iter().flatten() {
+                if !sysctl.name.starts_with("net.")
+                    || !sysctl.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    bail!("sysctl {} is not a namespaced net.* sysctl", sysctl.name);
+                }
+                crate::sandbox::ip(&[
+                    "netns",
+                    "exec",
+                    &sandbox.netns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("{}={}", sysctl.name, sysctl.value),
+                ])
+                .await
+                .with_context(|| format!("setting sysctl {}", sysctl.name))?;
+            }
             self.sandbox = Some(sandbox);
             self.set_condition("PodReadyToStartContainers", true);
         }
@@ -494,10 +541,39 @@ impl Pod1 {
         let ip = self.ip.context("no pod IP")?;
         let netns = self.sandbox.as_ref().context("no sandbox")?.netns.clone();
         let container = self.slots[index].spec.clone();
-        let env = spec::environment(&self.agent, &self.pod, &container, ip).await?;
-        let (program, args) = spec::program(&self.agent.images, &container, &env)?;
-        let workdir = spec::working_dir(&container, &self.dir)?;
+        let mut env = spec::environment(&self.agent, &self.pod, &container, ip).await?;
         let mounts = self.mounts(&container)?;
+        let archive = self.agent.archives.get(spec::image_name(container.image.as_deref().unwrap_or_default()));
+        let mut cmd = tokio::process::Command::new("ip");
+        let (program, args, workdir) = match archive {
+            Some(archive) => {
+                let image = self.agent.unpacked.get(archive, &self.agent.cli.state_dir).await?;
+                for (name, value) in &image.env {
+                    env.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+                let command: Vec<String> = container.command.iter().flatten().map(|c| spec::expand(c, &env)).collect();
+                let args = container.args.as_ref().map(|a| a.iter().map(|a| spec::expand(a, &env)).collect());
+                let line = image::command_line(&image, &command, args)?;
+                let (user, groups, read_only) = self.identity(&container, &image)?;
+                let scratch = self.dir.join("containers").join(&container.name);
+                // A restarted container starts from the image again, as with a runtime.
+                let _ = std::fs::remove_dir_all(&scratch);
+                cmd.args(["netns", "exec", &netns, "/bin/sh", "-c", IMAGE_SCRIPT, "sh"])
+                    .arg(&image.rootfs)
+                    .arg(scratch.join("upper"))
+                    .arg(scratch.join("work"))
+                    .arg(scratch.join("root"))
+                    .arg(if read_only { "ro" } else { "rw" })
+                    .arg(user)
+                    .arg(groups);
+                (PathBuf::from(&line[0]), line[1..].to_vec(), self.dir.clone())
+            }
+            None => {
+                let (program, args) = spec::program(&self.agent.images, &container, &env)?;
+                cmd.args(["netns", "exec", &netns, "/bin/sh", "-c", MOUNT_SCRIPT, "sh"]).arg(&program);
+                (program, args, spec::working_dir(&container, &self.dir)?)
+            }
+        };
         let log = match &self.slots[index].log {
             Some(l) => l.clone(),
             None => {
@@ -507,12 +583,14 @@ impl Pod1 {
                 l
             }
         };
-        let mut cmd = tokio::process::Command::new("ip");
-        cmd.args(["netns", "exec", &netns, "/bin/sh", "-c", MOUNT_SCRIPT, "sh"]).arg(&program);
         for (src, dst, ro) in &mounts {
             cmd.arg(src).arg(dst).arg(if *ro { "ro" } else { "rw" });
         }
-        cmd.arg("--").args(&args);
+        cmd.arg("--");
+        if archive.is_some() {
+            cmd.arg(&program);
+        }
+        cmd.args(&args);
         cmd.env_clear()
             .envs(&env)
             .current_dir(&workdir)
@@ -557,6 +635,29 @@ impl Pod1 {
         let delay = slot.spec.readiness_probe.as_ref().and_then(|p| p.initial_delay_seconds).unwrap_or(0);
         slot.next_probe = Instant::now() + Duration::from_secs(delay.max(0) as u64);
         Ok(())
+    }
+
+    /// `uid:gid`, the supplementary groups (fsGroup, supplementalGroups) and whether
+    /// the root filesystem is read-only, for a container of an image.
+    fn identity(&self, container: &Container, image: &image::Image) -> Result<(String, String, bool)> {
+        let pod = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let own = container.security_context.as_ref();
+        let run_as_user = own.and_then(|c| c.run_as_user).or(pod.and_then(|p| p.run_as_user));
+        let run_as_group = own.and_then(|c| c.run_as_group).or(pod.and_then(|p| p.run_as_group));
+        let (uid, gid) = image::user(image, run_as_user, run_as_group)?;
+        let run_as_non_root = own.and_then(|c| c.run_as_non_root).or(pod.and_then(|p| p.run_as_non_root));
+        if run_as_non_root == Some(true) && uid == 0 {
+            bail!("container has runAsNonRoot and image will run as root");
+        }
+        let mut groups = vec![gid];
+        groups.extend(pod.and_then(|p| p.fs_group).and_then(|g| u32::try_from(g).ok()));
+        groups.extend(
+            pod.into_iter().flat_map(|p| p.supplemental_groups.iter().flatten()).filter_map(|g| u32::try_from(*g).ok()),
+        );
+        groups.dedup();
+        let groups = groups.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let read_only = own.and_then(|c| c.read_only_root_filesystem) == Some(true);
+        Ok((format!("{uid}:{gid}"), groups, read_only))
     }
 
     /// (host source, target, read-only) for each volumeMount, parents first;

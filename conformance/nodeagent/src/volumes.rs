@@ -43,6 +43,14 @@ impl Volumes {
     /// Writes (or refreshes) every volume of the pod.
     pub async fn materialize(&mut self, agent: &Agent, pod: &Pod, pod_ip: Ipv4Addr) -> Result<()> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        // As kubelet: files owned by root and, with an fsGroup, by that group, so that a
+        // non-root container reads them only through the modes and the group it is given.
+        let fs_group = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             let dir = self.source(volume);
             let name = &volume.name;
@@ -51,8 +59,21 @@ impl Volumes {
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating volume dir {}", dir.display()))?;
             if volume.empty_dir.is_some() {
+                // World-writable, as kubelet makes emptyDirs; setgid with an fsGroup.
+                let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
+                own(&dir, fs_group, mode).with_context(|| format!("volume {name}"))?;
                 continue;
             }
+            own(&dir, fs_group, 0o755).with_context(|| format!("volume {name}"))?;
+            let mode = volume
+                .secret
+                .as_ref()
+                .and_then(|v| v.default_mode)
+                .or(volume.config_map.as_ref().and_then(|v| v.default_mode))
+                .or(volume.projected.as_ref().and_then(|v| v.default_mode))
+                .or(volume.downward_api.as_ref().and_then(|v| v.default_mode))
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or(0o644);
             let mut files: Vec<(String, Vec<u8>)> = Vec::new();
             if let Some(s) = &volume.secret {
                 let secret_name = s.secret_name.as_deref().unwrap_or_default();
@@ -88,7 +109,8 @@ impl Volumes {
                 );
             }
             for (path, data) in files {
-                write_atomic(&dir, &path, &data).with_context(|| format!("volume {name}: writing {path}"))?;
+                write_atomic(&dir, &path, &data, fs_group, mode)
+                    .with_context(|| format!("volume {name}: writing {path}"))?;
             }
         }
         Ok(())
@@ -104,17 +126,26 @@ fn safe_relative(path: &str) -> Result<&Path> {
     Ok(p)
 }
 
-fn write_atomic(dir: &Path, path: &str, data: &[u8]) -> Result<()> {
+/// Owner root, group `group` (if any), permission bits `mode`.
+fn own(path: &Path, group: Option<u32>, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(0), group).with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn write_atomic(dir: &Path, path: &str, data: &[u8], group: Option<u32>, mode: u32) -> Result<()> {
     let target = dir.join(safe_relative(path)?);
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
     if std::fs::read(&target).is_ok_and(|old| old == data) {
-        return Ok(());
+        return own(&target, group, mode);
     }
     let file_name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = target.with_file_name(format!(".{file_name}.tmp"));
     std::fs::write(&tmp, data)?;
+    own(&tmp, group, mode)?;
     std::fs::rename(&tmp, &target)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
-use k8s_openapi::api::core::v1::{ResourceRequirements, SeccompProfile};
+use k8s_openapi::api::core::v1::{ResourceRequirements, SeccompProfile, Sysctl};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -163,6 +163,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
         }])
         .collect();
     let log_level = config.log_level.clone().unwrap_or_else(|| "info".into());
+    let low_port = infra.ports.iter().any(|p| p.port < 1024);
     let container = Container {
         name: "dataplane".into(),
         image: Some(config.image.clone().unwrap_or_else(|| options.default_image.clone())),
@@ -233,7 +234,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
             capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
                 drop: Some(vec!["ALL".into()]),
                 // Listener ports below 1024 (80, 443) without running as root.
-                add: infra.ports.iter().any(|p| p.port < 1024).then(|| vec!["NET_BIND_SERVICE".into()]),
+                add: low_port.then(|| vec!["NET_BIND_SERVICE".into()]),
             }),
             ..Default::default()
         }),
@@ -282,6 +283,12 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                         run_as_group: Some(DATA_PLANE_UID),
                         fs_group: Some(DATA_PLANE_UID),
                         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        // Ports below 1024 without root: a capability added to a non-root
+                        // container is not effective (no ambient capabilities), this
+                        // namespaced sysctl is (a "safe" sysctl, allowed by Pod Security).
+                        sysctls: low_port.then(|| {
+                            vec![Sysctl { name: "net.ipv4.ip_unprivileged_port_start".into(), value: "0".into() }]
+                        }),
                         ..Default::default()
                     }),
                     affinity: Some(Affinity {
