@@ -71,7 +71,7 @@ class Entry:
     """One file system object of a layer."""
 
     def __init__(self, kind, mode, uid=0, gid=0, data=b"", link="", source=None):
-        self.kind = kind  # "dir", "file", "symlink", "hardlink"
+        self.kind = kind  # "dir", "file", "symlink"
         self.mode = mode
         self.uid = uid
         self.gid = gid
@@ -219,6 +219,7 @@ def base_tree(lock, deb_dir):
                 raise Failure(f"packages.lock mixes architectures {arch} and {pkg_arch}")
             arch = pkg_arch
         dirs = {}
+        contents = {norm(info.name): data for info, data in members if info.isreg()}
         for info, data in members:
             path = norm(info.name)
             if not path:
@@ -235,7 +236,11 @@ def base_tree(lock, deb_dir):
             elif info.issym():
                 entry = Entry("symlink", 0o777, info.uid, info.gid, link=info.linkname)
             elif info.islnk():
-                entry = Entry("hardlink", info.mode, info.uid, info.gid, link=norm(info.linkname))
+                # A copy, not a link: sorted entries could put a link before its target.
+                target = contents.get(norm(info.linkname))
+                if target is None:
+                    raise Failure(f"{deb}: {path} links to {info.linkname}, which it lacks")
+                entry = Entry("file", info.mode, info.uid, info.gid, target)
             else:
                 raise Failure(f"{deb}: {path} is of a type the base does not take")
             if path in tree:
@@ -393,8 +398,6 @@ def tar_info(path, entry, epoch):
         info.type = tarfile.DIRTYPE
     elif entry.kind == "symlink":
         info.type, info.linkname = tarfile.SYMTYPE, entry.link
-    elif entry.kind == "hardlink":
-        info.type, info.linkname = tarfile.LNKTYPE, entry.link
     else:
         info.type = tarfile.REGTYPE
         info.size = os.path.getsize(entry.source) if entry.source else len(entry.data)
