@@ -295,3 +295,52 @@ fn keepalives_detect_a_frozen_data_plane() {
     // Thawed, it reconnects and is counted again.
     eventually(Duration::from_secs(30), "the reconnect", || controller.push.progress()[gateway].programmed().is_ok());
 }
+
+/// A data plane that restarts while its controller is down serves the snapshot it saved
+/// in --state-dir, within 2 s, marked stale; a corrupted file is ignored, never served.
+#[test]
+fn a_data_plane_restarted_without_its_controller_serves_its_saved_snapshot() {
+    let (backend, _echo) = echo("echo");
+    let (port, admin) = (free_port(), free_port());
+    let state = std::env::temp_dir().join(format!("sluice-state-{}-{port}", std::process::id()));
+    let state_arg = state.to_string_lossy().into_owned();
+    let gateway = "test/gw";
+    let controller = Controller::start(0, None);
+    let push = controller.address;
+    controller.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v1", "echo"));
+    let first = dataplane_with(push, gateway, "pod-0", admin, &["--state-dir", &state_arg]);
+    eventually(Duration::from_secs(20), "serving", || get(port, "a.example", "/").is_ok_and(|(s, _, _)| s == 200));
+    drop(controller);
+    drop(first);
+
+    let started = std::time::Instant::now();
+    let _second = dataplane_with(push, gateway, "pod-0", admin, &["--state-dir", &state_arg]);
+    eventually(Duration::from_secs(5), "the saved snapshot to serve", || {
+        get(port, "a.example", "/").is_ok_and(|(status, head, _)| status == 200 && head.contains("x-version: v1"))
+    });
+    let took = started.elapsed();
+    eprintln!("a restarted data plane served its saved snapshot after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (_, _, metrics) = get(admin, "admin", "/metrics").unwrap();
+    assert!(metrics.contains("sluice_config_stale 1"), "{metrics}");
+    let (status, _, _) = get(admin, "admin", "/ready").unwrap();
+    assert_eq!(status, 200, "Ready with the saved snapshot");
+    drop(_second);
+
+    // A torn file (its checksum fails) is not served: the data plane waits for its
+    // controller, and serves the controller's snapshot once it is back.
+    let file = state.join("snapshot.pb");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
+    let _third = dataplane_with(push, gateway, "pod-0", admin, &["--state-dir", &state_arg]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(get(port, "a.example", "/").is_err(), "a corrupted snapshot must not be served");
+    let back = Controller::start(push.port(), None);
+    back.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v2", "echo"));
+    eventually(Duration::from_secs(30), "the controller's snapshot", || {
+        get(port, "a.example", "/").is_ok_and(|(_, head, _)| head.contains("x-version: v2"))
+    });
+    let (_, _, metrics) = get(admin, "admin", "/metrics").unwrap();
+    assert!(metrics.contains("sluice_config_stale 0"), "{metrics}");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -9,6 +9,11 @@
 //!                          jittered exponential backoff (100 ms … 10 s)
 //! ```
 //!
+//! With `--state-dir`, every applied snapshot is also written there (checksummed,
+//! replaced atomically). A data plane that starts while its controller is unreachable
+//! serves that snapshot at once (`sluice_config_stale 1`) and takes the controller's
+//! as soon as it connects.
+//!
 //! The client runs on its own thread and runtime, beside Pingora's: the first snapshot
 //! decides which ports the proxy listens on, so the proxy starts after it arrives.
 
@@ -53,6 +58,48 @@ pub struct PushArgs {
     /// Private key (PEM) of the client certificate.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Directory where the last applied snapshot is kept (in pods: an emptyDir), so
+    /// that a restarted data plane serves without its controller.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The file in `--state-dir` holding the last applied snapshot: a header line with the
+/// sha256 of the encoded snapshot, then the snapshot (protobuf).
+const SAVED_SNAPSHOT: &str = "snapshot.pb";
+const SAVED_MAGIC: &str = "sluice-snapshot-v1";
+
+/// Writes `snapshot` to `dir` atomically (a temporary file renamed over the old one).
+fn save(dir: &std::path::Path, snapshot: &Snapshot) -> std::io::Result<()> {
+    let encoded = prost::Message::encode_to_vec(snapshot);
+    let mut bytes = format!("{SAVED_MAGIC} {}\n", sluice_snapshot::hash_encoded(&encoded)).into_bytes();
+    bytes.extend_from_slice(&encoded);
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!(".{SAVED_SNAPSHOT}.tmp"));
+    std::fs::write(&temporary, &bytes)?;
+    std::fs::rename(&temporary, dir.join(SAVED_SNAPSHOT))
+}
+
+/// The snapshot saved in `dir` for `gateway`, if there is one whose checksum holds.
+fn load_saved(dir: &std::path::Path, gateway: &str) -> Result<Option<Snapshot>> {
+    let path = dir.join(SAVED_SNAPSHOT);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let newline = bytes.iter().position(|b| *b == b'\n').context("no header line")?;
+    let header = std::str::from_utf8(bytes.get(..newline).unwrap_or_default()).context("the header is not text")?;
+    let encoded = bytes.get(newline + 1..).unwrap_or_default();
+    let hash = header.strip_prefix(SAVED_MAGIC).map(str::trim).context("not a saved snapshot")?;
+    if sluice_snapshot::hash_encoded(encoded) != hash {
+        bail!("the checksum does not match (a partial or corrupted file)");
+    }
+    let snapshot: Snapshot = prost::Message::decode(encoded).context("decoding")?;
+    if snapshot.gateway != gateway {
+        bail!("it is Gateway {}'s, not {gateway}'s", snapshot.gateway);
+    }
+    Ok(Some(snapshot))
 }
 
 /// Starts the push client and waits for the first snapshot that applies; returns it and
@@ -76,14 +123,31 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
                 return;
             }
         };
-        let applier = Applier {
+        let mut applier = Applier {
             metrics,
             tables: None,
             current: None,
             first: Some(first_sender),
             ports: Vec::new(),
             dropped: Vec::new(),
+            state_dir: args.state_dir.clone(),
         };
+        if let Some(dir) = &args.state_dir {
+            match load_saved(dir, &gateway) {
+                Ok(Some(saved)) => {
+                    let generation = saved.version.as_ref().map_or(0, |v| v.generation);
+                    match applier.apply(saved) {
+                        Ok(_) => {
+                            applier.metrics.stale.store(1, Ordering::Relaxed);
+                            tracing::warn!(generation, "serving the saved snapshot until the control plane answers");
+                        }
+                        Err(error) => tracing::warn!("the saved snapshot does not apply: {error}"),
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!("ignoring the saved snapshot in {}: {error:#}", dir.display()),
+            }
+        }
         runtime.block_on(run(&url, &args, gateway, pod, applier));
     })?;
     tracing::info!("waiting for the first snapshot from the control plane");
@@ -133,6 +197,8 @@ struct Applier {
     /// The pieces of the current snapshot that are not served (reported in every ACK and
     /// in the Hello of a reconnect).
     dropped: Vec<Dropped>,
+    /// Where applied snapshots are saved (`--state-dir`).
+    state_dir: Option<PathBuf>,
 }
 
 impl Applier {
@@ -157,6 +223,12 @@ impl Applier {
             }
         }
         let compiled = compile(&snapshot, &self.metrics).map_err(|error| error.to_string())?;
+        if let Some(dir) = &self.state_dir
+            && let Err(error) = save(dir, &snapshot)
+        {
+            // Serving goes on; only a restart without the controller would miss it.
+            tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
+        }
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
@@ -250,6 +322,7 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
         };
         let reply = match applied {
             Ok(version) => {
+                applier.metrics.stale.store(0, Ordering::Relaxed);
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(generation = version.generation, apply_ms, "applied snapshot");
                 data_plane_message::Message::Ack(Ack { version: Some(version), dropped: applier.dropped.clone() })

@@ -66,9 +66,15 @@ impl Drop for Process {
 
 /// A data plane fed by the push server at `push` (loopback, no TLS).
 pub fn dataplane(push: SocketAddr, gateway: &str, pod: &str, admin: u16) -> Process {
+    dataplane_with(push, gateway, pod, admin, &[])
+}
+
+/// `dataplane` with more arguments.
+pub fn dataplane_with(push: SocketAddr, gateway: &str, pod: &str, admin: u16, extra: &[&str]) -> Process {
     let child = Command::new(SLUICE)
         .args(["dataplane", "--control-plane", &format!("http://{push}"), "--gateway", gateway, "--pod", pod])
         .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{admin}")])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()

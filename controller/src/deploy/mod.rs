@@ -37,6 +37,9 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const ADMIN_PORT: i32 = sluice_snapshot::ADMIN_PORT as i32;
 /// Where the push link's client certificate is mounted in data-plane pods.
 pub const PUSH_TLS_DIR: &str = "/etc/sluice/push";
+/// The data plane's `--state-dir` (an emptyDir): the last applied snapshot, so that a
+/// restarted container serves while its controller is unreachable.
+pub const STATE_DIR: &str = "/var/lib/sluice";
 
 /// The Gateway a deployment is for.
 #[derive(Debug, Clone)]
@@ -183,6 +186,8 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                 "0.0.0.0".into(),
                 "--admin".into(),
                 format!("0.0.0.0:{ADMIN_PORT}"),
+                "--state-dir".into(),
+                STATE_DIR.into(),
             ]
             .into_iter()
             .chain(config.trusted_hops.into_iter().flat_map(|hops| ["--trusted-hops".to_string(), hops.to_string()]))
@@ -247,6 +252,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
             },
             // The root filesystem is read-only; Pingora may keep runtime files in /tmp.
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+            VolumeMount { name: "state".into(), mount_path: STATE_DIR.into(), ..Default::default() },
         ]),
         ..Default::default()
     };
@@ -321,6 +327,11 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                         },
                         Volume {
                             name: "tmp".into(),
+                            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "state".into(),
                             empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
                             ..Default::default()
                         },
