@@ -85,6 +85,16 @@ impl Deployer {
         Deployer { client, options, ca, applied: HashMap::new() }
     }
 
+    /// The next `apply` visits every Gateway again, unchanged renderings included, so
+    /// that push client certificates nearing expiry are renewed (the caller does this on
+    /// a timer; without it a certificate would be renewed only when its Deployment
+    /// changes).
+    pub fn revisit_all(&mut self) {
+        for (_, digest) in self.applied.values_mut() {
+            *digest = 0;
+        }
+    }
+
     /// Applies the data planes of every accepted Gateway and removes those of Gateways
     /// that are no longer ours. Returns the number of failures (retried by the caller).
     pub async fn apply(&mut self, output: &Output, world: &World) -> usize {

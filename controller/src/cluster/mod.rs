@@ -47,11 +47,21 @@ pub struct Options {
     pub debounce: Duration,
 }
 
+/// How often every Gateway's push client certificate is checked for renewal (renewed
+/// with less than 30 days left).
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(6 * 3600);
+
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the API server")?;
     let ca = apply::load_or_create_ca(&client, &options.namespace).await?;
     let names: Vec<&str> = options.push_names.iter().map(String::as_str).collect();
     let server_certificate = ca.issue_server(&names, 365)?;
+    // The caches first: the push port is the readiness probe, so a replica is Ready only
+    // once every watched kind was listed (one started while the API server is down stays
+    // unready; a leader that loses the API server keeps serving pushes from its caches).
+    let changed = Arc::new(Notify::new());
+    let stores = watch::Stores::start(&client, changed.clone()).await?;
+    tracing::info!("caches synced");
     let push = PushServer::new();
     let listener = tokio::net::TcpListener::bind(options.push_listen)
         .await
@@ -73,10 +83,6 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     });
     tracing::info!("push server on {} (names {:?})", options.push_listen, options.push_names);
 
-    let changed = Arc::new(Notify::new());
-    let stores = watch::Stores::start(&client, changed.clone()).await?;
-    tracing::info!("caches synced");
-
     let (leader_tx, mut leader_rx) = tokio::sync::watch::channel(!options.leader_election);
     let election = options.leader_election.then(|| {
         tokio::spawn(leader::run(
@@ -94,9 +100,11 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let mut retry: Option<tokio::time::Instant> = None;
     // When the clock alone changes the translation (a certificate expires).
     let mut clock_change: Option<tokio::time::Instant> = None;
+    // Push client certificates are checked for renewal this often, changed or not.
+    let mut renew_at = tokio::time::Instant::now() + CERTIFICATE_CHECK;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let retry_at = [retry, clock_change]
+        let retry_at = [retry, clock_change, Some(renew_at)]
             .into_iter()
             .flatten()
             .min()
@@ -128,6 +136,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         push.set_standby(!leading);
         if !leading {
             continue;
+        }
+        if tokio::time::Instant::now() >= renew_at {
+            deployer.revisit_all();
+            renew_at = tokio::time::Instant::now() + CERTIFICATE_CHECK;
         }
         let failures = deployer.apply(&output, &world).await;
         let addresses = apply::addresses(&output, &world, &stores.nodes.state());

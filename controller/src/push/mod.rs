@@ -291,7 +291,12 @@ impl PushServer {
         let stream = self.shared.streams.fetch_add(1, Ordering::Relaxed) + 1;
         let mut gateways = self.gateways();
         let state = gateways.entry(hello.gateway.clone()).or_insert_with(GatewayState::new);
-        let reported = hello.current.clone().filter(|v| v.generation > 0);
+        // A generation no controller could have stamped (one per change) is ignored:
+        // adopting it would leave no room to grow, freezing the Gateway's config.
+        let reported = hello.current.clone().filter(|v| v.generation > 0 && v.generation <= MAX_REPORTED_GENERATION);
+        if hello.current.as_ref().is_some_and(|v| v.generation > MAX_REPORTED_GENERATION) {
+            tracing::warn!(gateway = hello.gateway, pod = hello.pod, "ignoring an impossible reported generation");
+        }
         if let Some(reported) = &reported {
             let ours = state.current.borrow().clone();
             match ours {
@@ -347,17 +352,23 @@ impl PushServer {
         self.progress_changed();
     }
 
+    /// A pod's stream ended: its entry goes (only connected pods count for Programmed
+    /// and dropped pieces), so the bookkeeping never outgrows the pods connected now.
     fn disconnect(&self, gateway: &str, pod: &str, stream: u64) {
         let mut gateways = self.gateways();
-        if let Some(entry) = gateways.get_mut(gateway).and_then(|g| g.pods.get_mut(pod))
-            && entry.stream == stream
+        if let Some(state) = gateways.get_mut(gateway)
+            && state.pods.get(pod).is_some_and(|entry| entry.stream == stream)
         {
-            entry.progress.connected = false;
+            state.pods.remove(pod);
         }
         drop(gateways);
         self.progress_changed();
     }
 }
+
+/// The highest generation a data plane may report (2^53: a million changes a second for
+/// 285 years); above it a report is ignored.
+const MAX_REPORTED_GENERATION: u64 = 1 << 53;
 
 /// Frees a value on a background thread when inside a runtime: a large snapshot takes
 /// milliseconds to free, which should not delay pushing the next one.
@@ -558,5 +569,38 @@ mod tests {
         // And it keeps growing from there.
         let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
         assert_eq!(server.publish("ns/gw", changed).map(|v| v.generation), Some(92));
+    }
+
+    #[test]
+    fn an_impossible_reported_generation_is_ignored() {
+        let server = PushServer::new();
+        let snapshot = Snapshot { gateway: "ns/gw".into(), ..Default::default() };
+        server.publish("ns/gw", snapshot).unwrap();
+        let huge = Version { generation: u64::MAX - 1, content_hash: "other".into() };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(huge), dropped: vec![] };
+        let (_, receiver) = server.connect(&hello);
+        assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 1, "not pushed to the maximum");
+        let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
+        assert_eq!(server.publish("ns/gw", changed).map(|v| v.generation), Some(2), "room to grow");
+    }
+
+    #[test]
+    fn pods_that_left_are_forgotten() {
+        let server = PushServer::new();
+        server.publish("ns/gw", Snapshot { gateway: "ns/gw".into(), ..Default::default() }).unwrap();
+        for n in 0..100 {
+            let hello = Hello { gateway: "ns/gw".into(), pod: format!("pod-{n}"), current: None, dropped: vec![] };
+            let (stream, _) = server.connect(&hello);
+            server.disconnect("ns/gw", &hello.pod, stream);
+        }
+        let hello = Hello { gateway: "ns/gw".into(), pod: "live".into(), current: None, dropped: vec![] };
+        let (old, _) = server.connect(&hello);
+        let (new, _) = server.connect(&hello);
+        // The old stream of a pod that reconnected ends after the new one began.
+        server.disconnect("ns/gw", "live", old);
+        let pods = server.progress()["ns/gw"].pods.clone();
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["live"], "only the connected pod is kept");
+        server.disconnect("ns/gw", "live", new);
+        assert!(server.progress()["ns/gw"].pods.is_empty());
     }
 }
