@@ -344,3 +344,29 @@ fn a_data_plane_restarted_without_its_controller_serves_its_saved_snapshot() {
     assert!(metrics.contains("sluice_config_stale 0"), "{metrics}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// A client that connects to the push server and never finishes its TLS handshake is
+/// disconnected after the handshake timeout.
+#[test]
+fn a_stalled_tls_handshake_is_cut() {
+    use std::io::{Read, Write};
+    let ca = CertificateAuthority::generate("test CA", 1).unwrap();
+    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+    let tls = ServerTls {
+        certificate_pem: server_cert.certificate_pem,
+        private_key_pem: server_cert.private_key_pem,
+        client_ca_pem: ca.certificate_pem().into(),
+    };
+    let controller = Controller::start(0, Some(tls));
+    let limit = sluice_controller::push::TLS_HANDSHAKE_TIMEOUT;
+    let mut stream = std::net::TcpStream::connect(controller.address).unwrap();
+    stream.set_read_timeout(Some(limit * 2)).unwrap();
+    let started = std::time::Instant::now();
+    // The first bytes of a ClientHello record, then nothing.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = matches!(stream.read(&mut buffer), Ok(0) | Err(_)) && started.elapsed() < limit * 2;
+    let took = started.elapsed();
+    eprintln!("a stalled TLS handshake was cut after {took:?}");
+    assert!(closed && took >= limit - Duration::from_secs(1), "held for {took:?}");
+}

@@ -258,7 +258,9 @@ impl PushServer {
             Some(tls) => {
                 let config = tonic::transport::ServerTlsConfig::new()
                     .identity(tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.private_key_pem))
-                    .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+                    .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem))
+                    // A client that stalls its handshake holds no connection for long.
+                    .timeout(TLS_HANDSHAKE_TIMEOUT);
                 builder = builder.tls_config(config).context("push server TLS")?;
                 Authentication::ClientCertificate
             }
@@ -365,6 +367,9 @@ impl PushServer {
         self.progress_changed();
     }
 }
+
+/// How long a data plane's TLS handshake with the push server may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The highest generation a data plane may report (2^53: a million changes a second for
 /// 285 years); above it a report is ignored.
