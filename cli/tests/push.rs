@@ -370,3 +370,30 @@ fn a_stalled_tls_handshake_is_cut() {
     eprintln!("a stalled TLS handshake was cut after {took:?}");
     assert!(closed && took >= limit - Duration::from_secs(1), "held for {took:?}");
 }
+
+/// A client certificate bound to an earlier Gateway of the same name (another UID) is
+/// refused once the server knows the current Gateway's UID.
+#[test]
+fn certificates_of_an_earlier_gateway_of_the_same_name_are_refused() {
+    let ca = CertificateAuthority::generate("test CA", 1).unwrap();
+    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+    let tls = ServerTls {
+        certificate_pem: server_cert.certificate_pem,
+        private_key_pem: server_cert.private_key_pem,
+        client_ca_pem: ca.certificate_pem().into(),
+    };
+    let controller = Controller::start(0, Some(tls));
+    let gateway = "team-a/web";
+    controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
+    controller.push.bind_uid(gateway, "uid-new");
+    let old = ca.issue_client_for(gateway, Some("uid-old"), 1).unwrap();
+    let new = ca.issue_client_for(gateway, Some("uid-new"), 1).unwrap();
+    let (address, ca_pem) = (controller.address, ca.certificate_pem().to_string());
+    let answers = controller.runtime().block_on(async {
+        [
+            ask(address, &ca_pem, Some((&old.certificate_pem, &old.private_key_pem)), gateway).await,
+            ask(address, &ca_pem, Some((&new.certificate_pem, &new.private_key_pem)), gateway).await,
+        ]
+    });
+    assert_eq!(answers, ["PermissionDenied".to_string(), format!("snapshot of {gateway}")]);
+}

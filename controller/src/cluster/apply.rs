@@ -186,12 +186,13 @@ impl Deployer {
             let data = secret.data.unwrap_or_default();
             let same_ca = data.get("ca.crt").is_some_and(|v| v.0 == self.ca.certificate_pem().as_bytes());
             let fresh = data.get("tls.crt").is_some_and(|v| valid_for_days(&v.0, RENEW_BEFORE_DAYS));
-            if same_ca && fresh && data.contains_key("tls.key") {
+            let same_gateway = data.get("tls.crt").is_some_and(|v| bound_to(&v.0, &identity.uid));
+            if same_ca && fresh && same_gateway && data.contains_key("tls.key") {
                 return Ok(());
             }
         }
         let gateway = format!("{}/{}", identity.namespace, identity.name);
-        let issued = self.ca.issue_client(&gateway, CLIENT_DAYS)?;
+        let issued = self.ca.issue_client_for(&gateway, Some(&identity.uid), CLIENT_DAYS)?;
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -277,6 +278,14 @@ fn valid_for_days(pem: &[u8], days: i64) -> bool {
     };
     let not_after = certificate.validity().not_after.timestamp();
     not_after > jiff::Timestamp::now().as_second() + days * 86_400
+}
+
+/// True if the PEM certificate is bound to the Gateway UID `uid`.
+fn bound_to(pem: &[u8], uid: &str) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem) else {
+        return false;
+    };
+    crate::push::ca::gateway_uid_of_certificate(&pem.contents).as_deref() == Some(uid)
 }
 
 /// The addresses of each Gateway, from its generated Service: load-balancer ingress IPs

@@ -11,6 +11,8 @@ use rcgen::{
 
 /// Prefix of the URI SAN that carries a data plane's Gateway identity.
 const IDENTITY_PREFIX: &str = "spiffe://sluice.dev/ns/";
+/// The URI SAN that binds a client certificate to one Gateway object (its UID).
+const UID_PREFIX: &str = "urn:sluice:gateway-uid:";
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -80,6 +82,13 @@ impl CertificateAuthority {
     /// A client certificate that identifies the data planes of one Gateway
     /// (`namespace/name`).
     pub fn issue_client(&self, gateway: &str, days: i64) -> Result<Issued> {
+        self.issue_client_for(gateway, None, days)
+    }
+
+    /// A client certificate for one Gateway, bound to its UID when given: a Gateway
+    /// deleted and created again under the same name gets a new UID, and the push server
+    /// refuses certificates of the old one.
+    pub fn issue_client_for(&self, gateway: &str, uid: Option<&str>, days: i64) -> Result<Issued> {
         let Some((namespace, name)) = gateway.split_once('/') else {
             bail!("a Gateway is named namespace/name, not {gateway:?}");
         };
@@ -87,6 +96,13 @@ impl CertificateAuthority {
         params.distinguished_name.push(DnType::CommonName, gateway);
         let uri = format!("{IDENTITY_PREFIX}{namespace}/gateway/{name}");
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().context("identity URI")?)];
+        if let Some(uid) = uid {
+            if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                bail!("Gateway UID {uid:?} is not a UUID");
+            }
+            let urn = format!("{UID_PREFIX}{uid}");
+            params.subject_alt_names.push(SanType::URI(urn.as_str().try_into().context("UID URI")?));
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params, days)
     }
@@ -105,6 +121,16 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     // A little slack for clocks that differ between controller and data-plane nodes.
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(days);
+}
+
+/// The Gateway UID a client certificate (DER) is bound to, if any.
+pub fn gateway_uid_of_certificate(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = certificate.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(UID_PREFIX).map(str::to_string),
+        _ => None,
+    })
 }
 
 /// The Gateway (`namespace/name`) a client certificate (DER) identifies, if any.
@@ -140,6 +166,12 @@ mod tests {
         assert_eq!(gateway_of_certificate(&der(&server.certificate_pem)), None);
         assert!(ca.issue_client("no-namespace", 1).is_err());
         assert!(!format!("{client:?}").contains("PRIVATE"));
+        assert_eq!(gateway_uid_of_certificate(&der(&client.certificate_pem)), None);
+        let uid = "6f1d2c1e-0000-4000-8000-000000000001";
+        let bound = ca.issue_client_for("team-a/web", Some(uid), 1).unwrap();
+        assert_eq!(gateway_of_certificate(&der(&bound.certificate_pem)).as_deref(), Some("team-a/web"));
+        assert_eq!(gateway_uid_of_certificate(&der(&bound.certificate_pem)).as_deref(), Some(uid));
+        assert!(ca.issue_client_for("team-a/web", Some("a/b"), 1).is_err());
     }
 
     #[test]

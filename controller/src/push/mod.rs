@@ -165,6 +165,9 @@ struct Shared {
     /// True on a standby controller replica: new streams are refused and open ones end,
     /// so data planes reconnect until they reach the leader (whose progress counts).
     standby: watch::Sender<bool>,
+    /// The UID of each Gateway object (namespace/name → uid), when known: client
+    /// certificates bound to another UID (an earlier Gateway of that name) are refused.
+    uids: Mutex<BTreeMap<String, String>>,
 }
 
 /// The push server's state; cheap to clone. Serve it with [`PushServer::serve`].
@@ -182,6 +185,30 @@ impl PushServer {
         // A panic while holding the lock cannot leave the map half-updated in a way that
         // matters more than stopping pushes, so a poisoned lock is taken over.
         self.shared.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells the server the UID of the Gateway object now named `gateway`.
+    pub fn bind_uid(&self, gateway: &str, uid: &str) {
+        let mut uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if uids.get(gateway).map(String::as_str) != Some(uid) {
+            uids.insert(gateway.to_string(), uid.to_string());
+        }
+    }
+
+    /// Forgets the UIDs of Gateways not in `current`.
+    pub fn retain_uids(&self, current: &std::collections::BTreeSet<String>) {
+        let mut uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uids.retain(|gateway, _| current.contains(gateway));
+    }
+
+    /// Whether a certificate bound to `uid` (or to none) may read `gateway`: a certificate
+    /// bound to another UID than the Gateway's is an earlier Gateway's of the same name.
+    fn uid_matches(&self, gateway: &str, uid: Option<&str>) -> bool {
+        let uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (uids.get(gateway), uid) {
+            (Some(current), Some(uid)) => current == uid,
+            _ => true,
+        }
     }
 
     fn progress_changed(&self) {
@@ -410,9 +437,15 @@ impl PushService {
                 let certificates =
                     request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
                 let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-                ca::gateway_of_certificate(leaf)
-                    .map(Some)
-                    .ok_or_else(|| Status::permission_denied("the client certificate names no Gateway"))
+                let gateway = ca::gateway_of_certificate(leaf)
+                    .ok_or_else(|| Status::permission_denied("the client certificate names no Gateway"))?;
+                let uid = ca::gateway_uid_of_certificate(leaf);
+                if !self.server.uid_matches(&gateway, uid.as_deref()) {
+                    return Err(Status::permission_denied(format!(
+                        "the client certificate is for an earlier Gateway {gateway} (another UID)"
+                    )));
+                }
+                Ok(Some(gateway))
             }
         }
     }
