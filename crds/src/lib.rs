@@ -142,13 +142,19 @@ mod tests {
 
     #[test]
     fn crd_yaml_is_up_to_date() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/yaml/gateway.sluice.dev_proxyconfigs.yaml");
+        // The CRD as shipped in crds/yaml/ and in the Helm chart's crds/.
+        let paths = [
+            concat!(env!("CARGO_MANIFEST_DIR"), "/yaml/gateway.sluice.dev_proxyconfigs.yaml"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/sluice/crds/gateway.sluice.dev_proxyconfigs.yaml"),
+        ];
         let generated = crd_yaml().unwrap();
-        if std::env::var_os("UPDATE_CRDS").is_some() {
-            std::fs::write(path, &generated).unwrap();
+        for path in paths {
+            if std::env::var_os("UPDATE_CRDS").is_some() {
+                std::fs::write(path, &generated).unwrap();
+            }
+            let shipped = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(shipped == generated, "{path} is stale: run `UPDATE_CRDS=1 cargo test -p sluice-crds`");
         }
-        let shipped = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(shipped == generated, "crds/yaml is stale: run `UPDATE_CRDS=1 cargo test -p sluice-crds`");
     }
 
     #[test]
