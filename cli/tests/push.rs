@@ -397,3 +397,55 @@ fn certificates_of_an_earlier_gateway_of_the_same_name_are_refused() {
     });
     assert_eq!(answers, ["PermissionDenied".to_string(), format!("snapshot of {gateway}")]);
 }
+
+/// The push server replaces its certificate on schedule (each time with a newly issued
+/// one) and answers streams again after each replacement.
+#[test]
+fn the_push_server_renews_its_certificate_and_keeps_answering() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let ca = Arc::new(CertificateAuthority::generate("test CA", 1).unwrap());
+    let push = sluice_controller::push::PushServer::new();
+    let gateway = "team-a/web";
+    push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0))).unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let issued = Arc::new(AtomicU64::new(0));
+    let issue = {
+        let (ca, issued) = (ca.clone(), issued.clone());
+        move || {
+            issued.fetch_add(1, Ordering::Relaxed);
+            let server = ca.issue_server(&["127.0.0.1"], 1)?;
+            Ok(ServerTls {
+                certificate_pem: server.certificate_pem,
+                private_key_pem: server.private_key_pem,
+                client_ca_pem: ca.certificate_pem().into(),
+            })
+        }
+    };
+    let server = push.clone();
+    let task =
+        runtime.spawn(async move { server.serve_renewing(listener, issue, Duration::from_secs(1), stopped).await });
+    let client = ca.issue_client(gateway, 1).unwrap();
+    let ca_pem = ca.certificate_pem().to_string();
+    let credentials = Some((client.certificate_pem.as_str(), client.private_key_pem.as_str()));
+    // Streams keep working across renewals (each renewal ends open streams; clients reconnect).
+    for _ in 0..3 {
+        let answer = runtime.block_on(async {
+            let mut answer = String::new();
+            for _ in 0..50 {
+                answer = ask(address, &ca_pem, credentials, gateway).await;
+                if answer.starts_with("snapshot") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer
+        });
+        assert_eq!(answer, format!("snapshot of {gateway}"));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(issued.load(Ordering::Relaxed) >= 3, "renewed {} times", issued.load(Ordering::Relaxed));
+    stop.send_replace(true);
+    runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap() });
+}

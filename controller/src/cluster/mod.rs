@@ -47,6 +47,10 @@ pub struct Options {
     pub debounce: Duration,
 }
 
+/// The push server's certificate is issued for a year and replaced every 30 days.
+const SERVER_CERTIFICATE_DAYS: i64 = 365;
+const SERVER_CERTIFICATE_RENEWAL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How often every Gateway's push client certificate is checked for renewal (renewed
 /// with less than 30 days left).
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(6 * 3600);
@@ -54,8 +58,20 @@ const CERTIFICATE_CHECK: Duration = Duration::from_secs(6 * 3600);
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the API server")?;
     let ca = apply::load_or_create_ca(&client, &options.namespace).await?;
-    let names: Vec<&str> = options.push_names.iter().map(String::as_str).collect();
-    let server_certificate = ca.issue_server(&names, 365)?;
+    let names = options.push_names.clone();
+    let issue = {
+        let ca = crate::push::ca::CertificateAuthority::from_pem(ca.certificate_pem(), ca.private_key_pem())?;
+        move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let server = ca.issue_server(&names, SERVER_CERTIFICATE_DAYS)?;
+            Ok(ServerTls {
+                certificate_pem: server.certificate_pem,
+                private_key_pem: server.private_key_pem,
+                client_ca_pem: ca.certificate_pem().to_string(),
+            })
+        }
+    };
+    issue().context("issuing the push server certificate")?;
     // The caches first: the push port is the readiness probe, so a replica is Ready only
     // once every watched kind was listed (one started while the API server is down stays
     // unready; a leader that loses the API server keeps serving pushes from its caches).
@@ -66,20 +82,11 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let listener = tokio::net::TcpListener::bind(options.push_listen)
         .await
         .with_context(|| format!("binding the push server to {}", options.push_listen))?;
-    let tls = ServerTls {
-        certificate_pem: server_certificate.certificate_pem,
-        private_key_pem: server_certificate.private_key_pem,
-        client_ca_pem: ca.certificate_pem().to_string(),
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let push_task = tokio::spawn({
         let push = push.clone();
-        let mut stop = stop_rx.clone();
-        async move {
-            if let Err(e) = push.serve(listener, Some(tls), async move { drop(stop.wait_for(|s| *s).await) }).await {
-                tracing::error!("push server: {e:#}");
-            }
-        }
+        let stop = stop_rx.clone();
+        async move { push.serve_renewing(listener, issue, SERVER_CERTIFICATE_RENEWAL, stop).await }
     });
     tracing::info!("push server on {} (names {:?})", options.push_listen, options.push_names);
 

@@ -314,6 +314,59 @@ impl PushServer {
             .context("push server")
     }
 
+    /// Serves with TLS on `listener` until `stop` turns true, with a server certificate
+    /// from `issue` that is replaced every `renew_every`: the server stops (open streams
+    /// end; data planes reconnect and keep serving meanwhile), binds the same address
+    /// again and serves with a new certificate, so a long-running controller never serves
+    /// an expired one.
+    pub async fn serve_renewing(
+        &self,
+        listener: tokio::net::TcpListener,
+        issue: impl Fn() -> Result<ServerTls>,
+        renew_every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let address = listener.local_addr().ok();
+        let mut listener = Some(listener);
+        loop {
+            let tls = match issue() {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::error!("issuing the push server certificate: {error:#}");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    continue;
+                }
+            };
+            let bound = match (listener.take(), address) {
+                (Some(listener), _) => listener,
+                (None, Some(address)) => match tokio::net::TcpListener::bind(address).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!("binding the push server to {address} again: {error}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                (None, None) => return,
+            };
+            let mut until = stop.clone();
+            let ends = async move {
+                tokio::select! {
+                    _ = until.wait_for(|stopped| *stopped) => {}
+                    () = tokio::time::sleep(renew_every) => {}
+                }
+            };
+            if let Err(error) = self.serve(bound, Some(tls), ends).await {
+                tracing::error!("push server: {error:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if *stop.borrow_and_update() {
+                return;
+            }
+            tracing::info!("renewing the push server certificate");
+        }
+    }
+
     /// Registers a pod's stream; returns the stream id, the channel to watch and whether
     /// the current snapshot must be sent first.
     fn connect(&self, hello: &Hello) -> (u64, watch::Receiver<Option<Arc<Published>>>) {
