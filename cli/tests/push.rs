@@ -52,16 +52,20 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, 
     }
 }
 
+/// A push server certificate for 127.0.0.1 from `ca`, trusting `ca`'s client certificates.
+fn server_tls(ca: &CertificateAuthority) -> ServerTls {
+    let server = ca.issue_server(&["127.0.0.1"], 1).unwrap();
+    ServerTls {
+        certificate_pem: server.certificate_pem,
+        private_key_pem: server.private_key_pem,
+        client_ca_pem: ca.certificate_pem().into(),
+    }
+}
+
 #[test]
 fn a_client_gets_only_its_own_gateway() {
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
-    let tls = ServerTls {
-        certificate_pem: server_cert.certificate_pem,
-        private_key_pem: server_cert.private_key_pem,
-        client_ca_pem: ca.certificate_pem().into(),
-    };
-    let controller = Controller::start(0, Some(tls));
+    let controller = Controller::start(0, Some(server_tls(&ca)));
     for gateway in ["team-a/web", "team-b/web"] {
         controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
     }
@@ -352,13 +356,7 @@ fn a_data_plane_restarted_without_its_controller_serves_its_saved_snapshot() {
 fn a_stalled_tls_handshake_is_cut() {
     use std::io::{Read, Write};
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
-    let tls = ServerTls {
-        certificate_pem: server_cert.certificate_pem,
-        private_key_pem: server_cert.private_key_pem,
-        client_ca_pem: ca.certificate_pem().into(),
-    };
-    let controller = Controller::start(0, Some(tls));
+    let controller = Controller::start(0, Some(server_tls(&ca)));
     let limit = sluice_controller::push::TLS_HANDSHAKE_TIMEOUT;
     let mut stream = std::net::TcpStream::connect(controller.address).unwrap();
     stream.set_read_timeout(Some(limit * 2)).unwrap();
@@ -377,13 +375,7 @@ fn a_stalled_tls_handshake_is_cut() {
 #[test]
 fn certificates_of_an_earlier_gateway_of_the_same_name_are_refused() {
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let server_cert = ca.issue_server(&["127.0.0.1"], 1).unwrap();
-    let tls = ServerTls {
-        certificate_pem: server_cert.certificate_pem,
-        private_key_pem: server_cert.private_key_pem,
-        client_ca_pem: ca.certificate_pem().into(),
-    };
-    let controller = Controller::start(0, Some(tls));
+    let controller = Controller::start(0, Some(server_tls(&ca)));
     let gateway = "team-a/web";
     controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
     controller.push.bind_uid(gateway, "uid-new");
@@ -416,12 +408,7 @@ fn the_push_server_renews_its_certificate_and_keeps_answering() {
         let (ca, issued) = (ca.clone(), issued.clone());
         move || {
             issued.fetch_add(1, Ordering::Relaxed);
-            let server = ca.issue_server(&["127.0.0.1"], 1)?;
-            Ok(ServerTls {
-                certificate_pem: server.certificate_pem,
-                private_key_pem: server.private_key_pem,
-                client_ca_pem: ca.certificate_pem().into(),
-            })
+            Ok(server_tls(&ca))
         }
     };
     let server = push.clone();

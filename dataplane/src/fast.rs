@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{ALPN, Stream};
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use sluice_snapshot::{AppProtocol, HttpFilter, http_filter};
@@ -106,15 +106,8 @@ impl ServerApp for Front {
             Some(counters) => Some(counters.admit(self.max_connections)?),
             None => None,
         };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 has its own framing and limits (the idle timeout); only its preface
-            // must arrive within the head deadline, as h2c's does.
-            if self.head_timeout.is_none() {
-                return self.proxy.process_new(stream, shutdown).await;
-            }
-            let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.head_timeout, Vec::new()));
-            return self.proxy.process_new(wrapped, shutdown).await;
-        }
+        // TLS connections (HTTP/1.1 or ALPN h2, whose preface the head deadline also
+        // times) and everything when the fast path is off go to Pingora.
         if !self.fast_path || stream.get_ssl_digest().is_some() {
             return self.hand_over(stream, Vec::new(), shutdown).await;
         }

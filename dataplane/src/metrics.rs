@@ -36,7 +36,7 @@ pub struct Metrics {
     pub dropped_pieces: AtomicU64,
     /// 1 while the snapshot served was read from `--state-dir` at start and the control
     /// plane has not sent one yet.
-    pub stale: AtomicU64,
+    pub stale: std::sync::atomic::AtomicBool,
 }
 
 /// Connections of one TCP-based listener port (HTTP, HTTPS, TLS, TCP).
@@ -282,14 +282,12 @@ impl Collector for MetricsCollector {
             ConstCounter::new(m.refused.load(Ordering::Relaxed))
                 .encode(family.encode_family(&[("port", port.as_str())])?)?;
         }
-        ConstGauge::new(i64::try_from(metrics.stale.load(Ordering::Relaxed)).unwrap_or(1)).encode(
-            encoder.encode_descriptor(
-                "config_stale",
-                "1 while serving the snapshot saved on disk, before the control plane sent one",
-                None,
-                MetricType::Gauge,
-            )?,
-        )?;
+        ConstGauge::new(i64::from(metrics.stale.load(Ordering::Relaxed))).encode(encoder.encode_descriptor(
+            "config_stale",
+            "1 while serving the snapshot saved on disk, before the control plane sent one",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let dropped = i64::try_from(metrics.dropped_pieces.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         ConstGauge::new(dropped).encode(encoder.encode_descriptor(
             "snapshot_dropped_pieces",

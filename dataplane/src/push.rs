@@ -69,11 +69,11 @@ pub struct PushArgs {
 const SAVED_SNAPSHOT: &str = "snapshot.pb";
 const SAVED_MAGIC: &str = "sluice-snapshot-v1";
 
-/// Writes `snapshot` to `dir` atomically (a temporary file renamed over the old one).
-fn save(dir: &std::path::Path, snapshot: &Snapshot) -> std::io::Result<()> {
-    let encoded = prost::Message::encode_to_vec(snapshot);
-    let mut bytes = format!("{SAVED_MAGIC} {}\n", sluice_snapshot::hash_encoded(&encoded)).into_bytes();
-    bytes.extend_from_slice(&encoded);
+/// Writes an applied snapshot, as it was received (`encoded`), to `dir` atomically (a
+/// temporary file renamed over the old one).
+fn save(dir: &std::path::Path, encoded: &[u8]) -> std::io::Result<()> {
+    let mut bytes = format!("{SAVED_MAGIC} {}\n", sluice_snapshot::hash_encoded(encoded)).into_bytes();
+    bytes.extend_from_slice(encoded);
     std::fs::create_dir_all(dir)?;
     let temporary = dir.join(format!(".{SAVED_SNAPSHOT}.tmp"));
     std::fs::write(&temporary, &bytes)?;
@@ -138,7 +138,7 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
                     let generation = saved.version.as_ref().map_or(0, |v| v.generation);
                     match applier.apply(saved) {
                         Ok(_) => {
-                            applier.metrics.stale.store(1, Ordering::Relaxed);
+                            applier.metrics.stale.store(true, Ordering::Relaxed);
                             tracing::warn!(generation, "serving the saved snapshot until the control plane answers");
                         }
                         Err(error) => tracing::warn!("the saved snapshot does not apply: {error}"),
@@ -223,12 +223,6 @@ impl Applier {
             }
         }
         let compiled = compile(&snapshot, &self.metrics).map_err(|error| error.to_string())?;
-        if let Some(dir) = &self.state_dir
-            && let Err(error) = save(dir, &snapshot)
-        {
-            // Serving goes on; only a restart without the controller would miss it.
-            tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
-        }
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
@@ -316,13 +310,20 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
         let Some(control_plane_message::Message::Snapshot(encoded)) = next.message else { continue };
         received = true;
         let started = Instant::now();
+        let received = encoded.clone();
         let (offered, applied) = match <Snapshot as prost::Message>::decode(encoded) {
             Ok(snapshot) => (snapshot.version.clone(), applier.apply(snapshot)),
             Err(error) => (None, Err(format!("cannot decode the snapshot: {error}"))),
         };
         let reply = match applied {
             Ok(version) => {
-                applier.metrics.stale.store(0, Ordering::Relaxed);
+                applier.metrics.stale.store(false, Ordering::Relaxed);
+                if let Some(dir) = &applier.state_dir
+                    && let Err(error) = save(dir, &received)
+                {
+                    // Serving goes on; only a restart without the controller would miss it.
+                    tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
+                }
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(generation = version.generation, apply_ms, "applied snapshot");
                 data_plane_message::Message::Ack(Ack { version: Some(version), dropped: applier.dropped.clone() })

@@ -153,27 +153,13 @@ impl Deployer {
             .await
             .context("applying the Service")?;
         let budgets = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns);
-        match &rendered.pod_disruption_budget {
-            Some(budget) => {
-                budgets
-                    .patch(&name, &params, &Patch::Apply(budget))
-                    .await
-                    .context("applying the PodDisruptionBudget")?;
-            }
-            None => absent(budgets.delete(&name, &DeleteParams::background()).await.map(|_| ()))
-                .context("deleting the PodDisruptionBudget")?,
-        }
+        apply_or_delete(&budgets, &name, rendered.pod_disruption_budget.as_ref())
+            .await
+            .context("the PodDisruptionBudget")?;
         let autoscalers = Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), ns);
-        match &rendered.autoscaler {
-            Some(autoscaler) => {
-                autoscalers
-                    .patch(&name, &params, &Patch::Apply(autoscaler))
-                    .await
-                    .context("applying the HorizontalPodAutoscaler")?;
-            }
-            None => absent(autoscalers.delete(&name, &DeleteParams::background()).await.map(|_| ()))
-                .context("deleting the HorizontalPodAutoscaler")?,
-        }
+        apply_or_delete(&autoscalers, &name, rendered.autoscaler.as_ref())
+            .await
+            .context("the HorizontalPodAutoscaler")?;
         Ok(())
     }
 
@@ -223,16 +209,30 @@ impl Deployer {
         let name = deploy::generated_name(identity);
         let ns = &identity.namespace;
         let dp = DeleteParams::background();
-        let ok = absent;
-        ok(Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        ok(Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        ok(Api::<Deployment>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        ok(Api::<Service>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        ok(Api::<ServiceAccount>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        absent(
+            Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()),
+        )?;
+        absent(Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        absent(Api::<Deployment>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        absent(Api::<Service>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
+        absent(Api::<ServiceAccount>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         // The push Secret stays until its Gateway is deleted (it owns the Secret): the
         // controller may not delete Secrets (least privilege), and the push server serves
         // no snapshot to a Gateway that is not Sluice's, whatever certificate it shows.
         Ok(())
+    }
+}
+
+/// Applies `object` (server-side apply) as `name`, or deletes `name` when there is none.
+async fn apply_or_delete<K>(api: &Api<K>, name: &str, object: Option<&K>) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    match object {
+        Some(object) => {
+            api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await.map(|_| ())
+        }
+        None => absent(api.delete(name, &DeleteParams::background()).await.map(|_| ())),
     }
 }
 
@@ -245,7 +245,7 @@ fn absent(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
 }
 
 /// The deployer's view of the Gateway `key`, if the World has it.
-fn identity(world: &World, key: &ObjectKey) -> Option<GatewayIdentity> {
+pub(super) fn identity(world: &World, key: &ObjectKey) -> Option<GatewayIdentity> {
     let gateway = world.gateways.iter().find(|g| {
         g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
     })?;

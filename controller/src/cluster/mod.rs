@@ -131,21 +131,12 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         let mut current = BTreeSet::new();
         for (key, gateway) in &output.gateways {
             let name = key.to_string();
-            if let Some(uid) = world
-                .gateways
-                .iter()
-                .find(|g| {
-                    g.metadata.namespace.as_deref() == Some(key.namespace.as_str())
-                        && g.metadata.name.as_deref() == Some(key.name.as_str())
-                })
-                .and_then(|g| g.metadata.uid.as_deref())
-            {
-                push.bind_uid(&name, uid);
+            if let Some(identity) = apply::identity(&world, key).filter(|identity| !identity.uid.is_empty()) {
+                push.bind_uid(&name, &identity.uid);
             }
             push.publish(&name, gateway.snapshot.clone());
             current.insert(name);
         }
-        push.retain_uids(&current);
         for gone in published.difference(&current) {
             push.remove(gone);
         }

@@ -126,6 +126,9 @@ struct GatewayState {
     /// The latest stamped snapshot; every stream of this Gateway watches it.
     current: watch::Sender<Option<Arc<Published>>>,
     pods: BTreeMap<String, PodState>,
+    /// The Gateway object's UID, when known: client certificates bound to another UID
+    /// (an earlier Gateway of that name) are refused.
+    uid: Option<String>,
 }
 
 #[derive(Default)]
@@ -137,7 +140,7 @@ struct PodState {
 
 impl GatewayState {
     fn new() -> Self {
-        Self { versioner: Versioner::default(), current: watch::Sender::new(None), pods: BTreeMap::new() }
+        Self { versioner: Versioner::default(), current: watch::Sender::new(None), pods: BTreeMap::new(), uid: None }
     }
 
     fn progress(&self) -> GatewayProgress {
@@ -165,9 +168,6 @@ struct Shared {
     /// True on a standby controller replica: new streams are refused and open ones end,
     /// so data planes reconnect until they reach the leader (whose progress counts).
     standby: watch::Sender<bool>,
-    /// The UID of each Gateway object (namespace/name → uid), when known: client
-    /// certificates bound to another UID (an earlier Gateway of that name) are refused.
-    uids: Mutex<BTreeMap<String, String>>,
 }
 
 /// The push server's state; cheap to clone. Serve it with [`PushServer::serve`].
@@ -187,25 +187,20 @@ impl PushServer {
         self.shared.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Tells the server the UID of the Gateway object now named `gateway`.
+    /// Tells the server the UID of the Gateway object now named `gateway` (forgotten
+    /// with the Gateway in [`PushServer::remove`]).
     pub fn bind_uid(&self, gateway: &str, uid: &str) {
-        let mut uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if uids.get(gateway).map(String::as_str) != Some(uid) {
-            uids.insert(gateway.to_string(), uid.to_string());
+        let mut gateways = self.gateways();
+        let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
+        if state.uid.as_deref() != Some(uid) {
+            state.uid = Some(uid.to_string());
         }
-    }
-
-    /// Forgets the UIDs of Gateways not in `current`.
-    pub fn retain_uids(&self, current: &std::collections::BTreeSet<String>) {
-        let mut uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        uids.retain(|gateway, _| current.contains(gateway));
     }
 
     /// Whether a certificate bound to `uid` (or to none) may read `gateway`: a certificate
     /// bound to another UID than the Gateway's is an earlier Gateway's of the same name.
     fn uid_matches(&self, gateway: &str, uid: Option<&str>) -> bool {
-        let uids = self.shared.uids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (uids.get(gateway), uid) {
+        match (self.gateways().get(gateway).and_then(|state| state.uid.as_deref()), uid) {
             (Some(current), Some(uid)) => current == uid,
             _ => true,
         }
