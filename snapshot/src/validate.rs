@@ -34,8 +34,8 @@ pub enum Piece {
     Snapshot,
     /// One listener (by name): it is not served.
     Listener(String),
-    /// One route (HTTP, TCP or UDP, by name): it answers 500, or never matches when its
-    /// match cannot be compiled.
+    /// One route (HTTP, TCP, UDP or TLS, by name): it answers 500 (an L4 route closes
+    /// its connections), or never matches when its match cannot be compiled.
     Route(String),
     /// One certificate (by name): it is not served, nor the listeners that need it.
     Certificate(String),
@@ -195,6 +195,18 @@ impl<'a> Checker<'a> {
         if protocol != Protocol::Udp && !listener.udp_routes.is_empty() {
             self.problem(at, "UDP routes on a non-UDP listener");
         }
+        if protocol != Protocol::Tls && !listener.tls_routes.is_empty() {
+            self.problem(at, "TLS routes on a non-TLS listener");
+        }
+        if protocol == Protocol::Tls {
+            match listener.tls_mode() {
+                TlsMode::Unspecified => self.problem(at, "a TLS listener needs tls_mode Terminate or Passthrough"),
+                TlsMode::Passthrough if !listener.certificates.is_empty() => {
+                    self.problem(at, "a Passthrough listener has no certificates")
+                }
+                TlsMode::Passthrough | TlsMode::Terminate => {}
+            }
+        }
         for route in &listener.http_routes {
             self.piece = Piece::Route(route.name.clone());
             self.http_route(route);
@@ -214,6 +226,23 @@ impl<'a> Checker<'a> {
                 self.backend(&route.name, backend);
                 if !backend.filters.is_empty() {
                     self.problem(&route.name, "UDP backends take no filters");
+                }
+            }
+        }
+        for route in &listener.tls_routes {
+            self.piece = Piece::Route(route.name.clone());
+            if route.name.is_empty() {
+                self.problem("tls route", "name is empty");
+            }
+            for hostname in &route.hostnames {
+                if !valid_hostname(hostname) {
+                    self.problem(&route.name, format!("invalid hostname {hostname:?}"));
+                }
+            }
+            for backend in &route.backends {
+                self.backend(&route.name, backend);
+                if !backend.filters.is_empty() {
+                    self.problem(&route.name, "TLS backends take no filters");
                 }
             }
         }
@@ -583,6 +612,82 @@ mod tests {
         s.listeners.push(second);
         let error = validate(&s).unwrap_err();
         assert_eq!(error.problems, ["port 53: a UDP listener cannot share its port"]);
+    }
+
+    #[test]
+    fn tls_listeners_terminate_or_pass_through_and_carry_only_tls_routes() {
+        let to_svc = WeightedBackend {
+            name: "service/ns/svc/port/80".into(),
+            weight: 1,
+            target: Some(weighted_backend::Target::Cluster("service/ns/svc/port/80".into())),
+            filters: vec![],
+        };
+        let tls_route = |name: &str, hostname: &str| crate::TlsRoute {
+            name: name.into(),
+            hostnames: vec![hostname.into()],
+            backends: vec![to_svc.clone()],
+        };
+        let mut s = snapshot(vec![]);
+        s.listeners.clear();
+        s.certificates.push(crate::Certificate {
+            name: "secret/ns/c".into(),
+            cert_chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            private_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        });
+        let passthrough = Listener {
+            name: "gateway/ns/gw/listener/pass".into(),
+            port: 8443,
+            protocol: Protocol::Tls as i32,
+            hostname: "abc.example.com".into(),
+            tls_mode: TlsMode::Passthrough as i32,
+            tls_routes: vec![tls_route("tlsroute/ns/pass/rule/0", "abc.example.com")],
+            ..Default::default()
+        };
+        let terminate = Listener {
+            name: "gateway/ns/gw/listener/term".into(),
+            hostname: "*.example.com".into(),
+            tls_mode: TlsMode::Terminate as i32,
+            certificates: vec!["secret/ns/c".into()],
+            tls_routes: vec![tls_route("tlsroute/ns/term/rule/0", "tls.example.com")],
+            ..passthrough.clone()
+        };
+        s.listeners = vec![passthrough.clone(), terminate.clone()];
+        assert_eq!(validate(&s), Ok(()), "both modes on one port");
+
+        let mut bad = passthrough.clone();
+        bad.name = "gateway/ns/gw/listener/bad".into();
+        bad.port = 9443;
+        bad.certificates = vec!["secret/ns/c".into()];
+        bad.tls_routes[0].hostnames = vec!["Bad Host".into()];
+        bad.tls_routes[0].backends[0].filters.push(HttpFilter {
+            kind: Some(Kind::RequestRedirect(RequestRedirect { status_code: 302, ..Default::default() })),
+        });
+        let mut unspecified = terminate.clone();
+        unspecified.name = "gateway/ns/gw/listener/unspecified".into();
+        unspecified.port = 9444;
+        unspecified.tls_mode = TlsMode::Unspecified as i32;
+        unspecified.tls_routes.clear();
+        let mut tcp = passthrough.clone();
+        tcp.name = "gateway/ns/gw/listener/tcp".into();
+        tcp.port = 9445;
+        tcp.hostname.clear();
+        tcp.protocol = Protocol::Tcp as i32;
+        tcp.tls_mode = TlsMode::Unspecified as i32;
+        s.listeners.extend([bad, unspecified, tcp]);
+        let found = problems(&s);
+        let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "gateway/ns/gw/listener/bad: a Passthrough listener has no certificates",
+                "tlsroute/ns/pass/rule/0: invalid hostname \"Bad Host\"",
+                "tlsroute/ns/pass/rule/0: TLS backends take no filters",
+                "gateway/ns/gw/listener/unspecified: a TLS listener needs tls_mode Terminate or Passthrough",
+                "gateway/ns/gw/listener/tcp: TLS routes on a non-TLS listener",
+            ]
+        );
+        assert_eq!(found[1].piece, Piece::Route("tlsroute/ns/pass/rule/0".into()));
+        assert_eq!(found[3].piece, Piece::Listener("gateway/ns/gw/listener/unspecified".into()));
     }
 
     #[test]

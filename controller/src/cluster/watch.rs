@@ -19,6 +19,7 @@ use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::httproutes::HttpRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
+use sluice_gateway_api::tlsroutes::TlsRoute;
 use sluice_gateway_api::udproutes::UdpRoute;
 use sluice_translate::World;
 use tokio::sync::Notify;
@@ -31,6 +32,7 @@ pub struct Stores {
     pub http_routes: Store<HttpRoute>,
     pub tcp_routes: Option<Store<TcpRoute>>,
     pub udp_routes: Option<Store<UdpRoute>>,
+    pub tls_routes: Option<Store<TlsRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
@@ -45,8 +47,9 @@ pub struct Stores {
 
 impl Stores {
     /// Starts every watch; returns once every store holds a complete first list (so the
-    /// first translation never sees a half-loaded cluster). Optional kinds (TCPRoute from
-    /// the experimental channel, ProxyConfig) are watched only if their CRD is installed.
+    /// first translation never sees a half-loaded cluster). Optional kinds (the v1 TCPRoute,
+    /// UDPRoute and TLSRoute of recent releases, ProxyConfig) are watched only if their
+    /// CRD is installed.
     pub async fn start(client: &Client, changed: Arc<Notify>) -> Result<Stores> {
         let crd_bundle_version = bundle_version(client).await;
         tracing::info!(
@@ -70,6 +73,14 @@ impl Stores {
             );
             None
         };
+        let tls_routes = if installed::<TlsRoute>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!(
+                "the TLSRoute v1 CRD (Gateway API v1.5 or later) is not installed: TLSRoutes are not served"
+            );
+            None
+        };
         let proxy_configs = if installed::<ProxyConfig>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
@@ -82,6 +93,7 @@ impl Stores {
             http_routes: watch(client, watcher::Config::default(), &changed),
             tcp_routes,
             udp_routes,
+            tls_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
@@ -100,6 +112,9 @@ impl Stores {
                 s.wait_until_ready().await?;
             }
             if let Some(s) = &stores.udp_routes {
+                s.wait_until_ready().await?;
+            }
+            if let Some(s) = &stores.tls_routes {
                 s.wait_until_ready().await?;
             }
             stores.reference_grants.wait_until_ready().await?;
@@ -125,6 +140,7 @@ impl Stores {
             http_routes: self.http_routes.state(),
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
             udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
+            tls_routes: self.tls_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),

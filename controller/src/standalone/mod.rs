@@ -641,9 +641,12 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
 fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     let mut out = String::new();
     let mut accepted = 0;
-    for (kind, routes) in
-        [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes), ("UDPRoute", &status.udp_routes)]
-    {
+    for (kind, routes) in [
+        ("HTTPRoute", &status.http_routes),
+        ("TCPRoute", &status.tcp_routes),
+        ("UDPRoute", &status.udp_routes),
+        ("TLSRoute", &status.tls_routes),
+    ] {
         for (key, route) in routes {
             for parent in &route.parents {
                 if parent.conditions.iter().all(is_good) {

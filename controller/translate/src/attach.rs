@@ -120,7 +120,7 @@ fn intersect(a: &str, b: &str) -> Option<String> {
 
 /// Whether wildcard `pattern` (`*.example.com`) covers `host` (exact or wildcard): the
 /// wildcard label stands for one or more labels.
-fn covers(pattern: &str, host: &str) -> bool {
+pub(crate) fn covers(pattern: &str, host: &str) -> bool {
     let Some(suffix) = pattern.strip_prefix('*') else { return false };
     let host_tail = host.strip_prefix('*').unwrap_or(host);
     host_tail.len() > suffix.len() && host_tail.ends_with(suffix)

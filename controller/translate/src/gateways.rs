@@ -7,7 +7,7 @@ use sluice_gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
-use sluice_snapshot::{Certificate, HttpRoute, Protocol};
+use sluice_snapshot::{Certificate, HttpRoute, Protocol, TlsRoute};
 
 use crate::l4routes::L4Rule;
 
@@ -50,6 +50,8 @@ pub(crate) struct ListenerPlan {
     pub http_routes: Vec<HttpRoute>,
     /// TCP or UDP rules, by the listener's protocol.
     pub l4_routes: Vec<L4Rule>,
+    /// TLS listeners: the attached TLSRoutes in precedence order.
+    pub tls_routes: Vec<TlsRoute>,
 }
 
 impl ListenerPlan {
@@ -58,7 +60,13 @@ impl ListenerPlan {
         self.not_accepted.is_none()
             && self.conflicted.is_none()
             && !self.supported_kinds.is_empty()
-            && (self.protocol != Protocol::Https || !self.certificates.is_empty())
+            && (!self.terminates() || !self.certificates.is_empty())
+    }
+
+    /// Whether the listener terminates TLS (and so needs a certificate): HTTPS, and TLS
+    /// unless it passes the stream through.
+    pub fn terminates(&self) -> bool {
+        self.protocol == Protocol::Https || (self.protocol == Protocol::Tls && !self.tls_passthrough)
     }
 
     /// Whether the listener is accepted: routes may attach to it (even if it cannot be
@@ -92,7 +100,8 @@ fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
         Protocol::Http | Protocol::Https => &["HTTPRoute"],
         Protocol::Tcp => &["TCPRoute"],
         Protocol::Udp => &["UDPRoute"],
-        Protocol::Tls | Protocol::Unspecified => &[],
+        Protocol::Tls => &["TLSRoute"],
+        Protocol::Unspecified => &[],
     }
 }
 
@@ -213,11 +222,6 @@ fn plan_listener(
     let mut not_accepted = None;
     if protocol == Protocol::Unspecified {
         not_accepted = Some((reason::UNSUPPORTED_PROTOCOL, format!("protocol {} is not supported", listener.protocol)));
-    } else if protocol == Protocol::Tls {
-        not_accepted = Some((
-            reason::UNSUPPORTED_PROTOCOL,
-            "protocol TLS needs TLSRoute, which Sluice does not support yet".to_string(),
-        ));
     } else if !(1..=65535).contains(&listener.port) {
         not_accepted = Some((reason::PORT_UNAVAILABLE, format!("port {} is out of range", listener.port)));
     } else if u32::try_from(listener.port).ok() == Some(sluice_snapshot::ADMIN_PORT) {
@@ -282,8 +286,10 @@ fn plan_listener(
     let tls = listener.tls.as_ref();
     let tls_passthrough = matches!(tls.and_then(|t| t.mode.as_ref()), Some(GatewayListenersTlsMode::Passthrough));
     let mut listener_certificates = Vec::new();
-    if protocol == Protocol::Https && not_accepted.is_none() {
-        if tls_passthrough {
+    // HTTPS listeners, and TLS listeners in mode Terminate (the default), need certificates.
+    let terminates = protocol == Protocol::Https || (protocol == Protocol::Tls && !tls_passthrough);
+    if terminates && not_accepted.is_none() {
+        if protocol == Protocol::Https && tls_passthrough {
             not_accepted = Some((
                 reason::UNSUPPORTED_VALUE,
                 "HTTPS listeners terminate TLS; Passthrough needs protocol TLS".into(),
@@ -291,7 +297,12 @@ fn plan_listener(
         }
         let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
         if refs.is_empty() {
-            unresolved.get_or_insert((reason::INVALID_CERTIFICATE_REF, "HTTPS listener has no certificateRefs".into()));
+            let message = if protocol == Protocol::Https {
+                "HTTPS listener has no certificateRefs"
+            } else {
+                "TLS listener in mode Terminate has no certificateRefs"
+            };
+            unresolved.get_or_insert((reason::INVALID_CERTIFICATE_REF, message.into()));
         }
         for cert_ref in refs {
             let group = cert_ref.group.as_deref().unwrap_or_default();
@@ -342,6 +353,7 @@ fn plan_listener(
         attached_routes: 0,
         http_routes: Vec::new(),
         l4_routes: Vec::new(),
+        tls_routes: Vec::new(),
     }
 }
 

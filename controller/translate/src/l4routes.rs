@@ -1,7 +1,9 @@
-//! TCPRoutes and UDPRoutes: each rule becomes one snapshot L4 route with weighted
-//! backends. Both kinds have the same shape, so one compile serves both.
+//! TCPRoutes, UDPRoutes and TLSRoutes: each rule becomes one snapshot L4 route with
+//! weighted backends. The kinds have the same shape (TLSRoute adds SNI hostnames), so one
+//! compile serves them all.
 
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
+use sluice_gateway_api::tlsroutes::TlsRoute as TLSRoute;
 use sluice_gateway_api::udproutes::UdpRoute as UDPRoute;
 use sluice_snapshot::{Cluster, WeightedBackend};
 
@@ -9,26 +11,32 @@ use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_
 use crate::index::{Index, ObjectKey};
 use crate::status::ParentRef;
 
-/// A route kind that forwards whole connections (TCP) or datagram sessions (UDP).
+/// A route kind that forwards whole connections (TCP, TLS) or datagram sessions (UDP).
 pub(crate) trait L4Route: kube::Resource<DynamicType = ()> {
-    /// `TCPRoute` or `UDPRoute`.
+    /// `TCPRoute`, `UDPRoute` or `TLSRoute`.
     const KIND: &'static str;
     /// Lower-case kind, the prefix of snapshot route names.
     const PREFIX: &'static str;
     const TRAFFIC: Traffic;
     fn parents(&self) -> Vec<ParentRef>;
+    /// The hostnames the route serves (TLSRoute: SNI names); none for TCP and UDP.
+    fn hostnames(&self) -> &[String];
     /// Per rule, its backendRefs with their weights.
     fn rules(&self) -> Vec<Vec<(BackendRef<'_>, i32)>>;
 }
 
 macro_rules! l4_route {
-    ($type:ty, $kind:literal, $prefix:literal, $traffic:expr) => {
+    ($type:ty, $kind:literal, $prefix:literal, $traffic:expr, |$route:ident| $hostnames:expr) => {
         impl L4Route for $type {
             const KIND: &'static str = $kind;
             const PREFIX: &'static str = $prefix;
             const TRAFFIC: Traffic = $traffic;
             fn parents(&self) -> Vec<ParentRef> {
                 parent_refs!(self)
+            }
+            fn hostnames(&self) -> &[String] {
+                let $route = self;
+                $hostnames
             }
             fn rules(&self) -> Vec<Vec<(BackendRef<'_>, i32)>> {
                 self.spec
@@ -55,8 +63,9 @@ macro_rules! l4_route {
     };
 }
 
-l4_route!(TCPRoute, "TCPRoute", "tcproute", Traffic::Tcp);
-l4_route!(UDPRoute, "UDPRoute", "udproute", Traffic::Udp);
+l4_route!(TCPRoute, "TCPRoute", "tcproute", Traffic::Tcp, |_route| &[]);
+l4_route!(UDPRoute, "UDPRoute", "udproute", Traffic::Udp, |_route| &[]);
+l4_route!(TLSRoute, "TLSRoute", "tlsroute", Traffic::Tcp, |route| &route.spec.hostnames);
 
 /// One rule of an L4 route, as the snapshot carries it (a TcpRoute or a UdpRoute).
 #[derive(Debug, Clone)]

@@ -2,8 +2,8 @@
 //! controller must do.
 //!
 //! ```text
-//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, UDPRoutes, ReferenceGrants, Services,
-//!         EndpointSlices, Secrets, Namespaces, ProxyConfigs)
+//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, UDPRoutes, TLSRoutes, ReferenceGrants,
+//!         Services, EndpointSlices, Secrets, Namespaces, ProxyConfigs)
 //!    │ translate()          no client, no clock, no I/O; deterministic
 //!    ▼
 //!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates)
@@ -45,6 +45,7 @@ mod httproutes;
 mod index;
 mod l4routes;
 pub mod status;
+mod tlsroutes;
 mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +69,7 @@ use httproutes::{RouteOrder, by_age, compile_route, place_rule};
 use index::Index;
 use l4routes::{L4Route, L4Rule, compile_l4_route};
 use status::reason;
+use tlsroutes::{TlsOrder, place_tls_route};
 
 /// Everything translation decides.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -122,6 +124,7 @@ pub struct Status {
     pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub tls_routes: BTreeMap<ObjectKey, RouteStatus>,
 }
 
 /// Snapshot routes placed on one listener of one Gateway, before ordering.
@@ -136,6 +139,8 @@ struct Translation<'w> {
     http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
     /// TCP and UDP rules per listener (a listener is one or the other).
     l4_routes: Placed<usize, Vec<L4Rule>>,
+    /// TLSRoutes per TLS listener.
+    tls_routes: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
 }
 
 /// Translates the whole World. Pure and deterministic.
@@ -157,6 +162,7 @@ pub fn translate(world: &World) -> Output {
         clusters: BTreeMap::new(),
         http_routes: BTreeMap::new(),
         l4_routes: BTreeMap::new(),
+        tls_routes: BTreeMap::new(),
     };
     for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
         if let Some((key, status)) = pass.http_route(route, rank) {
@@ -171,6 +177,11 @@ pub fn translate(world: &World) -> Output {
     for (rank, route) in by_age(&world.udp_routes).into_iter().enumerate() {
         if let Some((key, status)) = pass.l4_route(route, rank) {
             output.status.udp_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.tls_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
+            output.status.tls_routes.insert(key, status);
         }
     }
     output.next_change_at = pass.index.next_change.get();
@@ -265,6 +276,8 @@ impl Translation<'_> {
             return None;
         }
         let compiled = compile_l4_route(route, &self.index, &mut self.cache);
+        let hostnames = route.hostnames();
+        let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
         let mut statuses = Vec::new();
         for parent in parents {
             if !our_parent(&parent, &key, &self.plans) {
@@ -272,20 +285,29 @@ impl Translation<'_> {
             }
             let gateway_key = parent_gateway(&parent, &key);
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
-            let attachment = attach(plan, &parent, R::KIND, &key.namespace, &[], &self.index);
+            let attachment = match invalid_hostname {
+                Some(bad) => Attachment::Rejected(
+                    reason::UNSUPPORTED_VALUE,
+                    format!("hostname {bad:?} is not a valid DNS name or wildcard"),
+                ),
+                None => attach(plan, &parent, R::KIND, &key.namespace, hostnames, &self.index),
+            };
             if let Attachment::Attached(listeners) = &attachment {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
                 }
-                for (listener, _) in listeners {
+                for (listener, hosts) in listeners {
                     plan.listeners[*listener].attached_routes += 1;
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
-                    self.l4_routes
-                        .entry((gateway_key.clone(), *listener))
-                        .or_default()
-                        .push((rank, compiled.rules.clone()));
+                    let at = (gateway_key.clone(), *listener);
+                    if plan.listeners[*listener].protocol == Protocol::Tls {
+                        let placed = place_tls_route(rank, &compiled.rules, hostnames, hosts);
+                        self.tls_routes.entry(at).or_default().extend(placed);
+                    } else {
+                        self.l4_routes.entry(at).or_default().push((rank, compiled.rules.clone()));
+                    }
                 }
             }
             let conditions = route_conditions(&attachment, compiled.unresolved.as_ref(), &[], false, generation);
@@ -310,6 +332,12 @@ impl Translation<'_> {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
                 plan.listeners[listener].l4_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
+            }
+        }
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.tls_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].tls_routes = routes.into_iter().map(|(_, route)| route).collect();
             }
         }
         for (key, plan) in self.plans {
@@ -491,6 +519,7 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
             http_routes: listener.http_routes,
             tcp_routes,
             udp_routes,
+            tls_routes: listener.tls_routes,
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();

@@ -223,6 +223,7 @@ impl crate::Status {
                 "httproute" => &mut self.http_routes,
                 "tcproute" => &mut self.tcp_routes,
                 "udproute" => &mut self.udp_routes,
+                "tlsroute" => &mut self.tls_routes,
                 _ => continue,
             };
             let Some(status) = routes.get_mut(&key) else { continue };

@@ -11,6 +11,7 @@ use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
+use sluice_gateway_api::tlsroutes::TlsRoute as TLSRoute;
 use sluice_gateway_api::udproutes::UdpRoute as UDPRoute;
 
 /// Every object the translator reads. Order does not matter: translation sorts.
@@ -21,6 +22,7 @@ pub struct World {
     pub http_routes: Vec<Arc<HTTPRoute>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
     pub udp_routes: Vec<Arc<UDPRoute>>,
+    pub tls_routes: Vec<Arc<TLSRoute>>,
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
@@ -79,6 +81,7 @@ impl World {
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.tcp_routes.extend(other.tcp_routes.iter().cloned());
         self.udp_routes.extend(other.udp_routes.iter().cloned());
+        self.tls_routes.extend(other.tls_routes.iter().cloned());
         self.reference_grants.extend(other.reference_grants.iter().cloned());
         self.services.extend(other.services.iter().cloned());
         self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
@@ -119,6 +122,7 @@ impl World {
         dedupe(&mut self.http_routes, skipped);
         dedupe(&mut self.tcp_routes, skipped);
         dedupe(&mut self.udp_routes, skipped);
+        dedupe(&mut self.tls_routes, skipped);
         dedupe(&mut self.reference_grants, skipped);
         dedupe(&mut self.services, skipped);
         dedupe(&mut self.endpoint_slices, skipped);
@@ -148,6 +152,7 @@ impl World {
             ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, document),
             ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, document),
             ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, document),
+            ("gateway.networking.k8s.io", "TLSRoute") => push_namespaced(&mut self.tls_routes, document),
             ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, document),
             ("", "Service") => push_namespaced(&mut self.services, document),
             ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, document),

@@ -84,6 +84,8 @@ fn check_order_independence(cases: &[PathBuf]) -> Result<(), Failed> {
         reversed.gateways.reverse();
         reversed.http_routes.reverse();
         reversed.tcp_routes.reverse();
+        reversed.udp_routes.reverse();
+        reversed.tls_routes.reverse();
         reversed.reference_grants.reverse();
         reversed.services.reverse();
         reversed.endpoint_slices.reverse();

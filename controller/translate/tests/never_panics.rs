@@ -103,15 +103,15 @@ fn parent_ref() -> impl Strategy<Value = Value> {
 }
 
 fn listener() -> impl Strategy<Value = Value> {
-    (pick(&["http", "https", "tcp", "http"]), pick(PORTS), pick(&["HTTP", "HTTP", "HTTP", "HTTPS", "TCP", "TLS", "UDP", "example.com/x"]), opt(hostname()),
-     pick(&["Same", "All", "All", "Selector"]), prop_oneof![3 => Just(vec![]), 1 => proptest::collection::vec(pick(&["HTTPRoute", "TCPRoute", "GRPCRoute"]), 1..3)],
-     proptest::collection::vec((pick(NAMES), opt(pick(NAMESPACES).prop_map(|n| json!(n)))), 0..2))
-        .prop_map(|(name, port, protocol, hostname, from, kinds, certs)| {
+    (pick(&["http", "https", "tcp", "http", "tls"]), pick(PORTS), pick(&["HTTP", "HTTP", "HTTP", "HTTPS", "TCP", "TLS", "TLS", "UDP", "example.com/x"]), opt(hostname()),
+     pick(&["Same", "All", "All", "Selector"]), prop_oneof![3 => Just(vec![]), 1 => proptest::collection::vec(pick(&["HTTPRoute", "TCPRoute", "GRPCRoute", "TLSRoute"]), 1..3)],
+     proptest::collection::vec((pick(NAMES), opt(pick(NAMESPACES).prop_map(|n| json!(n)))), 0..2), opt(pick(&["Terminate", "Passthrough"]).prop_map(|m| json!(m))))
+        .prop_map(|(name, port, protocol, hostname, from, kinds, certs, mode)| {
             let kinds: Vec<Value> = kinds.into_iter().map(|k| json!({"kind": k})).collect();
             let certs: Vec<Value> = certs.into_iter().map(|(n, ns)| json!({"name": n, "namespace": ns})).collect();
             json!({"name": name, "port": port, "protocol": protocol, "hostname": hostname,
                    "allowedRoutes": {"namespaces": {"from": from, "selector": {"matchLabels": {"team": "a"}}}, "kinds": kinds},
-                   "tls": {"certificateRefs": certs}})
+                   "tls": {"mode": mode, "certificateRefs": certs}})
         })
 }
 
@@ -119,6 +119,8 @@ fn gateway() -> impl Strategy<Value = Value> {
     (pick(NAMES), pick(NAMESPACES), pick(&["sluice", "sluice", "sluice", "sluice", "sluice", "other", "missing"]), proptest::collection::vec(listener(), 0..3).prop_map(|mut listeners| {
         // One plain listener first, so that most worlds reach route programming.
         listeners.insert(0, json!({"name": "web", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}));
+        // And one for TLS passthrough, so that TLSRoutes are programmed too.
+        listeners.insert(1, json!({"name": "pass", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}, "allowedRoutes": {"namespaces": {"from": "All"}}}));
         listeners
     }),
      prop_oneof![6 => Just(Value::Null), 1 => pick(&["1.2.3.4", "not-an-ip"]).prop_map(|a| json!([{"value": a}]))])
@@ -141,6 +143,25 @@ fn tcp_route() -> impl Strategy<Value = Value> {
                 "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {"parentRefs": parents, "rules": [{"backendRefs": backends}]}
+            })
+        })
+}
+
+fn tls_route() -> impl Strategy<Value = Value> {
+    (
+        pick(NAMES),
+        pick(NAMESPACES),
+        prop_oneof![1 => Just(vec![]), 4 => proptest::collection::vec(hostname(), 1..3)],
+        proptest::collection::vec(parent_ref(), 1..3),
+        prop_oneof![1 => Just(vec![]), 6 => proptest::collection::vec(backend_ref(), 1..3).prop_map(|b| vec![b]), 1 => proptest::collection::vec(proptest::collection::vec(backend_ref(), 1..3), 2..3)],
+        0i64..3,
+    )
+        .prop_map(|(name, namespace, hostnames, parents, rules, age)| {
+            let rules: Vec<Value> = rules.into_iter().map(|backends| json!({"backendRefs": backends})).collect();
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "TLSRoute",
+                "metadata": {"name": name, "namespace": namespace, "generation": 2, "creationTimestamp": format!("2026-01-0{}T00:00:00Z", age + 1)},
+                "spec": {"hostnames": hostnames, "parentRefs": parents, "rules": rules}
             })
         })
 }
@@ -172,7 +193,7 @@ fn endpoint_slice() -> impl Strategy<Value = Value> {
 }
 
 fn grant() -> impl Strategy<Value = Value> {
-    (pick(NAMESPACES), pick(NAMESPACES), pick(&["HTTPRoute", "Gateway", "TCPRoute"]), pick(&["Service", "Secret"]), opt(pick(NAMES).prop_map(|n| json!(n))))
+    (pick(NAMESPACES), pick(NAMESPACES), pick(&["HTTPRoute", "Gateway", "TCPRoute", "TLSRoute"]), pick(&["Service", "Secret"]), opt(pick(NAMES).prop_map(|n| json!(n))))
         .prop_map(|(namespace, from, from_kind, to_kind, name)| json!({
             "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
             "metadata": {"name": "g", "namespace": namespace},
@@ -212,8 +233,9 @@ fn objects() -> impl Strategy<Value = Vec<Value>> {
     );
     (proptest::collection::vec(class, 0..2).prop_map(|mut c| { c.push(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "sluice"}, "spec": {"controllerName": "sluice.dev/gateway-controller"}})); c }), proptest::collection::vec(gateway(), 1..3), proptest::collection::vec(http_route(), 0..5),
      proptest::collection::vec(tcp_route(), 0..2), proptest::collection::vec(service(), 0..4), proptest::collection::vec(endpoint_slice(), 0..4),
-     proptest::collection::vec(grant(), 0..2), proptest::collection::vec(secret(), 0..2), proptest::collection::vec(namespace, 0..2))
-        .prop_map(|(a, b, c, d, e, f, g, h, i)| [a, b, c, d, e, f, g, h, i].concat())
+     proptest::collection::vec(grant(), 0..2), proptest::collection::vec(secret(), 0..2), proptest::collection::vec(namespace, 0..2),
+     proptest::collection::vec(tls_route(), 0..3))
+        .prop_map(|(a, b, c, d, e, f, g, h, i, j)| [a, b, c, d, e, f, g, h, i, j].concat())
 }
 
 proptest! {
@@ -236,7 +258,7 @@ proptest! {
             }
         }
         // Every route parent status names our controller, and observedGeneration is set.
-        for status in output.status.http_routes.values() {
+        for status in output.status.http_routes.values().chain(output.status.tls_routes.values()) {
             for parent in &status.parents {
                 prop_assert_eq!(&parent.controller_name, sluice_translate::CONTROLLER_NAME);
                 prop_assert!(parent.conditions.iter().all(|c| c.observed_generation == 2));
@@ -270,7 +292,7 @@ fn generator_reaches_programmed_routes() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = objects();
-    let (mut with_routes, mut skipped_total, mut documents) = (0, 0, 0);
+    let (mut with_routes, mut with_tls_routes, mut skipped_total, mut documents) = (0, 0, 0, 0);
     for _ in 0..300 {
         let objects = strategy.new_tree(&mut runner).unwrap().current();
         documents += objects.len();
@@ -281,7 +303,11 @@ fn generator_reaches_programmed_routes() {
         if output.gateways.values().any(|g| g.snapshot.listeners.iter().any(|l| !l.http_routes.is_empty())) {
             with_routes += 1;
         }
+        if output.gateways.values().any(|g| g.snapshot.listeners.iter().any(|l| !l.tls_routes.is_empty())) {
+            with_tls_routes += 1;
+        }
     }
     assert!(skipped_total * 4 < documents, "generator produces mostly unreadable objects: {skipped_total}/{documents}");
     assert!(with_routes >= 20, "only {with_routes}/300 worlds program an HTTP route");
+    assert!(with_tls_routes >= 10, "only {with_tls_routes}/300 worlds program a TLS route");
 }
