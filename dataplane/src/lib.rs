@@ -9,6 +9,7 @@
 //! ```
 
 mod admin;
+mod client_hello;
 mod deadline;
 mod fast;
 #[doc(hidden)]
@@ -22,6 +23,8 @@ mod retry;
 mod routes;
 mod tcp;
 mod tls;
+mod tls_proxy;
+mod tls_routes;
 mod udp;
 
 use std::io::Read;
@@ -78,6 +81,11 @@ pub struct Cli {
     /// HAProxy's recommended `timeout http-request`.
     #[arg(long, default_value_t = 10)]
     request_header_timeout_secs: u64,
+    /// Seconds within which a connection to a TLS listener (protocol TLS) must send its
+    /// whole ClientHello, and, on a listener that terminates TLS, complete its handshake,
+    /// from accept; slower clients are disconnected without a TLS alert.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tls_handshake_timeout_secs: u64,
     /// Seconds after which a UDP session (one client address) without datagrams in
     /// either direction ends; its next datagram starts a new session.
     #[arg(long, default_value_t = 60)]
@@ -167,8 +175,11 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_summary(snapshot: &Snapshot) {
-    let routes: usize =
-        snapshot.listeners.iter().map(|l| l.http_routes.len() + l.tcp_routes.len() + l.udp_routes.len()).sum();
+    let routes: usize = snapshot
+        .listeners
+        .iter()
+        .map(|l| l.http_routes.len() + l.tcp_routes.len() + l.udp_routes.len() + l.tls_routes.len())
+        .sum();
     println!(
         "snapshot for {}: {} listeners, {routes} routes, {} clusters, {} certificates: valid",
         snapshot.gateway,
@@ -193,12 +204,17 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         ports.dedup();
         ports
     };
-    let (http_ports, https_ports, tcp_ports, udp_ports) =
-        (ports_of(Protocol::Http), ports_of(Protocol::Https), ports_of(Protocol::Tcp), ports_of(Protocol::Udp));
+    let (http_ports, https_ports, tcp_ports, udp_ports, tls_ports) = (
+        ports_of(Protocol::Http),
+        ports_of(Protocol::Https),
+        ports_of(Protocol::Tcp),
+        ports_of(Protocol::Udp),
+        ports_of(Protocol::Tls),
+    );
     // A Gateway whose every listener is invalid still gets a data plane: it serves
     // nothing until the deployer rolls it with listener ports, and is Ready meanwhile.
     // Readiness probes a TCP-based port; UDP-only data planes are Ready once applied.
-    let first_port = http_ports.iter().chain(&https_ports).chain(&tcp_ports).next().copied();
+    let first_port = http_ports.iter().chain(&https_ports).chain(&tcp_ports).chain(&tls_ports).next().copied();
     if first_port.is_none() && udp_ports.is_empty() {
         tracing::warn!(gateway = snapshot.gateway, "the snapshot has no listener to serve; waiting for one");
     }
@@ -273,6 +289,19 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         service.add_tcp(&format!("{}:{port}", cli.bind));
         server.add_service(service);
     }
+    for port in &tls_ports {
+        let app = tls_proxy::TlsProxy {
+            tables: tables.clone(),
+            port: *port,
+            connections: metrics.listener(*port),
+            max_connections: cli.max_connections_per_listener.max(1),
+            handshake_timeout: Duration::from_secs(cli.tls_handshake_timeout_secs),
+            metrics: metrics.tls_port(*port),
+        };
+        let mut service = pingora_core::services::listening::Service::new(format!("tls-{port}"), app);
+        service.add_tcp(&format!("{}:{port}", cli.bind));
+        server.add_service(service);
+    }
     for port in &udp_ports {
         let app = udp::UdpProxy {
             tables: tables.clone(),
@@ -284,7 +313,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         };
         server.add_service(pingora_core::services::background::background_service(&format!("udp-{port}"), app));
     }
-    tracing::info!(http = ?http_ports, https = ?https_ports, tcp = ?tcp_ports, udp = ?udp_ports, "serving");
+    tracing::info!(http = ?http_ports, https = ?https_ports, tls = ?tls_ports, tcp = ?tcp_ports, udp = ?udp_ports, "serving");
     server.run_forever()
 }
 

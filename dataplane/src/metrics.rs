@@ -31,6 +31,7 @@ pub struct Metrics {
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
     udp_ports: Mutex<BTreeMap<u16, Arc<UdpMetrics>>>,
+    tls_ports: Mutex<BTreeMap<u16, Arc<TlsMetrics>>>,
     listeners: Mutex<BTreeMap<u16, Arc<ListenerMetrics>>>,
     /// Pieces of the current snapshot that are not served (could not be compiled).
     pub dropped_pieces: AtomicU64,
@@ -87,6 +88,87 @@ pub struct UdpMetrics {
     /// Datagrams that could not be sent on (either direction), or whose upstream socket
     /// could not be opened.
     pub dropped_send_error: AtomicU64,
+}
+
+/// What became of a connection to a TLS listener (protocol TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// Served: the TLS stream passed through to a backend.
+    Passthrough,
+    /// Served: the data plane terminated TLS and copied the plaintext.
+    Terminate,
+    /// Closed: no complete ClientHello within the deadline.
+    ClientHelloTimeout,
+    /// Closed: the ClientHello did not fit in the size cap.
+    ClientHelloTooLarge,
+    /// Closed: not TLS.
+    ClientHelloInvalid,
+    /// The client left before its ClientHello was complete (or sent nothing, as a TCP
+    /// health check does).
+    ClientClosed,
+    /// Closed: no listener or route for the SNI.
+    NoRoute,
+    /// Closed: an invalid backend's share, no endpoint, or the backend refused.
+    NoBackend,
+    /// Closed: the client's handshake with a terminating listener failed or was too slow.
+    HandshakeFailed,
+}
+
+impl TlsOutcome {
+    const ALL: [TlsOutcome; 9] = [
+        TlsOutcome::Passthrough,
+        TlsOutcome::Terminate,
+        TlsOutcome::ClientHelloTimeout,
+        TlsOutcome::ClientHelloTooLarge,
+        TlsOutcome::ClientHelloInvalid,
+        TlsOutcome::ClientClosed,
+        TlsOutcome::NoRoute,
+        TlsOutcome::NoBackend,
+        TlsOutcome::HandshakeFailed,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsOutcome::Passthrough => "passthrough",
+            TlsOutcome::Terminate => "terminate",
+            TlsOutcome::ClientHelloTimeout => "client_hello_timeout",
+            TlsOutcome::ClientHelloTooLarge => "client_hello_too_large",
+            TlsOutcome::ClientHelloInvalid => "client_hello_invalid",
+            TlsOutcome::ClientClosed => "client_closed",
+            TlsOutcome::NoRoute => "no_route",
+            TlsOutcome::NoBackend => "no_backend",
+            TlsOutcome::HandshakeFailed => "handshake_failed",
+        }
+    }
+}
+
+impl From<&crate::client_hello::HelloError> for TlsOutcome {
+    fn from(error: &crate::client_hello::HelloError) -> Self {
+        use crate::client_hello::HelloError;
+        match error {
+            HelloError::TimedOut => TlsOutcome::ClientHelloTimeout,
+            HelloError::TooLarge => TlsOutcome::ClientHelloTooLarge,
+            HelloError::NotTls(_) => TlsOutcome::ClientHelloInvalid,
+            HelloError::Closed | HelloError::Io(_) => TlsOutcome::ClientClosed,
+        }
+    }
+}
+
+/// Connections of one TLS port, by outcome (counted when they end).
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    outcomes: [AtomicU64; TlsOutcome::ALL.len()],
+}
+
+impl TlsMetrics {
+    pub fn count(&self, outcome: TlsOutcome) {
+        if let Some(index) = TlsOutcome::ALL.iter().position(|o| *o == outcome)
+            && let Some(counter) = self.outcomes.get(index)
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counters of one route.
@@ -155,6 +237,12 @@ impl Metrics {
     /// The counters of UDP port `port`, created on first use.
     pub fn udp_port(&self, port: u16) -> Arc<UdpMetrics> {
         let mut ports = self.udp_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ports.entry(port).or_default().clone()
+    }
+
+    /// The counters of TLS port `port`, created on first use.
+    pub fn tls_port(&self, port: u16) -> Arc<TlsMetrics> {
+        let mut ports = self.tls_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         ports.entry(port).or_default().clone()
     }
 
@@ -337,6 +425,22 @@ impl Collector for MetricsCollector {
                 ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
             }
         }
+        let tls_ports: Vec<(String, Arc<TlsMetrics>)> = {
+            let ports = metrics.tls_ports.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            ports.iter().map(|(port, m)| (port.to_string(), m.clone())).collect()
+        };
+        let mut family = encoder.encode_descriptor(
+            "tls_connections",
+            "Connections to TLS listeners (protocol TLS) that ended, by port and outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (port, m) in &tls_ports {
+            for (outcome, value) in TlsOutcome::ALL.iter().zip(&m.outcomes) {
+                let labels = [("port", port.as_str()), ("outcome", outcome.label())];
+                ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -375,6 +479,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_config_generation 7"), "{text}");
+    }
+
+    #[test]
+    fn renders_tls_outcomes_per_port() {
+        let metrics = Arc::new(Metrics::default());
+        let port = metrics.tls_port(443);
+        port.count(TlsOutcome::Passthrough);
+        port.count(TlsOutcome::Passthrough);
+        port.count(TlsOutcome::NoRoute);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+        for line in [
+            r#"sluice_tls_connections_total{port="443",outcome="passthrough"} 2"#,
+            r#"sluice_tls_connections_total{port="443",outcome="no_route"} 1"#,
+            r#"sluice_tls_connections_total{port="443",outcome="handshake_failed"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 
     #[test]

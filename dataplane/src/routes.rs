@@ -21,7 +21,7 @@ use pingora_rustls::sign::CertifiedKey;
 use regex::Regex;
 use sluice_snapshot::{
     AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, LoadBalancing, PathMatchType, Piece, Protocol, Snapshot,
-    ValueMatchType, WeightedBackend, http_filter, weighted_backend,
+    TlsMode, ValueMatchType, WeightedBackend, http_filter, weighted_backend,
 };
 
 /// Everything the proxy needs for one snapshot.
@@ -36,6 +36,8 @@ pub struct Compiled {
     pub tcp: HashMap<u16, Backends>,
     /// Backends of the UDP ports.
     pub udp: HashMap<u16, Backends>,
+    /// The TLS listeners (protocol TLS) of each port.
+    pub tls_ports: HashMap<u16, crate::tls_routes::TlsPortTable>,
     /// The pieces of the snapshot that could not be compiled and are not served (the
     /// push ACK reports them, so that their route's or listener's status says why).
     pub dropped: Vec<Dropped>,
@@ -227,7 +229,7 @@ impl Backends {
         self.targets.get(index).map_or(&[], |(_, _, filters)| filters.as_slice())
     }
 
-    fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
+    pub(crate) fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
         let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
         Backends { targets, total_weight, counter: AtomicUsize::new(0) }
     }
@@ -312,6 +314,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
     let mut tls: HashMap<u16, CertificateTable> = HashMap::new();
     let mut tcp: HashMap<u16, Backends> = HashMap::new();
     let mut udp: HashMap<u16, Backends> = HashMap::new();
+    let mut tls_ports: HashMap<u16, crate::tls_routes::TlsPortTable> = HashMap::new();
     // The first attached route of a TCP or UDP listener is served.
     let l4_backends = |route: Option<(&str, &[WeightedBackend])>, dropped: &mut Vec<Dropped>| -> Backends {
         let Some((name, backends)) = route else { return Backends::default() };
@@ -346,9 +349,11 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
             udp.insert(port, l4_backends(route, &mut dropped));
             continue;
         }
-        if listener.protocol() == Protocol::Https {
-            let key = match listener.certificates.first().map(|name| (name, keys.get(name.as_str()))) {
-                Some((_, Some(Ok(key)))) => key.clone(),
+        let terminates = listener.protocol() == Protocol::Https
+            || (listener.protocol() == Protocol::Tls && listener.tls_mode() == TlsMode::Terminate);
+        let key = if terminates {
+            match listener.certificates.first().map(|name| (name, keys.get(name.as_str()))) {
+                Some((_, Some(Ok(key)))) => Some(key.clone()),
                 Some((name, Some(Err(problem)))) => {
                     let problem = format!("certificate {name} cannot be served: {problem}");
                     dropped.push(Dropped { name: listener.name.clone(), problem });
@@ -358,7 +363,18 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
                     dropped.push(Dropped { name: listener.name.clone(), problem: "no certificate".into() });
                     continue;
                 }
-            };
+            }
+        } else {
+            None
+        };
+        if listener.protocol() == Protocol::Tls {
+            let table = tls_ports.entry(port).or_default();
+            if let Err(problem) = table.add(listener, key, &clusters, &broken, &mut dropped) {
+                dropped.push(Dropped { name: listener.name.clone(), problem });
+            }
+            continue;
+        }
+        if let Some(key) = key {
             let table = tls.entry(port).or_default();
             match listener.hostname.strip_prefix('*') {
                 _ if listener.hostname.is_empty() => table.any = Some(key),
@@ -401,7 +417,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         tracing::warn!(piece = piece.name, problem = piece.problem, "not serving a piece of the snapshot");
     }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
-    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp, dropped })
+    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp, tls_ports, dropped })
 }
 
 fn cluster_table(cluster: &Cluster) -> ClusterTable {
@@ -533,7 +549,10 @@ fn failed_route(route: &HttpRoute, metrics: &crate::metrics::Metrics) -> Route {
     }
 }
 
-fn backend_target(backend: &WeightedBackend, clusters: &HashMap<&str, Arc<ClusterTable>>) -> Result<Target, String> {
+pub(crate) fn backend_target(
+    backend: &WeightedBackend,
+    clusters: &HashMap<&str, Arc<ClusterTable>>,
+) -> Result<Target, String> {
     Ok(match &backend.target {
         Some(weighted_backend::Target::Cluster(name)) => match clusters.get(name.as_str()) {
             Some(cluster) => Target::Cluster(cluster.clone()),
@@ -603,7 +622,7 @@ fn listener_table(name: String, routes: Vec<Arc<Route>>, source: &[HttpRoute]) -
 }
 
 /// The longest `.suffix` of `host` (at least one label removed) accepted by `known`.
-fn longest_wildcard_suffix(host: &str, known: impl Fn(&str) -> bool) -> Option<&str> {
+pub(crate) fn longest_wildcard_suffix(host: &str, known: impl Fn(&str) -> bool) -> Option<&str> {
     let mut rest = host;
     while let Some(dot) = rest.find('.') {
         let suffix = &rest[dot..];
