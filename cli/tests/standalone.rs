@@ -203,6 +203,35 @@ fn the_tcp_udp_example_serves_traffic() {
     assert_eq!(echo["pod"], "echo-127.0.0.1-9102");
 }
 
+/// The TLS passthrough example: the client's TLS session ends at the app behind the
+/// Gateway (curl verifies the app's own certificate); other names are closed.
+#[test]
+fn the_tls_passthrough_example_serves_traffic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = root.join("examples/tls-passthrough");
+    let status_file = temp_dir("tls-passthrough").join("status.yaml");
+    let _sluice = sluice_run(&example, &status_file);
+    let curl = |host: &str, extra: &[&str]| {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--resolve", &format!("{host}:8443:127.0.0.1")])
+            .args(extra)
+            .arg(format!("https://{host}:8443/hello"))
+            .output()
+            .expect("curl is needed for this test; .ci/run installs it");
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).to_string())
+    };
+    let ca = example.join("app.example.com.crt");
+    let ca = ca.to_str().unwrap();
+    eventually(Duration::from_secs(30), "the passthrough route", || {
+        curl("app.example.com", &["--cacert", ca]).1.contains("\"path\":\"/hello\"")
+    });
+    let (_, body) = curl("app.example.com", &["--cacert", ca]);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["service"], "echo");
+    // curl's exit code 35: the TLS connection failed (closed during the handshake).
+    assert_eq!(curl("other.example.com", &["-k"]).0, Some(35));
+}
+
 /// One team's hostile route (a regex the data plane could not anchor, a rewrite with
 /// CR/LF) fails alone, in its own status; another team's route serves and keeps changing.
 #[test]
