@@ -101,7 +101,12 @@ impl KubernetesArgs {
             leader_election: !self.no_leader_election,
             push_listen: self.push_listen,
             push_names,
-            deploy: crate::deploy::DeployOptions { default_image: self.dataplane_image, control_plane_url: push_url },
+            // The trust bundle comes from the push CA Secret (cluster::run).
+            deploy: crate::deploy::DeployOptions {
+                default_image: self.dataplane_image,
+                control_plane_url: push_url,
+                push_trust_bundle: String::new(),
+            },
             debounce: Duration::from_millis(self.debounce_ms),
         })
     }

@@ -29,8 +29,9 @@ use tokio::process::{Child, Command};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::push::auth::StaticTokens;
 use crate::push::ca::CertificateAuthority;
-use crate::push::{GatewayProgress, PushServer, ServerTls};
+use crate::push::{Authentication, GatewayProgress, PushServer, ServerTls};
 
 use self::manifests::{Manifests, Problem};
 
@@ -80,12 +81,16 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
     let tls = ServerTls {
         certificate_pem: server_certificate.certificate_pem,
         private_key_pem: server_certificate.private_key_pem,
-        client_ca_pem: ca.certificate_pem().to_string(),
     };
+    // Each data plane gets its own token, which reads its Gateway only.
+    let tokens = StaticTokens::new();
+    let authentication = Authentication::Token(std::sync::Arc::new(tokens.clone()));
     let push_task = tokio::spawn({
         let push = push.clone();
         async move {
-            if let Err(error) = push.serve(listener, Some(tls), async { drop(push_stopped.await) }).await {
+            if let Err(error) =
+                push.serve(listener, Some(tls), authentication, async { drop(push_stopped.await) }).await
+            {
                 tracing::error!("{error:#}");
             }
         }
@@ -107,7 +112,7 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
     let mut runner = Runner {
         options: options.clone(),
         state_dir: state_dir.to_path_buf(),
-        ca,
+        tokens,
         ca_file,
         push_address,
         push: push.clone(),
@@ -188,7 +193,7 @@ impl DataPlane {
 struct Runner {
     options: Options,
     state_dir: PathBuf,
-    ca: CertificateAuthority,
+    tokens: StaticTokens,
     ca_file: PathBuf,
     push_address: SocketAddr,
     push: PushServer,
@@ -292,12 +297,8 @@ impl Runner {
     }
 
     fn spawn(&self, gateway: &str, ports: &[u32]) -> Result<(Child, SocketAddr)> {
-        let client = self.ca.issue_client(gateway, 365)?;
-        let file_stem = gateway.replace('/', "_");
-        let cert = self.state_dir.join(format!("{file_stem}.crt"));
-        let key = self.state_dir.join(format!("{file_stem}.key"));
-        write_private(&cert, &client.certificate_pem)?;
-        write_private(&key, &client.private_key_pem)?;
+        let token = self.state_dir.join(format!("{}.token", gateway.replace('/', "_")));
+        write_private(&token, &self.tokens.issue(gateway))?;
         let admin = free_loopback_port()?;
         let (program, leading) = self.options.dataplane.split_first().context("no data-plane command")?;
         let mut command = Command::new(program);
@@ -308,10 +309,8 @@ impl Runner {
             .args(["--gateway", gateway, "--pod", "standalone"])
             .arg("--ca")
             .arg(&self.ca_file)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
+            .arg("--token-file")
+            .arg(&token)
             .args(["--bind", &self.options.bind.to_string(), "--admin", &admin.to_string(), "--exit-with-stdin"])
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true);
