@@ -103,6 +103,9 @@ pub struct RequestContext {
     retries: u32,
     /// The current error is a retry the route's rule asked for (a listed answer code).
     rule_retry: bool,
+    /// The backend's `grpc-status` (in the response head of a trailers-only answer, else
+    /// in the trailers), for the gRPC metrics.
+    grpc_status: Option<u32>,
 }
 
 #[async_trait]
@@ -121,6 +124,7 @@ impl ProxyHttp for SluiceProxy {
             cluster: None,
             retries: 0,
             rule_retry: false,
+            grpc_status: None,
         }
     }
 
@@ -367,6 +371,18 @@ impl ProxyHttp for SluiceProxy {
         Ok(())
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(code) = grpc_status(trailers) {
+            ctx.grpc_status = Some(code);
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -468,6 +484,9 @@ impl ProxyHttp for SluiceProxy {
         let elapsed = ctx.started.elapsed();
         let metrics = ctx.route.as_ref().map_or(&self.unmatched, |route| &route.metrics);
         metrics.record(status, elapsed);
+        if let Some(code) = ctx.grpc_status {
+            metrics.record_grpc(code);
+        }
         if self.access_log {
             let header = session.req_header();
             AccessLog {
@@ -490,6 +509,9 @@ impl ProxyHttp for SluiceProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(code) = grpc_status(&upstream_response.headers) {
+            ctx.grpc_status = Some(code);
+        }
         let Some(route) = &ctx.route else { return Ok(()) };
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
         for filter in route.filters.iter().chain(backend_filters) {
@@ -499,6 +521,12 @@ impl ProxyHttp for SluiceProxy {
         }
         Ok(())
     }
+}
+
+/// A gRPC status code (`grpc-status`, 0-16) in `headers`.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.parse().ok().filter(|code| *code <= 16)
 }
 
 /// One request's access-log line (both the fast path and Pingora's path print these).

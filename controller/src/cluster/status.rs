@@ -244,6 +244,16 @@ pub async fn write(
         )
         .await;
     }
+    if let Some(store) = &stores.grpc_routes {
+        for (key, desired) in &status.grpc_routes {
+            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            let current = current_status(object.as_deref());
+            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
+            let value = route_status(desired, &current, &now);
+            let api = Api::namespaced(client.clone(), &key.namespace);
+            apply::<sluice_gateway_api::grpcroutes::GrpcRoute>(api, key, &current, value, rv, &mut written).await;
+        }
+    }
     if let Some(store) = &stores.tcp_routes {
         for (key, desired) in &status.tcp_routes {
             let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::grpcroutes::GrpcRoute;
 use sluice_gateway_api::httproutes::HttpRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
@@ -29,6 +30,7 @@ pub struct Stores {
     pub gateway_classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
     pub http_routes: Store<HttpRoute>,
+    pub grpc_routes: Option<Store<GrpcRoute>>,
     pub tcp_routes: Option<Store<TcpRoute>>,
     pub udp_routes: Option<Store<UdpRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
@@ -54,6 +56,12 @@ impl Stores {
             supported = ?sluice_translate::SUPPORTED_BUNDLE_VERSIONS,
             "Gateway API CRDs"
         );
+        let grpc_routes = if installed::<GrpcRoute>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the GRPCRoute v1 CRD is not installed: GRPCRoutes are not served");
+            None
+        };
         let tcp_routes = if installed::<TcpRoute>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
@@ -80,6 +88,7 @@ impl Stores {
             gateway_classes: watch(client, watcher::Config::default(), &changed),
             gateways: watch(client, watcher::Config::default(), &changed),
             http_routes: watch(client, watcher::Config::default(), &changed),
+            grpc_routes,
             tcp_routes,
             udp_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
@@ -96,6 +105,9 @@ impl Stores {
             stores.gateway_classes.wait_until_ready().await?;
             stores.gateways.wait_until_ready().await?;
             stores.http_routes.wait_until_ready().await?;
+            if let Some(s) = &stores.grpc_routes {
+                s.wait_until_ready().await?;
+            }
             if let Some(s) = &stores.tcp_routes {
                 s.wait_until_ready().await?;
             }
@@ -123,6 +135,7 @@ impl Stores {
             gateway_classes: self.gateway_classes.state(),
             gateways: self.gateways.state(),
             http_routes: self.http_routes.state(),
+            grpc_routes: self.grpc_routes.as_ref().map(Store::state).unwrap_or_default(),
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
             udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),

@@ -13,6 +13,7 @@
 //! data planes are child processes that exit with it.
 
 pub mod echo;
+pub mod grpc_echo;
 pub mod manifests;
 
 use std::collections::BTreeMap;
@@ -36,8 +37,17 @@ use crate::push::{Authentication, GatewayProgress, PushServer, ServerTls};
 use self::manifests::{Manifests, Problem};
 
 /// Annotation on a Service: standalone mode runs an echo backend at each of its static
-/// EndpointSlice addresses (loopback only).
+/// EndpointSlice addresses (loopback only): `"true"` an HTTP (or, for UDP ports, a UDP)
+/// echo, `"grpc"` the gRPC echo (`sluice.echo.v1.Echo`, h2c).
 pub const ECHO_ANNOTATION: &str = "standalone.sluice.dev/echo";
+
+/// Which echo backend runs at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EchoKind {
+    Http,
+    Udp,
+    Grpc,
+}
 
 /// What `sluice run` is asked to do.
 #[derive(Debug, Clone)]
@@ -206,7 +216,7 @@ struct Runner {
     problems: Arc<Vec<Problem>>,
     processes: BTreeMap<String, DataPlane>,
     /// Echo backends by address and transport (true: UDP).
-    echoes: BTreeMap<(SocketAddr, bool), tokio::task::JoinHandle<()>>,
+    echoes: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
     last_report: String,
     /// Whether the directory was translated at least once.
     translated: bool,
@@ -358,12 +368,14 @@ impl Runner {
 
     /// Runs an echo backend at each static endpoint of Services annotated for it.
     async fn ensure_echoes(&mut self, world: &World) {
-        let mut wanted: BTreeMap<(SocketAddr, bool), echo::EchoIdentity> = BTreeMap::new();
+        let mut wanted: BTreeMap<(SocketAddr, EchoKind), echo::EchoIdentity> = BTreeMap::new();
         for service in &world.services {
             let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(ECHO_ANNOTATION));
-            if annotated.is_none_or(|value| value != "true") {
-                continue;
-            }
+            let grpc = match annotated.map(String::as_str) {
+                Some("true") => false,
+                Some("grpc") => true,
+                _ => continue,
+            };
             let namespace = service.metadata.namespace.clone().unwrap_or_default();
             let name = service.metadata.name.clone().unwrap_or_default();
             for slice in &world.endpoint_slices {
@@ -380,9 +392,13 @@ impl Runner {
                         }
                         for slice_port in slice.ports.iter().flatten() {
                             let Some(Ok(port)) = slice_port.port.map(u16::try_from) else { continue };
-                            let udp = slice_port.protocol.as_deref() == Some("UDP");
+                            let kind = match (slice_port.protocol.as_deref() == Some("UDP"), grpc) {
+                                (true, _) => EchoKind::Udp,
+                                (false, true) => EchoKind::Grpc,
+                                (false, false) => EchoKind::Http,
+                            };
                             wanted.insert(
-                                (SocketAddr::new(ip, port), udp),
+                                (SocketAddr::new(ip, port), kind),
                                 echo::EchoIdentity {
                                     namespace: namespace.clone(),
                                     service: name.clone(),
@@ -401,15 +417,18 @@ impl Runner {
             }
             keep
         });
-        for ((address, udp), identity) in wanted {
-            if self.echoes.contains_key(&(address, udp)) {
+        for ((address, kind), identity) in wanted {
+            if self.echoes.contains_key(&(address, kind)) {
                 continue;
             }
-            let started =
-                if udp { echo::start_udp(address, identity).await } else { echo::start(address, identity).await };
+            let started = match kind {
+                EchoKind::Http => echo::start(address, identity).await,
+                EchoKind::Udp => echo::start_udp(address, identity).await,
+                EchoKind::Grpc => grpc_echo::start(address, identity).await,
+            };
             match started {
                 Ok(task) => {
-                    self.echoes.insert((address, udp), task);
+                    self.echoes.insert((address, kind), task);
                 }
                 Err(error) => eprintln!("sluice: cannot start the echo backend on {address}: {error}"),
             }
@@ -640,9 +659,12 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
 fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     let mut out = String::new();
     let mut accepted = 0;
-    for (kind, routes) in
-        [("HTTPRoute", &status.http_routes), ("TCPRoute", &status.tcp_routes), ("UDPRoute", &status.udp_routes)]
-    {
+    for (kind, routes) in [
+        ("HTTPRoute", &status.http_routes),
+        ("GRPCRoute", &status.grpc_routes),
+        ("TCPRoute", &status.tcp_routes),
+        ("UDPRoute", &status.udp_routes),
+    ] {
         for (key, route) in routes {
             for parent in &route.parents {
                 if parent.conditions.iter().all(is_good) {

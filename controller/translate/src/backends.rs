@@ -53,6 +53,8 @@ impl BackendError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Traffic {
     Http,
+    /// gRPC: HTTP/2 to the backend, whatever the Service port's appProtocol says.
+    Grpc,
     Tcp,
     /// Datagrams: only a Service port with `protocol: UDP` will do.
     Udp,
@@ -63,6 +65,8 @@ pub(crate) enum Traffic {
 #[derive(Default)]
 pub(crate) struct ClusterCache {
     built: HashMap<(ObjectKey, i32, bool), Result<Arc<Cluster>, BackendError>>,
+    /// HTTP/2 variants of Service ports whose appProtocol is not h2c, for gRPC.
+    grpc: HashMap<(ObjectKey, i32), Arc<Cluster>>,
 }
 
 /// `service/<ns>/<name>/port/<port>`, the snapshot name of a Service port
@@ -110,10 +114,24 @@ impl ClusterCache {
             .entry((key.clone(), port, udp))
             .or_insert_with(|| build_cluster(index, &key, port, udp).map(Arc::new))
             .clone()?;
-        if traffic == Traffic::Http && cluster.app_protocol() == AppProtocol::Unspecified {
+        if matches!(traffic, Traffic::Http | Traffic::Grpc) && cluster.app_protocol() == AppProtocol::Unspecified {
             return Err(BackendError::UnsupportedProtocol(format!(
                 "Service {key} port {port} has an appProtocol Sluice cannot speak to over HTTP"
             )));
+        }
+        if traffic == Traffic::Grpc && cluster.app_protocol() != AppProtocol::H2c {
+            // The same endpoints spoken to over HTTP/2: a cluster of its own, shared by
+            // every GRPCRoute that uses this Service port.
+            return Ok(self
+                .grpc
+                .entry((key, port))
+                .or_insert_with(|| {
+                    let mut h2c = cluster.as_ref().clone();
+                    h2c.name = format!("{}/grpc", cluster.name);
+                    h2c.app_protocol = AppProtocol::H2c as i32;
+                    Arc::new(h2c)
+                })
+                .clone());
         }
         Ok(cluster)
     }

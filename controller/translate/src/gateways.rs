@@ -89,7 +89,7 @@ pub(crate) struct GatewayPlan<'w> {
 /// Route kinds Sluice serves, per listener protocol.
 fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
     match protocol {
-        Protocol::Http | Protocol::Https => &["HTTPRoute"],
+        Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
         Protocol::Tcp => &["TCPRoute"],
         Protocol::Udp => &["UDPRoute"],
         Protocol::Tls | Protocol::Unspecified => &[],

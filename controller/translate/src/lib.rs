@@ -41,6 +41,7 @@ mod backends;
 mod classes;
 mod features;
 mod gateways;
+mod grpcroutes;
 mod httproutes;
 mod index;
 mod l4routes;
@@ -61,10 +62,10 @@ pub use status::{
 };
 pub use world::{Skipped, World};
 
-use attach::{Attachment, attach, is_gateway_ref};
+use attach::{Attachment, attach, hostname_rank, is_gateway_ref};
 use backends::{BackendError, ClusterCache};
 use gateways::{GatewayPlan, ListenerPlan, plan_gateway};
-use httproutes::{RouteOrder, by_age, compile_route, place_rule};
+use httproutes::{CompiledRoute, RouteKind, RouteOrder, by_age, compile_route, place_rule};
 use index::Index;
 use l4routes::{L4Route, L4Rule, compile_l4_route};
 use status::reason;
@@ -120,6 +121,7 @@ pub struct Status {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub grpc_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
 }
@@ -163,6 +165,11 @@ pub fn translate(world: &World) -> Output {
             output.status.http_routes.insert(key, status);
         }
     }
+    for (rank, route) in by_age(&world.grpc_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.grpc_route(route, rank) {
+            output.status.grpc_routes.insert(key, status);
+        }
+    }
     for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
         if let Some((key, status)) = pass.l4_route(route, rank) {
             output.status.tcp_routes.insert(key, status);
@@ -201,14 +208,46 @@ impl Translation<'_> {
         rank: usize,
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
-        let generation = route.metadata.generation.unwrap_or_default();
         let parents = parent_refs!(route);
         if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
             return None;
         }
         let compiled = compile_route(route, &self.index, &mut self.cache);
-        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
+        let generation = route.metadata.generation.unwrap_or_default();
         let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        Some(self.place_http_like(key, RouteKind::Http, generation, parents, hostnames, compiled, rank))
+    }
+
+    fn grpc_route(
+        &mut self,
+        route: &sluice_gateway_api::grpcroutes::GrpcRoute,
+        rank: usize,
+    ) -> Option<(ObjectKey, RouteStatus)> {
+        let key = ObjectKey::of(route);
+        let parents = parent_refs!(route);
+        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+            return None;
+        }
+        let compiled = grpcroutes::compile_grpc_route(route, &self.index, &mut self.cache);
+        let generation = route.metadata.generation.unwrap_or_default();
+        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        Some(self.place_http_like(key, RouteKind::Grpc, generation, parents, hostnames, compiled, rank))
+    }
+
+    /// Attaches a compiled HTTPRoute or GRPCRoute through each of its parents (ours) and
+    /// places its rules on the listeners it attached to; returns its status.
+    #[allow(clippy::too_many_arguments)]
+    fn place_http_like(
+        &mut self,
+        key: ObjectKey,
+        kind: RouteKind,
+        generation: i64,
+        parents: Vec<ParentRef>,
+        hostnames: Vec<String>,
+        compiled: CompiledRoute,
+        rank: usize,
+    ) -> (ObjectKey, RouteStatus) {
+        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
         let mut statuses = Vec::new();
         for parent in parents {
@@ -222,7 +261,7 @@ impl Translation<'_> {
                     reason::UNSUPPORTED_VALUE,
                     format!("hostname {bad:?} is not a valid DNS name or wildcard"),
                 ),
-                None => attach(plan, &parent, "HTTPRoute", &key.namespace, &hostnames, &self.index),
+                None => attach(plan, &parent, kind.name(), &key.namespace, &hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment
                 && !all_invalid
@@ -235,9 +274,10 @@ impl Translation<'_> {
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
+                    let hostname = hostname_rank(plan.listeners[*listener].hostname.as_deref(), &hostnames);
                     let placed = self.http_routes.entry((gateway_key.clone(), *listener)).or_default();
                     for rule in &compiled.rules {
-                        placed.extend(place_rule(&key, rank, rule, hosts));
+                        placed.extend(place_rule(&key, rank, rule, hosts, hostname));
                     }
                 }
             }
@@ -254,7 +294,7 @@ impl Translation<'_> {
                 conditions,
             });
         }
-        Some((key, RouteStatus { parents: statuses }))
+        (key, RouteStatus { parents: statuses })
     }
 
     fn l4_route<R: L4Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {

@@ -221,6 +221,7 @@ impl crate::Status {
         for ((kind, key), problems) in by_route {
             let routes = match kind {
                 "httproute" => &mut self.http_routes,
+                "grpcroute" => &mut self.grpc_routes,
                 "tcproute" => &mut self.tcp_routes,
                 "udproute" => &mut self.udp_routes,
                 _ => continue,

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::grpcroutes::GrpcRoute as GRPCRoute;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
@@ -19,6 +20,7 @@ pub struct World {
     pub gateway_classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub http_routes: Vec<Arc<HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<GRPCRoute>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
     pub udp_routes: Vec<Arc<UDPRoute>>,
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
@@ -77,6 +79,7 @@ impl World {
         self.gateway_classes.extend(other.gateway_classes.iter().cloned());
         self.gateways.extend(other.gateways.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
+        self.grpc_routes.extend(other.grpc_routes.iter().cloned());
         self.tcp_routes.extend(other.tcp_routes.iter().cloned());
         self.udp_routes.extend(other.udp_routes.iter().cloned());
         self.reference_grants.extend(other.reference_grants.iter().cloned());
@@ -117,6 +120,7 @@ impl World {
         dedupe(&mut self.gateway_classes, skipped);
         dedupe(&mut self.gateways, skipped);
         dedupe(&mut self.http_routes, skipped);
+        dedupe(&mut self.grpc_routes, skipped);
         dedupe(&mut self.tcp_routes, skipped);
         dedupe(&mut self.udp_routes, skipped);
         dedupe(&mut self.reference_grants, skipped);
@@ -146,6 +150,7 @@ impl World {
             ("gateway.networking.k8s.io", "GatewayClass") => push(&mut self.gateway_classes, document),
             ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, document),
             ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, document),
+            ("gateway.networking.k8s.io", "GRPCRoute") => push_namespaced(&mut self.grpc_routes, document),
             ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, document),
             ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, document),
             ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, document),
