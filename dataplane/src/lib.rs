@@ -23,6 +23,7 @@ mod routes;
 mod tcp;
 mod tls;
 mod udp;
+pub mod upstream_tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -253,7 +253,22 @@ impl ProxyHttp for SluiceProxy {
         let Some((endpoint, app_protocol)) = ctx.endpoint else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint chosen"));
         };
-        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        let mut peer = match ctx.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+            None => HttpPeer::new(endpoint, false, String::new()),
+            Some(Ok(tls)) => {
+                let mut peer = HttpPeer::new(endpoint, true, tls.sni.clone());
+                peer.options.verify_hostname = tls.verify_hostname();
+                peer.options.ca = tls.ca.clone();
+                peer.client_cert_key = tls.client.clone();
+                // Pooled connections are reused only under the same verification.
+                peer.group_key = tls.group_key;
+                peer
+            }
+            // Never plaintext where the policy asks for TLS.
+            Some(Err(problem)) => {
+                return Err(Error::explain(ErrorType::HTTPStatus(502), format!("backend TLS: {problem}")));
+            }
+        };
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         // A backend that stops answering (or reading) is given up after this long idle.
         peer.options.read_timeout = Some(self.io_timeout);
@@ -334,6 +349,7 @@ impl ProxyHttp for SluiceProxy {
             }
             if let Some((endpoint, in_flight)) = cluster.pick() {
                 let request = upstream_request.clone();
+                let tls = cluster.tls.clone();
                 let body = if crate::mirror::has_body(&request) {
                     let (feed, body) = tokio::sync::mpsc::channel(crate::mirror::BODY_CHUNKS);
                     ctx.mirror_bodies.push(feed);
@@ -342,7 +358,7 @@ impl ProxyHttp for SluiceProxy {
                     None
                 };
                 tokio::spawn(async move {
-                    crate::mirror::send(endpoint, request, body).await;
+                    crate::mirror::send(endpoint, tls, request, body).await;
                     drop(in_flight);
                 });
             }
@@ -367,6 +383,33 @@ impl ProxyHttp for SluiceProxy {
         }
         if !ctx.mirror_bodies.is_empty() {
             crate::mirror::offer(&mut ctx.mirror_bodies, body.as_ref(), end_of_stream);
+        }
+        Ok(())
+    }
+
+    /// A backend whose policy lists subjectAltNames: a new connection's certificate must
+    /// carry one (Pingora checked its chain).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(Ok(tls)) = ctx.cluster.as_ref().and_then(|c| c.tls.as_ref()) else { return Ok(()) };
+        if reused || tls.verify_hostname() {
+            return Ok(());
+        }
+        let leaf = digest.and_then(|d| d.ssl_digest.as_ref()).map(|d| d.cert_digest.clone()).unwrap_or_default();
+        let Some(endpoint) = pingora_core::upstreams::peer::Peer::address(peer).as_inet().copied() else {
+            return Ok(());
+        };
+        if let Err(problem) = tls.check_leaf(endpoint, &leaf).await {
+            tracing::warn!(policy = tls.policy, problem, "backend certificate refused");
+            return Err(Error::explain(ErrorType::HTTPStatus(502), problem));
         }
         Ok(())
     }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::backendtlspolicies::BackendTlsPolicy;
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::grpcroutes::GrpcRoute;
@@ -34,6 +35,9 @@ pub struct Stores {
     pub tcp_routes: Option<Store<TcpRoute>>,
     pub udp_routes: Option<Store<UdpRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
+    pub backend_tls_policies: Option<Store<BackendTlsPolicy>>,
+    /// CA bundles of BackendTLSPolicies.
+    pub config_maps: Store<ConfigMap>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
@@ -60,6 +64,12 @@ impl Stores {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
             tracing::warn!("the GRPCRoute v1 CRD is not installed: GRPCRoutes are not served");
+            None
+        };
+        let backend_tls_policies = if installed::<BackendTlsPolicy>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the BackendTLSPolicy v1 CRD is not installed: backends are reached without TLS");
             None
         };
         let tcp_routes = if installed::<TcpRoute>(client).await {
@@ -92,6 +102,8 @@ impl Stores {
             tcp_routes,
             udp_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
+            backend_tls_policies,
+            config_maps: watch(client, watcher::Config::default(), &changed),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
             // Only TLS Secrets can be certificateRefs; others are never read.
@@ -115,6 +127,10 @@ impl Stores {
                 s.wait_until_ready().await?;
             }
             stores.reference_grants.wait_until_ready().await?;
+            if let Some(s) = &stores.backend_tls_policies {
+                s.wait_until_ready().await?;
+            }
+            stores.config_maps.wait_until_ready().await?;
             stores.services.wait_until_ready().await?;
             stores.endpoint_slices.wait_until_ready().await?;
             stores.secrets.wait_until_ready().await?;
@@ -139,6 +155,8 @@ impl Stores {
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
             udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
+            backend_tls_policies: self.backend_tls_policies.as_ref().map(Store::state).unwrap_or_default(),
+            config_maps: self.config_maps.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),

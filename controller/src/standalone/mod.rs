@@ -677,6 +677,14 @@ fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
             }
         }
     }
+    for (key, policy) in &status.backend_tls_policies {
+        for ancestor in &policy.ancestors {
+            if !ancestor.conditions.iter().all(is_good) {
+                let (_, text) = describe(&ancestor.conditions);
+                out.push_str(&format!("BackendTLSPolicy {key} -> {}: {text}\n", ancestor.gateway));
+            }
+        }
+    }
     if !quiet {
         out.push_str(&format!("{accepted} route parent(s) accepted with resolved references\n"));
     }

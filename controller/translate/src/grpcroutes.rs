@@ -29,7 +29,7 @@ use crate::index::{Index, ObjectKey};
 pub(crate) const GRPC_CONTENT_TYPE: &str = "application/grpc([+;-].*)?";
 
 /// Compiles every rule of a GRPCRoute; invalid rules are dropped and reported.
-pub(crate) fn compile_grpc_route(route: &GRPCRoute, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledRoute {
+pub(crate) fn compile_grpc_route(route: &GRPCRoute, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
     let rules = route.spec.rules.iter().flatten().map(as_http_rule);
     compile_rules(&ObjectKey::of(route), RouteKind::Grpc, rules, index, cache)
 }

@@ -168,7 +168,7 @@ fn grpc_route_order(
 }
 
 /// Compiles every rule of `route`; invalid rules are dropped and reported.
-pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledRoute {
+pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
     let rules = route.spec.rules.iter().flatten().map(|rule| Ok((std::borrow::Cow::Borrowed(rule), Vec::new())));
     compile_rules(&ObjectKey::of(route), RouteKind::Http, rules, index, cache)
 }
@@ -183,7 +183,7 @@ pub(crate) fn compile_rules<'a>(
     kind: RouteKind,
     rules: impl Iterator<Item = RuleInput<'a>>,
     index: &Index<'_>,
-    cache: &mut ClusterCache,
+    cache: &mut ClusterCache<'_>,
 ) -> CompiledRoute {
     let mut compiled =
         CompiledRoute { rules: Vec::new(), invalid_rules: Vec::new(), unresolved: None, clusters: Vec::new() };
@@ -207,7 +207,7 @@ fn compile_rule(
     rule_index: usize,
     rule: &HttpRouteRules,
     index: &Index<'_>,
-    cache: &mut ClusterCache,
+    cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
 ) -> Result<CompiledRule, String> {
     let default_match = [HttpRouteRulesMatches::default()];
@@ -434,7 +434,7 @@ fn compile_filter(
     filter: &HttpRouteRulesFilters,
     path_types: &[PathMatchType],
     index: &Index<'_>,
-    cache: &mut ClusterCache,
+    cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
 ) -> Result<HttpFilter, String> {
     let missing = |field: &str| format!("filter type {:?} needs its {field} field", filter.r#type);
@@ -515,7 +515,9 @@ fn compile_filter(
                 }
                 Err(error) => {
                     // The mirror is skipped; the route reports the reference.
-                    out.unresolved.get_or_insert(error);
+                    if error.is_route_problem() {
+                        out.unresolved.get_or_insert(error);
+                    }
                     return Ok(HttpFilter { kind: None });
                 }
             }

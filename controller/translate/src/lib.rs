@@ -37,6 +37,7 @@ macro_rules! parent_refs {
 }
 
 mod attach;
+mod backend_client;
 mod backends;
 mod classes;
 mod features;
@@ -45,6 +46,7 @@ mod grpcroutes;
 mod httproutes;
 mod index;
 mod l4routes;
+mod policies;
 pub mod status;
 mod world;
 
@@ -56,6 +58,7 @@ use sluice_snapshot::{Cluster, Listener, Protocol, Snapshot, TcpRoute, TlsMode, 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
 pub use index::ObjectKey;
+pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use status::{
     CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef,
     RouteGroupKind, RouteParentStatus, RouteStatus,
@@ -124,6 +127,9 @@ pub struct Status {
     pub grpc_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
+    /// Every BackendTLSPolicy targeting a Service: Sluice's ancestors (none when no
+    /// Gateway of Sluice's uses a targeted port).
+    pub backend_tls_policies: BTreeMap<ObjectKey, PolicyStatus>,
 }
 
 /// Snapshot routes placed on one listener of one Gateway, before ordering.
@@ -133,7 +139,7 @@ type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
 struct Translation<'w> {
     index: Index<'w>,
     plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
-    cache: ClusterCache,
+    cache: ClusterCache<'w>,
     clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
     http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
     /// TCP and UDP rules per listener (a listener is one or the other).
@@ -152,10 +158,11 @@ pub fn translate(world: &World) -> Output {
             plans.insert(plan.key.clone(), plan);
         }
     }
+    let policies = policies::Policies::new(&world.backend_tls_policies, &index);
     let mut pass = Translation {
         index,
         plans,
-        cache: ClusterCache::default(),
+        cache: ClusterCache::new(policies),
         clusters: BTreeMap::new(),
         http_routes: BTreeMap::new(),
         l4_routes: BTreeMap::new(),
@@ -213,9 +220,10 @@ impl Translation<'_> {
             return None;
         }
         let compiled = compile_route(route, &self.index, &mut self.cache);
+        let touched = self.cache.take_touched();
         let generation = route.metadata.generation.unwrap_or_default();
         let hostnames = route.spec.hostnames.clone().unwrap_or_default();
-        Some(self.place_http_like(key, RouteKind::Http, generation, parents, hostnames, compiled, rank))
+        Some(self.place_http_like(key, RouteKind::Http, generation, parents, hostnames, compiled, touched, rank))
     }
 
     fn grpc_route(
@@ -229,9 +237,10 @@ impl Translation<'_> {
             return None;
         }
         let compiled = grpcroutes::compile_grpc_route(route, &self.index, &mut self.cache);
+        let touched = self.cache.take_touched();
         let generation = route.metadata.generation.unwrap_or_default();
         let hostnames = route.spec.hostnames.clone().unwrap_or_default();
-        Some(self.place_http_like(key, RouteKind::Grpc, generation, parents, hostnames, compiled, rank))
+        Some(self.place_http_like(key, RouteKind::Grpc, generation, parents, hostnames, compiled, touched, rank))
     }
 
     /// Attaches a compiled HTTPRoute or GRPCRoute through each of its parents (ours) and
@@ -245,6 +254,7 @@ impl Translation<'_> {
         parents: Vec<ParentRef>,
         hostnames: Vec<String>,
         compiled: CompiledRoute,
+        touched: Vec<(ObjectKey, String)>,
         rank: usize,
     ) -> (ObjectKey, RouteStatus) {
         let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
@@ -268,6 +278,9 @@ impl Translation<'_> {
             {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                }
+                for (service, port) in &touched {
+                    self.cache.policies.record_use(&gateway_key, service, port);
                 }
                 for (listener, hosts) in listeners {
                     plan.listeners[*listener].attached_routes += 1;
@@ -305,6 +318,7 @@ impl Translation<'_> {
             return None;
         }
         let compiled = compile_l4_route(route, &self.index, &mut self.cache);
+        let touched = self.cache.take_touched();
         let mut statuses = Vec::new();
         for parent in parents {
             if !our_parent(&parent, &key, &self.plans) {
@@ -316,6 +330,9 @@ impl Translation<'_> {
             if let Attachment::Attached(listeners) = &attachment {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                }
+                for (service, port) in &touched {
+                    self.cache.policies.record_use(&gateway_key, service, port);
                 }
                 for (listener, _) in listeners {
                     plan.listeners[*listener].attached_routes += 1;
@@ -340,6 +357,7 @@ impl Translation<'_> {
 
     /// Orders every listener's routes and emits status and outputs per Gateway.
     fn finish(mut self, output: &mut Output) {
+        output.status.backend_tls_policies = self.cache.policies.status();
         for ((gateway, listener), mut routes) in std::mem::take(&mut self.http_routes) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
@@ -353,10 +371,15 @@ impl Translation<'_> {
             }
         }
         for (key, plan) in self.plans {
-            output.status.gateways.insert(key.clone(), gateway_status(&plan));
+            let client = backend_client::backend_client_certificate(plan.gateway, &key, &self.index);
+            let mut status = gateway_status(&plan);
+            if let Some(condition) = backend_client::resolved_refs_condition(&client, plan.generation) {
+                status.conditions.push(condition);
+            }
+            output.status.gateways.insert(key.clone(), status);
             if plan.not_accepted.is_none() {
                 let clusters = self.clusters.remove(&key).unwrap_or_default();
-                output.gateways.insert(key, gateway_output(plan, clusters));
+                output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
             }
         }
     }
@@ -493,7 +516,13 @@ fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: 
     }
 }
 
-fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::Arc<Cluster>>) -> GatewayOutput {
+/// The snapshot and infra of a Gateway; `backend_client` is presented on TLS connections
+/// to backends.
+fn gateway_output(
+    plan: GatewayPlan<'_>,
+    clusters: BTreeMap<String, std::sync::Arc<Cluster>>,
+    backend_client: Option<sluice_snapshot::Certificate>,
+) -> GatewayOutput {
     let mut ports = BTreeSet::new();
     let mut listeners = Vec::new();
     let mut used_certificates = BTreeSet::new();
@@ -534,13 +563,23 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();
+    let mut clusters: Vec<Cluster> = clusters.into_values().map(|cluster| cluster.as_ref().clone()).collect();
+    let mut certificates = plan.certificates;
+    if let Some(client) = backend_client
+        && clusters.iter().any(|c| c.tls.is_some())
+    {
+        for tls in clusters.iter_mut().filter_map(|c| c.tls.as_mut()) {
+            tls.client_certificate = client.name.clone();
+        }
+        used_certificates.insert(client.name.clone());
+        certificates.insert(client.name.clone(), client);
+    }
     let snapshot = Snapshot {
         gateway: plan.key.to_string(),
         version: None,
         listeners,
-        clusters: clusters.into_values().map(|cluster| cluster.as_ref().clone()).collect(),
-        certificates: plan
-            .certificates
+        clusters,
+        certificates: certificates
             .into_iter()
             .filter(|(name, _)| used_certificates.contains(name))
             .map(|(_, c)| c)
