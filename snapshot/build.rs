@@ -1,6 +1,7 @@
 //! Compiles the snapshot .proto with a vendored protoc, so no system install is needed,
 //! and derives proto3-JSON serde impls (pbjson) for snapshot files and golden tests.
-//! With the `grpc` feature it also generates the push service's tonic stubs.
+//! With the `grpc` feature it also generates the tonic stubs of the push service and of
+//! the echo service the built-in test backends speak.
 
 use std::{env, path::PathBuf};
 
@@ -10,8 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("snapshot_descriptor.bin");
     let proto = "proto/sluice/snapshot/v1/snapshot.proto";
     let push = "proto/sluice/push/v1/push.proto";
+    let echo = "proto/sluice/echo/v1/echo.proto";
     println!("cargo:rerun-if-changed={proto}");
     println!("cargo:rerun-if-changed={push}");
+    println!("cargo:rerun-if-changed={echo}");
 
     prost_build::Config::new()
         .protoc_executable(&protoc)
@@ -31,6 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[push],
             &["proto"],
         )?;
+        let mut config = prost_build::Config::new();
+        config.protoc_executable(&protoc);
+        tonic_prost_build::configure().compile_with_config(config, &[echo], &["proto"])?;
     }
     Ok(())
 }

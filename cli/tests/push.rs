@@ -10,21 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_controller::push::ServerTls;
+use sluice_controller::push::auth::{Authenticator, Caller, StaticTokens};
 use sluice_controller::push::ca::CertificateAuthority;
+use sluice_controller::push::{Authentication, ServerTls};
 use sluice_snapshot::push::config_push_client::ConfigPushClient;
 use sluice_snapshot::push::{DataPlaneMessage, Hello, control_plane_message, data_plane_message};
 use support::*;
 use tokio_stream::StreamExt;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-/// Opens a stream as `gateway` with the given client identity; returns the first
-/// snapshot's gateway, or the gRPC status code / transport error.
-async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, &str)>, gateway: &str) -> String {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    if let Some((cert, key)) = client {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
+/// Opens a stream as `gateway`, trusting `ca_pem` for the server and presenting `token`;
+/// returns the first snapshot's gateway, or the gRPC status code / transport error.
+async fn ask(address: std::net::SocketAddr, ca_pem: &str, token: Option<&str>, gateway: &str) -> String {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     let endpoint = Endpoint::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap();
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
@@ -34,7 +32,11 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, 
     let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![] };
     let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
     let outbound = tokio_stream::iter(vec![message]).chain(tokio_stream::pending());
-    let mut inbound = match client.stream(outbound).await {
+    let mut request = tonic::Request::new(outbound);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let mut inbound = match client.stream(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return format!("{:?}", status.code()),
     };
@@ -52,47 +54,45 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, client: Option<(&str, 
     }
 }
 
-/// A push server certificate for 127.0.0.1 from `ca`, trusting `ca`'s client certificates.
+/// A push server certificate for 127.0.0.1 from `ca`.
 fn server_tls(ca: &CertificateAuthority) -> ServerTls {
     let server = ca.issue_server(&["127.0.0.1"], 1).unwrap();
-    ServerTls {
-        certificate_pem: server.certificate_pem,
-        private_key_pem: server.private_key_pem,
-        client_ca_pem: ca.certificate_pem().into(),
-    }
+    ServerTls { certificate_pem: server.certificate_pem, private_key_pem: server.private_key_pem }
+}
+
+fn tokens(tokens: &StaticTokens) -> Authentication {
+    Authentication::Token(Arc::new(tokens.clone()))
 }
 
 #[test]
 fn a_client_gets_only_its_own_gateway() {
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let controller = Controller::start(0, Some(server_tls(&ca)));
+    let issued = StaticTokens::new();
+    let controller = Controller::start(0, Some((server_tls(&ca), tokens(&issued))));
     for gateway in ["team-a/web", "team-b/web"] {
         controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
     }
-    let a = ca.issue_client("team-a/web", 1).unwrap();
+    let a = issued.issue("team-a/web");
     let other_ca = CertificateAuthority::generate("other CA", 1).unwrap();
-    let forged = other_ca.issue_client("team-b/web", 1).unwrap();
     let address = controller.address;
-    let ca_pem = ca.certificate_pem().to_string();
+    let (ca_pem, other_pem) = (ca.certificate_pem().to_string(), other_ca.certificate_pem().to_string());
     let answers = controller.runtime().block_on(async {
-        let own = Some((a.certificate_pem.as_str(), a.private_key_pem.as_str()));
-        let forged = Some((forged.certificate_pem.as_str(), forged.private_key_pem.as_str()));
         [
-            ask(address, &ca_pem, own, "team-a/web").await,
-            ask(address, &ca_pem, own, "team-b/web").await,
-            ask(address, &ca_pem, own, "team-a/other").await,
-            ask(address, &ca_pem, forged, "team-b/web").await,
+            ask(address, &ca_pem, Some(&a), "team-a/web").await,
+            ask(address, &ca_pem, Some(&a), "team-b/web").await,
+            ask(address, &ca_pem, Some(&a), "team-a/other").await,
+            ask(address, &ca_pem, Some("forged"), "team-b/web").await,
             ask(address, &ca_pem, None, "team-a/web").await,
+            // A client that does not trust the server's CA never sends its token.
+            ask(address, &other_pem, Some(&a), "team-a/web").await,
         ]
     });
     assert_eq!(answers[0], "snapshot of team-a/web");
     assert_eq!(answers[1], "PermissionDenied");
     assert_eq!(answers[2], "PermissionDenied");
-    // A certificate from another CA, or none at all, fails the TLS handshake.
-    for refused in &answers[3..] {
-        assert!(!refused.starts_with("snapshot"), "{answers:?}");
-        assert_ne!(refused, "PermissionDenied", "the handshake itself must fail: {answers:?}");
-    }
+    assert_eq!(answers[3], "Unauthenticated");
+    assert_eq!(answers[4], "Unauthenticated");
+    assert!(answers[5].starts_with("transport error"), "{answers:?}");
 }
 
 #[test]
@@ -356,7 +356,7 @@ fn a_data_plane_restarted_without_its_controller_serves_its_saved_snapshot() {
 fn a_stalled_tls_handshake_is_cut() {
     use std::io::{Read, Write};
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let controller = Controller::start(0, Some(server_tls(&ca)));
+    let controller = Controller::start(0, Some((server_tls(&ca), tokens(&StaticTokens::new()))));
     let limit = sluice_controller::push::TLS_HANDSHAKE_TIMEOUT;
     let mut stream = std::net::TcpStream::connect(controller.address).unwrap();
     stream.set_read_timeout(Some(limit * 2)).unwrap();
@@ -370,25 +370,72 @@ fn a_stalled_tls_handshake_is_cut() {
     assert!(closed && took >= limit - Duration::from_secs(1), "held for {took:?}");
 }
 
-/// A client certificate bound to an earlier Gateway of the same name (another UID) is
-/// refused once the server knows the current Gateway's UID.
+/// Credentials as a cluster issues them: each token is for one Gateway object (its
+/// UID) and expires.
+struct ClusterLike;
+
+#[tonic::async_trait]
+impl Authenticator for ClusterLike {
+    async fn authenticate(&self, token: &str) -> Result<Caller, tonic::Status> {
+        let (uid, lifetime) = match token {
+            "old" => ("uid-old", 3600),
+            "new" => ("uid-new", 3600),
+            "short" => ("uid-new", 1),
+            _ => return Err(tonic::Status::unauthenticated("unknown token")),
+        };
+        Ok(Caller {
+            gateway: "team-a/web".into(),
+            gateway_uid: Some(uid.into()),
+            expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(lifetime)),
+        })
+    }
+}
+
+/// A credential of an earlier Gateway of the same name (another UID) is refused once the
+/// server knows the current Gateway's UID.
 #[test]
-fn certificates_of_an_earlier_gateway_of_the_same_name_are_refused() {
+fn credentials_of_an_earlier_gateway_of_the_same_name_are_refused() {
     let ca = CertificateAuthority::generate("test CA", 1).unwrap();
-    let controller = Controller::start(0, Some(server_tls(&ca)));
+    let controller = Controller::start(0, Some((server_tls(&ca), Authentication::Token(Arc::new(ClusterLike)))));
     let gateway = "team-a/web";
     controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
     controller.push.bind_uid(gateway, "uid-new");
-    let old = ca.issue_client_for(gateway, Some("uid-old"), 1).unwrap();
-    let new = ca.issue_client_for(gateway, Some("uid-new"), 1).unwrap();
     let (address, ca_pem) = (controller.address, ca.certificate_pem().to_string());
     let answers = controller.runtime().block_on(async {
-        [
-            ask(address, &ca_pem, Some((&old.certificate_pem, &old.private_key_pem)), gateway).await,
-            ask(address, &ca_pem, Some((&new.certificate_pem, &new.private_key_pem)), gateway).await,
-        ]
+        [ask(address, &ca_pem, Some("old"), gateway).await, ask(address, &ca_pem, Some("new"), gateway).await]
     });
     assert_eq!(answers, ["PermissionDenied".to_string(), format!("snapshot of {gateway}")]);
+}
+
+/// A stream ends when its credential expires (the data plane then reconnects with the
+/// token its kubelet renewed).
+#[test]
+fn a_stream_ends_when_its_token_expires() {
+    let ca = CertificateAuthority::generate("test CA", 1).unwrap();
+    let controller = Controller::start(0, Some((server_tls(&ca), Authentication::Token(Arc::new(ClusterLike)))));
+    let gateway = "team-a/web";
+    controller.push.publish(gateway, snapshot(gateway, 1, "a.example", 1, "v1", "echo"));
+    let (address, ca_pem) = (controller.address, ca.certificate_pem().to_string());
+    let ended = |token: &'static str| {
+        let ca_pem = ca_pem.clone();
+        controller.runtime().block_on(async move {
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+            let endpoint = Endpoint::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap();
+            let mut client = ConfigPushClient::new(endpoint.connect().await.unwrap());
+            let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![] };
+            let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
+            let mut request = tonic::Request::new(tokio_stream::iter(vec![message]).chain(tokio_stream::pending()));
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let mut inbound = client.stream(request).await.unwrap().into_inner();
+            assert!(inbound.message().await.unwrap().is_some(), "the snapshot comes first");
+            let started = std::time::Instant::now();
+            let end = tokio::time::timeout(Duration::from_secs(3), inbound.message()).await;
+            end.is_ok().then(|| started.elapsed())
+        })
+    };
+    let took = ended("short").expect("the stream of an expiring token ends");
+    assert!(took <= Duration::from_millis(1500), "{took:?}");
+    assert_eq!(ended("new"), None, "a token valid for an hour keeps its stream open");
 }
 
 /// The push server replaces its certificate on schedule (each time with a newly issued
@@ -412,11 +459,14 @@ fn the_push_server_renews_its_certificate_and_keeps_answering() {
         }
     };
     let server = push.clone();
-    let task =
-        runtime.spawn(async move { server.serve_renewing(listener, issue, Duration::from_secs(1), stopped).await });
-    let client = ca.issue_client(gateway, 1).unwrap();
+    let registry = StaticTokens::new();
+    let authentication = tokens(&registry);
+    let task = runtime.spawn(async move {
+        server.serve_renewing(listener, issue, authentication, Duration::from_secs(1), stopped).await
+    });
+    let token = registry.issue(gateway);
     let ca_pem = ca.certificate_pem().to_string();
-    let credentials = Some((client.certificate_pem.as_str(), client.private_key_pem.as_str()));
+    let credentials = Some(token.as_str());
     // Streams keep working across renewals (each renewal ends open streams; clients reconnect).
     for _ in 0..3 {
         let answer = runtime.block_on(async {
@@ -436,4 +486,60 @@ fn the_push_server_renews_its_certificate_and_keeps_answering() {
     assert!(issued.load(Ordering::Relaxed) >= 3, "renewed {} times", issued.load(Ordering::Relaxed));
     stop.send_replace(true);
     runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap() });
+}
+
+/// CA rotation with overlap (docs/push.md): data planes that trust both the old and the
+/// new CA keep being served when the push server switches to a certificate from the new
+/// CA; once the old CA is dropped, only the new one is trusted.
+#[test]
+fn a_ca_rotation_with_overlap_keeps_data_planes_connected() {
+    let (backend, _echo) = echo("echo");
+    let (port, admin) = (free_port(), free_port());
+    let gateway = "team-a/web";
+    let old = CertificateAuthority::generate("old push CA", 1).unwrap();
+    let new = CertificateAuthority::generate("new push CA", 1).unwrap();
+    let both = sluice_controller::push::ca::trust_bundle(&[old.certificate_pem(), new.certificate_pem()]).unwrap();
+    let registry = StaticTokens::new();
+    let token_file = std::env::temp_dir().join(format!("sluice-push-token-{}-{port}", std::process::id()));
+    std::fs::write(&token_file, registry.issue(gateway)).unwrap();
+
+    // Step 1: the server still has the old CA's certificate; data planes trust both.
+    let before = Controller::start(0, Some((server_tls(&old), tokens(&registry))));
+    let push = before.address;
+    before.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v1", "echo"));
+    let child = std::process::Command::new(SLUICE)
+        .args(["dataplane", "--control-plane", &format!("https://{push}"), "--gateway", gateway, "--pod", "pod-0"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{admin}")])
+        .env("SLUICE_PUSH_CA", &both)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _dataplane = Process(child);
+    eventually(Duration::from_secs(20), "v1 over the old CA", || {
+        get(port, "a.example", "/").is_ok_and(|(_, head, _)| head.contains("x-version: v1"))
+    });
+
+    // Step 2: the server switches to the new CA's certificate (a controller restart);
+    // the data plane reconnects and takes the next snapshot.
+    drop(before);
+    let after = Controller::start(push.port(), Some((server_tls(&new), tokens(&registry))));
+    after.push.publish(gateway, snapshot(gateway, port, "a.example", backend, "v2", "echo"));
+    eventually(Duration::from_secs(30), "v2 over the new CA", || {
+        get(port, "a.example", "/").is_ok_and(|(_, head, _)| head.contains("x-version: v2"))
+    });
+    eventually(Duration::from_secs(5), "the ACK", || after.push.progress()[gateway].programmed().is_ok());
+
+    // Step 3: the old CA leaves the bundle: trusting the new CA alone is enough, and a
+    // data plane that never took the new CA could not connect.
+    let token = registry.issue(gateway);
+    let (new_pem, old_pem) = (new.certificate_pem().to_string(), old.certificate_pem().to_string());
+    let answers = after.runtime().block_on(async {
+        [ask(push, &new_pem, Some(&token), gateway).await, ask(push, &old_pem, Some(&token), gateway).await]
+    });
+    assert_eq!(answers[0], format!("snapshot of {gateway}"));
+    assert!(answers[1].starts_with("transport error"), "{answers:?}");
+    let _ = std::fs::remove_file(&token_file);
 }

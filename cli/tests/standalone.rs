@@ -232,6 +232,38 @@ fn the_tls_passthrough_example_serves_traffic() {
     assert_eq!(curl("other.example.com", &["-k"]).0, Some(35));
 }
 
+/// The gRPC example: a GRPCRoute to the built-in gRPC echo backends, by method and by
+/// metadata.
+#[test]
+fn the_grpc_example_serves_calls() {
+    use sluice_snapshot::echo::EchoRequest;
+    use sluice_snapshot::echo::echo_client::EchoClient;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status_file = temp_dir("grpc").join("status.yaml");
+    let _sluice = sluice_run(&root.join("examples/grpc"), &status_file);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let call = |method: &'static str, version: Option<&'static str>| {
+        runtime.block_on(async move {
+            let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:8090")
+                .origin("http://grpc.example.com".parse().unwrap());
+            let mut client = EchoClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+            let mut request = tonic::Request::new(EchoRequest { message: "hi".into() });
+            if let Some(version) = version {
+                request.metadata_mut().insert("version", version.parse().unwrap());
+            }
+            let reply = match method {
+                "Echo" => client.echo(request).await,
+                _ => client.echo_two(request).await,
+            };
+            reply.map(|r| r.into_inner().service).map_err(|status| format!("{:?}", status.code()))
+        })
+    };
+    eventually(Duration::from_secs(30), "the gRPC route", || call("Echo", None).is_ok());
+    assert_eq!(call("Echo", None).unwrap(), "echo-a");
+    assert_eq!(call("EchoTwo", Some("two")).unwrap(), "echo-b");
+    assert_eq!(call("EchoTwo", None).unwrap(), "echo-a");
+}
+
 /// One team's hostile route (a regex the data plane could not anchor, a rewrite with
 /// CR/LF) fails alone, in its own status; another team's route serves and keeps changing.
 #[test]

@@ -47,6 +47,20 @@ pub enum Command {
     /// Kubernetes mode: watch the cluster (in-cluster config or KUBECONFIG), deploy a data
     /// plane per Gateway, push its configuration, write status.
     Kubernetes(KubernetesArgs),
+    /// Run one of `sluice run`'s built-in echo backends on its own (for trying routes and
+    /// for benchmarks): HTTP/1.1 answering with JSON about the request, or gRPC
+    /// (`sluice.echo.v1.Echo`, h2c).
+    Echo {
+        /// The address to listen on.
+        #[arg(default_value = "127.0.0.1:9001")]
+        address: std::net::SocketAddr,
+        /// Serve the gRPC echo instead of the HTTP one.
+        #[arg(long)]
+        grpc: bool,
+        /// The name the backend answers with (`service`).
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
 }
 
 /// Options of Kubernetes mode (see docs/kubernetes.md).
@@ -101,7 +115,12 @@ impl KubernetesArgs {
             leader_election: !self.no_leader_election,
             push_listen: self.push_listen,
             push_names,
-            deploy: crate::deploy::DeployOptions { default_image: self.dataplane_image, control_plane_url: push_url },
+            // The trust bundle comes from the push CA Secret (cluster::run).
+            deploy: crate::deploy::DeployOptions {
+                default_image: self.dataplane_image,
+                control_plane_url: push_url,
+                push_trust_bundle: String::new(),
+            },
             debounce: Duration::from_millis(self.debounce_ms),
         })
     }
@@ -131,6 +150,26 @@ pub fn execute(command: Command, dataplane: Vec<OsString>) -> Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(standalone::run(options, shutdown_signal()))
+        }
+        Command::Echo { address, grpc, name } => {
+            let identity = standalone::echo::EchoIdentity {
+                namespace: "default".into(),
+                service: name.clone(),
+                pod: format!("{name}-0"),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async move {
+                let task = if grpc {
+                    standalone::grpc_echo::start(address, identity).await
+                } else {
+                    standalone::echo::start(address, identity).await
+                }
+                .with_context(|| format!("listening on {address}"))?;
+                eprintln!("sluice: {} echo on {address}", if grpc { "gRPC" } else { "HTTP" });
+                shutdown_signal().await;
+                task.abort();
+                anyhow::Ok(())
+            })
         }
         Command::Kubernetes(args) => {
             let _ = tracing_subscriber::fmt()

@@ -17,6 +17,7 @@ fn rendered(input: &str) -> String {
     let options = DeployOptions {
         default_image: "ghcr.io/example/sluice-dataplane:test".into(),
         control_plane_url: "https://sluice-controller.sluice-system.svc:9443".into(),
+        push_trust_bundle: "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n".into(),
     };
     let mut all: BTreeMap<String, Rendered> = BTreeMap::new();
     for (key, gateway) in &output.gateways {

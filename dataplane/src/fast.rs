@@ -504,7 +504,10 @@ impl Connection {
         };
         let cluster = match target {
             Target::Status(status) => return answer(*status, Some(route.clone()), &path),
-            Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c => return Plan::HandOver,
+            // HTTP/2 and TLS to the backend are Pingora's.
+            Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c || cluster.tls.is_some() => {
+                return Plan::HandOver;
+            }
             Target::Cluster(cluster) => cluster,
         };
         let Some((endpoint, in_flight)) = cluster.pick() else {

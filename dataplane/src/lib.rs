@@ -26,6 +26,7 @@ mod tls;
 mod tls_proxy;
 mod tls_routes;
 mod udp;
+pub mod upstream_tls;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -183,7 +183,30 @@ pub struct RouteMetrics {
     sum_micros: AtomicU64,
     upstream_errors: AtomicU64,
     retries: AtomicU64,
+    /// gRPC answers by `grpc-status` (0 OK … 16 UNAUTHENTICATED).
+    grpc_statuses: [AtomicU64; GRPC_CODES.len()],
 }
+
+/// The gRPC status codes by number, as the metric labels them.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 impl RouteMetrics {
     /// Counts one retry (HTTPRoute `retry`) of a request of this route.
@@ -202,6 +225,13 @@ impl RouteMetrics {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Records the `grpc-status` (0-16) a backend answered a gRPC request with.
+    pub fn record_grpc(&self, code: u32) {
+        if let Some(count) = usize::try_from(code).ok().and_then(|code| self.grpc_statuses.get(code)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn upstream_error(&self) {
@@ -321,6 +351,22 @@ impl Collector for MetricsCollector {
         for (route, m) in &routes {
             let labels = [("route", route.clone())];
             ConstCounter::new(m.upstream_errors.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "grpc_responses",
+            "gRPC answers from backends by route and grpc-status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, m) in &routes {
+            for (code, count) in GRPC_CODES.iter().zip(&m.grpc_statuses) {
+                let value = count.load(Ordering::Relaxed);
+                if value != 0 {
+                    let labels = [("route", route.clone()), ("grpc_status", (*code).to_string())];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
         }
 
         let mut family = encoder.encode_descriptor(
@@ -464,9 +510,18 @@ mod tests {
         for code in 0..20u16 {
             route.record(400 + code, Duration::from_millis(1));
         }
+        let grpc = metrics.route("grpcroute/ns/g/rule/0/match/0");
+        grpc.record_grpc(0);
+        grpc.record_grpc(14);
+        grpc.record_grpc(99);
         metrics.generation.store(7, Ordering::Relaxed);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+        let grpc_line = |code: &str| {
+            format!(r#"sluice_grpc_responses_total{{route="grpcroute/ns/g/rule/0/match/0",grpc_status="{code}"}} 1"#)
+        };
+        assert!(text.contains(&grpc_line("OK")) && text.contains(&grpc_line("UNAVAILABLE")), "{text}");
+        assert_eq!(text.matches("sluice_grpc_responses_total{").count(), 2, "an unknown code is not counted: {text}");
         assert!(
             text.contains(r#"sluice_requests_total{route="httproute/ns/r/rule/0/match/0",code="200"} 2"#),
             "{text}"

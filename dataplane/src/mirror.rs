@@ -39,10 +39,24 @@ pub fn offer(feeds: &mut Vec<mpsc::Sender<Chunk>>, body: Option<&Bytes>, end: bo
     }
 }
 
-/// Sends `request` to `endpoint` over HTTP/1.1, with its body from `body` when it has one.
-pub async fn send(endpoint: SocketAddr, request: RequestHeader, body: Option<mpsc::Receiver<Chunk>>) {
+/// A connection to a mirror backend: plaintext, or TLS as its BackendTLSPolicy asks.
+trait MirrorStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> MirrorStream for T {}
+
+/// Sends `request` to `endpoint` over HTTP/1.1 (over TLS with `tls`, never in plaintext
+/// when the cluster's TLS cannot be set up), with its body from `body` when it has one.
+pub async fn send(
+    endpoint: SocketAddr,
+    tls: Option<Result<std::sync::Arc<crate::upstream_tls::UpstreamTlsTable>, String>>,
+    request: RequestHeader,
+    body: Option<mpsc::Receiver<Chunk>>,
+) {
     let result = tokio::time::timeout(MIRROR_TIMEOUT, async {
-        let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+        let mut stream: Box<dyn MirrorStream> = match &tls {
+            None => Box::new(tokio::net::TcpStream::connect(endpoint).await?),
+            Some(Ok(tls)) => Box::new(tls.connect(endpoint).await.map_err(std::io::Error::other)?),
+            Some(Err(problem)) => return Err(std::io::Error::other(problem.clone())),
+        };
         let mut head = format!("{} {} HTTP/1.1\r\n", request.method, request.uri);
         for (name, value) in request.headers.iter() {
             let skip = matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection");

@@ -103,6 +103,9 @@ pub struct RequestContext {
     retries: u32,
     /// The current error is a retry the route's rule asked for (a listed answer code).
     rule_retry: bool,
+    /// The backend's `grpc-status` (in the response head of a trailers-only answer, else
+    /// in the trailers), for the gRPC metrics.
+    grpc_status: Option<u32>,
 }
 
 #[async_trait]
@@ -121,6 +124,7 @@ impl ProxyHttp for SluiceProxy {
             cluster: None,
             retries: 0,
             rule_retry: false,
+            grpc_status: None,
         }
     }
 
@@ -249,7 +253,22 @@ impl ProxyHttp for SluiceProxy {
         let Some((endpoint, app_protocol)) = ctx.endpoint else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint chosen"));
         };
-        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        let mut peer = match ctx.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+            None => HttpPeer::new(endpoint, false, String::new()),
+            Some(Ok(tls)) => {
+                let mut peer = HttpPeer::new(endpoint, true, tls.sni.clone());
+                peer.options.verify_hostname = tls.verify_hostname();
+                peer.options.ca = tls.ca.clone();
+                peer.client_cert_key = tls.client.clone();
+                // Pooled connections are reused only under the same verification.
+                peer.group_key = tls.group_key;
+                peer
+            }
+            // Never plaintext where the policy asks for TLS.
+            Some(Err(problem)) => {
+                return Err(Error::explain(ErrorType::HTTPStatus(502), format!("backend TLS: {problem}")));
+            }
+        };
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         // A backend that stops answering (or reading) is given up after this long idle.
         peer.options.read_timeout = Some(self.io_timeout);
@@ -330,6 +349,7 @@ impl ProxyHttp for SluiceProxy {
             }
             if let Some((endpoint, in_flight)) = cluster.pick() {
                 let request = upstream_request.clone();
+                let tls = cluster.tls.clone();
                 let body = if crate::mirror::has_body(&request) {
                     let (feed, body) = tokio::sync::mpsc::channel(crate::mirror::BODY_CHUNKS);
                     ctx.mirror_bodies.push(feed);
@@ -338,7 +358,7 @@ impl ProxyHttp for SluiceProxy {
                     None
                 };
                 tokio::spawn(async move {
-                    crate::mirror::send(endpoint, request, body).await;
+                    crate::mirror::send(endpoint, tls, request, body).await;
                     drop(in_flight);
                 });
             }
@@ -363,6 +383,45 @@ impl ProxyHttp for SluiceProxy {
         }
         if !ctx.mirror_bodies.is_empty() {
             crate::mirror::offer(&mut ctx.mirror_bodies, body.as_ref(), end_of_stream);
+        }
+        Ok(())
+    }
+
+    /// A backend whose policy lists subjectAltNames: a new connection's certificate must
+    /// carry one (Pingora checked its chain).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(Ok(tls)) = ctx.cluster.as_ref().and_then(|c| c.tls.as_ref()) else { return Ok(()) };
+        if reused || tls.verify_hostname() {
+            return Ok(());
+        }
+        let leaf = digest.and_then(|d| d.ssl_digest.as_ref()).map(|d| d.cert_digest.clone()).unwrap_or_default();
+        let Some(endpoint) = pingora_core::upstreams::peer::Peer::address(peer).as_inet().copied() else {
+            return Ok(());
+        };
+        if let Err(problem) = tls.check_leaf(endpoint, &leaf).await {
+            tracing::warn!(policy = tls.policy, problem, "backend certificate refused");
+            return Err(Error::explain(ErrorType::HTTPStatus(502), problem));
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(code) = grpc_status(trailers) {
+            ctx.grpc_status = Some(code);
         }
         Ok(())
     }
@@ -468,6 +527,9 @@ impl ProxyHttp for SluiceProxy {
         let elapsed = ctx.started.elapsed();
         let metrics = ctx.route.as_ref().map_or(&self.unmatched, |route| &route.metrics);
         metrics.record(status, elapsed);
+        if let Some(code) = ctx.grpc_status {
+            metrics.record_grpc(code);
+        }
         if self.access_log {
             let header = session.req_header();
             AccessLog {
@@ -490,6 +552,9 @@ impl ProxyHttp for SluiceProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(code) = grpc_status(&upstream_response.headers) {
+            ctx.grpc_status = Some(code);
+        }
         let Some(route) = &ctx.route else { return Ok(()) };
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
         for filter in route.filters.iter().chain(backend_filters) {
@@ -499,6 +564,12 @@ impl ProxyHttp for SluiceProxy {
         }
         Ok(())
     }
+}
+
+/// A gRPC status code (`grpc-status`, 0-16) in `headers`.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.parse().ok().filter(|code| *code <= 16)
 }
 
 /// One request's access-log line (both the fast path and Pingora's path print these).

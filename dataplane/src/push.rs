@@ -1,7 +1,7 @@
 //! The push client: one gRPC stream to the controller, snapshots in, ACK/NACK out.
 //!
 //! ```text
-//!  connect (mTLS) ──► Hello{gateway, pod, current version}
+//!  connect (TLS, bearer token) ──► Hello{gateway, pod, current version}
 //!     ◄── Snapshot vN ──► same content as served? take the version, no reload
 //!                         else validate + compile ──ok──► ArcSwap store ──► Ack{vN, dropped pieces}
 //!                                                  └─err─► keep serving     ──► Nack{vN, error}
@@ -28,7 +28,7 @@ use sluice_snapshot::push::config_push_client::ConfigPushClient;
 use sluice_snapshot::push::{Ack, DataPlaneMessage, Dropped, Hello, Nack, control_plane_message, data_plane_message};
 use sluice_snapshot::{Snapshot, Version};
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::metrics::Metrics;
 use crate::proxy::Tables;
@@ -42,22 +42,25 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PushArgs {
     /// The Gateway (namespace/name) this data plane serves; it must be the Gateway its
-    /// client certificate names.
+    /// token is for.
     #[arg(long)]
     pub gateway: Option<String>,
     /// This pod's name, for the controller's bookkeeping (default: $POD_NAME, else
     /// $HOSTNAME).
     #[arg(long)]
     pub pod: Option<String>,
-    /// CA certificate (PEM) that signed the controller's server certificate.
+    /// CA certificates (PEM file) trusted for the controller's server certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Client certificate (PEM) naming this data plane's Gateway.
+    /// The same as `--ca`, given as PEM text (in pods: the environment variable, from the
+    /// Deployment, which carries both CAs during a CA rotation).
+    #[arg(long, env = "SLUICE_PUSH_CA", hide_env_values = true, conflicts_with = "ca")]
+    pub ca_pem: Option<String>,
+    /// A file holding the bearer token that proves which Gateway this data plane serves
+    /// (in pods: the projected ServiceAccount token, renewed by the kubelet). Read at
+    /// every connect.
     #[arg(long)]
-    pub cert: Option<PathBuf>,
-    /// Private key (PEM) of the client certificate.
-    #[arg(long)]
-    pub key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// Directory where the last applied snapshot is kept (in pods: an emptyDir), so
     /// that a restarted data plane serves without its controller.
     #[arg(long)]
@@ -112,8 +115,11 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unnamed".into());
-    // Checked now, so that a bad URL or missing certificate files fail at start.
+    // Checked now, so that a bad URL, a missing CA or an unreadable token fail at start.
     endpoint(&url, &args)?;
+    if let Some(path) = &args.token_file {
+        read_token(path)?;
+    }
     let (first_sender, first) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("push-client".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -167,13 +173,12 @@ fn endpoint(url: &str, args: &PushArgs) -> Result<Endpoint> {
         .initial_stream_window_size(16 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024);
     if url.starts_with("https://") {
-        let read = |path: &Option<PathBuf>, what: &str| -> Result<Vec<u8>> {
-            let path = path.as_ref().with_context(|| format!("--{what} is required with an https:// control plane"))?;
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        let ca = match (&args.ca, &args.ca_pem) {
+            (Some(path), _) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            (None, Some(pem)) => pem.clone().into_bytes(),
+            (None, None) => bail!("--ca or --ca-pem ($SLUICE_PUSH_CA) is required with an https:// control plane"),
         };
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&args.ca, "ca")?))
-            .identity(Identity::from_pem(read(&args.cert, "cert")?, read(&args.key, "key")?));
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         endpoint = endpoint.tls_config(tls).context("push client TLS")?;
     } else {
         let host = endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']']);
@@ -260,10 +265,11 @@ async fn run(url: &str, args: &PushArgs, gateway: String, pod: String, mut appli
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        // The certificate files are read again at every connect: renewed ones take effect.
-        let connected = match endpoint(url, args) {
-            Ok(endpoint) => session(&endpoint, &gateway, &pod, &mut applier).await,
-            Err(error) => Err(error),
+        // The CA and the token are read again at every connect: renewed ones take effect.
+        let token = args.token_file.as_deref().map(read_token).transpose();
+        let connected = match (endpoint(url, args), token) {
+            (Ok(endpoint), Ok(token)) => session(&endpoint, token.as_deref(), &gateway, &pod, &mut applier).await,
+            (Err(error), _) | (_, Err(error)) => Err(error),
         };
         match connected {
             Ok(received) => {
@@ -284,8 +290,24 @@ async fn run(url: &str, args: &PushArgs, gateway: String, pod: String, mut appli
     }
 }
 
+/// The bearer token in `path` (surrounding whitespace removed).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| format!("reading the token {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
 /// One stream, until it ends. Returns whether any snapshot arrived.
-async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Applier) -> Result<bool> {
+async fn session(
+    endpoint: &Endpoint,
+    token: Option<&str>,
+    gateway: &str,
+    pod: &str,
+    applier: &mut Applier,
+) -> Result<bool> {
     let channel = endpoint.connect().await.context("connecting")?;
     let mut client = ConfigPushClient::new(channel).max_decoding_message_size(usize::MAX);
     let (sender, receiver) = mpsc::channel(4);
@@ -296,8 +318,13 @@ async fn session(endpoint: &Endpoint, gateway: &str, pod: &str, applier: &mut Ap
         dropped: applier.dropped.clone(),
     };
     sender.send(message(data_plane_message::Message::Hello(hello))).await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().context("the token is not a valid header value")?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .stream(request)
         .await
         .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
         .into_inner();

@@ -164,6 +164,9 @@ pub enum Target {
 pub struct ClusterTable {
     pub name: String,
     pub app_protocol: AppProtocol,
+    /// TLS to the endpoints (BackendTLSPolicy), or why it cannot be set up (requests
+    /// then fail with 502, never in plaintext).
+    pub tls: Option<Result<Arc<crate::upstream_tls::UpstreamTlsTable>, String>>,
     pub endpoints: Vec<std::net::SocketAddr>,
     pub load_balancing: LoadBalancing,
     next: AtomicUsize,
@@ -298,7 +301,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
     }
     let mut dropped = Vec::new();
     let clusters: HashMap<&str, Arc<ClusterTable>> =
-        snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c)))).collect();
+        snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c, snapshot)))).collect();
     let mut keys: HashMap<&str, Result<Arc<CertifiedKey>, String>> = HashMap::new();
     for certificate in &snapshot.certificates {
         let key = match broken.get(&Piece::Certificate(certificate.name.clone())) {
@@ -420,7 +423,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
     Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp, tls_ports, dropped })
 }
 
-fn cluster_table(cluster: &Cluster) -> ClusterTable {
+fn cluster_table(cluster: &Cluster, snapshot: &Snapshot) -> ClusterTable {
     let endpoints = cluster
         .endpoints
         .iter()
@@ -430,9 +433,25 @@ fn cluster_table(cluster: &Cluster) -> ClusterTable {
         })
         .collect();
     let endpoints: Vec<std::net::SocketAddr> = endpoints;
+    let tls = cluster.tls.as_ref().map(|tls| {
+        let client = (!tls.client_certificate.is_empty())
+            .then(|| snapshot.certificates.iter().find(|c| c.name == tls.client_certificate))
+            .map(|found| {
+                found
+                    .map(|c| (c.cert_chain_pem.as_str(), c.private_key_pem.as_str()))
+                    .ok_or_else(|| format!("client certificate {} is not in the snapshot", tls.client_certificate))
+            })
+            .transpose();
+        let table = client.and_then(|client| crate::upstream_tls::UpstreamTlsTable::compile(tls, client));
+        if let Err(problem) = &table {
+            tracing::warn!(cluster = cluster.name, problem, "backend TLS cannot be set up; its requests fail");
+        }
+        table.map(Arc::new)
+    });
     ClusterTable {
         name: cluster.name.clone(),
         app_protocol: cluster.app_protocol(),
+        tls,
         in_flight: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
         endpoints,
         load_balancing: cluster.load_balancing(),

@@ -100,6 +100,22 @@ pub fn load_certificate(cert_chain_pem: &str, private_key_pem: &str) -> Result<L
     Ok(LoadedCertificate { key: Arc::new(key), not_before, not_after })
 }
 
+/// The CA certificates of a PEM bundle as a rustls root store: at least one certificate,
+/// every one of them usable as a trust anchor.
+pub fn load_ca_bundle(pem: &str) -> Result<rustls::RootCertStore, String> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the CA bundle is not valid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("the CA bundle holds no certificate".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, certificate) in certificates.into_iter().enumerate() {
+        roots.add(certificate).map_err(|e| format!("CA certificate {} cannot be used: {e}", i + 1))?;
+    }
+    Ok(roots)
+}
+
 /// `2026-12-02T10:00:00Z` for seconds since the epoch.
 fn utc(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
@@ -134,6 +150,17 @@ mod tests {
         assert!(full_regex(&format!("{}a{}", "(".repeat(40), ")".repeat(40))).unwrap_err().contains("nest"));
         assert!(full_regex(r"\w{1000}\w{1000}").unwrap_err().contains("compiles to more than"));
         assert!(full_regex(&"a".repeat(MAX_REGEX_LENGTH + 1)).unwrap_err().contains("the limit is 4096"));
+    }
+
+    #[test]
+    fn ca_bundles_need_usable_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        assert_eq!(load_ca_bundle(&format!("{ca}{ca}")).unwrap().len(), 2);
+        assert!(load_ca_bundle("").unwrap_err().contains("no certificate"));
+        assert!(load_ca_bundle("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
     }
 
     #[test]

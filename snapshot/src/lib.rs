@@ -36,6 +36,14 @@ pub mod push {
     include!(concat!(env!("OUT_DIR"), "/sluice.push.v1.rs"));
 }
 
+/// The gRPC echo service of the built-in test backends (`sluice.echo.v1`): messages and
+/// tonic client/server stubs. Enabled by the `grpc` feature.
+#[cfg(feature = "grpc")]
+#[allow(clippy::all, missing_docs)]
+pub mod echo {
+    include!(concat!(env!("OUT_DIR"), "/sluice.echo.v1.rs"));
+}
+
 /// Errors reading a snapshot file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -132,6 +132,18 @@ impl<'a> Checker<'a> {
                 self.piece = Piece::Snapshot;
             }
         }
+        for cluster in &snapshot.clusters {
+            let Some(tls) = &cluster.tls else { continue };
+            if tls.sni.is_empty() {
+                self.problem(&cluster.name, "backend TLS without an SNI");
+            }
+            if tls.ca_pem.is_empty() && !tls.system_roots {
+                self.problem(&cluster.name, "backend TLS trusts no CA");
+            }
+            if !tls.client_certificate.is_empty() && !certificates.contains(tls.client_certificate.as_str()) {
+                self.problem(&cluster.name, format!("unknown client certificate {}", tls.client_certificate));
+            }
+        }
         let mut listener_names = BTreeSet::new();
         // UDP and the TCP-based protocols are different transports: they may share a port
         // number, and each is checked on its own.

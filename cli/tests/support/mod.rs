@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_controller::push::{PushServer, ServerTls};
+use sluice_controller::push::{Authentication, PushServer, ServerTls};
 use sluice_snapshot::{
     AppProtocol, Cluster, Endpoint, Header, HeaderModifier, HttpFilter, HttpRoute, Listener, Protocol, Snapshot,
     WeightedBackend, http_filter, weighted_backend,
@@ -107,8 +107,9 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts a fresh push server (no state) on `port` (0: any free port).
-    pub fn start(port: u16, tls: Option<ServerTls>) -> Self {
+    /// Starts a fresh push server (no state) on `port` (0: any free port), with TLS and
+    /// token authentication when `secured`, else plain and unauthenticated.
+    pub fn start(port: u16, secured: Option<(ServerTls, Authentication)>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let push = PushServer::new();
         let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
@@ -116,7 +117,11 @@ impl Controller {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = push.clone();
         runtime.spawn(async move {
-            server.serve(listener, tls, async { drop(stopped.await) }).await.unwrap();
+            let (tls, authentication) = match secured {
+                Some((tls, authentication)) => (Some(tls), authentication),
+                None => (None, Authentication::LoopbackOnly),
+            };
+            server.serve(listener, tls, authentication, async { drop(stopped.await) }).await.unwrap();
         });
         Controller { push, address, stop: Some(stop), runtime: Some(runtime) }
     }

@@ -1,8 +1,9 @@
 //! The deployer's writes: per Gateway the rendered ServiceAccount, Deployment, Service,
 //! PodDisruptionBudget and HorizontalPodAutoscaler (the last two only when rendered,
-//! deleted otherwise) plus the push-link client certificate Secret, all with server-side
-//! apply, labelled `app.kubernetes.io/managed-by: sluice` and owned by the Gateway; the
-//! push CA kept in a Secret of the controller's namespace.
+//! deleted otherwise), all with server-side apply, labelled
+//! `app.kubernetes.io/managed-by: sluice` and owned by the Gateway; the push CA kept in a
+//! Secret of the controller's namespace. Data planes authenticate with their
+//! ServiceAccount's projected token (tokens.rs), so no credential is written per Gateway.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +12,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -21,15 +21,22 @@ use super::status::{Address, FIELD_MANAGER};
 use crate::deploy::{self, DeployOptions, GatewayIdentity};
 use crate::push::ca::CertificateAuthority;
 
-/// Name of the Secret that keeps the push CA (`tls.crt`, `tls.key`).
+/// Name of the Secret that keeps the push CA (`tls.crt`, `tls.key`, and during a
+/// rotation `trusted.crt`).
 pub const CA_SECRET: &str = "sluice-push-ca";
-/// Push client certificates are issued for a year and renewed with 30 days left.
-const CLIENT_DAYS: i64 = 365;
-const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// The push CA and the certificates data planes trust for the push server.
+pub struct PushCa {
+    /// Signs the push server's certificate.
+    pub ca: CertificateAuthority,
+    /// The CA certificates data planes trust (PEM): the CA's own plus, during a rotation,
+    /// the other CA of `trusted.crt`; sorted, so that the same set renders the same.
+    pub trust_bundle: String,
+}
 
 /// Loads the push CA from its Secret, creating both when missing. Every replica calls
 /// this; the first create wins and the others read its CA.
-pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<CertificateAuthority> {
+pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<PushCa> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for _ in 0..5 {
         if let Some(secret) = api.get_opt(CA_SECRET).await.context("reading the push CA Secret")? {
@@ -40,8 +47,11 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Certi
                     "Secret {namespace}/{CA_SECRET} lacks tls.crt or tls.key; delete it to have a new CA made"
                 );
             };
-            return CertificateAuthority::from_pem(&cert, &key)
-                .with_context(|| format!("the push CA in Secret {namespace}/{CA_SECRET}"));
+            let ca = CertificateAuthority::from_pem(&cert, &key)
+                .with_context(|| format!("the push CA in Secret {namespace}/{CA_SECRET}"))?;
+            let trust_bundle = crate::push::ca::trust_bundle(&[&cert, &text("trusted.crt").unwrap_or_default()])
+                .with_context(|| format!("the certificates in Secret {namespace}/{CA_SECRET}"))?;
+            return Ok(PushCa { ca, trust_bundle });
         }
         let ca = CertificateAuthority::generate("sluice push CA", 3650)?;
         let secret: Secret = serde_json::from_value(json!({
@@ -55,7 +65,8 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Certi
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => {
                 tracing::info!("created the push CA in Secret {namespace}/{CA_SECRET}");
-                return Ok(ca);
+                let trust_bundle = crate::push::ca::trust_bundle(&[ca.certificate_pem()])?;
+                return Ok(PushCa { ca, trust_bundle });
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(e).context("creating the push CA Secret"),
@@ -68,7 +79,6 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<Certi
 pub struct Deployer {
     client: Client,
     options: DeployOptions,
-    ca: CertificateAuthority,
     /// Per Gateway: a hash of what was applied last.
     applied: HashMap<ObjectKey, (GatewayIdentity, u64)>,
 }
@@ -81,18 +91,8 @@ fn hash(value: &impl serde::Serialize) -> u64 {
 }
 
 impl Deployer {
-    pub fn new(client: Client, options: DeployOptions, ca: CertificateAuthority) -> Deployer {
-        Deployer { client, options, ca, applied: HashMap::new() }
-    }
-
-    /// The next `apply` visits every Gateway again, unchanged renderings included, so
-    /// that push client certificates nearing expiry are renewed (the caller does this on
-    /// a timer; without it a certificate would be renewed only when its Deployment
-    /// changes).
-    pub fn revisit_all(&mut self) {
-        for (_, digest) in self.applied.values_mut() {
-            *digest = 0;
-        }
+    pub fn new(client: Client, options: DeployOptions) -> Deployer {
+        Deployer { client, options, applied: HashMap::new() }
     }
 
     /// Applies the data planes of every accepted Gateway and removes those of Gateways
@@ -136,8 +136,8 @@ impl Deployer {
     async fn apply_one(&self, identity: &GatewayIdentity, rendered: &deploy::Rendered) -> Result<()> {
         let ns = &identity.namespace;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.ensure_push_secret(identity).await?;
         let sa_name = rendered.service_account.metadata.name.clone().unwrap_or_default();
+        self.replace_an_earlier_gateways(identity, &sa_name).await?;
         Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
             .patch(&sa_name, &params, &Patch::Apply(&rendered.service_account))
             .await
@@ -163,45 +163,32 @@ impl Deployer {
         Ok(())
     }
 
-    /// Issues the Gateway's push client certificate unless its Secret already holds one
-    /// from the current CA with more than 30 days left.
-    async fn ensure_push_secret(&self, identity: &GatewayIdentity) -> Result<()> {
-        let name = deploy::push_secret_name(identity);
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &identity.namespace);
-        if let Some(secret) = api.get_opt(&name).await? {
-            let data = secret.data.unwrap_or_default();
-            let same_ca = data.get("ca.crt").is_some_and(|v| v.0 == self.ca.certificate_pem().as_bytes());
-            let fresh = data.get("tls.crt").is_some_and(|v| valid_for_days(&v.0, RENEW_BEFORE_DAYS));
-            let same_gateway = data.get("tls.crt").is_some_and(|v| bound_to(&v.0, &identity.uid));
-            if same_ca && fresh && same_gateway && data.contains_key("tls.key") {
-                return Ok(());
-            }
+    /// Deletes the ServiceAccount and Deployment of an earlier Gateway of the same name
+    /// (owned by another UID) before the new Gateway's are applied: a new ServiceAccount
+    /// gets a new UID, so the earlier pods' push tokens stop working at once (applying
+    /// over it would hand the earlier Gateway's pods the new Gateway's identity).
+    async fn replace_an_earlier_gateways(&self, identity: &GatewayIdentity, sa_name: &str) -> Result<()> {
+        if identity.uid.is_empty() {
+            return Ok(());
         }
-        let gateway = format!("{}/{}", identity.namespace, identity.name);
-        let issued = self.ca.issue_client_for(&gateway, Some(&identity.uid), CLIENT_DAYS)?;
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": name,
-                "namespace": identity.namespace,
-                "labels": {
-                    deploy::GATEWAY_NAME_LABEL: identity.name.chars().take(63).collect::<String>(),
-                    "app.kubernetes.io/managed-by": "sluice",
-                },
-                "ownerReferences": [owner(identity)],
-            },
-            "type": "kubernetes.io/tls",
-            "stringData": {
-                "ca.crt": self.ca.certificate_pem(),
-                "tls.crt": issued.certificate_pem,
-                "tls.key": issued.private_key_pem,
-            },
-        });
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-            .await
-            .context("applying the push certificate Secret")?;
-        tracing::info!("issued the push client certificate of Gateway {gateway}");
+        let accounts = Api::<ServiceAccount>::namespaced(self.client.clone(), &identity.namespace);
+        let Some(account) = accounts.get_opt(sa_name).await.context("reading the ServiceAccount")? else {
+            return Ok(());
+        };
+        let earlier = account
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.kind == "Gateway" && r.name == identity.name && r.uid != identity.uid);
+        if earlier {
+            tracing::info!(
+                "Gateway {}/{} was created again: replacing the earlier one's data plane",
+                identity.namespace,
+                identity.name
+            );
+            self.remove(identity).await?;
+        }
         Ok(())
     }
 
@@ -216,9 +203,6 @@ impl Deployer {
         absent(Api::<Deployment>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         absent(Api::<Service>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
         absent(Api::<ServiceAccount>::namespaced(self.client.clone(), ns).delete(&name, &dp).await.map(|_| ()))?;
-        // The push Secret stays until its Gateway is deleted (it owns the Secret): the
-        // controller may not delete Secrets (least privilege), and the push server serves
-        // no snapshot to a Gateway that is not Sluice's, whatever certificate it shows.
         Ok(())
     }
 }
@@ -255,37 +239,6 @@ pub(super) fn identity(world: &World, key: &ObjectKey) -> Option<GatewayIdentity
         uid: gateway.metadata.uid.clone().unwrap_or_default(),
         class: gateway.spec.gateway_class_name.clone(),
     })
-}
-
-fn owner(identity: &GatewayIdentity) -> OwnerReference {
-    OwnerReference {
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "Gateway".into(),
-        name: identity.name.clone(),
-        uid: identity.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// True if the PEM certificate is still valid `days` from now.
-fn valid_for_days(pem: &[u8], days: i64) -> bool {
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem) else {
-        return false;
-    };
-    let Ok(certificate) = pem.parse_x509() else {
-        return false;
-    };
-    let not_after = certificate.validity().not_after.timestamp();
-    not_after > jiff::Timestamp::now().as_second() + days * 86_400
-}
-
-/// True if the PEM certificate is bound to the Gateway UID `uid`.
-fn bound_to(pem: &[u8], uid: &str) -> bool {
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem) else {
-        return false;
-    };
-    crate::push::ca::gateway_uid_of_certificate(&pem.contents).as_deref() == Some(uid)
 }
 
 /// The addresses of each Gateway, from its generated Service: load-balancer ingress IPs

@@ -3,8 +3,8 @@
 //! ```text
 //!  reflectors (watch.rs) ──any change──► debounce ──► World ──translate──► Output
 //!                                                              │
-//!     every replica:  publish snapshots ─► push server (mTLS) ─► data-plane pods
-//!     leader only:    deployer (apply.rs): SA, Deployment, Service, push Secret (SSA)
+//!     every replica:  publish snapshots ─► push server (TLS, tokens.rs) ─► data-plane pods
+//!     leader only:    deployer (apply.rs): SA, Deployment, Service, PDB, HPA (SSA)
 //!                     status writer (status.rs): GatewayClass, Gateway, routes (SSA)
 //! ```
 //!
@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod leader;
 pub mod status;
+pub mod tokens;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -27,7 +28,7 @@ use sluice_translate::status::reason;
 use tokio::sync::Notify;
 
 use crate::deploy::DeployOptions;
-use crate::push::{PushServer, ServerTls};
+use crate::push::{Authentication, PushServer, ServerTls};
 
 /// Settings of Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -51,25 +52,16 @@ pub struct Options {
 const SERVER_CERTIFICATE_DAYS: i64 = 365;
 const SERVER_CERTIFICATE_RENEWAL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// How often every Gateway's push client certificate is checked for renewal (renewed
-/// with less than 30 days left).
-const CERTIFICATE_CHECK: Duration = Duration::from_secs(6 * 3600);
-
-pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the API server")?;
-    let ca = apply::load_or_create_ca(&client, &options.namespace).await?;
+    let apply::PushCa { ca, trust_bundle } = apply::load_or_create_ca(&client, &options.namespace).await?;
+    // Data planes find the bundle in their Deployment: a rotation step rolls them.
+    options.deploy.push_trust_bundle = trust_bundle;
     let names = options.push_names.clone();
-    let issue = {
-        let ca = crate::push::ca::CertificateAuthority::from_pem(ca.certificate_pem(), ca.private_key_pem())?;
-        move || {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let server = ca.issue_server(&names, SERVER_CERTIFICATE_DAYS)?;
-            Ok(ServerTls {
-                certificate_pem: server.certificate_pem,
-                private_key_pem: server.private_key_pem,
-                client_ca_pem: ca.certificate_pem().to_string(),
-            })
-        }
+    let issue = move || {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let server = ca.issue_server(&names, SERVER_CERTIFICATE_DAYS)?;
+        Ok(ServerTls { certificate_pem: server.certificate_pem, private_key_pem: server.private_key_pem })
     };
     issue().context("issuing the push server certificate")?;
     // The caches first: the push port is the readiness probe, so a replica is Ready only
@@ -86,7 +78,8 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let push_task = tokio::spawn({
         let push = push.clone();
         let stop = stop_rx.clone();
-        async move { push.serve_renewing(listener, issue, SERVER_CERTIFICATE_RENEWAL, stop).await }
+        let authentication = Authentication::Token(Arc::new(tokens::TokenReviewer::new(client.clone())));
+        async move { push.serve_renewing(listener, issue, authentication, SERVER_CERTIFICATE_RENEWAL, stop).await }
     });
     tracing::info!("push server on {} (names {:?})", options.push_listen, options.push_names);
 
@@ -101,17 +94,15 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         ))
     });
 
-    let mut deployer = apply::Deployer::new(client.clone(), options.deploy.clone(), ca);
+    let mut deployer = apply::Deployer::new(client.clone(), options.deploy.clone());
     let mut progress = push.watch_progress();
     let mut published: BTreeSet<String> = BTreeSet::new();
     let mut retry: Option<tokio::time::Instant> = None;
     // When the clock alone changes the translation (a certificate expires).
     let mut clock_change: Option<tokio::time::Instant> = None;
-    // Push client certificates are checked for renewal this often, changed or not.
-    let mut renew_at = tokio::time::Instant::now() + CERTIFICATE_CHECK;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let retry_at = [retry, clock_change, Some(renew_at)]
+        let retry_at = [retry, clock_change]
             .into_iter()
             .flatten()
             .min()
@@ -146,10 +137,6 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         push.set_standby(!leading);
         if !leading {
             continue;
-        }
-        if tokio::time::Instant::now() >= renew_at {
-            deployer.revisit_all();
-            renew_at = tokio::time::Instant::now() + CERTIFICATE_CHECK;
         }
         let failures = deployer.apply(&output, &world).await;
         let addresses = apply::addresses(&output, &world, &stores.nodes.state());

@@ -12,7 +12,7 @@ use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
-use sluice_translate::{CONTROLLER_NAME, Condition, ObjectKey, RouteStatus, Status};
+use sluice_translate::{CONTROLLER_NAME, Condition, ObjectKey, PolicyStatus, RouteStatus, Status};
 
 use super::watch::Stores;
 
@@ -155,6 +155,37 @@ fn route_status(status: &RouteStatus, current: &Value, now: &str) -> Value {
     json!({ "parents": parents })
 }
 
+/// The desired `status.ancestors` of a BackendTLSPolicy: other controllers' entries as
+/// they are (the list is atomic: they must come back unchanged), then ours, one per
+/// Gateway.
+fn policy_status(status: &PolicyStatus, current: &Value, now: &str) -> Value {
+    let current_ancestors = current.get("ancestors").and_then(Value::as_array);
+    let mut ancestors: Vec<Value> = current_ancestors
+        .into_iter()
+        .flatten()
+        .filter(|a| a.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER_NAME))
+        .cloned()
+        .collect();
+    for ancestor in &status.ancestors {
+        let ancestor_ref = json!({
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "namespace": ancestor.gateway.namespace,
+            "name": ancestor.gateway.name,
+        });
+        let old = current_ancestors.into_iter().flatten().find(|a| {
+            a.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                && a.get("ancestorRef").is_some_and(|r| covers(r, &ancestor_ref))
+        });
+        ancestors.push(json!({
+            "ancestorRef": ancestor_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": conditions(&ancestor.conditions, old.and_then(|o| o.get("conditions")), now),
+        }));
+    }
+    json!({ "ancestors": ancestors })
+}
+
 /// Applies `status` to the object unless it already has it.
 async fn apply<K>(
     api: Api<K>,
@@ -243,6 +274,43 @@ pub async fn write(
             &mut written,
         )
         .await;
+    }
+    if let Some(store) = &stores.backend_tls_policies {
+        for (key, desired) in &status.backend_tls_policies {
+            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            let current = current_status(object.as_deref());
+            // Nothing of ours to write and nothing of ours to remove.
+            let ours = |v: &Value| {
+                v.get("ancestors").and_then(Value::as_array).is_some_and(|a| {
+                    a.iter().any(|e| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
+                })
+            };
+            if desired.ancestors.is_empty() && !ours(&current) {
+                continue;
+            }
+            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
+            let value = policy_status(desired, &current, &now);
+            let api = Api::namespaced(client.clone(), &key.namespace);
+            apply::<sluice_gateway_api::backendtlspolicies::BackendTlsPolicy>(
+                api,
+                key,
+                &current,
+                value,
+                rv,
+                &mut written,
+            )
+            .await;
+        }
+    }
+    if let Some(store) = &stores.grpc_routes {
+        for (key, desired) in &status.grpc_routes {
+            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            let current = current_status(object.as_deref());
+            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
+            let value = route_status(desired, &current, &now);
+            let api = Api::namespaced(client.clone(), &key.namespace);
+            apply::<sluice_gateway_api::grpcroutes::GrpcRoute>(api, key, &current, value, rv, &mut written).await;
+        }
     }
     if let Some(store) = &stores.tcp_routes {
         for (key, desired) in &status.tcp_routes {

@@ -7,15 +7,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::backendtlspolicies::BackendTlsPolicy;
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::grpcroutes::GrpcRoute;
 use sluice_gateway_api::httproutes::HttpRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
@@ -30,10 +32,14 @@ pub struct Stores {
     pub gateway_classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
     pub http_routes: Store<HttpRoute>,
+    pub grpc_routes: Option<Store<GrpcRoute>>,
     pub tcp_routes: Option<Store<TcpRoute>>,
     pub udp_routes: Option<Store<UdpRoute>>,
     pub tls_routes: Option<Store<TlsRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
+    pub backend_tls_policies: Option<Store<BackendTlsPolicy>>,
+    /// CA bundles of BackendTLSPolicies.
+    pub config_maps: Store<ConfigMap>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
@@ -57,6 +63,18 @@ impl Stores {
             supported = ?sluice_translate::SUPPORTED_BUNDLE_VERSIONS,
             "Gateway API CRDs"
         );
+        let grpc_routes = if installed::<GrpcRoute>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the GRPCRoute v1 CRD is not installed: GRPCRoutes are not served");
+            None
+        };
+        let backend_tls_policies = if installed::<BackendTlsPolicy>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!("the BackendTLSPolicy v1 CRD is not installed: backends are reached without TLS");
+            None
+        };
         let tcp_routes = if installed::<TcpRoute>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
@@ -91,10 +109,13 @@ impl Stores {
             gateway_classes: watch(client, watcher::Config::default(), &changed),
             gateways: watch(client, watcher::Config::default(), &changed),
             http_routes: watch(client, watcher::Config::default(), &changed),
+            grpc_routes,
             tcp_routes,
             udp_routes,
             tls_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
+            backend_tls_policies,
+            config_maps: watch(client, watcher::Config::default(), &changed),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
             // Only TLS Secrets can be certificateRefs; others are never read.
@@ -108,6 +129,9 @@ impl Stores {
             stores.gateway_classes.wait_until_ready().await?;
             stores.gateways.wait_until_ready().await?;
             stores.http_routes.wait_until_ready().await?;
+            if let Some(s) = &stores.grpc_routes {
+                s.wait_until_ready().await?;
+            }
             if let Some(s) = &stores.tcp_routes {
                 s.wait_until_ready().await?;
             }
@@ -118,6 +142,10 @@ impl Stores {
                 s.wait_until_ready().await?;
             }
             stores.reference_grants.wait_until_ready().await?;
+            if let Some(s) = &stores.backend_tls_policies {
+                s.wait_until_ready().await?;
+            }
+            stores.config_maps.wait_until_ready().await?;
             stores.services.wait_until_ready().await?;
             stores.endpoint_slices.wait_until_ready().await?;
             stores.secrets.wait_until_ready().await?;
@@ -138,10 +166,13 @@ impl Stores {
             gateway_classes: self.gateway_classes.state(),
             gateways: self.gateways.state(),
             http_routes: self.http_routes.state(),
+            grpc_routes: self.grpc_routes.as_ref().map(Store::state).unwrap_or_default(),
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
             udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
             tls_routes: self.tls_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
+            backend_tls_policies: self.backend_tls_policies.as_ref().map(Store::state).unwrap_or_default(),
+            config_maps: self.config_maps.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),

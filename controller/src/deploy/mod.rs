@@ -19,9 +19,9 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LifecycleHandler, ObjectFieldSelector,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, SleepAction,
+    Volume, VolumeMount, VolumeProjection, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::core::v1::{ResourceRequirements, SeccompProfile, Sysctl};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -35,8 +35,16 @@ use sluice_translate::Infra;
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Port of the data plane's admin endpoint (`/ready`, `/metrics`) in its pods.
 pub const ADMIN_PORT: i32 = sluice_snapshot::ADMIN_PORT as i32;
-/// Where the push link's client certificate is mounted in data-plane pods.
-pub const PUSH_TLS_DIR: &str = "/etc/sluice/push";
+/// Where the push token (projected, audience `sluice.dev/push`) is mounted in data-plane
+/// pods.
+pub const PUSH_TOKEN_DIR: &str = "/var/run/secrets/sluice.dev/push";
+/// The audience of the data planes' push tokens.
+pub const PUSH_AUDIENCE: &str = "sluice.dev/push";
+/// Push tokens live an hour; the kubelet renews them after 80% of that, and the push
+/// server ends a stream when its token expires, so the data plane reconnects with the new one.
+const PUSH_TOKEN_SECONDS: i64 = 3600;
+/// The environment variable that carries the push trust bundle (CA certificates, PEM).
+pub const PUSH_CA_ENV: &str = "SLUICE_PUSH_CA";
 /// The data plane's `--state-dir` (an emptyDir): the last applied snapshot, so that a
 /// restarted container serves while its controller is unreachable.
 pub const STATE_DIR: &str = "/var/lib/sluice";
@@ -57,6 +65,8 @@ pub struct DeployOptions {
     pub default_image: String,
     /// The push server as data planes reach it, e.g. `https://sluice-controller.sluice-system.svc:9443`.
     pub control_plane_url: String,
+    /// The CA certificates (PEM) data planes trust for the push server.
+    pub push_trust_bundle: String,
 }
 
 /// The objects of one Gateway's data plane.
@@ -101,11 +111,6 @@ fn dns_label(value: &str) -> String {
     };
     let kept: String = full.chars().take(63 - 9).collect();
     format!("{}-{hash}", kept.trim_end_matches('-'))
-}
-
-/// The Secret holding a Gateway's push-link client certificate (`ca.crt`, `tls.crt`, `tls.key`).
-pub fn push_secret_name(gateway: &GatewayIdentity) -> String {
-    format!("{}-push-tls", generated_name(gateway))
 }
 
 /// Renders the data plane of one Gateway.
@@ -176,12 +181,8 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                 options.control_plane_url.clone(),
                 "--gateway".into(),
                 format!("{}/{}", gateway.namespace, gateway.name),
-                "--ca".into(),
-                format!("{PUSH_TLS_DIR}/ca.crt"),
-                "--cert".into(),
-                format!("{PUSH_TLS_DIR}/tls.crt"),
-                "--key".into(),
-                format!("{PUSH_TLS_DIR}/tls.key"),
+                "--token-file".into(),
+                format!("{PUSH_TOKEN_DIR}/token"),
                 "--bind".into(),
                 "0.0.0.0".into(),
                 "--admin".into(),
@@ -203,6 +204,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                 ..Default::default()
             },
             EnvVar { name: "RUST_LOG".into(), value: Some(log_level), ..Default::default() },
+            EnvVar { name: PUSH_CA_ENV.into(), value: Some(options.push_trust_bundle.clone()), ..Default::default() },
         ]),
         ports: Some(ports),
         readiness_probe: Some(Probe {
@@ -245,8 +247,8 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
         }),
         volume_mounts: Some(vec![
             VolumeMount {
-                name: "push-tls".into(),
-                mount_path: PUSH_TLS_DIR.into(),
+                name: "push-token".into(),
+                mount_path: PUSH_TOKEN_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -282,7 +284,7 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(35),
                     // Pod Security "restricted": non-root, the runtime's seccomp profile; the
-                    // push Secret (0440) is readable through fsGroup.
+                    // push token (0440) is readable through fsGroup.
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(DATA_PLANE_UID),
@@ -316,12 +318,20 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
                     }),
                     containers: vec![container],
                     volumes: Some(vec![
+                        // The ServiceAccount token the push server checks (TokenReview): for
+                        // the push server only, bound to this pod, renewed by the kubelet.
                         Volume {
-                            name: "push-tls".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(push_secret_name(gateway)),
+                            name: "push-token".into(),
+                            projected: Some(ProjectedVolumeSource {
                                 default_mode: Some(0o440),
-                                ..Default::default()
+                                sources: Some(vec![VolumeProjection {
+                                    service_account_token: Some(ServiceAccountTokenProjection {
+                                        audience: Some(PUSH_AUDIENCE.into()),
+                                        expiration_seconds: Some(PUSH_TOKEN_SECONDS),
+                                        path: "token".into(),
+                                    }),
+                                    ..Default::default()
+                                }]),
                             }),
                             ..Default::default()
                         },
@@ -448,14 +458,17 @@ mod tests {
         let long = generated_name(&gateway(&"a".repeat(70)));
         assert!(long.len() <= 63, "{long}");
         assert_ne!(long, generated_name(&gateway(&"a".repeat(71))), "distinct names stay distinct");
-        assert!(push_secret_name(&gateway("web")).ends_with("-push-tls"));
     }
 
     /// Pod Security "restricted" (and resource requests) for every pod Sluice renders,
     /// whatever the ProxyConfig says.
     #[test]
     fn data_plane_pods_meet_pod_security_restricted() {
-        let options = DeployOptions { default_image: "i".into(), control_plane_url: "https://c".into() };
+        let options = DeployOptions {
+            default_image: "i".into(),
+            control_plane_url: "https://c".into(),
+            push_trust_bundle: "CA".into(),
+        };
         let low_port = Infra {
             ports: vec![sluice_translate::InfraPort { port: 80, protocol: "TCP".into() }],
             ..Default::default()
@@ -490,7 +503,11 @@ mod tests {
         let rendered = render(
             &gateway(&name),
             &Infra::default(),
-            &DeployOptions { default_image: "i".into(), control_plane_url: "https://c".into() },
+            &DeployOptions {
+                default_image: "i".into(),
+                control_plane_url: "https://c".into(),
+                push_trust_bundle: "CA".into(),
+            },
         );
         let labels = rendered.deployment.metadata.labels.unwrap();
         assert!(labels[GATEWAY_NAME_LABEL].len() <= 63);

@@ -1,18 +1,13 @@
-//! The push link's certificate authority: it signs the controller's server certificate
-//! and one client certificate per Gateway. A client certificate names its Gateway in a
-//! URI SAN (`spiffe://sluice.dev/ns/NAMESPACE/gateway/NAME`), which is the only identity
-//! the push server trusts.
+//! The push link's certificate authority: it signs the controller's server certificate,
+//! which data planes verify against a trust bundle (this CA, and during a rotation also
+//! the next or the previous one). Data planes prove who they are with a bearer token
+//! (auth.rs), not with certificates.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
-
-/// Prefix of the URI SAN that carries a data plane's Gateway identity.
-const IDENTITY_PREFIX: &str = "spiffe://sluice.dev/ns/";
-/// The URI SAN that binds a client certificate to one Gateway object (its UID).
-const UID_PREFIX: &str = "urn:sluice:gateway-uid:";
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -79,34 +74,6 @@ impl CertificateAuthority {
         self.sign(params, days)
     }
 
-    /// A client certificate that identifies the data planes of one Gateway
-    /// (`namespace/name`).
-    pub fn issue_client(&self, gateway: &str, days: i64) -> Result<Issued> {
-        self.issue_client_for(gateway, None, days)
-    }
-
-    /// A client certificate for one Gateway, bound to its UID when given: a Gateway
-    /// deleted and created again under the same name gets a new UID, and the push server
-    /// refuses certificates of the old one.
-    pub fn issue_client_for(&self, gateway: &str, uid: Option<&str>, days: i64) -> Result<Issued> {
-        let Some((namespace, name)) = gateway.split_once('/') else {
-            bail!("a Gateway is named namespace/name, not {gateway:?}");
-        };
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, gateway);
-        let uri = format!("{IDENTITY_PREFIX}{namespace}/gateway/{name}");
-        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().context("identity URI")?)];
-        if let Some(uid) = uid {
-            if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                bail!("Gateway UID {uid:?} is not a UUID");
-            }
-            let urn = format!("{UID_PREFIX}{uid}");
-            params.subject_alt_names.push(SanType::URI(urn.as_str().try_into().context("UID URI")?));
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params, days)
-    }
-
     fn sign(&self, mut params: CertificateParams, days: i64) -> Result<Issued> {
         set_validity(&mut params, days);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -123,63 +90,77 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
-/// The Gateway UID a client certificate (DER) is bound to, if any.
-pub fn gateway_uid_of_certificate(der: &[u8]) -> Option<String> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = certificate.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(UID_PREFIX).map(str::to_string),
-        _ => None,
-    })
+/// The trust bundle made of the CA certificates in `pems` (each may hold several): every
+/// certificate must parse; duplicates go and the rest are sorted, so that the same set of
+/// CAs always gives the same bundle (a rotation step that only reorders them changes no
+/// Deployment).
+pub fn trust_bundle(pems: &[&str]) -> Result<String> {
+    let mut certificates = std::collections::BTreeSet::new();
+    for pem in pems {
+        for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+            let block = block.context("reading a PEM block")?;
+            block.parse_x509().context("parsing a CA certificate")?;
+            certificates.insert(block.contents);
+        }
+    }
+    anyhow::ensure!(!certificates.is_empty(), "no CA certificate");
+    Ok(certificates.into_iter().map(|der| pem_certificate(&der)).collect())
 }
 
-/// The Gateway (`namespace/name`) a client certificate (DER) identifies, if any.
-pub fn gateway_of_certificate(der: &[u8]) -> Option<String> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = certificate.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            let rest = uri.strip_prefix(IDENTITY_PREFIX)?;
-            let (namespace, name) = rest.split_once("/gateway/")?;
-            let valid = |part: &str| !part.is_empty() && !part.contains('/');
-            (valid(namespace) && valid(name)).then(|| format!("{namespace}/{name}"))
-        }
-        _ => None,
-    })
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn der(pem: &str) -> Vec<u8> {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
-    }
-
-    #[test]
-    fn client_certificates_name_their_gateway() {
-        let ca = CertificateAuthority::generate("test", 1).unwrap();
-        let client = ca.issue_client("team-a/web", 1).unwrap();
-        assert_eq!(gateway_of_certificate(&der(&client.certificate_pem)).as_deref(), Some("team-a/web"));
-        let server = ca.issue_server(&["localhost", "127.0.0.1"], 1).unwrap();
-        assert_eq!(gateway_of_certificate(&der(&server.certificate_pem)), None);
-        assert!(ca.issue_client("no-namespace", 1).is_err());
-        assert!(!format!("{client:?}").contains("PRIVATE"));
-        assert_eq!(gateway_uid_of_certificate(&der(&client.certificate_pem)), None);
-        let uid = "6f1d2c1e-0000-4000-8000-000000000001";
-        let bound = ca.issue_client_for("team-a/web", Some(uid), 1).unwrap();
-        assert_eq!(gateway_of_certificate(&der(&bound.certificate_pem)).as_deref(), Some("team-a/web"));
-        assert_eq!(gateway_uid_of_certificate(&der(&bound.certificate_pem)).as_deref(), Some(uid));
-        assert!(ca.issue_client_for("team-a/web", Some("a/b"), 1).is_err());
-    }
-
     #[test]
     fn a_kept_ca_still_issues() {
         let ca = CertificateAuthority::generate("test", 1).unwrap();
         let again = CertificateAuthority::from_pem(ca.certificate_pem(), ca.private_key_pem()).unwrap();
-        let client = again.issue_client("ns/gw", 1).unwrap();
-        assert_eq!(gateway_of_certificate(&der(&client.certificate_pem)).as_deref(), Some("ns/gw"));
+        assert!(again.issue_server(&["localhost", "127.0.0.1"], 1).is_ok());
         assert!(CertificateAuthority::from_pem("junk", ca.private_key_pem()).is_err());
+        assert!(!format!("{:?}", again.issue_server(&["localhost"], 1).unwrap()).contains("PRIVATE"));
+    }
+
+    /// The CA that docs/push.md's rotation steps make with openssl (kept in testdata)
+    /// loads and issues push server certificates.
+    #[test]
+    fn a_ca_made_with_openssl_as_documented_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/push-ca");
+        let certificate = std::fs::read_to_string(dir.join("openssl.crt")).unwrap();
+        let key = std::fs::read_to_string(dir.join("openssl.key")).unwrap();
+        let ca = CertificateAuthority::from_pem(&certificate, &key).unwrap();
+        assert!(ca.issue_server(&["sluice-controller.sluice-system.svc"], 1).is_ok());
+        assert_eq!(trust_bundle(&[&certificate]).unwrap().matches("BEGIN CERTIFICATE").count(), 1);
+    }
+
+    #[test]
+    fn a_trust_bundle_is_the_sorted_set_of_its_certificates() {
+        let old = CertificateAuthority::generate("old", 1).unwrap();
+        let new = CertificateAuthority::generate("new", 1).unwrap();
+        let both = trust_bundle(&[old.certificate_pem(), new.certificate_pem()]).unwrap();
+        assert_eq!(both.matches("BEGIN CERTIFICATE").count(), 2);
+        // The same set in another order, or with a duplicate, is the same bundle.
+        let concatenated = format!("{}{}", new.certificate_pem(), old.certificate_pem());
+        assert_eq!(trust_bundle(&[&concatenated, old.certificate_pem()]).unwrap(), both);
+        assert_eq!(
+            trust_bundle(&[old.certificate_pem(), ""]).unwrap(),
+            trust_bundle(&[old.certificate_pem()]).unwrap()
+        );
+        // Each certificate survives the round trip.
+        let again = trust_bundle(&[&both]).unwrap();
+        assert_eq!(again, both);
+        assert!(trust_bundle(&[""]).is_err());
+        assert!(trust_bundle(&["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]).is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! either adopts that version (same content, e.g. after a controller restart: no reload)
 //! or stamps its own content above it.
 
+pub mod auth;
 pub mod ca;
 
 use std::collections::BTreeMap;
@@ -30,12 +31,22 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How the push server learns who a client is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Authentication {
-    /// The client certificate's URI SAN names the one Gateway it may read (mTLS).
-    ClientCertificate,
-    /// No authentication: only for a server bound to loopback (standalone mode, tests).
+    /// Every stream carries a bearer token that the authenticator turns into the one
+    /// Gateway the caller may read.
+    Token(Arc<dyn auth::Authenticator>),
+    /// No authentication: only for a server bound to loopback (tests).
     LoopbackOnly,
+}
+
+impl std::fmt::Debug for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Authentication::Token(_) => "Token",
+            Authentication::LoopbackOnly => "LoopbackOnly",
+        })
+    }
 }
 
 /// What one data-plane pod has applied.
@@ -126,8 +137,8 @@ struct GatewayState {
     /// The latest stamped snapshot; every stream of this Gateway watches it.
     current: watch::Sender<Option<Arc<Published>>>,
     pods: BTreeMap<String, PodState>,
-    /// The Gateway object's UID, when known: client certificates bound to another UID
-    /// (an earlier Gateway of that name) are refused.
+    /// The Gateway object's UID, when known: credentials bound to another UID (an
+    /// earlier Gateway of that name) are refused.
     uid: Option<String>,
 }
 
@@ -197,7 +208,7 @@ impl PushServer {
         }
     }
 
-    /// Whether a certificate bound to `uid` (or to none) may read `gateway`: a certificate
+    /// Whether a credential bound to `uid` (or to none) may read `gateway`: a credential
     /// bound to another UID than the Gateway's is an earlier Gateway's of the same name.
     fn uid_matches(&self, gateway: &str, uid: Option<&str>) -> bool {
         match (self.gateways().get(gateway).and_then(|state| state.uid.as_deref()), uid) {
@@ -263,12 +274,13 @@ impl PushServer {
     }
 
     /// Serves the push service on `listener` until `shutdown` completes. With `tls`
-    /// (server certificate and key, CA for client certificates) clients must present a
-    /// certificate from that CA; without it the listener must be on loopback.
+    /// (server certificate and key) clients connect over TLS; without it the listener
+    /// must be on loopback. Without token authentication it must be on loopback too.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         tls: Option<ServerTls>,
+        authentication: Authentication,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         let address: SocketAddr = listener.local_addr()?;
@@ -276,24 +288,25 @@ impl PushServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .tcp_nodelay(true);
-        let authentication = match tls {
+        match &tls {
             Some(tls) => {
                 let config = tonic::transport::ServerTlsConfig::new()
                     .identity(tonic::transport::Identity::from_pem(&tls.certificate_pem, &tls.private_key_pem))
-                    .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem))
                     // A client that stalls its handshake holds no connection for long.
                     .timeout(TLS_HANDSHAKE_TIMEOUT);
                 builder = builder.tls_config(config).context("push server TLS")?;
-                Authentication::ClientCertificate
             }
-            None => {
-                anyhow::ensure!(
-                    address.ip().is_loopback(),
-                    "the push server without TLS may only listen on loopback, not {address}"
-                );
-                Authentication::LoopbackOnly
-            }
-        };
+            None => anyhow::ensure!(
+                address.ip().is_loopback(),
+                "the push server without TLS may only listen on loopback, not {address}"
+            ),
+        }
+        if matches!(authentication, Authentication::LoopbackOnly) {
+            anyhow::ensure!(
+                address.ip().is_loopback(),
+                "the push server without authentication may only listen on loopback, not {address}"
+            );
+        }
         // Accepted sockets get TCP_NODELAY here: `Server::tcp_nodelay` only applies to
         // listeners tonic binds itself, and Nagle + delayed ACKs stall large snapshots.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -318,6 +331,7 @@ impl PushServer {
         &self,
         listener: tokio::net::TcpListener,
         issue: impl Fn() -> Result<ServerTls>,
+        authentication: Authentication,
         renew_every: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -351,7 +365,7 @@ impl PushServer {
                     () = tokio::time::sleep(renew_every) => {}
                 }
             };
-            if let Err(error) = self.serve(bound, Some(tls), ends).await {
+            if let Err(error) = self.serve(bound, Some(tls), authentication.clone(), ends).await {
                 tracing::error!("push server: {error:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -464,8 +478,6 @@ fn drop_elsewhere<T: Send + 'static>(value: T) {
 pub struct ServerTls {
     pub certificate_pem: String,
     pub private_key_pem: String,
-    /// The CA that signs the data planes' client certificates.
-    pub client_ca_pem: String,
 }
 
 /// The tonic service implementation.
@@ -476,24 +488,22 @@ pub struct PushService {
 }
 
 impl PushService {
-    /// The Gateway the caller may read, from its client certificate; `None` when the
-    /// server runs without authentication.
-    fn identity<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
-        match self.authentication {
+    /// Who the caller is, from its bearer token; `None` when the server runs without
+    /// authentication.
+    async fn identity<T>(&self, request: &Request<T>) -> Result<Option<auth::Caller>, Status> {
+        match &self.authentication {
             Authentication::LoopbackOnly => Ok(None),
-            Authentication::ClientCertificate => {
-                let certificates =
-                    request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-                let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-                let gateway = ca::gateway_of_certificate(leaf)
-                    .ok_or_else(|| Status::permission_denied("the client certificate names no Gateway"))?;
-                let uid = ca::gateway_uid_of_certificate(leaf);
-                if !self.server.uid_matches(&gateway, uid.as_deref()) {
+            Authentication::Token(authenticator) => {
+                let token = auth::bearer_token(request.metadata())
+                    .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+                let caller = authenticator.authenticate(token).await?;
+                if !self.server.uid_matches(&caller.gateway, caller.gateway_uid.as_deref()) {
                     return Err(Status::permission_denied(format!(
-                        "the client certificate is for an earlier Gateway {gateway} (another UID)"
+                        "the credential is for an earlier Gateway {} (another UID)",
+                        caller.gateway
                     )));
                 }
-                Ok(Some(gateway))
+                Ok(Some(caller))
             }
         }
     }
@@ -513,7 +523,7 @@ impl ConfigPush for PushService {
         &self,
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let identity = self.identity(&request)?;
+        let identity = self.identity(&request).await?;
         if *self.server.shared.standby.borrow() {
             return Err(Status::unavailable("this controller replica is a standby; reconnect to reach the leader"));
         }
@@ -530,14 +540,20 @@ impl ConfigPush for PushService {
                 hello.gateway
             )));
         }
-        if let Some(identity) = identity
-            && identity != hello.gateway
+        if let Some(identity) = &identity
+            && identity.gateway != hello.gateway
         {
             return Err(Status::permission_denied(format!(
-                "this client may read Gateway {identity} only, not {}",
-                hello.gateway
+                "this client may read Gateway {} only, not {}",
+                identity.gateway, hello.gateway
             )));
         }
+        // The stream ends when its credential expires; the data plane reconnects with a
+        // renewed one.
+        let expires = identity.and_then(|caller| caller.expires_at).map(|at| {
+            let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         let pod = if hello.pod.is_empty() { "unnamed".to_string() } else { hello.pod.clone() };
         let hello = Hello { pod, ..hello };
         let (stream, mut current) = self.server.connect(&hello);
@@ -583,6 +599,15 @@ impl ConfigPush for PushService {
                     () = sender.closed() => break,
                     _ = closing.changed() => break,
                     Ok(()) = async { standby.wait_for(|s| *s).await.map(|_| ()) } => break,
+                    () = async {
+                        match expires {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        tracing::info!(gateway = hello.gateway, pod = hello.pod, "credential expired; ending the stream");
+                        break;
+                    }
                 }
             }
             tracing::info!(gateway = hello.gateway, pod = hello.pod, "data plane disconnected");

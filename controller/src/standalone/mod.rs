@@ -13,6 +13,7 @@
 //! data planes are child processes that exit with it.
 
 pub mod echo;
+pub mod grpc_echo;
 pub mod manifests;
 
 use std::collections::BTreeMap;
@@ -29,14 +30,24 @@ use tokio::process::{Child, Command};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::push::auth::StaticTokens;
 use crate::push::ca::CertificateAuthority;
-use crate::push::{GatewayProgress, PushServer, ServerTls};
+use crate::push::{Authentication, GatewayProgress, PushServer, ServerTls};
 
 use self::manifests::{Manifests, Problem};
 
 /// Annotation on a Service: standalone mode runs an echo backend at each of its static
-/// EndpointSlice addresses (loopback only).
+/// EndpointSlice addresses (loopback only): `"true"` an HTTP (or, for UDP ports, a UDP)
+/// echo, `"grpc"` the gRPC echo (`sluice.echo.v1.Echo`, h2c).
 pub const ECHO_ANNOTATION: &str = "standalone.sluice.dev/echo";
+
+/// Which echo backend runs at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EchoKind {
+    Http,
+    Udp,
+    Grpc,
+}
 
 /// What `sluice run` is asked to do.
 #[derive(Debug, Clone)]
@@ -80,12 +91,16 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
     let tls = ServerTls {
         certificate_pem: server_certificate.certificate_pem,
         private_key_pem: server_certificate.private_key_pem,
-        client_ca_pem: ca.certificate_pem().to_string(),
     };
+    // Each data plane gets its own token, which reads its Gateway only.
+    let tokens = StaticTokens::new();
+    let authentication = Authentication::Token(std::sync::Arc::new(tokens.clone()));
     let push_task = tokio::spawn({
         let push = push.clone();
         async move {
-            if let Err(error) = push.serve(listener, Some(tls), async { drop(push_stopped.await) }).await {
+            if let Err(error) =
+                push.serve(listener, Some(tls), authentication, async { drop(push_stopped.await) }).await
+            {
                 tracing::error!("{error:#}");
             }
         }
@@ -107,7 +122,7 @@ async fn run_in(options: &Options, state_dir: &Path, shutdown: impl std::future:
     let mut runner = Runner {
         options: options.clone(),
         state_dir: state_dir.to_path_buf(),
-        ca,
+        tokens,
         ca_file,
         push_address,
         push: push.clone(),
@@ -188,7 +203,7 @@ impl DataPlane {
 struct Runner {
     options: Options,
     state_dir: PathBuf,
-    ca: CertificateAuthority,
+    tokens: StaticTokens,
     ca_file: PathBuf,
     push_address: SocketAddr,
     push: PushServer,
@@ -201,7 +216,7 @@ struct Runner {
     problems: Arc<Vec<Problem>>,
     processes: BTreeMap<String, DataPlane>,
     /// Echo backends by address and transport (true: UDP).
-    echoes: BTreeMap<(SocketAddr, bool), tokio::task::JoinHandle<()>>,
+    echoes: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
     last_report: String,
     /// Whether the directory was translated at least once.
     translated: bool,
@@ -292,12 +307,8 @@ impl Runner {
     }
 
     fn spawn(&self, gateway: &str, ports: &[u32]) -> Result<(Child, SocketAddr)> {
-        let client = self.ca.issue_client(gateway, 365)?;
-        let file_stem = gateway.replace('/', "_");
-        let cert = self.state_dir.join(format!("{file_stem}.crt"));
-        let key = self.state_dir.join(format!("{file_stem}.key"));
-        write_private(&cert, &client.certificate_pem)?;
-        write_private(&key, &client.private_key_pem)?;
+        let token = self.state_dir.join(format!("{}.token", gateway.replace('/', "_")));
+        write_private(&token, &self.tokens.issue(gateway))?;
         let admin = free_loopback_port()?;
         let (program, leading) = self.options.dataplane.split_first().context("no data-plane command")?;
         let mut command = Command::new(program);
@@ -308,10 +319,8 @@ impl Runner {
             .args(["--gateway", gateway, "--pod", "standalone"])
             .arg("--ca")
             .arg(&self.ca_file)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
+            .arg("--token-file")
+            .arg(&token)
             .args(["--bind", &self.options.bind.to_string(), "--admin", &admin.to_string(), "--exit-with-stdin"])
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -359,12 +368,14 @@ impl Runner {
 
     /// Runs an echo backend at each static endpoint of Services annotated for it.
     async fn ensure_echoes(&mut self, world: &World) {
-        let mut wanted: BTreeMap<(SocketAddr, bool), echo::EchoIdentity> = BTreeMap::new();
+        let mut wanted: BTreeMap<(SocketAddr, EchoKind), echo::EchoIdentity> = BTreeMap::new();
         for service in &world.services {
             let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(ECHO_ANNOTATION));
-            if annotated.is_none_or(|value| value != "true") {
-                continue;
-            }
+            let grpc = match annotated.map(String::as_str) {
+                Some("true") => false,
+                Some("grpc") => true,
+                _ => continue,
+            };
             let namespace = service.metadata.namespace.clone().unwrap_or_default();
             let name = service.metadata.name.clone().unwrap_or_default();
             for slice in &world.endpoint_slices {
@@ -381,9 +392,13 @@ impl Runner {
                         }
                         for slice_port in slice.ports.iter().flatten() {
                             let Some(Ok(port)) = slice_port.port.map(u16::try_from) else { continue };
-                            let udp = slice_port.protocol.as_deref() == Some("UDP");
+                            let kind = match (slice_port.protocol.as_deref() == Some("UDP"), grpc) {
+                                (true, _) => EchoKind::Udp,
+                                (false, true) => EchoKind::Grpc,
+                                (false, false) => EchoKind::Http,
+                            };
                             wanted.insert(
-                                (SocketAddr::new(ip, port), udp),
+                                (SocketAddr::new(ip, port), kind),
                                 echo::EchoIdentity {
                                     namespace: namespace.clone(),
                                     service: name.clone(),
@@ -402,15 +417,18 @@ impl Runner {
             }
             keep
         });
-        for ((address, udp), identity) in wanted {
-            if self.echoes.contains_key(&(address, udp)) {
+        for ((address, kind), identity) in wanted {
+            if self.echoes.contains_key(&(address, kind)) {
                 continue;
             }
-            let started =
-                if udp { echo::start_udp(address, identity).await } else { echo::start(address, identity).await };
+            let started = match kind {
+                EchoKind::Http => echo::start(address, identity).await,
+                EchoKind::Udp => echo::start_udp(address, identity).await,
+                EchoKind::Grpc => grpc_echo::start(address, identity).await,
+            };
             match started {
                 Ok(task) => {
-                    self.echoes.insert((address, udp), task);
+                    self.echoes.insert((address, kind), task);
                 }
                 Err(error) => eprintln!("sluice: cannot start the echo backend on {address}: {error}"),
             }
@@ -643,6 +661,7 @@ fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     let mut accepted = 0;
     for (kind, routes) in [
         ("HTTPRoute", &status.http_routes),
+        ("GRPCRoute", &status.grpc_routes),
         ("TCPRoute", &status.tcp_routes),
         ("UDPRoute", &status.udp_routes),
         ("TLSRoute", &status.tls_routes),
@@ -656,6 +675,14 @@ fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
                     let namespace = parent.parent_ref.namespace.as_deref().unwrap_or(&key.namespace);
                     out.push_str(&format!("{kind} {key} -> {namespace}/{}: {text}\n", parent.parent_ref.name));
                 }
+            }
+        }
+    }
+    for (key, policy) in &status.backend_tls_policies {
+        for ancestor in &policy.ancestors {
+            if !ancestor.conditions.iter().all(is_good) {
+                let (_, text) = describe(&ancestor.conditions);
+                out.push_str(&format!("BackendTLSPolicy {key} -> {}: {text}\n", ancestor.gateway));
             }
         }
     }

@@ -118,6 +118,27 @@ fn intersect(a: &str, b: &str) -> Option<String> {
     None
 }
 
+/// How specific the route's own hostnames are on a listener (GEP-3859,
+/// `GatewayRouteHostnameIntersectionPrecedence`): the most specific of the route's
+/// hostnames that intersect the listener's, as written in the route (an exact name above
+/// any wildcard, a longer wildcard above a shorter one; a route without hostnames least).
+/// Two routes with the same intersection on a listener rank by this before anything else,
+/// so a route for `abc.example.com` wins over an older one for `*.example.com`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct HostnameRank {
+    exact: bool,
+    length: usize,
+}
+
+pub(crate) fn hostname_rank(listener: Option<&str>, route: &[String]) -> HostnameRank {
+    route
+        .iter()
+        .filter(|host| listener.is_none_or(|listener| intersect(listener, host).is_some()))
+        .map(|host| HostnameRank { exact: !host.starts_with('*'), length: host.len() })
+        .max()
+        .unwrap_or_default()
+}
+
 /// Whether wildcard `pattern` (`*.example.com`) covers `host` (exact or wildcard): the
 /// wildcard label stands for one or more labels.
 pub(crate) fn covers(pattern: &str, host: &str) -> bool {
@@ -157,5 +178,18 @@ mod tests {
         );
         assert_eq!(intersect_hostnames(Some("*.example.com"), &hosts(&["*.example.org"])), None);
         assert_eq!(intersect_hostnames(Some("*.example.com"), &hosts(&["example.com"])), None);
+    }
+
+    #[test]
+    fn hostname_rank_follows_the_routes_own_hostnames() {
+        let rank = |listener, route: &[&str]| hostname_rank(listener, &hosts(route));
+        let exact = rank(Some("abc.example.com"), &["abc.example.com"]);
+        let wildcard = rank(Some("abc.example.com"), &["*.example.com"]);
+        let shorter = rank(Some("*.example.com"), &["*.com"]);
+        let longer = rank(Some("*.example.com"), &["*.example.com"]);
+        assert!(exact > wildcard && longer > shorter && wildcard > rank(Some("abc.example.com"), &[]));
+        // Only hostnames that intersect the listener count.
+        assert_eq!(rank(Some("*.example.com"), &["a.example.org", "*.com"]), shorter);
+        assert_eq!(rank(None, &["*.com"]), shorter);
     }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_snapshot::{AppProtocol, Cluster, Endpoint, LoadBalancing};
 
 use crate::index::{Index, ObjectKey};
+use crate::policies::{Applied, Policies};
 use crate::status::reason;
 
 /// A backendRef (or a mirror's backendRef) as the user wrote it.
@@ -27,6 +28,9 @@ pub(crate) enum BackendError {
     InvalidKind(String),
     BackendNotFound(String),
     UnsupportedProtocol(String),
+    /// The Service port's BackendTLSPolicy cannot be used: its requests get an error,
+    /// never plaintext. The policy's status says why, not the route's.
+    TlsPolicy(String),
 }
 
 impl BackendError {
@@ -36,7 +40,14 @@ impl BackendError {
             BackendError::InvalidKind(_) => reason::INVALID_KIND,
             BackendError::BackendNotFound(_) => reason::BACKEND_NOT_FOUND,
             BackendError::UnsupportedProtocol(_) => reason::UNSUPPORTED_PROTOCOL,
+            BackendError::TlsPolicy(_) => reason::RESOLVED_REFS,
         }
+    }
+
+    /// Whether the route's ResolvedRefs condition reports this (a policy's problem is on
+    /// the policy).
+    pub fn is_route_problem(&self) -> bool {
+        !matches!(self, BackendError::TlsPolicy(_))
     }
 
     pub fn message(&self) -> &str {
@@ -44,7 +55,8 @@ impl BackendError {
             BackendError::RefNotPermitted(m)
             | BackendError::InvalidKind(m)
             | BackendError::BackendNotFound(m)
-            | BackendError::UnsupportedProtocol(m) => m,
+            | BackendError::UnsupportedProtocol(m)
+            | BackendError::TlsPolicy(m) => m,
         }
     }
 }
@@ -53,6 +65,8 @@ impl BackendError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Traffic {
     Http,
+    /// gRPC: HTTP/2 to the backend, whatever the Service port's appProtocol says.
+    Grpc,
     Tcp,
     /// Datagrams: only a Service port with `protocol: UDP` will do.
     Udp,
@@ -60,9 +74,15 @@ pub(crate) enum Traffic {
 
 /// Clusters built so far, shared by every Gateway of one translation so that a Service
 /// port's endpoints are computed once.
-#[derive(Default)]
-pub(crate) struct ClusterCache {
+pub(crate) struct ClusterCache<'w> {
     built: HashMap<(ObjectKey, i32, bool), Result<Arc<Cluster>, BackendError>>,
+    /// HTTP/2 variants of Service ports whose appProtocol is not h2c, for gRPC.
+    grpc: HashMap<(ObjectKey, i32), Arc<Cluster>>,
+    /// BackendTLSPolicies: TLS for the ports they target, and their status.
+    pub policies: Policies<'w>,
+    /// (Service, port name) of every port resolved since `take_touched`: a BackendTLSPolicy
+    /// on it gets the Gateways of the route as ancestors.
+    touched: Vec<(ObjectKey, String)>,
 }
 
 /// `service/<ns>/<name>/port/<port>`, the snapshot name of a Service port
@@ -75,7 +95,16 @@ fn udp_cluster_name(service: &ObjectKey, port: i32) -> String {
     format!("{}/udp", cluster_name(service, port))
 }
 
-impl ClusterCache {
+impl<'w> ClusterCache<'w> {
+    pub fn new(policies: Policies<'w>) -> Self {
+        ClusterCache { built: HashMap::new(), grpc: HashMap::new(), policies, touched: Vec::new() }
+    }
+
+    /// The Service ports resolved since the last call.
+    pub fn take_touched(&mut self) -> Vec<(ObjectKey, String)> {
+        std::mem::take(&mut self.touched)
+    }
+
     /// Resolves `backend`, referenced from a `from_kind` in `from_namespace`.
     pub fn resolve(
         &mut self,
@@ -105,21 +134,45 @@ impl ClusterCache {
             return Err(BackendError::BackendNotFound(format!("backendRef to Service {key} needs a port")));
         };
         let udp = traffic == Traffic::Udp;
+        if !udp && let Some(service_port) = index.services.get(&key).and_then(|s| find_port(s, port, false)) {
+            self.touched.push((key.clone(), service_port.name.clone().unwrap_or_default()));
+        }
+        let policies = &self.policies;
         let cluster = self
             .built
             .entry((key.clone(), port, udp))
-            .or_insert_with(|| build_cluster(index, &key, port, udp).map(Arc::new))
+            .or_insert_with(|| build_cluster(index, policies, &key, port, udp).map(Arc::new))
             .clone()?;
-        if traffic == Traffic::Http && cluster.app_protocol() == AppProtocol::Unspecified {
+        if matches!(traffic, Traffic::Http | Traffic::Grpc) && cluster.app_protocol() == AppProtocol::Unspecified {
             return Err(BackendError::UnsupportedProtocol(format!(
                 "Service {key} port {port} has an appProtocol Sluice cannot speak to over HTTP"
             )));
+        }
+        if traffic == Traffic::Grpc && cluster.app_protocol() != AppProtocol::H2c {
+            // The same endpoints spoken to over HTTP/2: a cluster of its own, shared by
+            // every GRPCRoute that uses this Service port.
+            return Ok(self
+                .grpc
+                .entry((key, port))
+                .or_insert_with(|| {
+                    let mut h2c = cluster.as_ref().clone();
+                    h2c.name = format!("{}/grpc", cluster.name);
+                    h2c.app_protocol = AppProtocol::H2c as i32;
+                    Arc::new(h2c)
+                })
+                .clone());
         }
         Ok(cluster)
     }
 }
 
-fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32, udp: bool) -> Result<Cluster, BackendError> {
+fn build_cluster(
+    index: &Index<'_>,
+    policies: &Policies<'_>,
+    key: &ObjectKey,
+    port: i32,
+    udp: bool,
+) -> Result<Cluster, BackendError> {
     let Some(service) = index.services.get(key) else {
         return Err(BackendError::BackendNotFound(format!("Service {key} not found")));
     };
@@ -128,11 +181,31 @@ fn build_cluster(index: &Index<'_>, key: &ObjectKey, port: i32, udp: bool) -> Re
         return Err(BackendError::BackendNotFound(format!("Service {key} has no {protocol} {port}")));
     };
     let slices = index.endpoint_slices.get(key).map(Vec::as_slice).unwrap_or_default();
+    let port_name = service_port.name.as_deref().unwrap_or_default();
+    let tls = if udp {
+        None
+    } else {
+        match policies.applied(key, port_name) {
+            Applied::None => None,
+            Applied::Tls(tls) => Some(tls),
+            Applied::Refused(why) => return Err(BackendError::TlsPolicy(why)),
+        }
+    };
+    let mut protocol = app_protocol(service_port.app_protocol.as_deref());
+    if tls.is_some() && protocol == AppProtocol::Unspecified {
+        // `https` and `kubernetes.io/wss` name the TLS the policy provides.
+        protocol = if service_port.app_protocol.as_deref() == Some("kubernetes.io/wss") {
+            AppProtocol::Ws
+        } else {
+            AppProtocol::Http1
+        };
+    }
     Ok(Cluster {
         name: if udp { udp_cluster_name(key, port) } else { cluster_name(key, port) },
-        app_protocol: app_protocol(service_port.app_protocol.as_deref()) as i32,
-        endpoints: endpoints(slices, service_port.name.as_deref().unwrap_or_default()),
+        app_protocol: protocol as i32,
+        endpoints: endpoints(slices, port_name),
         load_balancing: load_balancing(service) as i32,
+        tls,
     })
 }
 
@@ -235,7 +308,9 @@ pub(crate) fn weighted_backend(
             target
         }
         Err(error) => {
-            unresolved.get_or_insert(error);
+            if error.is_route_problem() {
+                unresolved.get_or_insert(error);
+            }
             Target::Invalid(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
         }
     };

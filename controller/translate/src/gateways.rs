@@ -97,7 +97,7 @@ pub(crate) struct GatewayPlan<'w> {
 /// Route kinds Sluice serves, per listener protocol.
 fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
     match protocol {
-        Protocol::Http | Protocol::Https => &["HTTPRoute"],
+        Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
         Protocol::Tcp => &["TCPRoute"],
         Protocol::Udp => &["UDPRoute"],
         Protocol::Tls => &["TLSRoute"],
@@ -359,7 +359,7 @@ fn plan_listener(
 
 /// Reads a TLS Secret: the certificate chain and key must load exactly as the data plane
 /// loads them (`sluice_snapshot::compile::load_certificate`), and the leaf must be valid now.
-fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
+pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
     let Some(secret) = index.secrets.get(key) else {
         return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {key} not found")));
     };

@@ -14,15 +14,60 @@ use sluice_snapshot::{
     WeightedBackend, http_filter, path_modifier,
 };
 
+use crate::attach::HostnameRank;
 use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
 use crate::index::{Index, ObjectKey};
 
 use crate::backends::INVALID_BACKEND_STATUS;
 
+/// The route kinds whose rules become snapshot HTTP routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    /// The kind's name in the API (attachment, ReferenceGrant `from.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+
+    /// The prefix of snapshot route names (`httproute/ns/name/rule/0/match/0`).
+    fn prefix(self) -> &'static str {
+        match self {
+            RouteKind::Http => "httproute",
+            RouteKind::Grpc => "grpcroute",
+        }
+    }
+
+    fn traffic(self) -> Traffic {
+        match self {
+            RouteKind::Http => Traffic::Http,
+            RouteKind::Grpc => Traffic::Grpc,
+        }
+    }
+}
+
+/// How a GRPCRoute match ranks (characters of its service, of its method, its number of
+/// header matches: more is more specific).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GrpcRank {
+    pub service: usize,
+    pub method: usize,
+    pub headers: usize,
+}
+
 /// A rule ready to be placed on listeners.
 pub(crate) struct CompiledRule {
+    pub kind: RouteKind,
     pub index: usize,
     pub matches: Vec<HttpMatch>,
+    /// GRPCRoute rules: the rank of each match (same order as `matches`).
+    pub grpc_ranks: Vec<GrpcRank>,
     pub filters: Vec<HttpFilter>,
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Option<Timeouts>,
@@ -40,9 +85,20 @@ pub(crate) struct CompiledRoute {
     pub clusters: Vec<std::sync::Arc<Cluster>>,
 }
 
-/// Orders snapshot routes on a listener as the HTTPRoute spec ranks matches.
+/// Orders snapshot routes on a listener as the HTTPRoute and GRPCRoute specs rank
+/// matches. The two kinds are never merged: GRPCRoute rules (which match only gRPC
+/// requests) come first, in their own precedence, then HTTPRoute rules, so a gRPC request
+/// falls through to HTTPRoutes only when no GRPCRoute of its host matches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct RouteOrder {
+    /// 0 for GRPCRoute rules, 1 for HTTPRoute rules.
+    kind: u8,
+    /// The route's own hostname on this listener, most specific first (the snapshot
+    /// routes of a host group share their hostnames after intersection).
+    hostname: Reverse<HostnameRank>,
+    grpc_service: Reverse<usize>,
+    grpc_method: Reverse<usize>,
+    grpc_headers: Reverse<usize>,
     path_rank: u8,
     path_length: Reverse<usize>,
     has_method: Reverse<bool>,
@@ -54,7 +110,13 @@ pub(crate) struct RouteOrder {
     match_index: usize,
 }
 
-fn route_order(route_rank: usize, rule: usize, match_index: usize, http_match: &HttpMatch) -> RouteOrder {
+fn route_order(
+    hostname: HostnameRank,
+    route_rank: usize,
+    rule: usize,
+    match_index: usize,
+    http_match: &HttpMatch,
+) -> RouteOrder {
     let path = http_match.path.as_ref();
     let (path_rank, path_length) = match path.map(|p| (p.r#type(), p.value.len())) {
         Some((PathMatchType::Exact, len)) => (0, len),
@@ -63,6 +125,11 @@ fn route_order(route_rank: usize, rule: usize, match_index: usize, http_match: &
         None => (2, 1),
     };
     RouteOrder {
+        kind: 1,
+        hostname: Reverse(hostname),
+        grpc_service: Reverse(0),
+        grpc_method: Reverse(0),
+        grpc_headers: Reverse(0),
         path_rank,
         path_length: Reverse(path_length),
         has_method: Reverse(!http_match.method.is_empty()),
@@ -74,13 +141,59 @@ fn route_order(route_rank: usize, rule: usize, match_index: usize, http_match: &
     }
 }
 
+/// GRPCRoute order for a match with `rank`: before every HTTPRoute rule, then by the
+/// GRPCRoute precedence, then by route age, rule and match.
+fn grpc_route_order(
+    hostname: HostnameRank,
+    route_rank: usize,
+    rule: usize,
+    match_index: usize,
+    rank: GrpcRank,
+) -> RouteOrder {
+    RouteOrder {
+        kind: 0,
+        hostname: Reverse(hostname),
+        grpc_service: Reverse(rank.service),
+        grpc_method: Reverse(rank.method),
+        grpc_headers: Reverse(rank.headers),
+        path_rank: 0,
+        path_length: Reverse(0),
+        has_method: Reverse(false),
+        headers: Reverse(0),
+        query_params: Reverse(0),
+        route_rank,
+        rule,
+        match_index,
+    }
+}
+
 /// Compiles every rule of `route`; invalid rules are dropped and reported.
-pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledRoute {
-    let key = ObjectKey::of(route);
+pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
+    let rules = route.spec.rules.iter().flatten().map(|rule| Ok((std::borrow::Cow::Borrowed(rule), Vec::new())));
+    compile_rules(&ObjectKey::of(route), RouteKind::Http, rules, index, cache)
+}
+
+/// A rule in HTTPRoute form, with the GRPCRoute ranks of its matches (GRPCRoutes only),
+/// or why it cannot be one.
+pub(crate) type RuleInput<'a> = Result<(std::borrow::Cow<'a, HttpRouteRules>, Vec<GrpcRank>), String>;
+
+/// Compiles the rules of a route of `kind`; invalid rules are dropped and reported.
+pub(crate) fn compile_rules<'a>(
+    key: &ObjectKey,
+    kind: RouteKind,
+    rules: impl Iterator<Item = RuleInput<'a>>,
+    index: &Index<'_>,
+    cache: &mut ClusterCache<'_>,
+) -> CompiledRoute {
     let mut compiled =
         CompiledRoute { rules: Vec::new(), invalid_rules: Vec::new(), unresolved: None, clusters: Vec::new() };
-    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
-        match compile_rule(&key, i, rule, index, cache, &mut compiled) {
+    for (i, rule) in rules.enumerate() {
+        let result = rule.and_then(|(rule, ranks)| {
+            let mut rule = compile_rule(key, kind, i, &rule, index, cache, &mut compiled)?;
+            rule.grpc_ranks = ranks;
+            Ok(rule)
+        });
+        match result {
             Ok(rule) => compiled.rules.push(rule),
             Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {problem}")),
         }
@@ -90,10 +203,11 @@ pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut Cl
 
 fn compile_rule(
     route: &ObjectKey,
+    kind: RouteKind,
     rule_index: usize,
     rule: &HttpRouteRules,
     index: &Index<'_>,
-    cache: &mut ClusterCache,
+    cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
 ) -> Result<CompiledRule, String> {
     let default_match = [HttpRouteRulesMatches::default()];
@@ -105,14 +219,16 @@ fn compile_rule(
     let mut filters = Vec::new();
     let mut terminal = false;
     for filter in rule.filters.iter().flatten() {
-        let filter = compile_filter(route, filter, &path_types, index, cache, out)?;
+        let filter = compile_filter(route, kind, filter, &path_types, index, cache, out)?;
         if matches!(filter.kind, Some(http_filter::Kind::DirectResponse(_))) {
             // An unresolvable custom filter: the whole rule answers with an error.
             let timeouts = compile_timeouts(rule)?;
             let retry = compile_retry(rule)?;
             return Ok(CompiledRule {
+                kind,
                 index: rule_index,
                 matches,
+                grpc_ranks: Vec::new(),
                 filters: vec![filter],
                 backends: vec![],
                 timeouts,
@@ -144,7 +260,7 @@ fn compile_rule(
                 serde_json::to_value(filter)
                     .and_then(serde_json::from_value)
                     .map_err(|error| format!("backendRef filter cannot be read: {error}"))?;
-            let filter = compile_filter(route, &as_rule_filter, &path_types, index, cache, out)?;
+            let filter = compile_filter(route, kind, &as_rule_filter, &path_types, index, cache, out)?;
             if matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_))) {
                 return Err("RequestRedirect is not supported as a backendRef filter".into());
             }
@@ -159,7 +275,7 @@ fn compile_rule(
                 backend.name
             )))
         } else {
-            cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http)
+            cache.resolve(index, kind.name(), &route.namespace, reference, kind.traffic())
         };
         backends.push(weighted_backend(
             reference,
@@ -180,8 +296,10 @@ fn compile_rule(
         });
     }
     Ok(CompiledRule {
+        kind,
         index: rule_index,
         matches,
+        grpc_ranks: Vec::new(),
         filters,
         backends,
         timeouts: compile_timeouts(rule)?,
@@ -312,10 +430,11 @@ fn check_regex(pattern: &str) -> Result<(), String> {
 
 fn compile_filter(
     route: &ObjectKey,
+    route_kind: RouteKind,
     filter: &HttpRouteRulesFilters,
     path_types: &[PathMatchType],
     index: &Index<'_>,
-    cache: &mut ClusterCache,
+    cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
 ) -> Result<HttpFilter, String> {
     let missing = |field: &str| format!("filter type {:?} needs its {field} field", filter.r#type);
@@ -384,7 +503,7 @@ fn compile_filter(
                 namespace: backend.namespace.as_deref(),
                 port: backend.port,
             };
-            match cache.resolve(index, "HTTPRoute", &route.namespace, reference, Traffic::Http) {
+            match cache.resolve(index, route_kind.name(), &route.namespace, reference, route_kind.traffic()) {
                 Ok(cluster) => {
                     let kind = http_filter::Kind::RequestMirror(RequestMirror {
                         cluster: cluster.name.clone(),
@@ -396,7 +515,9 @@ fn compile_filter(
                 }
                 Err(error) => {
                     // The mirror is skipped; the route reports the reference.
-                    out.unresolved.get_or_insert(error);
+                    if error.is_route_problem() {
+                        out.unresolved.get_or_insert(error);
+                    }
                     return Ok(HttpFilter { kind: None });
                 }
             }
@@ -515,11 +636,18 @@ pub(crate) fn place_rule<'a>(
     route_rank: usize,
     rule: &'a CompiledRule,
     hostnames: &'a [String],
+    hostname_rank: HostnameRank,
 ) -> impl Iterator<Item = (RouteOrder, HttpRoute)> + 'a {
     rule.matches.iter().enumerate().map(move |(j, http_match)| {
-        let order = route_order(route_rank, rule.index, j, http_match);
+        let order = match rule.kind {
+            RouteKind::Http => route_order(hostname_rank, route_rank, rule.index, j, http_match),
+            RouteKind::Grpc => {
+                let rank = rule.grpc_ranks.get(j).copied().unwrap_or_default();
+                grpc_route_order(hostname_rank, route_rank, rule.index, j, rank)
+            }
+        };
         let snapshot_route = HttpRoute {
-            name: format!("httproute/{}/{}/rule/{}/match/{j}", key.namespace, key.name, rule.index),
+            name: format!("{}/{}/{}/rule/{}/match/{j}", rule.kind.prefix(), key.namespace, key.name, rule.index),
             hostnames: hostnames.to_vec(),
             r#match: Some(http_match.clone()),
             filters: rule.filters.clone(),

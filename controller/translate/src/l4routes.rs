@@ -80,7 +80,11 @@ pub(crate) struct CompiledL4Route {
     pub clusters: Vec<std::sync::Arc<Cluster>>,
 }
 
-pub(crate) fn compile_l4_route<R: L4Route>(route: &R, index: &Index<'_>, cache: &mut ClusterCache) -> CompiledL4Route {
+pub(crate) fn compile_l4_route<R: L4Route>(
+    route: &R,
+    index: &Index<'_>,
+    cache: &mut ClusterCache<'_>,
+) -> CompiledL4Route {
     let key = ObjectKey::of(route);
     let mut out = CompiledL4Route { rules: Vec::new(), unresolved: None, clusters: Vec::new() };
     for (i, rule) in route.rules().into_iter().enumerate() {

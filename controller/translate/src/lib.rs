@@ -37,13 +37,16 @@ macro_rules! parent_refs {
 }
 
 mod attach;
+mod backend_client;
 mod backends;
 mod classes;
 mod features;
 mod gateways;
+mod grpcroutes;
 mod httproutes;
 mod index;
 mod l4routes;
+mod policies;
 pub mod status;
 mod tlsroutes;
 mod world;
@@ -56,16 +59,17 @@ use sluice_snapshot::{Cluster, Listener, Protocol, Snapshot, TcpRoute, TlsMode, 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
 pub use index::ObjectKey;
+pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use status::{
     CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef,
     RouteGroupKind, RouteParentStatus, RouteStatus,
 };
 pub use world::{Skipped, World};
 
-use attach::{Attachment, attach, is_gateway_ref};
+use attach::{Attachment, attach, hostname_rank, is_gateway_ref};
 use backends::{BackendError, ClusterCache};
 use gateways::{GatewayPlan, ListenerPlan, plan_gateway};
-use httproutes::{RouteOrder, by_age, compile_route, place_rule};
+use httproutes::{CompiledRoute, RouteKind, RouteOrder, by_age, compile_route, place_rule};
 use index::Index;
 use l4routes::{L4Route, L4Rule, compile_l4_route};
 use status::reason;
@@ -122,9 +126,13 @@ pub struct Status {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub grpc_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tls_routes: BTreeMap<ObjectKey, RouteStatus>,
+    /// Every BackendTLSPolicy targeting a Service: Sluice's ancestors (none when no
+    /// Gateway of Sluice's uses a targeted port).
+    pub backend_tls_policies: BTreeMap<ObjectKey, PolicyStatus>,
 }
 
 /// Snapshot routes placed on one listener of one Gateway, before ordering.
@@ -134,7 +142,7 @@ type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
 struct Translation<'w> {
     index: Index<'w>,
     plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
-    cache: ClusterCache,
+    cache: ClusterCache<'w>,
     clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
     http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
     /// TCP and UDP rules per listener (a listener is one or the other).
@@ -155,10 +163,11 @@ pub fn translate(world: &World) -> Output {
             plans.insert(plan.key.clone(), plan);
         }
     }
+    let policies = policies::Policies::new(&world.backend_tls_policies, &index);
     let mut pass = Translation {
         index,
         plans,
-        cache: ClusterCache::default(),
+        cache: ClusterCache::new(policies),
         clusters: BTreeMap::new(),
         http_routes: BTreeMap::new(),
         l4_routes: BTreeMap::new(),
@@ -167,6 +176,11 @@ pub fn translate(world: &World) -> Output {
     for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
         if let Some((key, status)) = pass.http_route(route, rank) {
             output.status.http_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.grpc_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.grpc_route(route, rank) {
+            output.status.grpc_routes.insert(key, status);
         }
     }
     for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
@@ -212,14 +226,49 @@ impl Translation<'_> {
         rank: usize,
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
-        let generation = route.metadata.generation.unwrap_or_default();
         let parents = parent_refs!(route);
         if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
             return None;
         }
         let compiled = compile_route(route, &self.index, &mut self.cache);
-        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
+        let touched = self.cache.take_touched();
+        let generation = route.metadata.generation.unwrap_or_default();
         let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        Some(self.place_http_like(key, RouteKind::Http, generation, parents, hostnames, compiled, touched, rank))
+    }
+
+    fn grpc_route(
+        &mut self,
+        route: &sluice_gateway_api::grpcroutes::GrpcRoute,
+        rank: usize,
+    ) -> Option<(ObjectKey, RouteStatus)> {
+        let key = ObjectKey::of(route);
+        let parents = parent_refs!(route);
+        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+            return None;
+        }
+        let compiled = grpcroutes::compile_grpc_route(route, &self.index, &mut self.cache);
+        let touched = self.cache.take_touched();
+        let generation = route.metadata.generation.unwrap_or_default();
+        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
+        Some(self.place_http_like(key, RouteKind::Grpc, generation, parents, hostnames, compiled, touched, rank))
+    }
+
+    /// Attaches a compiled HTTPRoute or GRPCRoute through each of its parents (ours) and
+    /// places its rules on the listeners it attached to; returns its status.
+    #[allow(clippy::too_many_arguments)]
+    fn place_http_like(
+        &mut self,
+        key: ObjectKey,
+        kind: RouteKind,
+        generation: i64,
+        parents: Vec<ParentRef>,
+        hostnames: Vec<String>,
+        compiled: CompiledRoute,
+        touched: Vec<(ObjectKey, String)>,
+        rank: usize,
+    ) -> (ObjectKey, RouteStatus) {
+        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
         let mut statuses = Vec::new();
         for parent in parents {
@@ -233,7 +282,7 @@ impl Translation<'_> {
                     reason::UNSUPPORTED_VALUE,
                     format!("hostname {bad:?} is not a valid DNS name or wildcard"),
                 ),
-                None => attach(plan, &parent, "HTTPRoute", &key.namespace, &hostnames, &self.index),
+                None => attach(plan, &parent, kind.name(), &key.namespace, &hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment
                 && !all_invalid
@@ -241,14 +290,18 @@ impl Translation<'_> {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
                 }
+                for (service, port) in &touched {
+                    self.cache.policies.record_use(&gateway_key, service, port);
+                }
                 for (listener, hosts) in listeners {
                     plan.listeners[*listener].attached_routes += 1;
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
+                    let hostname = hostname_rank(plan.listeners[*listener].hostname.as_deref(), &hostnames);
                     let placed = self.http_routes.entry((gateway_key.clone(), *listener)).or_default();
                     for rule in &compiled.rules {
-                        placed.extend(place_rule(&key, rank, rule, hosts));
+                        placed.extend(place_rule(&key, rank, rule, hosts, hostname));
                     }
                 }
             }
@@ -265,7 +318,7 @@ impl Translation<'_> {
                 conditions,
             });
         }
-        Some((key, RouteStatus { parents: statuses }))
+        (key, RouteStatus { parents: statuses })
     }
 
     fn l4_route<R: L4Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {
@@ -278,6 +331,7 @@ impl Translation<'_> {
         let compiled = compile_l4_route(route, &self.index, &mut self.cache);
         let hostnames = route.hostnames();
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
+        let touched = self.cache.take_touched();
         let mut statuses = Vec::new();
         for parent in parents {
             if !our_parent(&parent, &key, &self.plans) {
@@ -295,6 +349,9 @@ impl Translation<'_> {
             if let Attachment::Attached(listeners) = &attachment {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
                     Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                }
+                for (service, port) in &touched {
+                    self.cache.policies.record_use(&gateway_key, service, port);
                 }
                 for (listener, hosts) in listeners {
                     plan.listeners[*listener].attached_routes += 1;
@@ -322,6 +379,7 @@ impl Translation<'_> {
 
     /// Orders every listener's routes and emits status and outputs per Gateway.
     fn finish(mut self, output: &mut Output) {
+        output.status.backend_tls_policies = self.cache.policies.status();
         for ((gateway, listener), mut routes) in std::mem::take(&mut self.http_routes) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
@@ -341,10 +399,15 @@ impl Translation<'_> {
             }
         }
         for (key, plan) in self.plans {
-            output.status.gateways.insert(key.clone(), gateway_status(&plan));
+            let client = backend_client::backend_client_certificate(plan.gateway, &key, &self.index);
+            let mut status = gateway_status(&plan);
+            if let Some(condition) = backend_client::resolved_refs_condition(&client, plan.generation) {
+                status.conditions.push(condition);
+            }
+            output.status.gateways.insert(key.clone(), status);
             if plan.not_accepted.is_none() {
                 let clusters = self.clusters.remove(&key).unwrap_or_default();
-                output.gateways.insert(key, gateway_output(plan, clusters));
+                output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
             }
         }
     }
@@ -481,7 +544,13 @@ fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: 
     }
 }
 
-fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::Arc<Cluster>>) -> GatewayOutput {
+/// The snapshot and infra of a Gateway; `backend_client` is presented on TLS connections
+/// to backends.
+fn gateway_output(
+    plan: GatewayPlan<'_>,
+    clusters: BTreeMap<String, std::sync::Arc<Cluster>>,
+    backend_client: Option<sluice_snapshot::Certificate>,
+) -> GatewayOutput {
     let mut ports = BTreeSet::new();
     let mut listeners = Vec::new();
     let mut used_certificates = BTreeSet::new();
@@ -523,13 +592,23 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();
+    let mut clusters: Vec<Cluster> = clusters.into_values().map(|cluster| cluster.as_ref().clone()).collect();
+    let mut certificates = plan.certificates;
+    if let Some(client) = backend_client
+        && clusters.iter().any(|c| c.tls.is_some())
+    {
+        for tls in clusters.iter_mut().filter_map(|c| c.tls.as_mut()) {
+            tls.client_certificate = client.name.clone();
+        }
+        used_certificates.insert(client.name.clone());
+        certificates.insert(client.name.clone(), client);
+    }
     let snapshot = Snapshot {
         gateway: plan.key.to_string(),
         version: None,
         listeners,
-        clusters: clusters.into_values().map(|cluster| cluster.as_ref().clone()).collect(),
-        certificates: plan
-            .certificates
+        clusters,
+        certificates: certificates
             .into_iter()
             .filter(|(name, _)| used_certificates.contains(name))
             .map(|(_, c)| c)

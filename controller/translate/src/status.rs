@@ -162,6 +162,9 @@ pub mod reason {
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
 
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
@@ -221,6 +224,7 @@ impl crate::Status {
         for ((kind, key), problems) in by_route {
             let routes = match kind {
                 "httproute" => &mut self.http_routes,
+                "grpcroute" => &mut self.grpc_routes,
                 "tcproute" => &mut self.tcp_routes,
                 "udproute" => &mut self.udp_routes,
                 "tlsroute" => &mut self.tls_routes,

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
+use sluice_gateway_api::backendtlspolicies::BackendTlsPolicy;
 use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
+use sluice_gateway_api::grpcroutes::GrpcRoute as GRPCRoute;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
@@ -20,13 +22,17 @@ pub struct World {
     pub gateway_classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub http_routes: Vec<Arc<HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<GRPCRoute>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
     pub udp_routes: Vec<Arc<UDPRoute>>,
     pub tls_routes: Vec<Arc<TLSRoute>>,
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    pub backend_tls_policies: Vec<Arc<BackendTlsPolicy>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// CA bundles (`ca.crt`) of BackendTLSPolicies.
+    pub config_maps: Vec<Arc<ConfigMap>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub proxy_configs: Vec<Arc<ProxyConfig>>,
     /// The `bundle-version` of the Gateway API CRDs installed in the cluster ("" when the
@@ -79,13 +85,16 @@ impl World {
         self.gateway_classes.extend(other.gateway_classes.iter().cloned());
         self.gateways.extend(other.gateways.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
+        self.grpc_routes.extend(other.grpc_routes.iter().cloned());
         self.tcp_routes.extend(other.tcp_routes.iter().cloned());
         self.udp_routes.extend(other.udp_routes.iter().cloned());
         self.tls_routes.extend(other.tls_routes.iter().cloned());
         self.reference_grants.extend(other.reference_grants.iter().cloned());
+        self.backend_tls_policies.extend(other.backend_tls_policies.iter().cloned());
         self.services.extend(other.services.iter().cloned());
         self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
         self.secrets.extend(other.secrets.iter().cloned());
+        self.config_maps.extend(other.config_maps.iter().cloned());
         self.namespaces.extend(other.namespaces.iter().cloned());
         self.proxy_configs.extend(other.proxy_configs.iter().cloned());
     }
@@ -120,13 +129,16 @@ impl World {
         dedupe(&mut self.gateway_classes, skipped);
         dedupe(&mut self.gateways, skipped);
         dedupe(&mut self.http_routes, skipped);
+        dedupe(&mut self.grpc_routes, skipped);
         dedupe(&mut self.tcp_routes, skipped);
         dedupe(&mut self.udp_routes, skipped);
         dedupe(&mut self.tls_routes, skipped);
         dedupe(&mut self.reference_grants, skipped);
+        dedupe(&mut self.backend_tls_policies, skipped);
         dedupe(&mut self.services, skipped);
         dedupe(&mut self.endpoint_slices, skipped);
         dedupe(&mut self.secrets, skipped);
+        dedupe(&mut self.config_maps, skipped);
         dedupe(&mut self.namespaces, skipped);
         dedupe(&mut self.proxy_configs, skipped);
     }
@@ -150,13 +162,18 @@ impl World {
             ("gateway.networking.k8s.io", "GatewayClass") => push(&mut self.gateway_classes, document),
             ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, document),
             ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, document),
+            ("gateway.networking.k8s.io", "GRPCRoute") => push_namespaced(&mut self.grpc_routes, document),
             ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, document),
             ("gateway.networking.k8s.io", "UDPRoute") => push_namespaced(&mut self.udp_routes, document),
             ("gateway.networking.k8s.io", "TLSRoute") => push_namespaced(&mut self.tls_routes, document),
             ("gateway.networking.k8s.io", "ReferenceGrant") => push_namespaced(&mut self.reference_grants, document),
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+                push_namespaced(&mut self.backend_tls_policies, document)
+            }
             ("", "Service") => push_namespaced(&mut self.services, document),
             ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, document),
             ("", "Secret") => push_namespaced(&mut self.secrets, document),
+            ("", "ConfigMap") => push_namespaced(&mut self.config_maps, document),
             ("", "Namespace") => push(&mut self.namespaces, document),
             (sluice_crds::GROUP, "ProxyConfig") => push_namespaced(&mut self.proxy_configs, document),
             _ => Err(format!("kind {kind} of {api_version:?} is not read by Sluice")),

@@ -34,6 +34,11 @@ fn render(input: &str) -> Result<String, Failed> {
     for (gateway, out) in output.gateways.iter_mut() {
         sluice_snapshot::validate(&out.snapshot)
             .map_err(|error| format!("translator emitted an invalid snapshot for {gateway}: {error}"))?;
+        for cluster in &mut out.snapshot.clusters {
+            if let Some(tls) = cluster.tls.as_mut().filter(|t| !t.ca_pem.is_empty()) {
+                tls.ca_pem = format!("<{} bytes of PEM>", tls.ca_pem.len());
+            }
+        }
         for certificate in &mut out.snapshot.certificates {
             certificate.cert_chain_pem = format!("<{} bytes of PEM>", certificate.cert_chain_pem.len());
             certificate.private_key_pem = "<redacted>".into();
