@@ -5,7 +5,8 @@
 //! ```text
 //!  accept ─► read the ClientHello (deadline, size cap) ─► SNI ─► listener ─► route ─► endpoint
 //!    Passthrough: connect, replay the ClientHello bytes, copy both ways
-//!    Terminate:   connect, finish the handshake (listener's certificate), copy plaintext
+//!    Terminate:   connect (over TLS when the backend has a BackendTLSPolicy), finish the
+//!                 handshake (listener's certificate), copy plaintext
 //!  anything missing (no route, invalid backend, no endpoint, refused) ─► close, no alert
 //! ```
 //!
@@ -65,7 +66,7 @@ impl TlsProxy {
         };
         let server_name = hello.server_name.as_deref();
         // The tables are only held while choosing: a new snapshot never waits for a connection.
-        let (listener, endpoint) = {
+        let (listener, endpoint, upstream_tls) = {
             let tables = self.tables.load();
             let Some((listener, route)) = tables.tls_ports.get(&self.port).and_then(|port| port.select(server_name))
             else {
@@ -76,35 +77,47 @@ impl TlsProxy {
                 tracing::debug!(listener = listener.name, sni = server_name, "no TLS route for the SNI; closing");
                 return TlsOutcome::NoRoute;
             };
-            let endpoint = match route.backends.pick() {
-                Some((_, Target::Cluster(cluster))) => cluster.pick(),
+            let (endpoint, upstream_tls) = match route.backends.pick() {
+                // A BackendTLSPolicy applies where the data plane terminates the client's TLS:
+                // it then originates TLS of its own. Passed-through TLS is the client's.
+                Some((_, Target::Cluster(cluster))) if listener.terminate.is_some() => {
+                    (cluster.pick(), cluster.tls.clone())
+                }
+                Some((_, Target::Cluster(cluster))) => (cluster.pick(), None),
                 // An invalid backend's share, or no backend at all.
-                _ => None,
+                _ => (None, None),
             };
-            (listener.clone(), endpoint)
+            (listener.clone(), endpoint, upstream_tls)
         };
         // With least-request balancing the connection counts as in flight until it ends.
         let Some((endpoint, _in_flight)) = endpoint else {
             tracing::debug!(listener = listener.name, sni = server_name, "no usable TLS backend; closing");
             return TlsOutcome::NoBackend;
         };
-        let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%endpoint, %error, "TLS backend refused");
-                return TlsOutcome::NoBackend;
-            }
-            Err(_) => {
-                tracing::debug!(%endpoint, "TLS backend connect timed out");
+        let upstream = match upstream_tls {
+            None => connect(endpoint).await.map(Upstream::Plain),
+            Some(Ok(table)) => match tokio::time::timeout(CONNECT_TIMEOUT, table.connect(endpoint)).await {
+                Ok(Ok(stream)) => Ok(Upstream::Tls(Box::new(stream))),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(format!("TLS to {endpoint} timed out")),
+            },
+            // The policy could not be set up: never fall back to plaintext.
+            Some(Err(error)) => Err(error),
+        };
+        let mut upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::debug!(%endpoint, %error, "TLS route backend unavailable");
                 return TlsOutcome::NoBackend;
             }
         };
         match &listener.terminate {
             None => {
+                let Upstream::Plain(upstream) = &mut upstream else { return TlsOutcome::NoBackend };
                 if upstream.write_all(&hello.bytes).await.is_err() {
                     return TlsOutcome::NoBackend;
                 }
-                let _ = tokio::io::copy_bidirectional(downstream, &mut upstream).await;
+                let _ = tokio::io::copy_bidirectional(downstream, upstream).await;
                 TlsOutcome::Passthrough
             }
             Some(config) => {
@@ -121,9 +134,28 @@ impl TlsProxy {
                         return TlsOutcome::HandshakeFailed;
                     }
                 };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                let _ = match &mut upstream {
+                    Upstream::Plain(upstream) => tokio::io::copy_bidirectional(&mut tls, upstream).await,
+                    Upstream::Tls(upstream) => tokio::io::copy_bidirectional(&mut tls, upstream.as_mut()).await,
+                };
                 TlsOutcome::Terminate
             }
         }
+    }
+}
+
+/// The connection to a TLS route's backend: plain TCP, or TLS the data plane originates
+/// (a terminated connection whose backend has a BackendTLSPolicy).
+enum Upstream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A TCP connection to `endpoint` within [`CONNECT_TIMEOUT`].
+async fn connect(endpoint: std::net::SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => Err(format!("connecting to {endpoint}: {error}")),
+        Err(_) => Err(format!("connecting to {endpoint} timed out")),
     }
 }

@@ -320,6 +320,67 @@ fn one_port_terminates_or_passes_through_by_sni() {
     assert_eq!(terminated.join().unwrap(), ("greeting from plain\n".into(), "plain: ping\n".into()));
 }
 
+/// A terminated connection to a backend with a BackendTLSPolicy: the data plane opens TLS
+/// of its own (the policy's SNI, verified against its CA) and copies plaintext between the
+/// two sessions; a backend the policy's CA does not trust is never reached in plaintext.
+/// Passed-through TLS ignores the policy: the client's session reaches the backend as is.
+#[test]
+fn terminate_originates_tls_to_a_backend_with_a_policy() {
+    let listener_cert = certificate_for(&["tls.example.com", "pass.example.com"]);
+    let backend_cert = certificate_for(&["abc.example.com"]);
+    let stranger = certificate_for(&["abc.example.com"]);
+    let secure = tls_backend("secure", &backend_cert);
+    let policy = |ca: &TestCertificate| sluice_snapshot::UpstreamTls {
+        policy: "backendtlspolicy/test/btls".into(),
+        sni: "abc.example.com".into(),
+        ca_pem: ca.chain_pem.clone(),
+        ..Default::default()
+    };
+    let port = free_port();
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![
+            tls_listener(
+                "term",
+                port,
+                "tls.example.com",
+                Some("secret/test/tls"),
+                vec![tls_route("term", &["tls.example.com"], vec![to("trusted", 1)])],
+            ),
+            tls_listener(
+                "untrusted",
+                port,
+                "bad.example.com",
+                Some("secret/test/tls"),
+                vec![tls_route("bad", &["bad.example.com"], vec![to("untrusted", 1)])],
+            ),
+            tls_listener(
+                "pass",
+                port,
+                "abc.example.com",
+                None,
+                vec![tls_route("pass", &["abc.example.com"], vec![to("trusted", 1)])],
+            ),
+        ],
+        clusters: vec![
+            sluice_snapshot::Cluster { tls: Some(policy(&backend_cert)), ..cluster("trusted", &[secure]) },
+            sluice_snapshot::Cluster { tls: Some(policy(&stranger)), ..cluster("untrusted", &[secure]) },
+        ],
+        certificates: vec![snapshot_certificate("secret/test/tls", &listener_cert)],
+        ..Default::default()
+    };
+    let _plane = DataPlane::start(&snapshot);
+    let mut tls = connect(port, "tls.example.com", &listener_cert).unwrap();
+    assert_eq!(tls.conn.peer_certificates().unwrap()[0].as_ref(), listener_cert.der.as_slice());
+    assert_eq!(talk(&mut tls), ("hello from secure (SNI abc.example.com)\n".into(), "secure: ping\n".into()));
+    drop(tls);
+    let mut tls = connect(port, "abc.example.com", &backend_cert).unwrap();
+    assert_eq!(tls.conn.peer_certificates().unwrap()[0].as_ref(), backend_cert.der.as_slice());
+    assert_eq!(talk(&mut tls), ("hello from secure (SNI abc.example.com)\n".into(), "secure: ping\n".into()));
+    drop(tls);
+    assert_eq!(rejection(connect(port, "bad.example.com", &listener_cert)), Rejection::Closed);
+}
+
 /// What the suite's rejection check needs: no route, an invalid backend, a backend without
 /// endpoints or one that refuses: the connection closes promptly, never with an alert. A
 /// route with a valid and an invalid backend serves only its valid share.
