@@ -1,17 +1,20 @@
 //! The compile steps shared by the translator and the data plane.
 //!
 //! The translator checks user input with exactly the code the data plane uses to build
-//! its tables, so it never emits a regular expression or certificate the data plane could
-//! not compile (DESIGN.md, data flow rule 3):
+//! its tables, so it never emits a regular expression, certificate or CA bundle the data
+//! plane could not compile (DESIGN.md, data flow rule 3):
 //!
 //! ```text
-//!  translator ──full_regex / load_certificate──► status condition on the one route or listener
-//!  data plane ──full_regex / load_certificate──► routing tables (a failure drops that piece only)
+//!  translator ──full_regex / load_certificate / load_ca_bundle──► status condition on the one route or listener
+//!  data plane ──full_regex / load_certificate / load_ca_bundle──► routing tables (a failure drops that piece only)
 //! ```
 
 use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -100,6 +103,37 @@ pub fn load_certificate(cert_chain_pem: &str, private_key_pem: &str) -> Result<L
     Ok(LoadedCertificate { key: Arc::new(key), not_before, not_after })
 }
 
+/// A PEM CA bundle as the data plane checks client certificates against it.
+#[derive(Debug, Clone)]
+pub struct LoadedCaBundle {
+    /// Checks that a client certificate (with the intermediates the client sent) chains
+    /// to one of the bundle's certificates and may authenticate a client (EKU).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The number of CA certificates in the bundle.
+    pub certificates: usize,
+}
+
+/// Loads a PEM CA bundle: at least one certificate, each usable as a trust anchor.
+/// Sections other than certificates are ignored.
+pub fn load_ca_bundle(ca_bundle_pem: &str) -> Result<LoadedCaBundle, String> {
+    let mut roots = RootCertStore::empty();
+    for (index, certificate) in CertificateDer::pem_slice_iter(ca_bundle_pem.as_bytes()).enumerate() {
+        let certificate = certificate.map_err(|e| format!("the CA bundle is not valid PEM: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("certificate {} of the CA bundle cannot be a trust anchor: {e}", index + 1))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA bundle holds no certificate".into());
+    }
+    let certificates = roots.len();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("the CA bundle cannot verify client certificates: {e}"))?;
+    Ok(LoadedCaBundle { verifier, certificates })
+}
+
 /// `2026-12-02T10:00:00Z` for seconds since the epoch.
 fn utc(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
@@ -134,6 +168,25 @@ mod tests {
         assert!(full_regex(&format!("{}a{}", "(".repeat(40), ")".repeat(40))).unwrap_err().contains("nest"));
         assert!(full_regex(r"\w{1000}\w{1000}").unwrap_err().contains("compiles to more than"));
         assert!(full_regex(&"a".repeat(MAX_REGEX_LENGTH + 1)).unwrap_err().contains("the limit is 4096"));
+    }
+
+    #[test]
+    fn ca_bundles_need_certificates_usable_as_trust_anchors() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        assert_eq!(load_ca_bundle(&ca.cert.pem()).unwrap().certificates, 1);
+        let both = format!("{}{}", ca.cert.pem(), other.cert.pem());
+        assert_eq!(load_ca_bundle(&both).unwrap().certificates, 2);
+        // A key next to the certificates is ignored; a key alone is no bundle.
+        let with_key = format!("{}{}", ca.signing_key.serialize_pem(), ca.cert.pem());
+        assert_eq!(load_ca_bundle(&with_key).unwrap().certificates, 1);
+        assert_eq!(load_ca_bundle(&ca.signing_key.serialize_pem()).unwrap_err(), "the CA bundle holds no certificate");
+        assert_eq!(load_ca_bundle("").unwrap_err(), "the CA bundle holds no certificate");
+        let not_x509 = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let error = load_ca_bundle(&format!("{}{not_x509}", ca.cert.pem())).unwrap_err();
+        assert!(error.starts_with("certificate 2 of the CA bundle cannot be a trust anchor"), "{error}");
+        let truncated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(load_ca_bundle(truncated).unwrap_err().contains("not valid PEM"), "{:?}", load_ca_bundle(truncated));
     }
 
     #[test]

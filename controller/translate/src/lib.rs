@@ -531,6 +531,7 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
             http_routes: listener.http_routes,
             tcp_routes,
             udp_routes,
+            client_validation: String::new(),
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();
@@ -545,6 +546,7 @@ fn gateway_output(plan: GatewayPlan<'_>, clusters: BTreeMap<String, std::sync::A
             .filter(|(name, _)| used_certificates.contains(name))
             .map(|(_, c)| c)
             .collect(),
+        client_validations: Vec::new(),
     };
     GatewayOutput {
         snapshot,
