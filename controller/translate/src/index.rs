@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_crds::ProxyConfig;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
@@ -48,6 +48,7 @@ pub(crate) struct Index<'w> {
     /// EndpointSlices by the Service they belong to (label `kubernetes.io/service-name`).
     pub endpoint_slices: HashMap<ObjectKey, Vec<&'w EndpointSlice>>,
     pub secrets: HashMap<ObjectKey, &'w Secret>,
+    pub config_maps: HashMap<ObjectKey, &'w ConfigMap>,
     pub proxy_configs: HashMap<ObjectKey, &'w ProxyConfig>,
     /// Namespace labels, with `kubernetes.io/metadata.name` as the API server sets it.
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
@@ -94,6 +95,7 @@ impl<'w> Index<'w> {
             services: world.services.iter().map(|s| (ObjectKey::of(s.as_ref()), s.as_ref())).collect(),
             endpoint_slices,
             secrets: world.secrets.iter().map(|s| (ObjectKey::of(s.as_ref()), s.as_ref())).collect(),
+            config_maps: world.config_maps.iter().map(|c| (ObjectKey::of(c.as_ref()), c.as_ref())).collect(),
             proxy_configs: world.proxy_configs.iter().map(|p| (ObjectKey::of(p.as_ref()), p.as_ref())).collect(),
             namespace_labels,
             grants,

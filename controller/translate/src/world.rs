@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
@@ -27,6 +27,8 @@ pub struct World {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// CA bundles (`ca.crt`) for client certificate validation.
+    pub config_maps: Vec<Arc<ConfigMap>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub proxy_configs: Vec<Arc<ProxyConfig>>,
     /// The `bundle-version` of the Gateway API CRDs installed in the cluster ("" when the
@@ -86,6 +88,7 @@ impl World {
         self.services.extend(other.services.iter().cloned());
         self.endpoint_slices.extend(other.endpoint_slices.iter().cloned());
         self.secrets.extend(other.secrets.iter().cloned());
+        self.config_maps.extend(other.config_maps.iter().cloned());
         self.namespaces.extend(other.namespaces.iter().cloned());
         self.proxy_configs.extend(other.proxy_configs.iter().cloned());
     }
@@ -127,6 +130,7 @@ impl World {
         dedupe(&mut self.services, skipped);
         dedupe(&mut self.endpoint_slices, skipped);
         dedupe(&mut self.secrets, skipped);
+        dedupe(&mut self.config_maps, skipped);
         dedupe(&mut self.namespaces, skipped);
         dedupe(&mut self.proxy_configs, skipped);
     }
@@ -157,6 +161,7 @@ impl World {
             ("", "Service") => push_namespaced(&mut self.services, document),
             ("discovery.k8s.io", "EndpointSlice") => push_namespaced(&mut self.endpoint_slices, document),
             ("", "Secret") => push_namespaced(&mut self.secrets, document),
+            ("", "ConfigMap") => push_namespaced(&mut self.config_maps, document),
             ("", "Namespace") => push(&mut self.namespaces, document),
             (sluice_crds::GROUP, "ProxyConfig") => push_namespaced(&mut self.proxy_configs, document),
             _ => Err(format!("kind {kind} of {api_version:?} is not read by Sluice")),
