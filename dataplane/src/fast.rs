@@ -106,6 +106,15 @@ impl ServerApp for Front {
             Some(counters) => Some(counters.admit(self.max_connections)?),
             None => None,
         };
+        // A TLS connection whose client certificate the port's validation refuses (a
+        // resumed session that skipped the handshake's check) is closed unserved.
+        if let Some(refused) = stream
+            .get_ssl_digest()
+            .and_then(|tls| tls.extension.get::<crate::tls::Handshake>().and_then(|h| h.refused.clone()))
+        {
+            tracing::debug!(port = ?local, refused, "closing a TLS connection before its first request");
+            return None;
+        }
         // TLS connections (HTTP/1.1 or ALPN h2, whose preface the head deadline also
         // times) and everything when the fast path is off go to Pingora.
         if !self.fast_path || stream.get_ssl_digest().is_some() {

@@ -9,6 +9,7 @@
 //! ```
 
 mod admin;
+mod client_auth;
 mod client_hello;
 mod deadline;
 mod fast;
@@ -270,10 +271,11 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             service.add_tcp(&format!("{}:{port}", cli.bind));
         }
         for port in &https_ports {
-            let mut settings =
-                pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::RecordServerName))
-                    .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+            let check = tls::HandshakeCheck { tables: tables.clone(), port: *port };
+            let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(check))
+                .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
             settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
+            settings.set_client_cert_verifier(Arc::new(client_auth::PortVerifier::new(tables.clone(), *port)));
             settings.enable_h2();
             service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
         }

@@ -770,11 +770,12 @@ fn misdirected(
     let Some(sni) = session
         .digest()
         .and_then(|digest| digest.ssl_digest.as_ref())
-        .and_then(|tls| tls.extension.get::<crate::tls::ClientServerName>())
+        .and_then(|tls| tls.extension.get::<crate::tls::Handshake>())
+        .and_then(|handshake| handshake.server_name.as_deref())
     else {
         return false;
     };
-    !port_table.listener(&sni.0).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
+    !port_table.listener(sni).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora_rustls::sign::CertifiedKey;
 use regex::Regex;
+
+use crate::client_auth::ClientAuth;
 use sluice_snapshot::{
     AppProtocol, Certificate, Cluster, HttpFilter, HttpRoute, LoadBalancing, PathMatchType, Piece, Protocol, Snapshot,
     TlsMode, ValueMatchType, WeightedBackend, http_filter, weighted_backend,
@@ -32,6 +34,8 @@ pub struct Compiled {
     pub ports: HashMap<u16, PortTable>,
     /// Certificates of the TLS-terminating ports, chosen by SNI.
     pub tls: HashMap<u16, CertificateTable>,
+    /// HTTPS ports whose clients are asked for certificates, with their validation.
+    pub client_auth: HashMap<u16, Arc<ClientAuth>>,
     /// Backends of the TCP ports.
     pub tcp: HashMap<u16, Backends>,
     /// Backends of the UDP ports.
@@ -44,8 +48,8 @@ pub struct Compiled {
 }
 
 /// A piece of a snapshot the data plane does not serve: a route (it answers 500, or never
-/// matches when its match cannot be compiled), a listener or a certificate (the listeners
-/// that need it are dropped too).
+/// matches when its match cannot be compiled), a listener, a certificate or a client
+/// validation (the listeners that need it are dropped too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
     /// The piece's snapshot name (`httproute/ns/r/rule/0/match/0`, `gateway/ns/gw/listener/l`).
@@ -313,8 +317,20 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         }
         keys.insert(certificate.name.as_str(), key);
     }
+    let mut validations: HashMap<&str, Result<Arc<ClientAuth>, String>> = HashMap::new();
+    for validation in &snapshot.client_validations {
+        let auth = match broken.get(&Piece::ClientValidation(validation.name.clone())) {
+            Some(problem) => Err(problem.clone()),
+            None => ClientAuth::compile(validation).map(Arc::new),
+        };
+        if let Err(problem) = &auth {
+            dropped.push(Dropped { name: validation.name.clone(), problem: problem.clone() });
+        }
+        validations.insert(validation.name.as_str(), auth);
+    }
     let mut ports: HashMap<u16, PortTable> = HashMap::new();
     let mut tls: HashMap<u16, CertificateTable> = HashMap::new();
+    let mut client_auth: HashMap<u16, Arc<ClientAuth>> = HashMap::new();
     let mut tcp: HashMap<u16, Backends> = HashMap::new();
     let mut udp: HashMap<u16, Backends> = HashMap::new();
     let mut tls_ports: HashMap<u16, crate::tls_routes::TlsPortTable> = HashMap::new();
@@ -352,6 +368,24 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
             udp.insert(port, l4_backends(route, &mut dropped));
             continue;
         }
+        // A listener is never served without the client validation it was given.
+        let auth = match listener.client_validation.as_str() {
+            _ if listener.protocol() != Protocol::Https => None,
+            "" => None,
+            name => match validations.get(name) {
+                Some(Ok(auth)) => Some(auth.clone()),
+                Some(Err(problem)) => {
+                    let problem = format!("client validation {name} cannot be used: {problem}");
+                    dropped.push(Dropped { name: listener.name.clone(), problem });
+                    continue;
+                }
+                None => {
+                    let problem = format!("unknown client validation {name}");
+                    dropped.push(Dropped { name: listener.name.clone(), problem });
+                    continue;
+                }
+            },
+        };
         let terminates = listener.protocol() == Protocol::Https
             || (listener.protocol() == Protocol::Tls && listener.tls_mode() == TlsMode::Terminate);
         let key = if terminates {
@@ -378,6 +412,9 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
             continue;
         }
         if let Some(key) = key {
+            if let Some(auth) = auth {
+                client_auth.insert(port, auth);
+            }
             let table = tls.entry(port).or_default();
             match listener.hostname.strip_prefix('*') {
                 _ if listener.hostname.is_empty() => table.any = Some(key),
@@ -420,7 +457,17 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         tracing::warn!(piece = piece.name, problem = piece.problem, "not serving a piece of the snapshot");
     }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
-    Ok(Compiled { gateway: snapshot.gateway.clone(), generation, ports, tls, tcp, udp, tls_ports, dropped })
+    Ok(Compiled {
+        gateway: snapshot.gateway.clone(),
+        generation,
+        ports,
+        tls,
+        client_auth,
+        tcp,
+        udp,
+        tls_ports,
+        dropped,
+    })
 }
 
 fn cluster_table(cluster: &Cluster, snapshot: &Snapshot) -> ClusterTable {

@@ -1,5 +1,6 @@
 //! TLS termination: the certificate is chosen per handshake from the current tables, so
 //! a new certificate in a snapshot is served by the next handshake, without a restart.
+//! Client certificates are requested and checked the same way (`client_auth`).
 
 use std::sync::Arc;
 
@@ -27,22 +28,34 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The SNI a client sent, kept with the connection's TLS digest so that requests can be
-/// checked against it (421 Misdirected Request).
+/// What the handshake of a TLS connection decided, kept with the connection's TLS digest.
 #[derive(Debug)]
-pub struct ClientServerName(pub String);
+pub struct Handshake {
+    /// The SNI the client sent (lower case), against which requests are checked (421
+    /// Misdirected Request).
+    pub server_name: Option<String>,
+    /// Why the connection must not be served: its (resumed) session's client
+    /// certificate does not pass the port's current validation.
+    pub refused: Option<String>,
+}
 
 /// Records the SNI of each TLS connection (the certificate itself comes from
-/// [`SniResolver`]).
-pub struct RecordServerName;
+/// [`SniResolver`]) and checks its client certificate against the port's validation
+/// again: a resumed session skipped the verifier, possibly under another validation.
+pub struct HandshakeCheck {
+    pub tables: Tables,
+    pub port: u16,
+}
 
 #[async_trait::async_trait]
-impl pingora_core::listeners::TlsAccept for RecordServerName {
+impl pingora_core::listeners::TlsAccept for HandshakeCheck {
     async fn handshake_complete_callback(
         &self,
         tls: &pingora_core::protocols::tls::TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let name = tls.server_name()?.to_ascii_lowercase();
-        Some(Arc::new(ClientServerName(name)))
+        let server_name = tls.server_name().map(str::to_ascii_lowercase);
+        let tables = self.tables.load();
+        let refused = tables.client_auth.get(&self.port).and_then(|auth| auth.admits(tls.peer_cert_chain_der()).err());
+        Some(Arc::new(Handshake { server_name, refused }))
     }
 }

@@ -1,17 +1,19 @@
 //! The compile steps shared by the translator and the data plane.
 //!
 //! The translator checks user input with exactly the code the data plane uses to build
-//! its tables, so it never emits a regular expression or certificate the data plane could
-//! not compile (DESIGN.md, data flow rule 3):
+//! its tables, so it never emits a regular expression, certificate or CA bundle the data
+//! plane could not compile (DESIGN.md, data flow rule 3):
 //!
 //! ```text
-//!  translator ──full_regex / load_certificate──► status condition on the one route or listener
-//!  data plane ──full_regex / load_certificate──► routing tables (a failure drops that piece only)
+//!  translator ──full_regex / load_certificate / load_ca_bundle──► status condition on the one route or listener
+//!  data plane ──full_regex / load_certificate / load_ca_bundle──► routing tables (a failure drops that piece only)
 //! ```
 
 use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -111,9 +113,33 @@ pub fn load_ca_bundle(pem: &str) -> Result<rustls::RootCertStore, String> {
     }
     let mut roots = rustls::RootCertStore::empty();
     for (i, certificate) in certificates.into_iter().enumerate() {
-        roots.add(certificate).map_err(|e| format!("CA certificate {} cannot be used: {e}", i + 1))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("certificate {} of the CA bundle cannot be a trust anchor: {e}", i + 1))?;
     }
     Ok(roots)
+}
+
+/// A PEM CA bundle as the data plane checks client certificates against it.
+#[derive(Debug, Clone)]
+pub struct LoadedCaBundle {
+    /// Checks that a client certificate (with the intermediates the client sent) chains
+    /// to one of the bundle's certificates and may authenticate a client (EKU).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The number of CA certificates in the bundle.
+    pub certificates: usize,
+}
+
+/// Loads a PEM CA bundle for checking client certificates ([`load_ca_bundle`]: at least
+/// one certificate, each usable as a trust anchor; other sections are ignored).
+pub fn load_client_ca_bundle(ca_bundle_pem: &str) -> Result<LoadedCaBundle, String> {
+    let roots = load_ca_bundle(ca_bundle_pem)?;
+    let certificates = roots.len();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("the CA bundle cannot verify client certificates: {e}"))?;
+    Ok(LoadedCaBundle { verifier, certificates })
 }
 
 /// `2026-12-02T10:00:00Z` for seconds since the epoch.
@@ -161,6 +187,32 @@ mod tests {
         assert_eq!(load_ca_bundle(&format!("{ca}{ca}")).unwrap().len(), 2);
         assert!(load_ca_bundle("").unwrap_err().contains("no certificate"));
         assert!(load_ca_bundle("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+    }
+
+    #[test]
+    fn client_ca_bundles_need_certificates_usable_as_trust_anchors() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        assert_eq!(load_client_ca_bundle(&ca.cert.pem()).unwrap().certificates, 1);
+        let both = format!("{}{}", ca.cert.pem(), other.cert.pem());
+        assert_eq!(load_client_ca_bundle(&both).unwrap().certificates, 2);
+        // A key next to the certificates is ignored; a key alone is no bundle.
+        let with_key = format!("{}{}", ca.signing_key.serialize_pem(), ca.cert.pem());
+        assert_eq!(load_client_ca_bundle(&with_key).unwrap().certificates, 1);
+        assert_eq!(
+            load_client_ca_bundle(&ca.signing_key.serialize_pem()).unwrap_err(),
+            "the CA bundle holds no certificate"
+        );
+        assert_eq!(load_client_ca_bundle("").unwrap_err(), "the CA bundle holds no certificate");
+        let not_x509 = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let error = load_client_ca_bundle(&format!("{}{not_x509}", ca.cert.pem())).unwrap_err();
+        assert!(error.starts_with("certificate 2 of the CA bundle cannot be a trust anchor"), "{error}");
+        let truncated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(
+            load_client_ca_bundle(truncated).unwrap_err().contains("not valid PEM"),
+            "{:?}",
+            load_client_ca_bundle(truncated)
+        );
     }
 
     #[test]

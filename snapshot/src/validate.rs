@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::{
-    DirectResponse, HttpFilter, HttpRoute, Listener, PathMatchType, PathModifier, Protocol, Snapshot, TlsMode,
-    ValueMatch, ValueMatchType, WeightedBackend, http_filter, path_modifier, weighted_backend,
+    ClientValidationMode, DirectResponse, HttpFilter, HttpRoute, Listener, PathMatchType, PathModifier, Protocol,
+    Snapshot, TlsMode, ValueMatch, ValueMatchType, WeightedBackend, http_filter, path_modifier, weighted_backend,
 };
 
 /// The problems found in a snapshot, each prefixed with the name of the offending item.
@@ -39,6 +39,9 @@ pub enum Piece {
     Route(String),
     /// One certificate (by name): it is not served, nor the listeners that need it.
     Certificate(String),
+    /// One client certificate validation (by name): the listeners that need it are not
+    /// served (a port never serves without the client validation it was given).
+    ClientValidation(String),
 }
 
 /// One problem found in a snapshot.
@@ -144,6 +147,20 @@ impl<'a> Checker<'a> {
                 self.problem(&cluster.name, format!("unknown client certificate {}", tls.client_certificate));
             }
         }
+        let mut validations = BTreeSet::new();
+        for validation in &snapshot.client_validations {
+            if !validations.insert(validation.name.as_str()) {
+                self.problem(&validation.name, "duplicate client validation name");
+            }
+            self.piece = Piece::ClientValidation(validation.name.clone());
+            if !validation.ca_bundle_pem.contains("-----BEGIN") {
+                self.problem(&validation.name, "the CA bundle is not PEM");
+            }
+            if validation.mode() == ClientValidationMode::Unspecified {
+                self.problem(&validation.name, "client validation mode is unspecified");
+            }
+            self.piece = Piece::Snapshot;
+        }
         let mut listener_names = BTreeSet::new();
         // UDP and the TCP-based protocols are different transports: they may share a port
         // number, and each is checked on its own.
@@ -154,7 +171,7 @@ impl<'a> Checker<'a> {
             }
             ports.entry((listener.protocol() == Protocol::Udp, listener.port)).or_default().push(listener);
             self.piece = Piece::Listener(listener.name.clone());
-            self.listener(listener, &certificates);
+            self.listener(listener, &certificates, &validations);
             self.piece = Piece::Snapshot;
         }
         for ((udp, port), listeners) in ports {
@@ -172,10 +189,21 @@ impl<'a> Checker<'a> {
             if udp && listeners.len() > 1 {
                 self.problem(&format!("port {port}"), "a UDP listener cannot share its port");
             }
+            let client_validations: BTreeSet<&str> = listeners
+                .iter()
+                .filter(|l| l.protocol() == Protocol::Https)
+                .map(|l| l.client_validation.as_str())
+                .collect();
+            if client_validations.len() > 1 {
+                self.problem(
+                    &format!("port {port}"),
+                    "HTTPS listeners on the port differ in client certificate validation",
+                );
+            }
         }
     }
 
-    fn listener(&mut self, listener: &'a Listener, certificates: &BTreeSet<&str>) {
+    fn listener(&mut self, listener: &'a Listener, certificates: &BTreeSet<&str>, validations: &BTreeSet<&str>) {
         let at = listener.name.as_str();
         if !valid_port(listener.port) {
             self.problem(at, format!("port {} out of range", listener.port));
@@ -196,6 +224,14 @@ impl<'a> Checker<'a> {
             protocol == Protocol::Https || (protocol == Protocol::Tls && listener.tls_mode() == TlsMode::Terminate);
         if terminates && listener.certificates.is_empty() {
             self.problem(at, "terminates TLS without a certificate");
+        }
+        if !listener.client_validation.is_empty() {
+            if protocol != Protocol::Https {
+                self.problem(at, "client certificate validation on a listener that is not HTTPS");
+            }
+            if !validations.contains(listener.client_validation.as_str()) {
+                self.problem(at, format!("unknown client validation {}", listener.client_validation));
+            }
         }
         let serves_http = matches!(protocol, Protocol::Http | Protocol::Https);
         if !serves_http && !listener.http_routes.is_empty() {
@@ -730,6 +766,75 @@ mod tests {
         assert!(found[1].message.contains("unknown certificate secret/ns/missing"));
         s.listeners[1].name = s.listeners[0].name.clone();
         assert!(problems(&s).iter().any(|p| p.piece == Piece::Snapshot && p.message == "duplicate listener name"));
+    }
+
+    #[test]
+    fn client_validations_are_per_https_port_and_known() {
+        let validation = |name: &str, mode: ClientValidationMode| crate::ClientValidation {
+            name: name.into(),
+            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            mode: mode as i32,
+        };
+        let https = |name: &str, port: u32, hostname: &str, validation: &str| Listener {
+            name: format!("gateway/ns/gw/listener/{name}"),
+            port,
+            protocol: Protocol::Https as i32,
+            hostname: hostname.into(),
+            certificates: vec!["secret/ns/tls".into()],
+            client_validation: validation.into(),
+            ..Default::default()
+        };
+        let mut s = snapshot(vec![]);
+        s.certificates.push(crate::Certificate {
+            name: "secret/ns/tls".into(),
+            cert_chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            private_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        });
+        s.client_validations = vec![
+            validation("gateway/ns/gw/frontend/default", ClientValidationMode::AllowValidOnly),
+            validation("gateway/ns/gw/frontend/port/8443", ClientValidationMode::AllowInsecureFallback),
+        ];
+        s.listeners.push(https("a", 443, "a.example.com", "gateway/ns/gw/frontend/default"));
+        s.listeners.push(https("b", 443, "b.example.com", "gateway/ns/gw/frontend/default"));
+        s.listeners.push(https("c", 8443, "", "gateway/ns/gw/frontend/port/8443"));
+        assert_eq!(validate(&s), Ok(()));
+
+        // Listeners of one port must agree: the certificate is requested before the SNI
+        // picks a listener.
+        let mut differ = s.clone();
+        differ.listeners[3].port = 443;
+        let error = validate(&differ).unwrap_err();
+        assert_eq!(error.problems, ["port 443: HTTPS listeners on the port differ in client certificate validation"]);
+        differ.listeners[3].client_validation.clear();
+        assert!(validate(&differ).is_err(), "one listener without validation on a port with validation");
+
+        let mut unknown = s.clone();
+        unknown.listeners[3].client_validation = "gateway/ns/gw/frontend/port/1".into();
+        let found = problems(&unknown);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].piece, Piece::Listener("gateway/ns/gw/listener/c".into()));
+        assert_eq!(found[0].message, "unknown client validation gateway/ns/gw/frontend/port/1");
+
+        let mut on_http = s.clone();
+        on_http.listeners[0].client_validation = "gateway/ns/gw/frontend/default".into();
+        let found = problems(&on_http);
+        assert_eq!(found[0].piece, Piece::Listener("gateway/ns/gw/listener/http".into()));
+        assert_eq!(found[0].message, "client certificate validation on a listener that is not HTTPS");
+
+        let mut broken = s.clone();
+        broken.client_validations[1].ca_bundle_pem = "not PEM".into();
+        broken.client_validations[1].mode = ClientValidationMode::Unspecified as i32;
+        let found: Vec<(Piece, String)> = problems(&broken).into_iter().map(|p| (p.piece, p.message)).collect();
+        let piece = Piece::ClientValidation("gateway/ns/gw/frontend/port/8443".into());
+        assert_eq!(
+            found,
+            [
+                (piece.clone(), "the CA bundle is not PEM".to_string()),
+                (piece, "client validation mode is unspecified".to_string())
+            ]
+        );
+        broken.client_validations[1].name = "gateway/ns/gw/frontend/default".into();
+        assert!(problems(&broken).iter().any(|p| p.piece == Piece::Snapshot));
     }
 
     #[test]

@@ -38,11 +38,12 @@ pub struct Stores {
     pub tls_routes: Option<Store<TlsRoute>>,
     pub reference_grants: Store<ReferenceGrant>,
     pub backend_tls_policies: Option<Store<BackendTlsPolicy>>,
-    /// CA bundles of BackendTLSPolicies.
-    pub config_maps: Store<ConfigMap>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
+    /// Only their `ca.crt` (CA bundles of BackendTLSPolicies and of client certificate
+    /// validation) is kept.
+    pub config_maps: Store<ConfigMap>,
     pub namespaces: Store<Namespace>,
     pub proxy_configs: Option<Store<ProxyConfig>>,
     /// Node addresses, for the addresses of Gateways behind NodePort Services.
@@ -115,11 +116,13 @@ impl Stores {
             tls_routes,
             reference_grants: watch(client, watcher::Config::default(), &changed),
             backend_tls_policies,
-            config_maps: watch(client, watcher::Config::default(), &changed),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
             // Only TLS Secrets can be certificateRefs; others are never read.
             secrets: watch(client, watcher::Config::default().fields("type=kubernetes.io/tls"), &changed),
+            // No selector can pick the ConfigMaps that hold CA bundles: every one is
+            // watched, and the store keeps only what the translator reads.
+            config_maps: watch_trimmed(client, watcher::Config::default(), &changed, keep_ca_bundle),
             namespaces: watch(client, watcher::Config::default(), &changed),
             proxy_configs,
             nodes: watch(client, watcher::Config::default(), &changed),
@@ -145,10 +148,10 @@ impl Stores {
             if let Some(s) = &stores.backend_tls_policies {
                 s.wait_until_ready().await?;
             }
-            stores.config_maps.wait_until_ready().await?;
             stores.services.wait_until_ready().await?;
             stores.endpoint_slices.wait_until_ready().await?;
             stores.secrets.wait_until_ready().await?;
+            stores.config_maps.wait_until_ready().await?;
             stores.namespaces.wait_until_ready().await?;
             if let Some(s) = &stores.proxy_configs {
                 s.wait_until_ready().await?;
@@ -172,10 +175,10 @@ impl Stores {
             tls_routes: self.tls_routes.as_ref().map(Store::state).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
             backend_tls_policies: self.backend_tls_policies.as_ref().map(Store::state).unwrap_or_default(),
-            config_maps: self.config_maps.state(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),
+            config_maps: self.config_maps.state(),
             namespaces: self.namespaces.state(),
             proxy_configs: self.proxy_configs.as_ref().map(Store::state).unwrap_or_default(),
             crd_bundle_version: Some(self.crd_bundle_version.clone().unwrap_or_default()),
@@ -216,15 +219,45 @@ where
     }
 }
 
+/// The ConfigMap key holding a CA bundle (`caCertificateRefs`).
+const CA_BUNDLE_KEY: &str = "ca.crt";
+
+/// Drops everything of a ConfigMap but its identity and its CA bundle: ConfigMaps are
+/// watched cluster-wide, and most hold other data (the last-applied annotation repeats
+/// all of it).
+fn keep_ca_bundle(config_map: &mut ConfigMap) {
+    config_map.metadata.managed_fields = None;
+    config_map.metadata.annotations = None;
+    if let Some(data) = &mut config_map.data {
+        data.retain(|key, _| key == CA_BUNDLE_KEY);
+    }
+    if let Some(data) = &mut config_map.binary_data {
+        data.retain(|key, _| key == CA_BUNDLE_KEY);
+    }
+}
+
 /// Starts a reflector for `K` and returns its store. Watch errors are logged and retried
 /// with back-off; every event wakes the reconcile loop.
 fn watch<K>(client: &Client, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    watch_trimmed(client, config, changed, |_: &mut K| {})
+}
+
+/// As [`watch`], storing each object as `trim` leaves it.
+fn watch_trimmed<K>(
+    client: &Client,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::all(client.clone());
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(trim)).default_backoff();
     let changed = changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -249,4 +282,34 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_maps_keep_only_their_ca_bundle() {
+        let mut config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "ca", "namespace": "infra", "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                "managedFields": [{"manager": "kubectl"}],
+            },
+            "data": {"ca.crt": "PEM", "other": "big"},
+            "binaryData": {"ca.crt": "UEVN", "blob": "AAAA"},
+        }))
+        .unwrap();
+        keep_ca_bundle(&mut config_map);
+        assert_eq!(
+            serde_json::to_value(&config_map).unwrap(),
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "ca", "namespace": "infra", "labels": {"team": "a"}},
+                "data": {"ca.crt": "PEM"},
+                "binaryData": {"ca.crt": "UEVN"},
+            })
+        );
+    }
 }

@@ -7,7 +7,7 @@ use sluice_gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelector, GatewayListenersTlsMode,
 };
-use sluice_snapshot::{Certificate, HttpRoute, Protocol, TlsRoute};
+use sluice_snapshot::{Certificate, ClientValidation, HttpRoute, Protocol, TlsRoute};
 
 use crate::l4routes::L4Rule;
 
@@ -46,6 +46,9 @@ pub(crate) struct ListenerPlan {
     pub overlapping_tls: Option<String>,
     /// Names of valid certificates (snapshot `secret/ns/name`), in certificateRefs order.
     pub certificates: Vec<String>,
+    /// HTTPS listeners whose clients must present certificates: the name of the snapshot
+    /// client validation (`gateway/ns/name/frontend/...`).
+    pub client_validation: Option<String>,
     pub attached_routes: i32,
     pub http_routes: Vec<HttpRoute>,
     /// TCP or UDP rules, by the listener's protocol.
@@ -90,6 +93,8 @@ pub(crate) struct GatewayPlan<'w> {
     pub listeners: Vec<ListenerPlan>,
     pub proxy_config: ProxyConfigSpec,
     pub certificates: BTreeMap<String, Certificate>,
+    /// Client certificate validations of the HTTPS listeners, by name.
+    pub client_validations: BTreeMap<String, ClientValidation>,
     /// IP addresses requested in `spec.addresses`.
     pub requested_addresses: Vec<String>,
 }
@@ -111,6 +116,8 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
     let mut certificates = BTreeMap::new();
     let mut listeners: Vec<ListenerPlan> =
         gateway.spec.listeners.iter().map(|listener| plan_listener(listener, &key, index, &mut certificates)).collect();
+    let mut client_validations = BTreeMap::new();
+    crate::frontend::plan_client_validation(gateway, &key, &mut listeners, index, &mut client_validations);
     mark_duplicate_names(&mut listeners);
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
@@ -176,6 +183,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
         listeners,
         proxy_config: merge_proxy_config(&class.proxy_config, gateway_config.as_ref()),
         certificates,
+        client_validations,
         requested_addresses,
     }
 }
@@ -350,6 +358,7 @@ fn plan_listener(
         overlapping_tls: None,
         unresolved,
         certificates: listener_certificates,
+        client_validation: None,
         attached_routes: 0,
         http_routes: Vec::new(),
         l4_routes: Vec::new(),

@@ -2,11 +2,13 @@
 //! controller must do.
 //!
 //! ```text
-//!  World (GatewayClasses, Gateways, HTTPRoutes, TCPRoutes, UDPRoutes, TLSRoutes, ReferenceGrants,
-//!         Services, EndpointSlices, Secrets, Namespaces, ProxyConfigs)
+//!  World (GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, UDPRoutes, TLSRoutes,
+//!         ReferenceGrants, BackendTLSPolicies, Services, EndpointSlices, Secrets, ConfigMaps,
+//!         Namespaces, ProxyConfigs)
 //!    │ translate()          no client, no clock, no I/O; deterministic
 //!    ▼
-//!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates)
+//!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates,
+//!         │                client certificate validations)
 //!         │                Infra (ports, ProxyConfig, labels) for the deployer
 //!         └─ status of every GatewayClass, Gateway (+ listeners) and route parentRef
 //! ```
@@ -41,6 +43,7 @@ mod backend_client;
 mod backends;
 mod classes;
 mod features;
+mod frontend;
 mod gateways;
 mod grpcroutes;
 mod httproutes;
@@ -54,7 +57,7 @@ mod world;
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_crds::ProxyConfigSpec;
-use sluice_snapshot::{Cluster, Listener, Protocol, Snapshot, TcpRoute, TlsMode, UdpRoute};
+use sluice_snapshot::{ClientValidationMode, Cluster, Listener, Protocol, Snapshot, TcpRoute, TlsMode, UdpRoute};
 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
@@ -495,7 +498,35 @@ fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
             } else {
                 Condition::new(reason::PROGRAMMED, false, reason::INVALID, "No listener is valid", generation)
             };
-            vec![accepted, programmed]
+            let mut conditions = vec![accepted, programmed];
+            // A negative-polarity condition: present only while true.
+            let insecure_ports: BTreeSet<i32> = plan
+                .listeners
+                .iter()
+                .filter(|l| l.serves())
+                .filter(|l| {
+                    l.client_validation
+                        .as_ref()
+                        .and_then(|name| plan.client_validations.get(name))
+                        .is_some_and(|validation| validation.mode() == ClientValidationMode::AllowInsecureFallback)
+                })
+                .map(|l| l.port)
+                .collect();
+            if !insecure_ports.is_empty() {
+                let ports: Vec<String> = insecure_ports.iter().map(i32::to_string).collect();
+                conditions.push(Condition::new(
+                    reason::INSECURE_FRONTEND_VALIDATION_MODE,
+                    true,
+                    reason::CONFIGURATION_CHANGED,
+                    format!(
+                        "client certificate validation is AllowInsecureFallback on port {}: clients without a valid \
+                         certificate are served too",
+                        ports.join(", ")
+                    ),
+                    generation,
+                ));
+            }
+            conditions
         }
     };
     GatewayStatus { conditions, listeners }
@@ -554,6 +585,7 @@ fn gateway_output(
     let mut ports = BTreeSet::new();
     let mut listeners = Vec::new();
     let mut used_certificates = BTreeSet::new();
+    let mut used_validations = BTreeSet::new();
     for listener in plan.listeners {
         if !listener.serves() {
             continue;
@@ -572,6 +604,7 @@ fn gateway_output(
             )
         };
         used_certificates.extend(listener.certificates.iter().cloned());
+        used_validations.extend(listener.client_validation.iter().cloned());
         listeners.push(Listener {
             name: format!("gateway/{}/{}/listener/{}", plan.key.namespace, plan.key.name, listener.name),
             port: u32::try_from(listener.port).unwrap_or_default(),
@@ -589,6 +622,7 @@ fn gateway_output(
             tcp_routes,
             udp_routes,
             tls_routes: listener.tls_routes,
+            client_validation: listener.client_validation.unwrap_or_default(),
         });
     }
     let infrastructure = plan.gateway.spec.infrastructure.as_ref();
@@ -612,6 +646,12 @@ fn gateway_output(
             .into_iter()
             .filter(|(name, _)| used_certificates.contains(name))
             .map(|(_, c)| c)
+            .collect(),
+        client_validations: plan
+            .client_validations
+            .into_iter()
+            .filter(|(name, _)| used_validations.contains(name))
+            .map(|(_, v)| v)
             .collect(),
     };
     GatewayOutput {

@@ -148,6 +148,8 @@ pub mod reason {
     pub const SUPPORTED_VERSION: &str = "SupportedVersion";
     pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
     pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 
     pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
@@ -166,6 +168,7 @@ pub mod reason {
     pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
     pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
 
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";

@@ -31,7 +31,7 @@ pub struct World {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
-    /// CA bundles (`ca.crt`) of BackendTLSPolicies.
+    /// CA bundles (`ca.crt`) of BackendTLSPolicies and of client certificate validation.
     pub config_maps: Vec<Arc<ConfigMap>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub proxy_configs: Vec<Arc<ProxyConfig>>,

@@ -23,7 +23,8 @@ fn cases() -> Vec<PathBuf> {
     cases
 }
 
-/// The golden rendering: readable YAML, private keys and long PEM blobs elided.
+/// The golden rendering: readable YAML, private keys and long PEM blobs (certificates, CA
+/// bundles) elided.
 fn render(input: &str) -> Result<String, Failed> {
     let (world, skipped) = World::from_manifests(input);
     let mut output = translate(&world);
@@ -42,6 +43,9 @@ fn render(input: &str) -> Result<String, Failed> {
         for certificate in &mut out.snapshot.certificates {
             certificate.cert_chain_pem = format!("<{} bytes of PEM>", certificate.cert_chain_pem.len());
             certificate.private_key_pem = "<redacted>".into();
+        }
+        for validation in &mut out.snapshot.client_validations {
+            validation.ca_bundle_pem = format!("<{} bytes of PEM>", validation.ca_bundle_pem.len());
         }
     }
     #[derive(serde::Serialize)]
@@ -95,6 +99,7 @@ fn check_order_independence(cases: &[PathBuf]) -> Result<(), Failed> {
         reversed.services.reverse();
         reversed.endpoint_slices.reverse();
         reversed.secrets.reverse();
+        reversed.config_maps.reverse();
         reversed.namespaces.reverse();
         reversed.proxy_configs.reverse();
         if translate(&world) != translate(&reversed) {
