@@ -226,6 +226,60 @@ fn header_filters_rewrites_and_redirects() {
     assert_eq!(response.header("location"), Some("http://new.example.com:8080/moved/page"));
 }
 
+/// URLRewrite as a backendRef filter (HTTPRouteBackendURLRewrite): the rewrite belongs to
+/// the backend the request was sent to, so two backends of one rule rewrite differently.
+#[test]
+fn backend_level_url_rewrites() {
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    let port = free_port();
+    let rewrite_to = |cluster: &str, weight: u32, kind: path_modifier::Kind| WeightedBackend {
+        filters: vec![filter(http_filter::Kind::UrlRewrite(UrlRewrite {
+            hostname: String::new(),
+            path: Some(PathModifier { kind: Some(kind) }),
+        }))],
+        ..to(cluster, weight)
+    };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            route(
+                "full",
+                &[],
+                path(PathMatchType::Prefix, "/full"),
+                vec![rewrite_to("a", 1, path_modifier::Kind::ReplaceFullPath("/rewritten-full".into()))],
+            ),
+            route(
+                "prefix",
+                &[],
+                path(PathMatchType::Prefix, "/prefix"),
+                vec![rewrite_to("a", 1, path_modifier::Kind::ReplacePrefixMatch("/rewritten-prefix".into()))],
+            ),
+            route(
+                "split",
+                &[],
+                path(PathMatchType::Prefix, "/split"),
+                vec![
+                    rewrite_to("a", 1, path_modifier::Kind::ReplacePrefixMatch("/to-a".into())),
+                    rewrite_to("b", 1, path_modifier::Kind::ReplaceFullPath("/to-b".into())),
+                ],
+            ),
+        ],
+        vec![cluster("a", &[a.port]), cluster("b", &[b.port])],
+    ));
+    let response = get(port, "app.example.com", "/full/original", &[]);
+    assert_eq!((response.status, response.echo("path")), (200, Some("/rewritten-full")));
+    let response = get(port, "app.example.com", "/prefix/original?q=1", &[]);
+    assert_eq!((response.status, response.echo("path")), (200, Some("/rewritten-prefix/original?q=1")));
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let response = get(port, "app.example.com", "/split/x", &[]);
+        let backend = response.echo("backend").unwrap_or("none").to_string();
+        seen.insert(backend, response.echo("path").unwrap_or("none").to_string());
+    }
+    assert_eq!(seen.get("a").map(String::as_str), Some("/to-a/x"), "{seen:?}");
+    assert_eq!(seen.get("b").map(String::as_str), Some("/to-b"), "{seen:?}");
+}
+
 #[test]
 fn weights_split_traffic() {
     let (a, b) = (Echo::start("a"), Echo::start("b"));

@@ -295,8 +295,11 @@ pub fn addresses(output: &Output, world: &World, nodes: &[std::sync::Arc<Node>])
             let ips = spec
                 .and_then(|s| s.cluster_ips.clone())
                 .unwrap_or_else(|| spec.and_then(|s| s.cluster_ip.clone()).into_iter().collect());
+            // Static addresses (spec.addresses → externalIPs) are the Gateway's addresses;
+            // the ClusterIP only when none was asked for.
             let external = spec.and_then(|s| s.external_ips.clone()).unwrap_or_default();
-            for ip in external.into_iter().chain(ips).filter(|ip| !ip.is_empty() && ip != "None") {
+            let chosen = if external.is_empty() { ips } else { external };
+            for ip in chosen.into_iter().filter(|ip| !ip.is_empty() && ip != "None") {
                 list.push(Address { type_: "IPAddress", value: ip });
             }
         }
@@ -378,7 +381,8 @@ status:
         let (output, world) = world_with_extra("ClusterIP", "externalIPs: [198.18.0.77]");
         assert_eq!(
             values(&addresses(&output, &world, &[])),
-            vec![("IPAddress", "198.18.0.77".to_string()), ("IPAddress", "10.0.0.7".to_string())]
+            vec![("IPAddress", "198.18.0.77".to_string())],
+            "static addresses replace the ClusterIP (GatewayStaticAddresses wants exactly those)"
         );
         let (output, world) = world_with("NodePort");
         let nodes = [node("10.1.0.2", None), node("10.1.0.1", None)];

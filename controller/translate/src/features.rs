@@ -10,6 +10,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRouteNamedRouteRule",
     "GRPCRouteRequestHeaderModifier",
     "Gateway",
+    "GatewayAddressEmpty",
     "GatewayBackendClientCertificate",
     "GatewayFrontendClientCertificateValidation",
     "GatewayFrontendClientCertificateValidationInsecureFallback",
@@ -18,6 +19,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayInfrastructure",
     "GatewayPort8080",
     "GatewayRouteHostnameIntersectionPrecedence",
+    "GatewayStaticAddresses",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -26,6 +28,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteBackendURLRewrite",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
@@ -63,5 +66,22 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted, super::SUPPORTED_FEATURES);
+    }
+
+    /// docs/status.md's feature table names exactly the claimed features, each with an
+    /// example and at least one conformance test.
+    #[test]
+    fn documented_in_docs_status() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/status.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let section = doc.split("## Supported features").nth(1).unwrap().split("\n## ").next().unwrap();
+        let mut documented = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "{row}");
+            assert!(!cells[1].is_empty() && !cells[2].is_empty(), "example and tests: {row}");
+            documented.push(cells[0].trim_matches('`').to_string());
+        }
+        assert_eq!(documented, super::SUPPORTED_FEATURES, "docs/status.md lists the claimed features, sorted");
     }
 }

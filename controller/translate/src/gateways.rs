@@ -90,6 +90,9 @@ pub(crate) struct GatewayPlan<'w> {
     pub generation: i64,
     /// Accepted=False when set (the Gateway is not programmed at all).
     pub not_accepted: Option<Problem>,
+    /// Programmed=False (AddressNotUsable) when set: a `spec.addresses` entry the
+    /// Gateway may not have; it is never requested from the Service.
+    pub unusable_address: Option<Problem>,
     pub listeners: Vec<ListenerPlan>,
     pub proxy_config: ProxyConfigSpec,
     pub certificates: BTreeMap<String, Certificate>,
@@ -142,36 +145,47 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
         ));
     }
     let mut requested_addresses = Vec::new();
+    let mut unusable_address = None;
     for address in gateway.spec.addresses.iter().flatten() {
         let kind = address.r#type.as_deref().unwrap_or("IPAddress");
         let value = address.value.clone().unwrap_or_default();
-        if kind == "IPAddress"
-            && let Ok(ip) = value.parse::<std::net::IpAddr>()
-        {
-            let allowed = &class.proxy_config.allowed_addresses;
-            if allowed.iter().filter_map(|cidr| Cidr::parse(cidr)).any(|cidr| cidr.contains(ip)) {
-                requested_addresses.push(value);
-            } else {
-                not_accepted.get_or_insert((
-                    reason::UNSUPPORTED_ADDRESS,
-                    if allowed.is_empty() {
-                        format!(
-                            "address {value} is not allowed: the GatewayClass's ProxyConfig allows no static \
-                             addresses (allowedAddresses)"
-                        )
-                    } else {
-                        format!(
-                            "address {value} is outside the ranges the GatewayClass's ProxyConfig allows \
-                             (allowedAddresses: {})",
-                            allowed.join(", ")
-                        )
-                    },
-                ));
-            }
-        } else {
+        if kind != "IPAddress" {
             not_accepted.get_or_insert((
                 reason::UNSUPPORTED_ADDRESS,
-                format!("address {value:?} of type {kind} is not supported; only IPAddress values are"),
+                format!("address {value:?} of type {kind} is not supported; only IPAddress addresses are"),
+            ));
+            continue;
+        }
+        // An IPAddress without a value asks for any address: the Service gets one.
+        if value.is_empty() {
+            continue;
+        }
+        let Ok(ip) = value.parse::<std::net::IpAddr>() else {
+            not_accepted
+                .get_or_insert((reason::UNSUPPORTED_ADDRESS, format!("address {value:?} is not an IP address")));
+            continue;
+        };
+        // An address outside the platform team's allowlist is never put on the Service
+        // (externalIPs would let any Gateway take over any IP: CVE-2020-8554); the Gateway
+        // stays accepted but not programmed, as the spec's AddressNotUsable describes.
+        let allowed = &class.proxy_config.allowed_addresses;
+        if allowed.iter().filter_map(|cidr| Cidr::parse(cidr)).any(|cidr| cidr.contains(ip)) {
+            requested_addresses.push(value);
+        } else {
+            unusable_address.get_or_insert((
+                reason::ADDRESS_NOT_USABLE,
+                if allowed.is_empty() {
+                    format!(
+                        "address {value} cannot be used: the GatewayClass's ProxyConfig allows no static \
+                         addresses (allowedAddresses); remove it from spec.addresses or ask the platform team"
+                    )
+                } else {
+                    format!(
+                        "address {value} cannot be used: it is outside the ranges the GatewayClass's ProxyConfig \
+                         allows (allowedAddresses: {}); remove it from spec.addresses",
+                        allowed.join(", ")
+                    )
+                },
             ));
         }
     }
@@ -180,6 +194,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
         gateway,
         generation,
         not_accepted,
+        unusable_address,
         listeners,
         proxy_config: merge_proxy_config(&class.proxy_config, gateway_config.as_ref()),
         certificates,

@@ -493,7 +493,9 @@ fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
                     generation,
                 )
             };
-            let programmed = if serving > 0 {
+            let programmed = if let Some((why, message)) = plan.unusable_address.as_ref().filter(|_| serving > 0) {
+                Condition::new(reason::PROGRAMMED, false, why, message.clone(), generation)
+            } else if serving > 0 {
                 Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Gateway is programmed", generation)
             } else {
                 Condition::new(reason::PROGRAMMED, false, reason::INVALID, "No listener is valid", generation)
