@@ -4,9 +4,9 @@
 //! ```text
 //!  route's Policy + request (method, Origin, Access-Control-Request-Method/-Headers)
 //!     ── decide ─┬─► Preflight(fields): answered 200 by the data plane, never forwarded
-//!                └─► Actual(fields):    forwarded; the response loses the backend's
-//!                                       Access-Control-Allow-Origin/-Credentials/-Expose-Headers
-//!                                       (OWNED) and gets `fields` (Vary appended)
+//!                └─► Actual(fields):    forwarded; edit_response: the response loses the
+//!                                       backend's Access-Control-Allow-Origin/-Credentials/
+//!                                       -Expose-Headers and gets `fields` (Vary appended)
 //! ```
 //!
 //! An allowed origin is always echoed (never `*`), which is right with and without
@@ -21,8 +21,28 @@ use crate::routes::Headers;
 pub type Field = (&'static str, String);
 
 /// Response fields that belong to the route's policy: the backend's are removed.
-pub const OWNED: [&str; 3] =
+const OWNED: [&str; 3] =
     ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers"];
+
+/// A response head on its way to the client, as each request path holds it (Pingora's
+/// `ResponseHeader`, the fast path's field list).
+pub trait ResponseFields<'v> {
+    /// Removes every field `name` (lower case; compared case-insensitively).
+    fn remove(&mut self, name: &str);
+    /// Appends a field (after any of the same name).
+    fn append(&mut self, name: &'static str, value: &'v str);
+}
+
+/// Applies an `Actual` decision's fields to a backend's response: the backend's own
+/// CORS fields go, the policy's are appended (`Vary` beside the backend's).
+pub fn edit_response<'v>(fields: &'v [Field], response: &mut impl ResponseFields<'v>) {
+    for name in OWNED {
+        response.remove(name);
+    }
+    for (name, value) in fields {
+        response.append(name, value);
+    }
+}
 
 /// `Vary` of responses to requests that are not preflights: the answer depends on Origin.
 const VARY_ACTUAL: &str = "Origin";
@@ -76,8 +96,7 @@ impl Allowed {
 pub enum Decision {
     /// A preflight: answer it (200, empty body) with these fields.
     Preflight(Vec<Field>),
-    /// Any other request: forward it; remove `OWNED` fields from the response, then
-    /// append these.
+    /// Any other request: forward it, then `edit_response` with these.
     Actual(Vec<Field>),
 }
 
@@ -280,6 +299,32 @@ mod tests {
                 ("access-control-expose-headers", "*"),
             ]))
         );
+    }
+
+    #[test]
+    fn responses_lose_the_backends_cors_fields_and_keep_its_vary() {
+        struct Head(Vec<(String, String)>);
+        impl ResponseFields<'_> for Head {
+            fn remove(&mut self, name: &str) {
+                self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            }
+            fn append(&mut self, name: &'static str, value: &str) {
+                self.0.push((name.to_string(), value.to_string()));
+            }
+        }
+        let mut head = Head(
+            [("Access-Control-Allow-Origin", "*"), ("access-control-allow-credentials", "true"), ("vary", "accept")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+        edit_response(&fields(&[("vary", VARY_ACTUAL), ("access-control-allow-origin", "https://a.com")]), &mut head);
+        let expected: Vec<(String, String)> =
+            [("vary", "accept"), ("vary", "Origin"), ("access-control-allow-origin", "https://a.com")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(head.0, expected);
     }
 
     #[test]

@@ -733,10 +733,7 @@ impl Connection {
             headers.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
         }
         if exchange.route.cors.is_some() {
-            headers.retain(|(name, _)| !cors::OWNED.iter().any(|owned| name.eq_ignore_ascii_case(owned.as_bytes())));
-            for (name, value) in &exchange.cors {
-                headers.push((Cow::Borrowed(name.as_bytes()), Cow::Borrowed(value.as_bytes())));
-            }
+            cors::edit_response(&exchange.cors, &mut headers);
         }
         let filters = exchange.route.filters.iter().chain(exchange.route.backends.filters(exchange.backend));
         for filter in filters {
@@ -1047,6 +1044,16 @@ fn upstream_head<'a>(
 
 /// Header fields on their way through: (name, value), in order.
 type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
+
+impl<'v> cors::ResponseFields<'v> for FieldList<'v> {
+    fn remove(&mut self, name: &str) {
+        self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
+    }
+
+    fn append(&mut self, name: &'static str, value: &'v str) {
+        self.push((Cow::Borrowed(name.as_bytes()), Cow::Borrowed(value.as_bytes())));
+    }
+}
 
 /// Applies a header modifier (set, then add, then remove) to a list of fields.
 fn apply_modifier(headers: &mut FieldList<'_>, modifier: &sluice_snapshot::HeaderModifier) {

@@ -568,12 +568,7 @@ impl ProxyHttp for SluiceProxy {
         }
         let Some(route) = &ctx.route else { return Ok(()) };
         if route.cors.is_some() {
-            for name in cors::OWNED {
-                upstream_response.remove_header(name);
-            }
-            for (name, value) in &ctx.cors {
-                upstream_response.append_header(*name, value.as_str())?;
-            }
+            cors::edit_response(&ctx.cors, upstream_response);
         }
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
         for filter in route.filters.iter().chain(backend_filters) {
@@ -764,6 +759,20 @@ fn redirect_location(
     match query {
         Some(q) => format!("{scheme}://{authority}{new_path}?{q}"),
         None => format!("{scheme}://{authority}{new_path}"),
+    }
+}
+
+impl cors::ResponseFields<'_> for ResponseHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+
+    fn append(&mut self, name: &'static str, value: &str) {
+        // The values are visible ASCII (names and origins checked, requested values
+        // taken only when visible ASCII), which a header value always accepts.
+        if let Err(error) = self.append_header(name, value) {
+            tracing::debug!(name, %error, "CORS field not added");
+        }
     }
 }
 
