@@ -163,6 +163,73 @@ fn sluice_run_follows_the_directory() {
     let _ = std::fs::remove_file(other.with_extension("status.yaml"));
 }
 
+/// A request with extra header lines; returns the status and the head.
+fn request_head(port: u16, method: &str, path: &str, extra: &[&str]) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: cors.example\r\nConnection: close\r\n");
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let head = text.split_once("\r\n\r\n").map_or(text.as_str(), |(head, _)| head).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status: {head}"))?;
+    Ok((status, head))
+}
+
+#[test]
+fn sluice_run_serves_cors_filters() {
+    let dir = temp_dir("cors");
+    let status_file = dir.with_extension("status.yaml");
+    let (port, a) = (free_port(), free_port());
+    write(&dir, "gateway.yaml", &gateway(port));
+    write(&dir, "backends.yaml", &backend("echo-a", a));
+    write(
+        &dir,
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cors, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      filters:
+        - type: CORS
+          cors:
+            allowOrigins: [\"https://*.example.com\"]
+            allowMethods: [GET, PUT]
+            allowCredentials: true
+      backendRefs: [{name: echo-a, port: 80}]
+",
+    );
+    let _sluice = sluice_run(&dir, &status_file);
+    let preflight = ["Origin: https://app.example.com", "Access-Control-Request-Method: PUT"];
+    eventually(Duration::from_secs(30), "the CORS route to answer preflights", || {
+        request_head(port, "OPTIONS", "/api/x", &preflight).is_ok_and(|(status, head)| {
+            status == 200
+                && head.contains("access-control-allow-origin: https://app.example.com")
+                && head.contains("access-control-allow-methods: get, put")
+                && head.contains("access-control-max-age: 5")
+        })
+    });
+    let (status, head) = request_head(port, "GET", "/api/x", &["Origin: https://app.example.com"]).unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("access-control-allow-credentials: true"), "{head}");
+    let (_, head) = request_head(port, "GET", "/api/x", &["Origin: https://example.org"]).unwrap();
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    let text = std::fs::read_to_string(&status_file).unwrap_or_default();
+    assert!(!text.contains("PartiallyInvalid"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&status_file);
+}
+
 /// README's first command: the bundled example serves from its own echo backend.
 #[test]
 fn the_quickstart_example_serves_traffic() {

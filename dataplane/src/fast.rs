@@ -11,15 +11,17 @@
 //!
 //! ```text
 //!  accept ─► read head ─► plan (parse, route, pick) ─┬─ Proxy ──► upstream (pooled) ─► response ─┐
-//!               ▲                                    ├─ Respond (404/500/503/invalid backend)    │
+//!               ▲                                    ├─ Respond (404/500/503/invalid backend,    │
+//!               │                                    │   CORS preflight)                         │
 //!               └──────────── keep-alive ◄───────────┴───────────────────────────────────────────┘
 //!                                                    └─ HandOver ─► Pingora (rest of connection)
 //! ```
 //!
-//! Both paths answer alike: same routing, filters, X-Forwarded-*, hop-by-hop stripping,
-//! `Date`/`Connection` on responses, status codes for upstream failures (503 connect,
-//! 504 connect timeout, 502 otherwise), metrics and access log. The data-plane tests run
-//! with the fast path on and off (`--http1-fast-path false`).
+//! Both paths answer alike: same routing, filters (CORS decided by `crate::cors`),
+//! X-Forwarded-*, hop-by-hop stripping, `Date`/`Connection` on responses, status codes
+//! for upstream failures (503 connect, 504 connect timeout, 502 otherwise), metrics and
+//! access log. The data-plane tests run with the fast path on and off
+//! (`--http1-fast-path false`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ use sluice_snapshot::{AppProtocol, HttpFilter, http_filter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::cors;
 use crate::deadline::DeadlineStream;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
@@ -240,6 +243,8 @@ struct Answer {
     head_len: usize,
     close: bool,
     log: Option<LogFields>,
+    /// Fields of the answer (a CORS preflight's).
+    fields: Vec<cors::Field>,
 }
 
 /// A request on its way to an endpoint; its upstream head is in `Connection::out`.
@@ -257,6 +262,8 @@ struct Exchange {
     /// when a pooled one turns out closed.
     idempotent: bool,
     log: Option<LogFields>,
+    /// CORS fields for the response (the route's policy decided them on the request).
+    cors: Vec<cors::Field>,
 }
 
 /// What the access log needs of the request (only collected when it is on).
@@ -369,7 +376,7 @@ impl Connection {
                     let started = Instant::now();
                     let close = answer.close || *shutdown.borrow();
                     self.consume(answer.head_len);
-                    let written = self.respond(answer.status, close).await;
+                    let written = self.respond(answer.status, close, &answer.fields).await;
                     front.record(answer.route.as_ref(), answer.status, started, self.client, None, answer.log);
                     if written.is_err() {
                         return Next::Close;
@@ -387,7 +394,7 @@ impl Connection {
                             match answered {
                                 Some(status) => (status, true),
                                 None => {
-                                    let _ = self.respond(error.status(), true).await;
+                                    let _ = self.respond(error.status(), true, &[]).await;
                                     (error.status(), true)
                                 }
                             }
@@ -482,7 +489,7 @@ impl Connection {
             })
         };
         let answer = |status, route, path: &str| {
-            Plan::Respond(Answer { status, route, head_len, close: head.close, log: log(path) })
+            Plan::Respond(Answer { status, route, head_len, close: head.close, log: log(path), fields: Vec::new() })
         };
         let (raw_path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -499,6 +506,20 @@ impl Connection {
         let view = RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) };
         let Some(route) = listener.find(&view) else {
             return answer(404, None, &path);
+        };
+        let cors = match route.cors.as_ref().map(|policy| policy.decide(&head.method, Headers::Raw(fields))) {
+            None => Vec::new(),
+            Some(cors::Decision::Actual(fields)) => fields,
+            Some(cors::Decision::Preflight(fields)) => {
+                return Plan::Respond(Answer {
+                    status: 200,
+                    route: Some(route.clone()),
+                    head_len,
+                    close: head.close,
+                    log: log(&path),
+                    fields,
+                });
+            }
         };
         if crate::routes::terminal_filter(&route.filters).is_some()
             || !route.mirrors.is_empty()
@@ -535,6 +556,7 @@ impl Connection {
             head_request: method == "HEAD",
             idempotent: head.method.is_idempotent(),
             log,
+            cors,
         }))
     }
 
@@ -710,6 +732,9 @@ impl Connection {
             // The client's connection stays open: the body goes to it in chunks.
             headers.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
         }
+        if exchange.route.cors.is_some() {
+            cors::edit_response(&exchange.cors, &mut headers);
+        }
         let filters = exchange.route.filters.iter().chain(exchange.route.backends.filters(exchange.backend));
         for filter in filters {
             if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
@@ -799,12 +824,15 @@ impl Connection {
         Ok(done && !extra && head.upstream_keep && head.framing != Framing::UntilClose)
     }
 
-    /// Answers the request with an empty body, as `proxy::respond` does.
-    async fn respond(&mut self, status: u16, close: bool) -> std::io::Result<()> {
+    /// Answers the request with `fields` and an empty body, as `proxy::answer` does.
+    async fn respond(&mut self, status: u16, close: bool, fields: &[cors::Field]) -> std::io::Result<()> {
         let out = &mut self.out;
         out.clear();
         let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
         push_status_line(out, status, reason);
+        for (name, value) in fields {
+            push_field(out, name.as_bytes(), value.as_bytes());
+        }
         push_field(out, b"content-length", b"0");
         let date = pingora_core::protocols::http::date::get_cached_date();
         push_field(out, b"date", date.as_bytes());
@@ -1016,6 +1044,16 @@ fn upstream_head<'a>(
 
 /// Header fields on their way through: (name, value), in order.
 type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
+
+impl<'v> cors::ResponseFields<'v> for FieldList<'v> {
+    fn remove(&mut self, name: &str) {
+        self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
+    }
+
+    fn append(&mut self, name: &'static str, value: &'v str) {
+        self.push((Cow::Borrowed(name.as_bytes()), Cow::Borrowed(value.as_bytes())));
+    }
+}
 
 /// Applies a header modifier (set, then add, then remove) to a list of fields.
 fn apply_modifier(headers: &mut FieldList<'_>, modifier: &sluice_snapshot::HeaderModifier) {

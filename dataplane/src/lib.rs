@@ -11,6 +11,7 @@
 mod admin;
 mod client_auth;
 mod client_hello;
+mod cors;
 mod deadline;
 mod fast;
 #[doc(hidden)]

@@ -2,11 +2,12 @@
 //!
 //! ```text
 //!  request_filter:  load tables once (ArcSwap) → port → listener by Host → route
+//!                   → CORS preflight (answered, crate::cors decides)
 //!                   → redirect / direct response / invalid share (500) / no endpoint (503)
 //!                   → else remember the chosen endpoint
 //!  upstream_peer:   the chosen endpoint (h2c by appProtocol), timeouts
 //!  upstream_request_filter: rule + backend request filters, URL rewrite, X-Forwarded-*
-//!  response_filter: response header filters
+//!  response_filter: the route's CORS fields, then response header filters
 //! ```
 
 use std::borrow::Cow;
@@ -24,6 +25,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use sluice_snapshot::{AppProtocol, HeaderModifier, RequestRedirect, http_filter, path_modifier};
 
+use crate::cors;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::retry;
@@ -106,6 +108,8 @@ pub struct RequestContext {
     /// The backend's `grpc-status` (in the response head of a trailers-only answer, else
     /// in the trailers), for the gRPC metrics.
     grpc_status: Option<u32>,
+    /// CORS fields for the response (the route's policy decided them on the request).
+    cors: Vec<cors::Field>,
 }
 
 #[async_trait]
@@ -125,6 +129,7 @@ impl ProxyHttp for SluiceProxy {
             retries: 0,
             rule_retry: false,
             grpc_status: None,
+            cors: Vec::new(),
         }
     }
 
@@ -190,6 +195,12 @@ impl ProxyHttp for SluiceProxy {
         };
         tracing::debug!(route = route.name, "matched");
         ctx.route = Some(route.clone());
+        if let Some(policy) = &route.cors {
+            match policy.decide(&header.method, Headers::Map(&header.headers)) {
+                cors::Decision::Preflight(fields) => return answer(session, 200, &fields).await,
+                cors::Decision::Actual(fields) => ctx.cors = fields,
+            }
+        }
         if let Some(kind) = terminal_filter(&route.filters) {
             match kind {
                 http_filter::Kind::RequestRedirect(redirect) => {
@@ -556,6 +567,9 @@ impl ProxyHttp for SluiceProxy {
             ctx.grpc_status = Some(code);
         }
         let Some(route) = &ctx.route else { return Ok(()) };
+        if route.cors.is_some() {
+            cors::edit_response(&ctx.cors, upstream_response);
+        }
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
         for filter in route.filters.iter().chain(backend_filters) {
             if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
@@ -748,11 +762,33 @@ fn redirect_location(
     }
 }
 
+impl cors::ResponseFields<'_> for ResponseHeader {
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+
+    fn append(&mut self, name: &'static str, value: &str) {
+        // The values are visible ASCII (names and origins checked, requested values
+        // taken only when visible ASCII), which a header value always accepts.
+        if let Err(error) = self.append_header(name, value) {
+            tracing::debug!(name, %error, "CORS field not added");
+        }
+    }
+}
+
 /// Answers the request directly: an empty body, `Location` when redirecting.
 async fn respond(session: &mut Session, status: u16, location: Option<String>) -> Result<bool> {
-    let mut response = ResponseHeader::build(status, Some(2))?;
-    if let Some(location) = location {
-        response.insert_header(http::header::LOCATION, location)?;
+    match location {
+        Some(location) => answer(session, status, &[("location", location)]).await,
+        None => answer(session, status, &[]).await,
+    }
+}
+
+/// Answers the request directly with `fields` and an empty body.
+async fn answer(session: &mut Session, status: u16, fields: &[cors::Field]) -> Result<bool> {
+    let mut response = ResponseHeader::build(status, Some(2 + fields.len()))?;
+    for (name, value) in fields {
+        response.append_header(*name, value.as_str())?;
     }
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session.write_response_header(Box::new(response), false).await?;

@@ -128,6 +128,8 @@ pub struct Route {
     pub backend_timeout_ms: u64,
     /// The rule's retries (HTTPRoute `retry`).
     pub retry: Option<sluice_snapshot::Retry>,
+    /// The rule's CORS policy (HTTPRoute filter `CORS`).
+    pub cors: Option<Box<crate::cors::Policy>>,
 }
 
 #[derive(Debug)]
@@ -570,8 +572,17 @@ fn compile_route(
             mirrors.push((cluster.clone(), mirror.numerator, mirror.denominator));
         }
     }
+    let cors = route
+        .filters
+        .iter()
+        .find_map(|filter| match &filter.kind {
+            Some(http_filter::Kind::Cors(cors)) => Some(crate::cors::Policy::compile(cors).map(Box::new)),
+            _ => None,
+        })
+        .transpose()?;
     let timeouts = route.timeouts.unwrap_or_default();
     Ok(Route {
+        cors,
         mirrors,
         name: route.name.clone(),
         path,
@@ -612,6 +623,7 @@ fn failed_route(route: &HttpRoute, metrics: &crate::metrics::Metrics) -> Route {
         request_timeout_ms: 0,
         backend_timeout_ms: 0,
         retry: None,
+        cors: None,
     }
 }
 
@@ -735,7 +747,19 @@ pub enum Headers<'a> {
     Raw(&'a [httparse::Header<'a>]),
 }
 
-impl Headers<'_> {
+impl<'a> Headers<'a> {
+    /// The first value of header `name` (lower case), when it is visible ASCII.
+    pub fn first(&self, name: &str) -> Option<&'a str> {
+        match *self {
+            Headers::Map(map) => map.get(name).and_then(|value| value.to_str().ok()),
+            Headers::Raw(fields) => fields
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+                .filter(|f| f.value.iter().all(|b| *b == b'\t' || (32..127).contains(b)))
+                .and_then(|f| std::str::from_utf8(f.value).ok()),
+        }
+    }
+
     /// Whether any value of header `name` is visible ASCII (what `HeaderValue::to_str`
     /// accepts) and satisfies `test`.
     fn any_value(&self, name: &http::HeaderName, test: impl Fn(&str) -> bool) -> bool {

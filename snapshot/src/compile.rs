@@ -1,15 +1,17 @@
 //! The compile steps shared by the translator and the data plane.
 //!
 //! The translator checks user input with exactly the code the data plane uses to build
-//! its tables, so it never emits a regular expression, certificate or CA bundle the data
-//! plane could not compile (DESIGN.md, data flow rule 3):
+//! its tables, so it never emits a regular expression, certificate, CA bundle or CORS
+//! policy the data plane could not compile (DESIGN.md, data flow rule 3):
 //!
 //! ```text
-//!  translator ──full_regex / load_certificate / load_ca_bundle──► status condition on the one route or listener
-//!  data plane ──full_regex / load_certificate / load_ca_bundle──► routing tables (a failure drops that piece only)
+//!  translator ──full_regex / load_certificate / load_ca_bundle / check_cors──► status condition on the one route or listener
+//!  data plane ──full_regex / load_certificate / load_ca_bundle / origin_pattern──► routing tables (a failure drops that piece only)
 //! ```
 
 use std::sync::Arc;
+
+pub use crate::origin::{HostPattern, MAX_ORIGIN_LENGTH, OriginPattern, check_cors, origin_pattern};
 
 use regex::{Regex, RegexBuilder};
 use rustls::server::WebPkiClientVerifier;

@@ -11,6 +11,7 @@
 
 pub mod compile;
 mod hash;
+mod origin;
 mod validate;
 
 pub use hash::{Versioner, content_hash, encode_with_version, hash_encoded};

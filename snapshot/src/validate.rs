@@ -344,6 +344,9 @@ impl<'a> Checker<'a> {
         for filter in &route.filters {
             terminal |= self.filter(at, filter, path_type);
         }
+        if route.filters.iter().filter(|f| matches!(f.kind, Some(http_filter::Kind::Cors(_)))).count() > 1 {
+            self.problem(at, "more than one CORS filter");
+        }
         if terminal && !route.backends.is_empty() {
             self.problem(at, "a redirect or direct response cannot have backends");
         }
@@ -352,6 +355,9 @@ impl<'a> Checker<'a> {
             for filter in &backend.filters {
                 if self.filter(at, filter, path_type) {
                     self.problem(at, "backend filters cannot redirect or answer directly");
+                }
+                if matches!(filter.kind, Some(http_filter::Kind::Cors(_))) {
+                    self.problem(at, "CORS applies to a route, not to a backend");
                 }
             }
         }
@@ -431,6 +437,12 @@ impl<'a> Checker<'a> {
             http_filter::Kind::DirectResponse(response) => {
                 self.direct_response(at, response);
                 true
+            }
+            http_filter::Kind::Cors(cors) => {
+                if let Err(problem) = crate::compile::check_cors(cors) {
+                    self.problem(at, problem);
+                }
+                false
             }
         }
     }
@@ -546,6 +558,36 @@ mod tests {
         assert_eq!(error.problems.len(), 2, "{error}");
         assert!(error.problems[0].contains("invalid regular expression"));
         assert!(error.problems[1].contains("unknown cluster nope"));
+    }
+
+    #[test]
+    fn cors_policies_are_checked_once_per_route_and_never_on_backends() {
+        let cors = |origin: &str| HttpFilter {
+            kind: Some(Kind::Cors(crate::Cors {
+                allow_origins: vec![origin.into()],
+                allow_methods: vec!["*".into()],
+                max_age_seconds: 5,
+                ..Default::default()
+            })),
+        };
+        let mut good = route(prefix("/"));
+        good.filters.push(cors("https://*.example.com"));
+        assert_eq!(validate(&snapshot(vec![good.clone()])), Ok(()));
+
+        let mut bad = good.clone();
+        bad.filters.push(cors("*"));
+        bad.backends[0].filters.push(cors("ftp://example.com"));
+        let found = problems(&snapshot(vec![bad]));
+        let lines: Vec<String> = found.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "httproute/ns/r/rule/0/match/0: more than one CORS filter",
+                "httproute/ns/r/rule/0/match/0: allowOrigins entry \"ftp://example.com\" must use the scheme http or https",
+                "httproute/ns/r/rule/0/match/0: CORS applies to a route, not to a backend",
+            ]
+        );
+        assert!(found.iter().all(|p| p.piece == Piece::Route("httproute/ns/r/rule/0/match/0".into())), "{found:?}");
     }
 
     #[test]

@@ -3,13 +3,13 @@
 use std::cmp::Reverse;
 
 use sluice_gateway_api::httproutes::{
-    HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPath,
-    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePath,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
-    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+    HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersCors,
+    HttpRouteRulesFiltersRequestRedirectPath, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePath, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use sluice_snapshot::{
-    Cluster, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
+    Cluster, Cors, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
     PathModifier, RequestMirror, RequestRedirect, Retry, Timeouts, UrlRewrite, ValueMatch, ValueMatchType,
     WeightedBackend, http_filter, path_modifier,
 };
@@ -236,6 +236,11 @@ fn compile_rule(
             });
         }
         terminal |= matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_)));
+        if matches!(filter.kind, Some(http_filter::Kind::Cors(_)))
+            && filters.iter().any(|f: &HttpFilter| matches!(f.kind, Some(http_filter::Kind::Cors(_))))
+        {
+            return Err("a rule can have only one CORS filter".into());
+        }
         filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
     }
 
@@ -263,6 +268,9 @@ fn compile_rule(
             let filter = compile_filter(route, kind, &as_rule_filter, &path_types, index, cache, out)?;
             if matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_))) {
                 return Err("RequestRedirect is not supported as a backendRef filter".into());
+            }
+            if matches!(filter.kind, Some(http_filter::Kind::Cors(_))) {
+                return Err("CORS is not supported as a backendRef filter; set it on the rule".into());
             }
             backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
         }
@@ -532,7 +540,9 @@ fn compile_filter(
             )));
             http_filter::Kind::DirectResponse(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
         }
-        HttpRouteRulesFiltersType::Cors => return Err("the CORS filter is not supported yet".into()),
+        HttpRouteRulesFiltersType::Cors => {
+            http_filter::Kind::Cors(compile_cors(filter.cors.as_ref().ok_or_else(|| missing("cors"))?)?)
+        }
     };
     if let http_filter::Kind::RequestRedirect(RequestRedirect { path: Some(path), .. })
     | http_filter::Kind::UrlRewrite(UrlRewrite { path: Some(path), .. }) = &kind
@@ -542,6 +552,30 @@ fn compile_filter(
         return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
     }
     Ok(HttpFilter { kind: Some(kind) })
+}
+
+/// `Access-Control-Max-Age` when the CORS filter gives no `maxAge` (Gateway API's default).
+const DEFAULT_CORS_MAX_AGE_SECONDS: u32 = 5;
+
+/// A CORS filter, checked with the data plane's own check (`check_cors`).
+fn compile_cors(cors: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
+    let max_age_seconds = match cors.max_age {
+        None => DEFAULT_CORS_MAX_AGE_SECONDS,
+        Some(seconds) => u32::try_from(seconds)
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| format!("CORS maxAge {seconds} must be at least 1"))?,
+    };
+    let policy = Cors {
+        allow_origins: cors.allow_origins.clone().unwrap_or_default(),
+        allow_methods: cors.allow_methods.clone().unwrap_or_default(),
+        allow_headers: cors.allow_headers.clone().unwrap_or_default(),
+        expose_headers: cors.expose_headers.clone().unwrap_or_default(),
+        allow_credentials: cors.allow_credentials.unwrap_or(false),
+        max_age_seconds,
+    };
+    sluice_snapshot::compile::check_cors(&policy).map_err(|problem| format!("CORS {problem}"))?;
+    Ok(policy)
 }
 
 fn header_modifier<'a>(
