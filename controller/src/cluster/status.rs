@@ -95,16 +95,10 @@ fn gateway_class_status(status: &sluice_translate::GatewayClassStatus, current: 
     })
 }
 
-/// The desired status of a Gateway.
-fn gateway_status(
-    status: &sluice_translate::GatewayStatus,
-    addresses: &[Address],
-    current: &Value,
-    now: &str,
-) -> Value {
+/// The desired `status.listeners` of a Gateway or ListenerSet.
+fn listeners_status(listeners: &[sluice_translate::ListenerStatus], current: &Value, now: &str) -> Vec<Value> {
     let current_listeners = current.get("listeners").and_then(Value::as_array);
-    let listeners: Vec<Value> = status
-        .listeners
+    listeners
         .iter()
         .map(|l| {
             let old = current_listeners
@@ -118,16 +112,36 @@ fn gateway_status(
                 "conditions": conditions(&l.conditions, old.and_then(|o| o.get("conditions")), now),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The desired status of a Gateway.
+fn gateway_status(
+    status: &sluice_translate::GatewayStatus,
+    addresses: &[Address],
+    current: &Value,
+    now: &str,
+) -> Value {
     let mut value = json!({
         "conditions": conditions(&status.conditions, current.get("conditions"), now),
-        "listeners": listeners,
+        "listeners": listeners_status(&status.listeners, current, now),
     });
+    if let Some(attached) = status.attached_listener_sets {
+        value["attachedListenerSets"] = json!(attached);
+    }
     if !addresses.is_empty() {
         value["addresses"] =
             addresses.iter().map(|a| json!({"type": a.type_, "value": a.value})).collect::<Vec<_>>().into();
     }
     value
+}
+
+/// The desired status of a ListenerSet.
+fn listener_set_status(status: &sluice_translate::ListenerSetStatus, current: &Value, now: &str) -> Value {
+    json!({
+        "conditions": conditions(&status.conditions, current.get("conditions"), now),
+        "listeners": listeners_status(&status.listeners, current, now),
+    })
 }
 
 /// The desired `status.parents` of a route: other controllers' entries as they are, then
@@ -258,6 +272,15 @@ pub async fn write(
         let value = gateway_status(desired, addresses.get(key).map(Vec::as_slice).unwrap_or_default(), &current, &now);
         apply::<Gateway>(Api::namespaced(client.clone(), &key.namespace), key, &current, value, None, &mut written)
             .await;
+    }
+    if let Some(store) = &stores.listener_sets {
+        for (key, desired) in &status.listener_sets {
+            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            let current = current_status(object.as_deref());
+            let value = listener_set_status(desired, &current, &now);
+            let api = Api::namespaced(client.clone(), &key.namespace);
+            apply::<sluice_gateway_api::listenersets::ListenerSet>(api, key, &current, value, None, &mut written).await;
+        }
     }
     for (key, desired) in &status.http_routes {
         let object =
