@@ -2,9 +2,9 @@
 //! controller must do.
 //!
 //! ```text
-//!  World (GatewayClasses, Gateways, ListenerSets, HTTPRoutes, GRPCRoutes, TCPRoutes, UDPRoutes, TLSRoutes,
-//!         ReferenceGrants, BackendTLSPolicies, Services, EndpointSlices, Secrets, ConfigMaps,
-//!         Namespaces, ProxyConfigs)
+//!  World (GatewayClasses, Gateways, ListenerSets, HTTPRoutes, GRPCRoutes, TCPRoutes,
+//!         UDPRoutes, TLSRoutes, ReferenceGrants, BackendTLSPolicies, Services,
+//!         EndpointSlices, Secrets, ConfigMaps, Namespaces, ProxyConfigs)
 //!    │ translate()          no client, no clock, no I/O; deterministic
 //!    ▼
 //!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates,
