@@ -414,6 +414,37 @@ mod tests {
     }
 
     #[test]
+    fn listener_sets_and_attached_listener_sets_are_written() {
+        let listener = sluice_translate::ListenerStatus {
+            name: "web".into(),
+            supported_kinds: vec![sluice_translate::RouteGroupKind {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "HTTPRoute".into(),
+            }],
+            attached_routes: 2,
+            conditions: vec![condition("Accepted", true)],
+        };
+        let set = sluice_translate::ListenerSetStatus {
+            gateway: ObjectKey::new("infra", "gw"),
+            conditions: vec![condition("Accepted", true), condition("Programmed", true)],
+            listeners: vec![listener.clone()],
+        };
+        let out = listener_set_status(&set, &Value::Null, "NOW");
+        assert_eq!(out["conditions"].as_array().unwrap().len(), 2);
+        assert_eq!(out["listeners"][0]["name"], "web");
+        assert_eq!(out["listeners"][0]["attachedRoutes"], 2);
+        assert_eq!(out["listeners"][0]["supportedKinds"][0]["kind"], "HTTPRoute");
+        let mut gateway = sluice_translate::GatewayStatus {
+            conditions: vec![condition("Accepted", true)],
+            listeners: vec![listener],
+            attached_listener_sets: Some(1),
+        };
+        assert_eq!(gateway_status(&gateway, &[], &Value::Null, "NOW")["attachedListenerSets"], 1);
+        gateway.attached_listener_sets = None;
+        assert!(gateway_status(&gateway, &[], &Value::Null, "NOW").get("attachedListenerSets").is_none());
+    }
+
+    #[test]
     fn other_controllers_route_parents_are_kept() {
         let current = json!({"parents": [
             {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
