@@ -161,6 +161,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
                 gateway.hold_programmed(reason::PENDING, &message);
             }
         }
+        status.hold_listener_sets_with_gateways();
         for key in output.gateways.keys() {
             if let Some(progress) = progress_now.get(&key.to_string()) {
                 status.apply_dropped(key, &progress.dropped());

@@ -95,16 +95,10 @@ fn gateway_class_status(status: &sluice_translate::GatewayClassStatus, current: 
     })
 }
 
-/// The desired status of a Gateway.
-fn gateway_status(
-    status: &sluice_translate::GatewayStatus,
-    addresses: &[Address],
-    current: &Value,
-    now: &str,
-) -> Value {
+/// The desired `status.listeners` of a Gateway or ListenerSet.
+fn listeners_status(listeners: &[sluice_translate::ListenerStatus], current: &Value, now: &str) -> Vec<Value> {
     let current_listeners = current.get("listeners").and_then(Value::as_array);
-    let listeners: Vec<Value> = status
-        .listeners
+    listeners
         .iter()
         .map(|l| {
             let old = current_listeners
@@ -118,16 +112,36 @@ fn gateway_status(
                 "conditions": conditions(&l.conditions, old.and_then(|o| o.get("conditions")), now),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The desired status of a Gateway.
+fn gateway_status(
+    status: &sluice_translate::GatewayStatus,
+    addresses: &[Address],
+    current: &Value,
+    now: &str,
+) -> Value {
     let mut value = json!({
         "conditions": conditions(&status.conditions, current.get("conditions"), now),
-        "listeners": listeners,
+        "listeners": listeners_status(&status.listeners, current, now),
     });
+    if let Some(attached) = status.attached_listener_sets {
+        value["attachedListenerSets"] = json!(attached);
+    }
     if !addresses.is_empty() {
         value["addresses"] =
             addresses.iter().map(|a| json!({"type": a.type_, "value": a.value})).collect::<Vec<_>>().into();
     }
     value
+}
+
+/// The desired status of a ListenerSet.
+fn listener_set_status(status: &sluice_translate::ListenerSetStatus, current: &Value, now: &str) -> Value {
+    json!({
+        "conditions": conditions(&status.conditions, current.get("conditions"), now),
+        "listeners": listeners_status(&status.listeners, current, now),
+    })
 }
 
 /// The desired `status.parents` of a route: other controllers' entries as they are, then
@@ -259,6 +273,15 @@ pub async fn write(
         apply::<Gateway>(Api::namespaced(client.clone(), &key.namespace), key, &current, value, None, &mut written)
             .await;
     }
+    if let Some(store) = &stores.listener_sets {
+        for (key, desired) in &status.listener_sets {
+            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
+            let current = current_status(object.as_deref());
+            let value = listener_set_status(desired, &current, &now);
+            let api = Api::namespaced(client.clone(), &key.namespace);
+            apply::<sluice_gateway_api::listenersets::ListenerSet>(api, key, &current, value, None, &mut written).await;
+        }
+    }
     for (key, desired) in &status.http_routes {
         let object =
             stores.http_routes.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
@@ -388,6 +411,37 @@ mod tests {
             supported_features: vec!["Gateway".into(), "HTTPRoute".into()],
         };
         assert!(!covers(&current, &gateway_class_status(&changed, &current, "NOW")));
+    }
+
+    #[test]
+    fn listener_sets_and_attached_listener_sets_are_written() {
+        let listener = sluice_translate::ListenerStatus {
+            name: "web".into(),
+            supported_kinds: vec![sluice_translate::RouteGroupKind {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "HTTPRoute".into(),
+            }],
+            attached_routes: 2,
+            conditions: vec![condition("Accepted", true)],
+        };
+        let set = sluice_translate::ListenerSetStatus {
+            gateway: ObjectKey::new("infra", "gw"),
+            conditions: vec![condition("Accepted", true), condition("Programmed", true)],
+            listeners: vec![listener.clone()],
+        };
+        let out = listener_set_status(&set, &Value::Null, "NOW");
+        assert_eq!(out["conditions"].as_array().unwrap().len(), 2);
+        assert_eq!(out["listeners"][0]["name"], "web");
+        assert_eq!(out["listeners"][0]["attachedRoutes"], 2);
+        assert_eq!(out["listeners"][0]["supportedKinds"][0]["kind"], "HTTPRoute");
+        let mut gateway = sluice_translate::GatewayStatus {
+            conditions: vec![condition("Accepted", true)],
+            listeners: vec![listener],
+            attached_listener_sets: Some(1),
+        };
+        assert_eq!(gateway_status(&gateway, &[], &Value::Null, "NOW")["attachedListenerSets"], 1);
+        gateway.attached_listener_sets = None;
+        assert!(gateway_status(&gateway, &[], &Value::Null, "NOW").get("attachedListenerSets").is_none());
     }
 
     #[test]

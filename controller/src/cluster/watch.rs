@@ -19,6 +19,7 @@ use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::grpcroutes::GrpcRoute;
 use sluice_gateway_api::httproutes::HttpRoute;
+use sluice_gateway_api::listenersets::ListenerSet;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
 use sluice_gateway_api::tlsroutes::TlsRoute;
@@ -31,6 +32,7 @@ use tokio::sync::Notify;
 pub struct Stores {
     pub gateway_classes: Store<GatewayClass>,
     pub gateways: Store<Gateway>,
+    pub listener_sets: Option<Store<ListenerSet>>,
     pub http_routes: Store<HttpRoute>,
     pub grpc_routes: Option<Store<GrpcRoute>>,
     pub tcp_routes: Option<Store<TcpRoute>>,
@@ -54,9 +56,9 @@ pub struct Stores {
 
 impl Stores {
     /// Starts every watch; returns once every store holds a complete first list (so the
-    /// first translation never sees a half-loaded cluster). Optional kinds (the v1 TCPRoute,
-    /// UDPRoute and TLSRoute of recent releases, ProxyConfig) are watched only if their
-    /// CRD is installed.
+    /// first translation never sees a half-loaded cluster). Optional kinds (ListenerSet and
+    /// the v1 TCPRoute, UDPRoute and TLSRoute of recent releases, ProxyConfig) are watched
+    /// only if their CRD is installed.
     pub async fn start(client: &Client, changed: Arc<Notify>) -> Result<Stores> {
         let crd_bundle_version = bundle_version(client).await;
         tracing::info!(
@@ -64,6 +66,14 @@ impl Stores {
             supported = ?sluice_translate::SUPPORTED_BUNDLE_VERSIONS,
             "Gateway API CRDs"
         );
+        let listener_sets = if installed::<ListenerSet>(client).await {
+            Some(watch(client, watcher::Config::default(), &changed))
+        } else {
+            tracing::warn!(
+                "the ListenerSet v1 CRD (Gateway API v1.5 or later) is not installed: ListenerSets are not served"
+            );
+            None
+        };
         let grpc_routes = if installed::<GrpcRoute>(client).await {
             Some(watch(client, watcher::Config::default(), &changed))
         } else {
@@ -109,6 +119,7 @@ impl Stores {
         let stores = Stores {
             gateway_classes: watch(client, watcher::Config::default(), &changed),
             gateways: watch(client, watcher::Config::default(), &changed),
+            listener_sets,
             http_routes: watch(client, watcher::Config::default(), &changed),
             grpc_routes,
             tcp_routes,
@@ -132,6 +143,9 @@ impl Stores {
             stores.gateway_classes.wait_until_ready().await?;
             stores.gateways.wait_until_ready().await?;
             stores.http_routes.wait_until_ready().await?;
+            if let Some(s) = &stores.listener_sets {
+                s.wait_until_ready().await?;
+            }
             if let Some(s) = &stores.grpc_routes {
                 s.wait_until_ready().await?;
             }
@@ -168,6 +182,7 @@ impl Stores {
         World {
             gateway_classes: self.gateway_classes.state(),
             gateways: self.gateways.state(),
+            listener_sets: self.listener_sets.as_ref().map(Store::state).unwrap_or_default(),
             http_routes: self.http_routes.state(),
             grpc_routes: self.grpc_routes.as_ref().map(Store::state).unwrap_or_default(),
             tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),

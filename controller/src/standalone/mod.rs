@@ -573,6 +573,7 @@ impl StatusDocument {
                 gateway.hold_programmed(reason::PENDING, message);
             }
         }
+        status.hold_listener_sets_with_gateways();
         let keys: Vec<_> = status.gateways.keys().cloned().collect();
         for key in keys {
             if let Some(progress) = self.data_planes.get(&key.to_string()) {
@@ -628,6 +629,7 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
             out.push_str(&format!("GatewayClass {name}: {text}\n"));
         }
     }
+    let mut held_gateways = BTreeMap::new();
     for (key, gateway) in &document.status.gateways {
         let name = key.to_string();
         let mut held = gateway.clone();
@@ -635,6 +637,7 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
             held.hold_programmed(reason::PENDING, message);
         }
         let (healthy, text) = describe(&held.conditions);
+        held_gateways.insert(key.clone(), held);
         let progress = document.data_planes.get(&name);
         let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
         let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
@@ -642,6 +645,28 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
             out.push_str(&format!("Gateway {name}: {text}{version}{admin}\n"));
         }
         for listener in &gateway.listeners {
+            let (healthy, text) = describe(&listener.conditions);
+            if !healthy || !quiet {
+                out.push_str(&format!(
+                    "  listener {}: {} route(s) attached; {text}\n",
+                    listener.name, listener.attached_routes
+                ));
+            }
+        }
+    }
+    // ListenerSets, with the holds of their Gateways.
+    let mut sets = sluice_translate::Status {
+        gateways: held_gateways,
+        listener_sets: document.status.listener_sets.clone(),
+        ..Default::default()
+    };
+    sets.hold_listener_sets_with_gateways();
+    for (key, set) in &sets.listener_sets {
+        let (healthy, text) = describe(&set.conditions);
+        if !healthy || !quiet {
+            out.push_str(&format!("ListenerSet {key} (Gateway {}): {text}\n", set.gateway));
+        }
+        for listener in &set.listeners {
             let (healthy, text) = describe(&listener.conditions);
             if !healthy || !quiet {
                 out.push_str(&format!(

@@ -12,33 +12,54 @@ pub(crate) enum Attachment {
     Rejected(&'static str, String),
 }
 
-/// Whether a parentRef names a Gateway (the only parent kind Sluice serves).
+/// Whether a parentRef names a Gateway.
 pub(crate) fn is_gateway_ref(parent: &ParentRef) -> bool {
     parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
 }
 
-/// Attaches a route of `kind` in `route_namespace` with `hostnames` through `parent`. The
+/// Whether a parentRef names a ListenerSet.
+pub(crate) fn is_listener_set_ref(parent: &ParentRef) -> bool {
+    parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP && parent.kind.as_deref() == Some("ListenerSet")
+}
+
+/// Attaches a route of `kind` in `route_namespace` with `hostnames` through `parent`: to
+/// the Gateway's own listeners (`owner` None) or to those of its ListenerSet `owner`. The
 /// caller counts the route in `attachedRoutes` of the listeners when the route ends up
 /// Accepted (only accepted routes count).
 pub(crate) fn attach(
     plan: &GatewayPlan<'_>,
     parent: &ParentRef,
+    owner: Option<usize>,
     kind: &str,
     route_namespace: &str,
     hostnames: &[String],
     index: &Index<'_>,
 ) -> Attachment {
+    let set = owner.and_then(|i| plan.listener_sets.get(i));
+    let parent_name = match set {
+        Some(set) => format!("ListenerSet {}", set.key),
+        None => format!("Gateway {}", plan.key),
+    };
     if let Some((_, message)) = &plan.not_accepted {
         return Attachment::Rejected(
             reason::NO_MATCHING_PARENT,
             format!("Gateway {} is not accepted: {message}", plan.key),
         );
     }
+    if let Some(set) = set
+        && !set.accepted(plan)
+    {
+        return Attachment::Rejected(
+            reason::NO_MATCHING_PARENT,
+            format!("ListenerSet {} is not accepted by Gateway {}", set.key, plan.key),
+        );
+    }
     let selected: Vec<usize> = (0..plan.listeners.len())
         .filter(|&i| {
             let listener = &plan.listeners[i];
-            parent.section_name.as_deref().is_none_or(|section| section == listener.name)
+            listener.owner == owner
+                && parent.section_name.as_deref().is_none_or(|section| section == listener.name)
                 && parent.port.is_none_or(|port| port == listener.port)
         })
         .collect();
@@ -52,28 +73,27 @@ pub(crate) fn attach(
         }
         return Attachment::Rejected(
             reason::NO_MATCHING_PARENT,
-            format!("Gateway {} has no listener {}", plan.key, wanted.join(" ")),
+            format!("{parent_name} has no listener {}", wanted.join(" ")),
         );
     }
     let selected: Vec<usize> = selected.into_iter().filter(|&i| plan.listeners[i].accepted()).collect();
     if selected.is_empty() {
         return Attachment::Rejected(
             reason::NO_MATCHING_PARENT,
-            format!("the listeners of Gateway {} this route selects are not accepted", plan.key),
+            format!("the listeners of {parent_name} this route selects are not accepted"),
         );
     }
-    let gateway_namespace = plan.key.namespace.clone();
     let allowed: Vec<usize> = selected
         .into_iter()
         .filter(|&i| {
             let listener = &plan.listeners[i];
-            listener.supports_kind(kind) && namespace_allowed(listener, &gateway_namespace, route_namespace, index)
+            listener.supports_kind(kind) && namespace_allowed(listener, route_namespace, index)
         })
         .collect();
     if allowed.is_empty() {
         return Attachment::Rejected(
             reason::NOT_ALLOWED_BY_LISTENERS,
-            format!("no listener of Gateway {} allows a {kind} from namespace {route_namespace}", plan.key),
+            format!("no listener of {parent_name} allows a {kind} from namespace {route_namespace}"),
         );
     }
     let matched: Vec<(usize, Vec<String>)> = allowed
@@ -83,7 +103,7 @@ pub(crate) fn attach(
     if matched.is_empty() {
         return Attachment::Rejected(
             reason::NO_MATCHING_LISTENER_HOSTNAME,
-            format!("no listener of Gateway {} matches the route's hostnames", plan.key),
+            format!("no listener of {parent_name} matches the route's hostnames"),
         );
     }
     Attachment::Attached(matched)

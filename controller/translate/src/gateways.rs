@@ -10,6 +10,8 @@ use sluice_gateway_api::gateways::{
 use sluice_snapshot::{Certificate, ClientValidation, HttpRoute, Protocol, TlsRoute};
 
 use crate::l4routes::L4Rule;
+use crate::listenersets::ListenerSetPlan;
+use sluice_gateway_api::listenersets::ListenerSet;
 
 use crate::classes::{Cidr, ClassInfo, merge_proxy_config, override_problem};
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
@@ -30,6 +32,12 @@ pub(crate) enum NamespacePolicy {
 /// One listener of one of our Gateways, as translation proceeds.
 pub(crate) struct ListenerPlan {
     pub name: String,
+    /// Where the listener is defined: None for the Gateway itself, else the index of its
+    /// ListenerSet in [`GatewayPlan::listener_sets`].
+    pub owner: Option<usize>,
+    /// The namespace of the object defining the listener (`allowedRoutes` `Same` is
+    /// relative to it, and certificateRefs default to it).
+    pub namespace: String,
     pub port: i32,
     pub protocol: Protocol,
     pub hostname: Option<String>,
@@ -100,6 +108,15 @@ pub(crate) struct GatewayPlan<'w> {
     pub client_validations: BTreeMap<String, ClientValidation>,
     /// IP addresses requested in `spec.addresses`.
     pub requested_addresses: Vec<String>,
+    /// ListenerSets naming this Gateway as their parent, in precedence order.
+    pub listener_sets: Vec<ListenerSetPlan>,
+}
+
+impl GatewayPlan<'_> {
+    /// The Gateway's own listeners (not those of its ListenerSets).
+    pub fn own_listeners(&self) -> impl Iterator<Item = &ListenerPlan> {
+        self.listeners.iter().filter(|l| l.owner.is_none())
+    }
 }
 
 /// Route kinds Sluice serves, per listener protocol.
@@ -113,12 +130,24 @@ fn kinds_for(protocol: Protocol) -> &'static [&'static str] {
     }
 }
 
-pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &Index<'_>) -> GatewayPlan<'w> {
+/// Plans a Gateway of one of our classes with its own listeners, then merges in the
+/// listeners of `listener_sets` (those naming it as parent, in precedence order).
+pub(crate) fn plan_gateway<'w>(
+    gateway: &'w Gateway,
+    class: &ClassInfo,
+    listener_sets: &[&'w ListenerSet],
+    index: &Index<'_>,
+) -> GatewayPlan<'w> {
     let key = ObjectKey::of(gateway);
     let generation = gateway.metadata.generation.unwrap_or_default();
     let mut certificates = BTreeMap::new();
-    let mut listeners: Vec<ListenerPlan> =
-        gateway.spec.listeners.iter().map(|listener| plan_listener(listener, &key, index, &mut certificates)).collect();
+    let owner = ListenerOwner { kind: "Gateway", key: &key, index: None };
+    let mut listeners: Vec<ListenerPlan> = gateway
+        .spec
+        .listeners
+        .iter()
+        .map(|listener| plan_listener(listener, &owner, index, &mut certificates))
+        .collect();
     let mut client_validations = BTreeMap::new();
     crate::frontend::plan_client_validation(gateway, &key, &mut listeners, index, &mut client_validations);
     mark_duplicate_names(&mut listeners);
@@ -189,7 +218,7 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
             ));
         }
     }
-    GatewayPlan {
+    let mut plan = GatewayPlan {
         key,
         gateway,
         generation,
@@ -200,7 +229,10 @@ pub(crate) fn plan_gateway<'w>(gateway: &'w Gateway, class: &ClassInfo, index: &
         certificates,
         client_validations,
         requested_addresses,
-    }
+        listener_sets: Vec::new(),
+    };
+    crate::listenersets::merge_listener_sets(&mut plan, listener_sets, index);
+    plan
 }
 
 fn gateway_proxy_config(
@@ -228,9 +260,18 @@ fn gateway_proxy_config(
     Ok(Some(config.spec.clone()))
 }
 
-fn plan_listener(
+/// The object defining a listener: a Gateway or a ListenerSet.
+pub(crate) struct ListenerOwner<'k> {
+    /// `Gateway` or `ListenerSet`: the `from` kind of ReferenceGrants for its certificateRefs.
+    pub kind: &'static str,
+    pub key: &'k ObjectKey,
+    /// For a ListenerSet: its index in [`GatewayPlan::listener_sets`].
+    pub index: Option<usize>,
+}
+
+pub(crate) fn plan_listener(
     listener: &GatewayListeners,
-    gateway: &ObjectKey,
+    owner: &ListenerOwner<'_>,
     index: &Index<'_>,
     certificates: &mut BTreeMap<String, Certificate>,
 ) -> ListenerPlan {
@@ -330,15 +371,21 @@ fn plan_listener(
         for cert_ref in refs {
             let group = cert_ref.group.as_deref().unwrap_or_default();
             let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
-            let namespace = cert_ref.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&gateway.namespace);
+            let namespace = cert_ref.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&owner.key.namespace);
             let secret_key = ObjectKey::new(namespace, cert_ref.name.clone());
             let result = if !group.is_empty() || kind != "Secret" {
                 Err((
                     reason::INVALID_CERTIFICATE_REF,
                     format!("certificateRef {secret_key} has unsupported kind {kind}.{group}"),
                 ))
-            } else if !index.reference_allowed(GATEWAY_GROUP, "Gateway", &gateway.namespace, "", "Secret", &secret_key)
-            {
+            } else if !index.reference_allowed(
+                GATEWAY_GROUP,
+                owner.kind,
+                &owner.key.namespace,
+                "",
+                "Secret",
+                &secret_key,
+            ) {
                 Err((
                     reason::REF_NOT_PERMITTED,
                     format!(
@@ -362,6 +409,8 @@ fn plan_listener(
 
     ListenerPlan {
         name: listener.name.clone(),
+        owner: owner.index,
+        namespace: owner.key.namespace.clone(),
         port: listener.port,
         protocol,
         hostname,
@@ -443,7 +492,7 @@ fn checked_certificate(chain: &str, key: &str) -> Result<(i64, i64), String> {
 }
 
 /// Listener names must be unique; later duplicates are not accepted.
-fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
+pub(crate) fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
     let mut seen = BTreeSet::new();
     for listener in listeners.iter_mut() {
         if !seen.insert(listener.name.clone()) && listener.not_accepted.is_none() {
@@ -505,7 +554,7 @@ fn mark_conflicts(listeners: &mut [ListenerPlan]) {
 /// TLS listeners on one port whose hostnames overlap (equal hostnames are a conflict
 /// already; here a wildcard covering another hostname, or a listener without hostname next
 /// to others) get OverlappingTLSConfig, as v1.5.1 requires of every controller.
-fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
+pub(crate) fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
     let tls: Vec<usize> =
         (0..listeners.len()).filter(|&i| listeners[i].protocol == Protocol::Https && listeners[i].accepted()).collect();
     for &i in &tls {
@@ -524,7 +573,7 @@ fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
     }
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
+pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Http => "HTTP",
         Protocol::Https => "HTTPS",
@@ -535,15 +584,11 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-/// Whether a route in `namespace` may attach to `listener` (allowedRoutes.namespaces).
-pub(crate) fn namespace_allowed(
-    listener: &ListenerPlan,
-    gateway_namespace: &str,
-    namespace: &str,
-    index: &Index<'_>,
-) -> bool {
+/// Whether a route in `namespace` may attach to `listener` (allowedRoutes.namespaces;
+/// `Same` is the namespace of the Gateway or ListenerSet defining the listener).
+pub(crate) fn namespace_allowed(listener: &ListenerPlan, namespace: &str, index: &Index<'_>) -> bool {
     match &listener.namespaces {
-        NamespacePolicy::Same => namespace == gateway_namespace,
+        NamespacePolicy::Same => namespace == listener.namespace,
         NamespacePolicy::All => true,
         NamespacePolicy::Selector(selector) => {
             // A namespace without a Namespace object (standalone files) still carries the
@@ -559,7 +604,7 @@ pub(crate) fn namespace_allowed(
     }
 }
 
-fn selector_matches(
+pub(crate) fn selector_matches(
     selector: &GatewayListenersAllowedRoutesNamespacesSelector,
     labels: &BTreeMap<String, String>,
 ) -> bool {

@@ -2,15 +2,16 @@
 //! controller must do.
 //!
 //! ```text
-//!  World (GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes, TCPRoutes, UDPRoutes, TLSRoutes,
-//!         ReferenceGrants, BackendTLSPolicies, Services, EndpointSlices, Secrets, ConfigMaps,
-//!         Namespaces, ProxyConfigs)
+//!  World (GatewayClasses, Gateways, ListenerSets, HTTPRoutes, GRPCRoutes, TCPRoutes,
+//!         UDPRoutes, TLSRoutes, ReferenceGrants, BackendTLSPolicies, Services,
+//!         EndpointSlices, Secrets, ConfigMaps, Namespaces, ProxyConfigs)
 //!    │ translate()          no client, no clock, no I/O; deterministic
 //!    ▼
 //!  Output ── per Gateway: Snapshot (listeners → ordered routes, clusters, certificates,
 //!         │                client certificate validations)
 //!         │                Infra (ports, ProxyConfig, labels) for the deployer
-//!         └─ status of every GatewayClass, Gateway (+ listeners) and route parentRef
+//!         └─ status of every GatewayClass, Gateway (+ listeners), ListenerSet and route
+//!            parentRef
 //! ```
 //!
 //! User mistakes never fail translation: they become status conditions with the reasons
@@ -49,6 +50,7 @@ mod grpcroutes;
 mod httproutes;
 mod index;
 mod l4routes;
+mod listenersets;
 mod policies;
 pub mod status;
 mod tlsroutes;
@@ -64,12 +66,12 @@ pub use features::SUPPORTED_FEATURES;
 pub use index::ObjectKey;
 pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use status::{
-    CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerStatus, ParentRef,
-    RouteGroupKind, RouteParentStatus, RouteStatus,
+    CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerSetStatus, ListenerStatus,
+    ParentRef, RouteGroupKind, RouteParentStatus, RouteStatus,
 };
 pub use world::{Skipped, World};
 
-use attach::{Attachment, attach, hostname_rank, is_gateway_ref};
+use attach::{Attachment, attach, hostname_rank, is_gateway_ref, is_listener_set_ref};
 use backends::{BackendError, ClusterCache};
 use gateways::{GatewayPlan, ListenerPlan, plan_gateway};
 use httproutes::{CompiledRoute, RouteKind, RouteOrder, by_age, compile_route, place_rule};
@@ -128,6 +130,9 @@ pub struct InfraPort {
 pub struct Status {
     pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    /// ListenerSets whose parentRef names one of our Gateways.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_sets: BTreeMap<ObjectKey, ListenerSetStatus>,
     pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub grpc_routes: BTreeMap<ObjectKey, RouteStatus>,
     pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
@@ -145,6 +150,9 @@ type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
 struct Translation<'w> {
     index: Index<'w>,
     plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
+    /// ListenerSets whose parent is one of our Gateways: the Gateway and the set's index
+    /// in its plan.
+    listener_set_parents: BTreeMap<ObjectKey, (ObjectKey, usize)>,
     cache: ClusterCache<'w>,
     clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
     http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
@@ -159,10 +167,22 @@ pub fn translate(world: &World) -> Output {
     let index = Index::new(world);
     let mut output = Output::default();
     let classes = classes::translate_classes(world, &index, &mut output.status.gateway_classes);
+    let mut listener_sets: BTreeMap<ObjectKey, Vec<&sluice_gateway_api::listenersets::ListenerSet>> = BTreeMap::new();
+    for listener_set in by_age(&world.listener_sets) {
+        if let Some(parent) = listenersets::parent_gateway(listener_set) {
+            listener_sets.entry(parent).or_default().push(listener_set);
+        }
+    }
     let mut plans = BTreeMap::new();
+    let mut listener_set_parents = BTreeMap::new();
     for gateway in &world.gateways {
         if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
-            let plan = plan_gateway(gateway, class, &index);
+            let key = ObjectKey::of(gateway.as_ref());
+            let sets = listener_sets.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let plan = plan_gateway(gateway, class, sets, &index);
+            for (set_index, set) in plan.listener_sets.iter().enumerate() {
+                listener_set_parents.insert(set.key.clone(), (plan.key.clone(), set_index));
+            }
             plans.insert(plan.key.clone(), plan);
         }
     }
@@ -170,6 +190,7 @@ pub fn translate(world: &World) -> Output {
     let mut pass = Translation {
         index,
         plans,
+        listener_set_parents,
         cache: ClusterCache::new(policies),
         clusters: BTreeMap::new(),
         http_routes: BTreeMap::new(),
@@ -207,6 +228,21 @@ pub fn translate(world: &World) -> Output {
 }
 
 impl Translation<'_> {
+    /// The Gateway of ours a parentRef leads to, and whether through one of its
+    /// ListenerSets (its index in the Gateway's plan). Other parents get no status from
+    /// Sluice (another controller, or nothing, owns them).
+    fn resolve_parent(&self, parent: &ParentRef, route: &ObjectKey) -> Option<(ObjectKey, Option<usize>)> {
+        let namespace = parent.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| route.namespace.clone());
+        let key = ObjectKey::new(namespace, parent.name.clone());
+        if is_gateway_ref(parent) {
+            return self.plans.contains_key(&key).then_some((key, None));
+        }
+        if is_listener_set_ref(parent) {
+            return self.listener_set_parents.get(&key).map(|(gateway, set)| (gateway.clone(), Some(*set)));
+        }
+        None
+    }
+
     fn add_clusters(
         all: &mut BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
         gateway: &ObjectKey,
@@ -230,7 +266,7 @@ impl Translation<'_> {
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
         let parents = parent_refs!(route);
-        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+        if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
             return None;
         }
         let compiled = compile_route(route, &self.index, &mut self.cache);
@@ -247,7 +283,7 @@ impl Translation<'_> {
     ) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
         let parents = parent_refs!(route);
-        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+        if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
             return None;
         }
         let compiled = grpcroutes::compile_grpc_route(route, &self.index, &mut self.cache);
@@ -275,17 +311,14 @@ impl Translation<'_> {
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
         let mut statuses = Vec::new();
         for parent in parents {
-            if !our_parent(&parent, &key, &self.plans) {
-                continue;
-            }
-            let gateway_key = parent_gateway(&parent, &key);
+            let Some((gateway_key, owner)) = self.resolve_parent(&parent, &key) else { continue };
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
             let attachment = match invalid_hostname {
                 Some(bad) => Attachment::Rejected(
                     reason::UNSUPPORTED_VALUE,
                     format!("hostname {bad:?} is not a valid DNS name or wildcard"),
                 ),
-                None => attach(plan, &parent, kind.name(), &key.namespace, &hostnames, &self.index),
+                None => attach(plan, &parent, owner, kind.name(), &key.namespace, &hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment
                 && !all_invalid
@@ -328,7 +361,7 @@ impl Translation<'_> {
         let key = ObjectKey::of(route);
         let generation = route.meta().generation.unwrap_or_default();
         let parents = route.parents();
-        if !parents.iter().any(|p| our_parent(p, &key, &self.plans)) {
+        if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
             return None;
         }
         let compiled = compile_l4_route(route, &self.index, &mut self.cache);
@@ -337,17 +370,14 @@ impl Translation<'_> {
         let touched = self.cache.take_touched();
         let mut statuses = Vec::new();
         for parent in parents {
-            if !our_parent(&parent, &key, &self.plans) {
-                continue;
-            }
-            let gateway_key = parent_gateway(&parent, &key);
+            let Some((gateway_key, owner)) = self.resolve_parent(&parent, &key) else { continue };
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
             let attachment = match invalid_hostname {
                 Some(bad) => Attachment::Rejected(
                     reason::UNSUPPORTED_VALUE,
                     format!("hostname {bad:?} is not a valid DNS name or wildcard"),
                 ),
-                None => attach(plan, &parent, R::KIND, &key.namespace, hostnames, &self.index),
+                None => attach(plan, &parent, owner, R::KIND, &key.namespace, hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
@@ -408,24 +438,15 @@ impl Translation<'_> {
                 status.conditions.push(condition);
             }
             output.status.gateways.insert(key.clone(), status);
+            let statuses =
+                listenersets::listener_set_statuses(&plan, |l, generation| listener_status(l, &plan, generation));
+            output.status.listener_sets.extend(statuses);
             if plan.not_accepted.is_none() {
                 let clusters = self.clusters.remove(&key).unwrap_or_default();
                 output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
             }
         }
     }
-}
-
-/// The Gateway a parentRef names (the route's namespace by default).
-fn parent_gateway(parent: &ParentRef, route: &ObjectKey) -> ObjectKey {
-    let namespace = parent.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| route.namespace.clone());
-    ObjectKey::new(namespace, parent.name.clone())
-}
-
-/// Whether a parentRef names a Gateway of one of our GatewayClasses. Other parents get
-/// no status from Sluice (another controller, or nothing, owns them).
-fn our_parent(parent: &ParentRef, route: &ObjectKey, plans: &BTreeMap<ObjectKey, GatewayPlan<'_>>) -> bool {
-    is_gateway_ref(parent) && plans.contains_key(&parent_gateway(parent, route))
 }
 
 fn route_conditions(
@@ -473,9 +494,9 @@ fn route_conditions(
 
 fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
     let generation = plan.generation;
-    let listeners: Vec<ListenerStatus> = plan.listeners.iter().map(|l| listener_status(l, plan, generation)).collect();
-    let serving = plan.listeners.iter().filter(|l| l.serves()).count();
-    let invalid = plan.listeners.len() - serving;
+    let listeners: Vec<ListenerStatus> = plan.own_listeners().map(|l| listener_status(l, plan, generation)).collect();
+    let serving = plan.own_listeners().filter(|l| l.serves()).count();
+    let invalid = listeners.len() - serving;
     let conditions = match &plan.not_accepted {
         Some((why, message)) => vec![
             Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
@@ -489,7 +510,7 @@ fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
                     reason::ACCEPTED,
                     true,
                     reason::LISTENERS_NOT_VALID,
-                    format!("{invalid} of {} listeners are not valid", plan.listeners.len()),
+                    format!("{invalid} of {} listeners are not valid", listeners.len()),
                     generation,
                 )
             };
@@ -531,7 +552,11 @@ fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
             conditions
         }
     };
-    GatewayStatus { conditions, listeners }
+    let attached_listener_sets = listenersets::gateway_admits_any(plan.gateway).then(|| {
+        let attached = plan.listener_sets.iter().filter(|set| set.accepted(plan)).count();
+        i32::try_from(attached).unwrap_or(i32::MAX)
+    });
+    GatewayStatus { conditions, listeners, attached_listener_sets }
 }
 
 fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: i64) -> ListenerStatus {
@@ -592,6 +617,12 @@ fn gateway_output(
         if !listener.serves() {
             continue;
         }
+        let name = match listener.owner.and_then(|set| plan.listener_sets.get(set)) {
+            Some(set) => {
+                format!("listenerset/{}/{}/listener/{}", set.key.namespace, set.key.name, listener.name)
+            }
+            None => format!("gateway/{}/{}/listener/{}", plan.key.namespace, plan.key.name, listener.name),
+        };
         let transport = if listener.protocol == Protocol::Udp { "UDP" } else { "TCP" };
         ports.insert(InfraPort { port: listener.port, protocol: transport.into() });
         let (tcp_routes, udp_routes) = if listener.protocol == Protocol::Udp {
@@ -608,7 +639,7 @@ fn gateway_output(
         used_certificates.extend(listener.certificates.iter().cloned());
         used_validations.extend(listener.client_validation.iter().cloned());
         listeners.push(Listener {
-            name: format!("gateway/{}/{}/listener/{}", plan.key.namespace, plan.key.name, listener.name),
+            name,
             port: u32::try_from(listener.port).unwrap_or_default(),
             protocol: listener.protocol as i32,
             hostname: listener.hostname.unwrap_or_default(),

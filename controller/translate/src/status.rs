@@ -71,6 +71,22 @@ pub struct GatewayClassStatus {
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     pub conditions: Vec<Condition>,
+    /// The Gateway's own listeners (not those of its ListenerSets).
+    pub listeners: Vec<ListenerStatus>,
+    /// How many ListenerSets are attached and Accepted; set when `spec.allowedListeners`
+    /// admits some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached_listener_sets: Option<i32>,
+}
+
+/// Status of a ListenerSet whose parent is one of our Gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetStatus {
+    /// The parent Gateway (not part of the written status).
+    #[serde(skip)]
+    pub gateway: crate::ObjectKey,
+    pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
 }
 
@@ -174,6 +190,9 @@ pub mod reason {
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
     pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    pub const NOT_ALLOWED: &str = "NotAllowed";
+    pub const PARENT_NOT_ACCEPTED: &str = "ParentNotAccepted";
+    pub const PARENT_NOT_PROGRAMMED: &str = "ParentNotProgrammed";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
@@ -198,6 +217,27 @@ pub fn bounded_message(message: &str) -> String {
 }
 
 impl crate::Status {
+    /// A ListenerSet is programmed only as far as its Gateway is: while the controller
+    /// holds the Gateway's `Programmed` at False (data planes not yet on the current
+    /// version, no address), its ListenerSets say `Programmed=False ParentNotProgrammed`.
+    pub fn hold_listener_sets_with_gateways(&mut self) {
+        for set in self.listener_sets.values_mut() {
+            let parent_programmed = self.gateways.get(&set.gateway).is_some_and(|gateway| {
+                gateway.conditions.iter().any(|c| c.type_ == reason::PROGRAMMED && c.status == ConditionStatus::True)
+            });
+            if parent_programmed {
+                continue;
+            }
+            for condition in set.conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
+                if condition.status == ConditionStatus::True {
+                    condition.status = ConditionStatus::False;
+                    condition.reason = reason::PARENT_NOT_PROGRAMMED.into();
+                    condition.message = format!("Gateway {} is not programmed yet", set.gateway);
+                }
+            }
+        }
+    }
+
     /// Folds in what a Gateway's data planes reported they could not compile (by snapshot
     /// name, with the problem): a dropped listener is not Programmed, a route with a
     /// dropped rule is PartiallyInvalid towards that Gateway. Other objects are untouched.
@@ -205,9 +245,26 @@ impl crate::Status {
         let listener_prefix = format!("gateway/{}/{}/listener/", gateway.namespace, gateway.name);
         let mut by_route: std::collections::BTreeMap<(&str, crate::ObjectKey), Vec<String>> = Default::default();
         for (name, problem) in dropped {
-            if let Some(listener) = name.strip_prefix(&listener_prefix) {
-                let Some(status) = self.gateways.get_mut(gateway) else { continue };
-                let Some(entry) = status.listeners.iter_mut().find(|l| l.name == listener) else { continue };
+            // A ListenerSet's listener: `listenerset/NS/NAME/listener/LISTENER` (the map
+            // comes from this Gateway's data planes, so the set is one of its own).
+            let set_listener = name.strip_prefix("listenerset/").and_then(|rest| {
+                let mut parts = rest.splitn(4, '/');
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some(namespace), Some(set), Some("listener"), Some(listener)) => {
+                        Some((crate::ObjectKey::new(namespace, set), listener))
+                    }
+                    _ => None,
+                }
+            });
+            let listeners = if let Some(listener) = name.strip_prefix(&listener_prefix) {
+                self.gateways.get_mut(gateway).map(|status| (&mut status.listeners, listener))
+            } else if let Some((set, listener)) = set_listener {
+                self.listener_sets.get_mut(&set).map(|status| (&mut status.listeners, listener))
+            } else {
+                None
+            };
+            if let Some((listeners, listener)) = listeners {
+                let Some(entry) = listeners.iter_mut().find(|l| l.name == listener) else { continue };
                 for condition in entry.conditions.iter_mut().filter(|c| c.type_ == reason::PROGRAMMED) {
                     condition.status = ConditionStatus::False;
                     condition.reason = reason::INVALID.into();
@@ -293,7 +350,20 @@ mod tests {
         let mut status = Status::default();
         status.gateways.insert(
             gateway.clone(),
-            GatewayStatus { conditions: vec![], listeners: vec![listener("https"), listener("http")] },
+            GatewayStatus {
+                conditions: vec![],
+                listeners: vec![listener("https"), listener("http")],
+                attached_listener_sets: None,
+            },
+        );
+        let set = ObjectKey::new("team-a", "ls");
+        status.listener_sets.insert(
+            set.clone(),
+            ListenerSetStatus {
+                gateway: gateway.clone(),
+                conditions: vec![],
+                listeners: vec![listener("web"), listener("https")],
+            },
         );
         let route = |parents| RouteStatus { parents };
         status.http_routes.insert(ObjectKey::new("team-a", "bad"), route(vec![parent("gw"), parent("other")]));
@@ -304,6 +374,7 @@ mod tests {
             ("httproute/team-a/bad/rule/1/match/0".to_string(), "invalid regular expression".to_string()),
             ("httproute/team-a/bad/rule/2/match/0".to_string(), "bad path".to_string()),
             ("gateway/infra/other/listener/http".to_string(), "not ours".to_string()),
+            ("listenerset/team-a/ls/listener/web".to_string(), "certificate: bad key".to_string()),
         ]
         .into_iter()
         .collect();
@@ -312,6 +383,9 @@ mod tests {
         assert_eq!(listeners[0].conditions[0].status, ConditionStatus::False);
         assert!(listeners[0].conditions[0].message.contains("bad key"));
         assert_eq!(listeners[1], before.gateways[&gateway].listeners[1]);
+        let set_listeners = &status.listener_sets[&set].listeners;
+        assert_eq!(set_listeners[0].conditions[0].status, ConditionStatus::False);
+        assert_eq!(set_listeners[1], before.listener_sets[&set].listeners[1]);
         let bad = &status.http_routes[&ObjectKey::new("team-a", "bad")];
         let partially = &bad.parents[0].conditions[1];
         assert_eq!((partially.type_.as_str(), partially.reason.as_str()), ("PartiallyInvalid", "UnsupportedValue"));

@@ -11,6 +11,7 @@ use sluice_gateway_api::gatewayclasses::GatewayClass;
 use sluice_gateway_api::gateways::Gateway;
 use sluice_gateway_api::grpcroutes::GrpcRoute as GRPCRoute;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
+use sluice_gateway_api::listenersets::ListenerSet;
 use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute as TCPRoute;
 use sluice_gateway_api::tlsroutes::TlsRoute as TLSRoute;
@@ -21,6 +22,8 @@ use sluice_gateway_api::udproutes::UdpRoute as UDPRoute;
 pub struct World {
     pub gateway_classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
+    /// Extra listeners for Gateways that allow them (`spec.allowedListeners`).
+    pub listener_sets: Vec<Arc<ListenerSet>>,
     pub http_routes: Vec<Arc<HTTPRoute>>,
     pub grpc_routes: Vec<Arc<GRPCRoute>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
@@ -84,6 +87,7 @@ impl World {
     pub fn extend(&mut self, other: &World) {
         self.gateway_classes.extend(other.gateway_classes.iter().cloned());
         self.gateways.extend(other.gateways.iter().cloned());
+        self.listener_sets.extend(other.listener_sets.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.grpc_routes.extend(other.grpc_routes.iter().cloned());
         self.tcp_routes.extend(other.tcp_routes.iter().cloned());
@@ -128,6 +132,7 @@ impl World {
         }
         dedupe(&mut self.gateway_classes, skipped);
         dedupe(&mut self.gateways, skipped);
+        dedupe(&mut self.listener_sets, skipped);
         dedupe(&mut self.http_routes, skipped);
         dedupe(&mut self.grpc_routes, skipped);
         dedupe(&mut self.tcp_routes, skipped);
@@ -161,6 +166,7 @@ impl World {
         match (group, kind.as_str()) {
             ("gateway.networking.k8s.io", "GatewayClass") => push(&mut self.gateway_classes, document),
             ("gateway.networking.k8s.io", "Gateway") => push_namespaced(&mut self.gateways, document),
+            ("gateway.networking.k8s.io", "ListenerSet") => push_namespaced(&mut self.listener_sets, document),
             ("gateway.networking.k8s.io", "HTTPRoute") => push_namespaced(&mut self.http_routes, document),
             ("gateway.networking.k8s.io", "GRPCRoute") => push_namespaced(&mut self.grpc_routes, document),
             ("gateway.networking.k8s.io", "TCPRoute") => push_namespaced(&mut self.tcp_routes, document),
