@@ -1,0 +1,172 @@
+//! The translation pass: plans every Gateway of ours, attaches every route kind in
+//! turn, then orders what each listener got and emits outputs and status.
+
+use std::collections::BTreeMap;
+
+use sluice_snapshot::Cluster;
+
+use crate::attach::{is_gateway_ref, is_listener_set_ref};
+use crate::backends::ClusterCache;
+use crate::conditions::{gateway_status, listener_status};
+use crate::gateways::{GatewayPlan, plan_gateway};
+use crate::httproutes::{RouteOrder, by_age};
+use crate::index::{Index, ObjectKey};
+use crate::l4routes::L4Rule;
+use crate::output::gateway_output;
+use crate::tlsroutes::TlsOrder;
+use crate::{Output, ParentRef, World, backend_client, classes, listenersets, policies};
+
+/// Snapshot routes placed on one listener of one Gateway, before ordering.
+pub(crate) type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
+
+/// State of one translation pass.
+pub(crate) struct Translation<'w> {
+    pub(crate) index: Index<'w>,
+    pub(crate) plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
+    /// ListenerSets whose parent is one of our Gateways: the Gateway and the set's index
+    /// in its plan.
+    pub(crate) listener_set_parents: BTreeMap<ObjectKey, (ObjectKey, usize)>,
+    pub(crate) cache: ClusterCache<'w>,
+    pub(crate) clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+    pub(crate) http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
+    /// TCP and UDP rules per listener (a listener is one or the other).
+    pub(crate) l4_routes: Placed<usize, Vec<L4Rule>>,
+    /// TLSRoutes per TLS listener.
+    pub(crate) tls_routes: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
+}
+
+/// Translates the whole World. Pure and deterministic.
+pub fn translate(world: &World) -> Output {
+    let index = Index::new(world);
+    let mut output = Output::default();
+    let classes = classes::translate_classes(world, &index, &mut output.status.gateway_classes);
+    let mut listener_sets: BTreeMap<ObjectKey, Vec<&sluice_gateway_api::listenersets::ListenerSet>> = BTreeMap::new();
+    for listener_set in by_age(&world.listener_sets) {
+        if let Some(parent) = listenersets::parent_gateway(listener_set) {
+            listener_sets.entry(parent).or_default().push(listener_set);
+        }
+    }
+    let mut plans = BTreeMap::new();
+    let mut listener_set_parents = BTreeMap::new();
+    for gateway in &world.gateways {
+        if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
+            let key = ObjectKey::of(gateway.as_ref());
+            let sets = listener_sets.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let plan = plan_gateway(gateway, class, sets, &index);
+            for (set_index, set) in plan.listener_sets.iter().enumerate() {
+                listener_set_parents.insert(set.key.clone(), (plan.key.clone(), set_index));
+            }
+            plans.insert(plan.key.clone(), plan);
+        }
+    }
+    let policies = policies::Policies::new(&world.backend_tls_policies, &index);
+    let mut pass = Translation {
+        index,
+        plans,
+        listener_set_parents,
+        cache: ClusterCache::new(policies),
+        clusters: BTreeMap::new(),
+        http_routes: BTreeMap::new(),
+        l4_routes: BTreeMap::new(),
+        tls_routes: BTreeMap::new(),
+    };
+    for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.http_route(route, rank) {
+            output.status.http_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.grpc_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.grpc_route(route, rank) {
+            output.status.grpc_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
+            output.status.tcp_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.udp_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
+            output.status.udp_routes.insert(key, status);
+        }
+    }
+    for (rank, route) in by_age(&world.tls_routes).into_iter().enumerate() {
+        if let Some((key, status)) = pass.l4_route(route, rank) {
+            output.status.tls_routes.insert(key, status);
+        }
+    }
+    output.next_change_at = pass.index.next_change.get();
+    pass.finish(&mut output);
+    output
+}
+
+impl Translation<'_> {
+    /// The Gateway of ours a parentRef leads to, and whether through one of its
+    /// ListenerSets (its index in the Gateway's plan). Other parents get no status from
+    /// Sluice (another controller, or nothing, owns them).
+    pub(crate) fn resolve_parent(&self, parent: &ParentRef, route: &ObjectKey) -> Option<(ObjectKey, Option<usize>)> {
+        let namespace = parent.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| route.namespace.clone());
+        let key = ObjectKey::new(namespace, parent.name.clone());
+        if is_gateway_ref(parent) {
+            return self.plans.contains_key(&key).then_some((key, None));
+        }
+        if is_listener_set_ref(parent) {
+            return self.listener_set_parents.get(&key).map(|(gateway, set)| (gateway.clone(), Some(*set)));
+        }
+        None
+    }
+
+    pub(crate) fn add_clusters(
+        all: &mut BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+        gateway: &ObjectKey,
+        clusters: &[std::sync::Arc<Cluster>],
+    ) {
+        let gateway_clusters = match all.get_mut(gateway) {
+            Some(existing) => existing,
+            None => all.entry(gateway.clone()).or_default(),
+        };
+        for cluster in clusters {
+            if !gateway_clusters.contains_key(&cluster.name) {
+                gateway_clusters.insert(cluster.name.clone(), cluster.clone());
+            }
+        }
+    }
+
+    /// Orders every listener's routes and emits status and outputs per Gateway.
+    fn finish(mut self, output: &mut Output) {
+        output.status.backend_tls_policies = self.cache.policies.status();
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.http_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].http_routes = routes.into_iter().map(|(_, route)| route).collect();
+            }
+        }
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.l4_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].l4_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
+            }
+        }
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.tls_routes) {
+            routes.sort_by_key(|entry| entry.0);
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].tls_routes = routes.into_iter().map(|(_, route)| route).collect();
+            }
+        }
+        for (key, plan) in self.plans {
+            let client = backend_client::backend_client_certificate(plan.gateway, &key, &self.index);
+            let mut status = gateway_status(&plan);
+            if let Some(condition) = backend_client::resolved_refs_condition(&client, plan.generation) {
+                status.conditions.push(condition);
+            }
+            output.status.gateways.insert(key.clone(), status);
+            let statuses =
+                listenersets::listener_set_statuses(&plan, |l, generation| listener_status(l, &plan, generation));
+            output.status.listener_sets.extend(statuses);
+            if plan.not_accepted.is_none() {
+                let clusters = self.clusters.remove(&key).unwrap_or_default();
+                output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
+            }
+        }
+    }
+}
