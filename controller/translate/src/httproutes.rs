@@ -29,7 +29,7 @@ pub(crate) enum RouteKind {
 
 impl RouteKind {
     /// The kind's name in the API (attachment, ReferenceGrant `from.kind`).
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",

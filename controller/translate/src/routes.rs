@@ -1,67 +1,204 @@
 //! Attaching routes of every kind to the listeners of our Gateways and placing their
-//! rules there.
+//! rules there: one loop for all kinds, each kind supplying only what differs.
+//!
+//! ```text
+//!  route ─► any parentRef ours? ── no ─► no status from Sluice
+//!    │ yes
+//!    ▼ Route::compile (once, whatever it attaches to)
+//!  per parentRef of ours ─► attach (listeners, allowedRoutes, hostnames) ─► Attachment
+//!    │ Attached: clusters + policy uses recorded for the Gateway, attachedRoutes counted,
+//!    │           Compiled::place on each served listener (HTTP/gRPC, TLS or TCP/UDP maps)
+//!    ▼
+//!  RouteParentStatus (route_conditions) per parentRef of ours
+//! ```
+
+use std::sync::Arc;
+
+use sluice_gateway_api::grpcroutes::GrpcRoute as GRPCRoute;
+use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
+use sluice_snapshot::{Cluster, Protocol};
 
 use crate::attach::{Attachment, attach, hostname_rank};
+use crate::backends::{BackendError, ClusterCache};
 use crate::conditions::route_conditions;
-use crate::httproutes::{CompiledRoute, RouteKind, compile_route, place_rule};
-use crate::index::ObjectKey;
-use crate::l4routes::{L4Route, compile_l4_route};
+use crate::gateways::ListenerPlan;
+use crate::httproutes::{CompiledRoute, RouteKind, by_age, compile_route, place_rule};
+use crate::index::{Index, ObjectKey};
+use crate::l4routes::{CompiledL4Route, L4Route, compile_l4_route};
 use crate::status::reason;
 use crate::tlsroutes::place_tls_route;
-use crate::translation::Translation;
+use crate::translation::{Placements, Translation};
 use crate::{CONTROLLER_NAME, ParentRef, RouteParentStatus, RouteStatus, grpcroutes};
-use sluice_snapshot::Protocol;
+
+/// A route kind as attachment sees it.
+pub(crate) trait Route: kube::Resource<DynamicType = ()> {
+    /// The kind's name in the API (`allowedRoutes.kinds`, messages).
+    const KIND: &'static str;
+    type Compiled: Compiled;
+    fn parent_refs(&self) -> Vec<ParentRef>;
+    /// The hostnames the route serves (TLSRoute: SNI names); none for TCP and UDP.
+    fn route_hostnames(&self) -> Vec<String>;
+    /// Compiles the route's rules once, whatever listeners it attaches to.
+    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> Self::Compiled;
+}
+
+/// A route's compiled rules: what it references and how it lands on one listener.
+pub(crate) trait Compiled {
+    fn clusters(&self) -> &[Arc<Cluster>];
+    /// The first unresolved reference (ResolvedRefs=False).
+    fn unresolved(&self) -> Option<&BackendError>;
+    /// Rules dropped, with why.
+    fn invalid_rules(&self) -> &[String];
+    /// Whether every rule was dropped (then the route is not Accepted).
+    fn all_invalid(&self) -> bool;
+    /// Places the rules on `listener` (index `at.1` of Gateway `at.0`), serving `hosts`
+    /// there; `hostnames` are the route's own.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        placements: &mut Placements,
+        at: (ObjectKey, usize),
+        listener: &ListenerPlan,
+        key: &ObjectKey,
+        rank: usize,
+        hostnames: &[String],
+        hosts: &[String],
+    );
+}
+
+impl Route for HTTPRoute {
+    const KIND: &'static str = RouteKind::Http.name();
+    type Compiled = CompiledRoute;
+    fn parent_refs(&self) -> Vec<ParentRef> {
+        parent_refs!(self)
+    }
+    fn route_hostnames(&self) -> Vec<String> {
+        self.spec.hostnames.clone().unwrap_or_default()
+    }
+    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
+        compile_route(self, index, cache)
+    }
+}
+
+impl Route for GRPCRoute {
+    const KIND: &'static str = RouteKind::Grpc.name();
+    type Compiled = CompiledRoute;
+    fn parent_refs(&self) -> Vec<ParentRef> {
+        parent_refs!(self)
+    }
+    fn route_hostnames(&self) -> Vec<String> {
+        self.spec.hostnames.clone().unwrap_or_default()
+    }
+    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
+        grpcroutes::compile_grpc_route(self, index, cache)
+    }
+}
+
+impl<R: L4Route> Route for R {
+    const KIND: &'static str = <R as L4Route>::KIND;
+    type Compiled = CompiledL4Route;
+    fn parent_refs(&self) -> Vec<ParentRef> {
+        self.parents()
+    }
+    fn route_hostnames(&self) -> Vec<String> {
+        self.hostnames().to_vec()
+    }
+    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledL4Route {
+        compile_l4_route(self, index, cache)
+    }
+}
+
+impl Compiled for CompiledRoute {
+    fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+    fn unresolved(&self) -> Option<&BackendError> {
+        self.unresolved.as_ref()
+    }
+    fn invalid_rules(&self) -> &[String] {
+        &self.invalid_rules
+    }
+    fn all_invalid(&self) -> bool {
+        self.rules.is_empty() && !self.invalid_rules.is_empty()
+    }
+    fn place(
+        &self,
+        placements: &mut Placements,
+        at: (ObjectKey, usize),
+        listener: &ListenerPlan,
+        key: &ObjectKey,
+        rank: usize,
+        hostnames: &[String],
+        hosts: &[String],
+    ) {
+        let hostname = hostname_rank(listener.hostname.as_deref(), hostnames);
+        let placed = placements.http.entry(at).or_default();
+        for rule in &self.rules {
+            placed.extend(place_rule(key, rank, rule, hosts, hostname));
+        }
+    }
+}
+
+impl Compiled for CompiledL4Route {
+    fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+    fn unresolved(&self) -> Option<&BackendError> {
+        self.unresolved.as_ref()
+    }
+    fn invalid_rules(&self) -> &[String] {
+        &[]
+    }
+    fn all_invalid(&self) -> bool {
+        false
+    }
+    fn place(
+        &self,
+        placements: &mut Placements,
+        at: (ObjectKey, usize),
+        listener: &ListenerPlan,
+        _key: &ObjectKey,
+        rank: usize,
+        hostnames: &[String],
+        hosts: &[String],
+    ) {
+        if listener.protocol == Protocol::Tls {
+            let placed = place_tls_route(rank, &self.rules, hostnames, hosts);
+            placements.tls.entry(at).or_default().extend(placed);
+        } else {
+            placements.l4.entry(at).or_default().push((rank, self.rules.clone()));
+        }
+    }
+}
 
 impl Translation<'_> {
-    pub(crate) fn http_route(
+    /// Attaches every route of one kind, oldest first, and records the status of those
+    /// with a parent of ours.
+    pub(crate) fn attach_routes<R: Route>(
         &mut self,
-        route: &sluice_gateway_api::httproutes::HttpRoute,
-        rank: usize,
-    ) -> Option<(ObjectKey, RouteStatus)> {
+        routes: &[Arc<R>],
+        statuses: &mut std::collections::BTreeMap<ObjectKey, RouteStatus>,
+    ) {
+        for (rank, route) in by_age(routes).into_iter().enumerate() {
+            if let Some((key, status)) = self.attach_route(route, rank) {
+                statuses.insert(key, status);
+            }
+        }
+    }
+
+    /// Attaches a route through each of its parents (ours) and places its rules on the
+    /// listeners it attached to; returns its status, or None without a parent of ours.
+    fn attach_route<R: Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
-        let parents = parent_refs!(route);
+        let parents = route.parent_refs();
         if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
             return None;
         }
-        let compiled = compile_route(route, &self.index, &mut self.cache);
+        let compiled = route.compile(&self.index, &mut self.cache);
         let touched = self.cache.take_touched();
-        let generation = route.metadata.generation.unwrap_or_default();
-        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
-        Some(self.place_http_like(key, RouteKind::Http, generation, parents, hostnames, compiled, touched, rank))
-    }
-
-    pub(crate) fn grpc_route(
-        &mut self,
-        route: &sluice_gateway_api::grpcroutes::GrpcRoute,
-        rank: usize,
-    ) -> Option<(ObjectKey, RouteStatus)> {
-        let key = ObjectKey::of(route);
-        let parents = parent_refs!(route);
-        if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
-            return None;
-        }
-        let compiled = grpcroutes::compile_grpc_route(route, &self.index, &mut self.cache);
-        let touched = self.cache.take_touched();
-        let generation = route.metadata.generation.unwrap_or_default();
-        let hostnames = route.spec.hostnames.clone().unwrap_or_default();
-        Some(self.place_http_like(key, RouteKind::Grpc, generation, parents, hostnames, compiled, touched, rank))
-    }
-
-    /// Attaches a compiled HTTPRoute or GRPCRoute through each of its parents (ours) and
-    /// places its rules on the listeners it attached to; returns its status.
-    #[allow(clippy::too_many_arguments)]
-    fn place_http_like(
-        &mut self,
-        key: ObjectKey,
-        kind: RouteKind,
-        generation: i64,
-        parents: Vec<ParentRef>,
-        hostnames: Vec<String>,
-        compiled: CompiledRoute,
-        touched: Vec<(ObjectKey, String)>,
-        rank: usize,
-    ) -> (ObjectKey, RouteStatus) {
-        let all_invalid = compiled.rules.is_empty() && !compiled.invalid_rules.is_empty();
+        let generation = route.meta().generation.unwrap_or_default();
+        let hostnames = route.route_hostnames();
+        let all_invalid = compiled.all_invalid();
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
         let mut statuses = Vec::new();
         for parent in parents {
@@ -72,70 +209,13 @@ impl Translation<'_> {
                     reason::UNSUPPORTED_VALUE,
                     format!("hostname {bad:?} is not a valid DNS name or wildcard"),
                 ),
-                None => attach(plan, &parent, owner, kind.name(), &key.namespace, &hostnames, &self.index),
+                None => attach(plan, &parent, owner, R::KIND, &key.namespace, &hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment
                 && !all_invalid
             {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
-                    Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
-                }
-                for (service, port) in &touched {
-                    self.cache.policies.record_use(&gateway_key, service, port);
-                }
-                for (listener, hosts) in listeners {
-                    plan.listeners[*listener].attached_routes += 1;
-                    if !plan.listeners[*listener].serves() {
-                        continue;
-                    }
-                    let hostname = hostname_rank(plan.listeners[*listener].hostname.as_deref(), &hostnames);
-                    let placed = self.http_routes.entry((gateway_key.clone(), *listener)).or_default();
-                    for rule in &compiled.rules {
-                        placed.extend(place_rule(&key, rank, rule, hosts, hostname));
-                    }
-                }
-            }
-            let conditions = route_conditions(
-                &attachment,
-                compiled.unresolved.as_ref(),
-                &compiled.invalid_rules,
-                all_invalid,
-                generation,
-            );
-            statuses.push(RouteParentStatus {
-                parent_ref: parent,
-                controller_name: CONTROLLER_NAME.into(),
-                conditions,
-            });
-        }
-        (key, RouteStatus { parents: statuses })
-    }
-
-    pub(crate) fn l4_route<R: L4Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {
-        let key = ObjectKey::of(route);
-        let generation = route.meta().generation.unwrap_or_default();
-        let parents = route.parents();
-        if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
-            return None;
-        }
-        let compiled = compile_l4_route(route, &self.index, &mut self.cache);
-        let hostnames = route.hostnames();
-        let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
-        let touched = self.cache.take_touched();
-        let mut statuses = Vec::new();
-        for parent in parents {
-            let Some((gateway_key, owner)) = self.resolve_parent(&parent, &key) else { continue };
-            let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
-            let attachment = match invalid_hostname {
-                Some(bad) => Attachment::Rejected(
-                    reason::UNSUPPORTED_VALUE,
-                    format!("hostname {bad:?} is not a valid DNS name or wildcard"),
-                ),
-                None => attach(plan, &parent, owner, R::KIND, &key.namespace, hostnames, &self.index),
-            };
-            if let Attachment::Attached(listeners) = &attachment {
-                if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
-                    Self::add_clusters(&mut self.clusters, &gateway_key, &compiled.clusters);
+                    Self::add_clusters(&mut self.clusters, &gateway_key, compiled.clusters());
                 }
                 for (service, port) in &touched {
                     self.cache.policies.record_use(&gateway_key, service, port);
@@ -146,15 +226,11 @@ impl Translation<'_> {
                         continue;
                     }
                     let at = (gateway_key.clone(), *listener);
-                    if plan.listeners[*listener].protocol == Protocol::Tls {
-                        let placed = place_tls_route(rank, &compiled.rules, hostnames, hosts);
-                        self.tls_routes.entry(at).or_default().extend(placed);
-                    } else {
-                        self.l4_routes.entry(at).or_default().push((rank, compiled.rules.clone()));
-                    }
+                    compiled.place(&mut self.placements, at, &plan.listeners[*listener], &key, rank, &hostnames, hosts);
                 }
             }
-            let conditions = route_conditions(&attachment, compiled.unresolved.as_ref(), &[], false, generation);
+            let conditions =
+                route_conditions(&attachment, compiled.unresolved(), compiled.invalid_rules(), all_invalid, generation);
             statuses.push(RouteParentStatus {
                 parent_ref: parent,
                 controller_name: CONTROLLER_NAME.into(),

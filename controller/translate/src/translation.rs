@@ -28,11 +28,18 @@ pub(crate) struct Translation<'w> {
     pub(crate) listener_set_parents: BTreeMap<ObjectKey, (ObjectKey, usize)>,
     pub(crate) cache: ClusterCache<'w>,
     pub(crate) clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
-    pub(crate) http_routes: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
+    pub(crate) placements: Placements,
+}
+
+/// What the routes placed on each listener, before ordering.
+#[derive(Default)]
+pub(crate) struct Placements {
+    /// HTTPRoute and GRPCRoute rules per HTTP(S) listener.
+    pub(crate) http: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
     /// TCP and UDP rules per listener (a listener is one or the other).
-    pub(crate) l4_routes: Placed<usize, Vec<L4Rule>>,
+    pub(crate) l4: Placed<usize, Vec<L4Rule>>,
     /// TLSRoutes per TLS listener.
-    pub(crate) tls_routes: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
+    pub(crate) tls: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
 }
 
 /// Translates the whole World. Pure and deterministic.
@@ -66,35 +73,13 @@ pub fn translate(world: &World) -> Output {
         listener_set_parents,
         cache: ClusterCache::new(policies),
         clusters: BTreeMap::new(),
-        http_routes: BTreeMap::new(),
-        l4_routes: BTreeMap::new(),
-        tls_routes: BTreeMap::new(),
+        placements: Placements::default(),
     };
-    for (rank, route) in by_age(&world.http_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.http_route(route, rank) {
-            output.status.http_routes.insert(key, status);
-        }
-    }
-    for (rank, route) in by_age(&world.grpc_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.grpc_route(route, rank) {
-            output.status.grpc_routes.insert(key, status);
-        }
-    }
-    for (rank, route) in by_age(&world.tcp_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.l4_route(route, rank) {
-            output.status.tcp_routes.insert(key, status);
-        }
-    }
-    for (rank, route) in by_age(&world.udp_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.l4_route(route, rank) {
-            output.status.udp_routes.insert(key, status);
-        }
-    }
-    for (rank, route) in by_age(&world.tls_routes).into_iter().enumerate() {
-        if let Some((key, status)) = pass.l4_route(route, rank) {
-            output.status.tls_routes.insert(key, status);
-        }
-    }
+    pass.attach_routes(&world.http_routes, &mut output.status.http_routes);
+    pass.attach_routes(&world.grpc_routes, &mut output.status.grpc_routes);
+    pass.attach_routes(&world.tcp_routes, &mut output.status.tcp_routes);
+    pass.attach_routes(&world.udp_routes, &mut output.status.udp_routes);
+    pass.attach_routes(&world.tls_routes, &mut output.status.tls_routes);
     output.next_change_at = pass.index.next_change.get();
     pass.finish(&mut output);
     output
@@ -135,19 +120,19 @@ impl Translation<'_> {
     /// Orders every listener's routes and emits status and outputs per Gateway.
     fn finish(mut self, output: &mut Output) {
         output.status.backend_tls_policies = self.cache.policies.status();
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.http_routes) {
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.http) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
                 plan.listeners[listener].http_routes = routes.into_iter().map(|(_, route)| route).collect();
             }
         }
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.l4_routes) {
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.l4) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
                 plan.listeners[listener].l4_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
             }
         }
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.tls_routes) {
+        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.tls) {
             routes.sort_by_key(|entry| entry.0);
             if let Some(plan) = self.plans.get_mut(&gateway) {
                 plan.listeners[listener].tls_routes = routes.into_iter().map(|(_, route)| route).collect();
