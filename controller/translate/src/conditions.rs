@@ -64,17 +64,7 @@ pub(crate) fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
             Condition::new(reason::PROGRAMMED, false, reason::INVALID, "The Gateway is not accepted", generation),
         ],
         None => {
-            let accepted = if invalid == 0 {
-                Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "Gateway is accepted", generation)
-            } else {
-                Condition::new(
-                    reason::ACCEPTED,
-                    true,
-                    reason::LISTENERS_NOT_VALID,
-                    format!("{invalid} of {} listeners are not valid", listeners.len()),
-                    generation,
-                )
-            };
+            let accepted = accepted_despite_listeners(invalid, listeners.len(), "Gateway is accepted", generation);
             let programmed = if let Some((why, message)) = plan.unusable_address.as_ref().filter(|_| serving > 0) {
                 Condition::new(reason::PROGRAMMED, false, why, message.clone(), generation)
             } else if serving > 0 {
@@ -160,5 +150,21 @@ pub(crate) fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, g
         supported_kinds: listener.supported_kinds.clone(),
         attached_routes: listener.attached_routes,
         conditions,
+    }
+}
+
+/// Accepted=True of a Gateway or ListenerSet: with reason ListenersNotValid while `invalid`
+/// of its `total` listeners are not valid.
+pub(crate) fn accepted_despite_listeners(invalid: usize, total: usize, good: &str, generation: i64) -> Condition {
+    if invalid == 0 {
+        Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, good, generation)
+    } else {
+        Condition::new(
+            reason::ACCEPTED,
+            true,
+            reason::LISTENERS_NOT_VALID,
+            format!("{invalid} of {total} listeners are not valid"),
+            generation,
+        )
     }
 }

@@ -223,17 +223,12 @@ pub(crate) fn listener_set_statuses(
                 None if set.accepted(plan) => {
                     let listeners = &plan.listeners[set.listeners.clone()];
                     let invalid = listeners.iter().filter(|l| !l.serves()).count();
-                    let accepted = if invalid == 0 {
-                        Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "ListenerSet is accepted", generation)
-                    } else {
-                        Condition::new(
-                            reason::ACCEPTED,
-                            true,
-                            reason::LISTENERS_NOT_VALID,
-                            format!("{invalid} of {} listeners are not valid", listeners.len()),
-                            generation,
-                        )
-                    };
+                    let accepted = crate::conditions::accepted_despite_listeners(
+                        invalid,
+                        listeners.len(),
+                        "ListenerSet is accepted",
+                        generation,
+                    );
                     vec![
                         accepted,
                         Condition::new(

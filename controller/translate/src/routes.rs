@@ -66,33 +66,27 @@ pub(crate) trait Compiled {
     );
 }
 
-impl Route for HTTPRoute {
-    const KIND: &'static str = RouteKind::Http.name();
-    type Compiled = CompiledRoute;
-    fn parent_refs(&self) -> Vec<ParentRef> {
-        parent_refs!(self)
-    }
-    fn route_hostnames(&self) -> Vec<String> {
-        self.spec.hostnames.clone().unwrap_or_default()
-    }
-    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
-        compile_route(self, index, cache)
-    }
+/// HTTPRoute and GRPCRoute: both compile into snapshot HTTP routes.
+macro_rules! http_like_route {
+    ($type:ty, $kind:expr, $compile:path) => {
+        impl Route for $type {
+            const KIND: &'static str = $kind.name();
+            type Compiled = CompiledRoute;
+            fn parent_refs(&self) -> Vec<ParentRef> {
+                parent_refs!(self)
+            }
+            fn route_hostnames(&self) -> Vec<String> {
+                self.spec.hostnames.clone().unwrap_or_default()
+            }
+            fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
+                $compile(self, index, cache)
+            }
+        }
+    };
 }
 
-impl Route for GRPCRoute {
-    const KIND: &'static str = RouteKind::Grpc.name();
-    type Compiled = CompiledRoute;
-    fn parent_refs(&self) -> Vec<ParentRef> {
-        parent_refs!(self)
-    }
-    fn route_hostnames(&self) -> Vec<String> {
-        self.spec.hostnames.clone().unwrap_or_default()
-    }
-    fn compile(&self, index: &Index<'_>, cache: &mut ClusterCache<'_>) -> CompiledRoute {
-        grpcroutes::compile_grpc_route(self, index, cache)
-    }
-}
+http_like_route!(HTTPRoute, RouteKind::Http, compile_route);
+http_like_route!(GRPCRoute, RouteKind::Grpc, grpcroutes::compile_grpc_route);
 
 impl<R: L4Route> Route for R {
     const KIND: &'static str = <R as L4Route>::KIND;

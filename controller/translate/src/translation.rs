@@ -120,22 +120,20 @@ impl Translation<'_> {
     /// Orders every listener's routes and emits status and outputs per Gateway.
     fn finish(mut self, output: &mut Output) {
         output.status.backend_tls_policies = self.cache.policies.status();
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.http) {
-            routes.sort_by_key(|entry| entry.0);
+        let Placements { http, l4, tls } = std::mem::take(&mut self.placements);
+        for ((gateway, listener), routes) in in_order(http) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].http_routes = routes.into_iter().map(|(_, route)| route).collect();
+                plan.listeners[listener].http_routes = routes.collect();
             }
         }
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.l4) {
-            routes.sort_by_key(|entry| entry.0);
+        for ((gateway, listener), rules) in in_order(l4) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].l4_routes = routes.into_iter().flat_map(|(_, routes)| routes).collect();
+                plan.listeners[listener].l4_routes = rules.flatten().collect();
             }
         }
-        for ((gateway, listener), mut routes) in std::mem::take(&mut self.placements.tls) {
-            routes.sort_by_key(|entry| entry.0);
+        for ((gateway, listener), routes) in in_order(tls) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].tls_routes = routes.into_iter().map(|(_, route)| route).collect();
+                plan.listeners[listener].tls_routes = routes.collect();
             }
         }
         for (key, plan) in self.plans {
@@ -154,4 +152,14 @@ impl Translation<'_> {
             }
         }
     }
+}
+
+/// The routes placed on each listener, each listener's in their order.
+fn in_order<O: Ord + Copy, R>(
+    placed: Placed<O, R>,
+) -> impl Iterator<Item = ((ObjectKey, usize), impl Iterator<Item = R>)> {
+    placed.into_iter().map(|(at, mut routes)| {
+        routes.sort_by_key(|entry| entry.0);
+        (at, routes.into_iter().map(|(_, route)| route))
+    })
 }
