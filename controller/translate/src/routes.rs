@@ -51,19 +51,22 @@ pub(crate) trait Compiled {
     fn invalid_rules(&self) -> &[String];
     /// Whether every rule was dropped (then the route is not Accepted).
     fn all_invalid(&self) -> bool;
-    /// Places the rules on `listener` (index `at.1` of Gateway `at.0`), serving `hosts`
-    /// there; `hostnames` are the route's own.
-    #[allow(clippy::too_many_arguments)]
-    fn place(
-        &self,
-        placements: &mut Placements,
-        at: (ObjectKey, usize),
-        listener: &ListenerPlan,
-        key: &ObjectKey,
-        rank: usize,
-        hostnames: &[String],
-        hosts: &[String],
-    );
+    /// Places the rules on one listener the route attached to.
+    fn place(&self, placements: &mut Placements, on: Spot<'_>);
+}
+
+/// Where a route lands: one served listener it attached to.
+pub(crate) struct Spot<'a> {
+    /// The Gateway and the listener's index in its plan.
+    pub at: (ObjectKey, usize),
+    pub listener: &'a ListenerPlan,
+    pub route: &'a ObjectKey,
+    /// The route's position by age, then namespace/name.
+    pub rank: usize,
+    /// The route's own hostnames.
+    pub hostnames: &'a [String],
+    /// The hostnames it serves on this listener (empty: any).
+    pub hosts: &'a [String],
 }
 
 /// HTTPRoute and GRPCRoute: both compile into snapshot HTTP routes.
@@ -115,20 +118,11 @@ impl Compiled for CompiledRoute {
     fn all_invalid(&self) -> bool {
         self.rules.is_empty() && !self.invalid_rules.is_empty()
     }
-    fn place(
-        &self,
-        placements: &mut Placements,
-        at: (ObjectKey, usize),
-        listener: &ListenerPlan,
-        key: &ObjectKey,
-        rank: usize,
-        hostnames: &[String],
-        hosts: &[String],
-    ) {
-        let hostname = hostname_rank(listener.hostname.as_deref(), hostnames);
-        let placed = placements.http.entry(at).or_default();
+    fn place(&self, placements: &mut Placements, on: Spot<'_>) {
+        let hostname = hostname_rank(on.listener.hostname.as_deref(), on.hostnames);
+        let placed = placements.http.entry(on.at).or_default();
         for rule in &self.rules {
-            placed.extend(place_rule(key, rank, rule, hosts, hostname));
+            placed.extend(place_rule(on.route, on.rank, rule, on.hosts, hostname));
         }
     }
 }
@@ -146,21 +140,12 @@ impl Compiled for CompiledL4Route {
     fn all_invalid(&self) -> bool {
         false
     }
-    fn place(
-        &self,
-        placements: &mut Placements,
-        at: (ObjectKey, usize),
-        listener: &ListenerPlan,
-        _key: &ObjectKey,
-        rank: usize,
-        hostnames: &[String],
-        hosts: &[String],
-    ) {
-        if listener.protocol == Protocol::Tls {
-            let placed = place_tls_route(rank, &self.rules, hostnames, hosts);
-            placements.tls.entry(at).or_default().extend(placed);
+    fn place(&self, placements: &mut Placements, on: Spot<'_>) {
+        if on.listener.protocol == Protocol::Tls {
+            let placed = place_tls_route(on.rank, &self.rules, on.hostnames, on.hosts);
+            placements.tls.entry(on.at).or_default().extend(placed);
         } else {
-            placements.l4.entry(at).or_default().push((rank, self.rules.clone()));
+            placements.l4.entry(on.at).or_default().push((on.rank, self.rules.clone()));
         }
     }
 }
@@ -219,8 +204,15 @@ impl Translation<'_> {
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
-                    let at = (gateway_key.clone(), *listener);
-                    compiled.place(&mut self.placements, at, &plan.listeners[*listener], &key, rank, &hostnames, hosts);
+                    let on = Spot {
+                        at: (gateway_key.clone(), *listener),
+                        listener: &plan.listeners[*listener],
+                        route: &key,
+                        rank,
+                        hostnames: &hostnames,
+                        hosts,
+                    };
+                    compiled.place(&mut self.placements, on);
                 }
             }
             let conditions =
