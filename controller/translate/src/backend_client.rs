@@ -5,7 +5,8 @@
 use sluice_gateway_api::gateways::Gateway;
 use sluice_snapshot::Certificate;
 
-use crate::gateways::{GATEWAY_GROUP, load_certificate};
+use crate::certificates::load_certificate;
+use crate::gateways::GATEWAY_GROUP;
 use crate::index::{Index, ObjectKey};
 use crate::status::{Condition, reason};
 

@@ -13,7 +13,9 @@ use crate::l4routes::L4Rule;
 use crate::listenersets::ListenerSetPlan;
 use sluice_gateway_api::listenersets::ListenerSet;
 
+use crate::certificates::load_certificate;
 use crate::classes::{Cidr, ClassInfo, merge_proxy_config, override_problem};
+use crate::conflicts::{mark_conflicts, mark_duplicate_names, mark_overlapping_tls};
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
 use crate::status::{RouteGroupKind, reason};
 
@@ -427,149 +429,6 @@ pub(crate) fn plan_listener(
         http_routes: Vec::new(),
         l4_routes: Vec::new(),
         tls_routes: Vec::new(),
-    }
-}
-
-/// Reads a TLS Secret: the certificate chain and key must load exactly as the data plane
-/// loads them (`sluice_snapshot::compile::load_certificate`), and the leaf must be valid now.
-pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
-    let Some(secret) = index.secrets.get(key) else {
-        return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {key} not found")));
-    };
-    let field = |name: &str| -> Option<Vec<u8>> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(name))
-            .map(|bytes| bytes.0.clone())
-            .or_else(|| secret.string_data.as_ref().and_then(|data| data.get(name)).map(|s| s.clone().into_bytes()))
-    };
-    let invalid = |what: &str| (reason::INVALID_CERTIFICATE_REF, format!("Secret {key}: {what}"));
-    let cert = field("tls.crt").ok_or_else(|| invalid("has no tls.crt"))?;
-    let private_key = field("tls.key").ok_or_else(|| invalid("has no tls.key"))?;
-    let cert_chain_pem = String::from_utf8(cert).map_err(|_| invalid("tls.crt is not UTF-8 PEM"))?;
-    let private_key_pem = String::from_utf8(private_key).map_err(|_| invalid("tls.key is not UTF-8 PEM"))?;
-    let (not_before, not_after) = checked_certificate(&cert_chain_pem, &private_key_pem).map_err(|e| invalid(&e))?;
-    if let Some(now) = index.now {
-        let validity = |at: i64| sluice_snapshot::compile::validity_problem(not_before, not_after, at);
-        // Translate again when this answer changes: at notBefore, or just past notAfter.
-        if not_before > now {
-            index.changes_at(not_before);
-        } else if not_after >= now {
-            index.changes_at(not_after.saturating_add(1));
-        }
-        if let Some(problem) = validity(now) {
-            return Err(invalid(&problem));
-        }
-    }
-    Ok(Certificate { name: format!("secret/{}/{}", key.namespace, key.name), cert_chain_pem, private_key_pem })
-}
-
-/// Certificates already checked, by content: loading a key (RSA especially) costs
-/// milliseconds, and every pass sees the same Secrets again. The answer depends only on
-/// the content, so translation stays a pure function of the World.
-type CheckedCertificates = std::collections::HashMap<(String, String), Result<(i64, i64), String>>;
-static CHECKED_CERTIFICATES: std::sync::Mutex<Option<CheckedCertificates>> = std::sync::Mutex::new(None);
-const MAX_CHECKED_CERTIFICATES: usize = 4096;
-
-/// The leaf's (notBefore, notAfter), or why the data plane could not serve the pair.
-fn checked_certificate(chain: &str, key: &str) -> Result<(i64, i64), String> {
-    let cache_key = (chain.to_string(), key.to_string());
-    if let Ok(cache) = CHECKED_CERTIFICATES.lock()
-        && let Some(answer) = cache.as_ref().and_then(|c| c.get(&cache_key))
-    {
-        return answer.clone();
-    }
-    let answer = sluice_snapshot::compile::load_certificate(chain, key).map(|c| (c.not_before, c.not_after));
-    if let Ok(mut cache) = CHECKED_CERTIFICATES.lock() {
-        let cache = cache.get_or_insert_with(Default::default);
-        if cache.len() >= MAX_CHECKED_CERTIFICATES {
-            cache.clear();
-        }
-        cache.insert(cache_key, answer.clone());
-    }
-    answer
-}
-
-/// Listener names must be unique; later duplicates are not accepted.
-pub(crate) fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
-    let mut seen = BTreeSet::new();
-    for listener in listeners.iter_mut() {
-        if !seen.insert(listener.name.clone()) && listener.not_accepted.is_none() {
-            listener.not_accepted =
-                Some((reason::UNSUPPORTED_VALUE, format!("listener name {} is used twice", listener.name)));
-        }
-    }
-}
-
-/// Listeners on one port must share a protocol (ProtocolConflict) and, for the same
-/// protocol, have distinct hostnames (HostnameConflict); a TCP listener has its port to
-/// itself. As Gateway API v1.5.1 requires, no conflicting listener is picked as a winner:
-/// every listener involved in a conflict is marked and none of them is served.
-fn mark_conflicts(listeners: &mut [ListenerPlan]) {
-    // UDP is another transport: a UDP listener may share its port number with a TCP-based
-    // one, and is checked apart from them.
-    let mut by_port: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
-    for (i, listener) in listeners.iter().enumerate() {
-        if listener.not_accepted.is_none() {
-            by_port.entry((listener.protocol == Protocol::Udp, listener.port)).or_default().push(i);
-        }
-    }
-    for ((_, port), members) in by_port {
-        let protocols: BTreeSet<&str> = members.iter().map(|&i| protocol_name(listeners[i].protocol)).collect();
-        let exclusive = members.len() > 1
-            && members.iter().any(|&i| matches!(listeners[i].protocol, Protocol::Tcp | Protocol::Udp));
-        if protocols.len() > 1 || exclusive {
-            let list = protocols.into_iter().collect::<Vec<_>>().join(", ");
-            for &i in &members {
-                listeners[i].conflicted = Some((
-                    reason::PROTOCOL_CONFLICT,
-                    format!(
-                        "port {port} is used by several listeners with protocols {list}; a TCP or UDP port cannot be shared"
-                    ),
-                ));
-            }
-            continue;
-        }
-        let mut by_hostname: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
-        for &i in &members {
-            by_hostname.entry(listeners[i].hostname.clone()).or_default().push(i);
-        }
-        for (hostname, same) in by_hostname.into_iter().filter(|(_, same)| same.len() > 1) {
-            let names: Vec<String> = same.iter().map(|&i| listeners[i].name.clone()).collect();
-            for &i in &same {
-                listeners[i].conflicted = Some((
-                    reason::HOSTNAME_CONFLICT,
-                    format!(
-                        "listeners {} on port {port} share the hostname {:?}",
-                        names.join(", "),
-                        hostname.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-        }
-    }
-}
-
-/// TLS listeners on one port whose hostnames overlap (equal hostnames are a conflict
-/// already; here a wildcard covering another hostname, or a listener without hostname next
-/// to others) get OverlappingTLSConfig, as v1.5.1 requires of every controller.
-pub(crate) fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
-    let tls: Vec<usize> =
-        (0..listeners.len()).filter(|&i| listeners[i].protocol == Protocol::Https && listeners[i].accepted()).collect();
-    for &i in &tls {
-        let others: Vec<String> = tls
-            .iter()
-            .filter(|&&j| j != i && listeners[j].port == listeners[i].port)
-            .filter(|&&j| match (&listeners[i].hostname, &listeners[j].hostname) {
-                (Some(a), Some(b)) => crate::attach::intersect_hostnames(Some(a), std::slice::from_ref(b)).is_some(),
-                _ => true,
-            })
-            .map(|&j| listeners[j].name.clone())
-            .collect();
-        if !others.is_empty() {
-            listeners[i].overlapping_tls = Some(others.join(", "));
-        }
     }
 }
 

@@ -47,12 +47,15 @@ macro_rules! parent_refs {
 mod attach;
 mod backend_client;
 mod backends;
+mod certificates;
 mod classes;
 mod conditions;
+mod conflicts;
 mod features;
 mod frontend;
 mod gateways;
 mod grpcroutes;
+mod httpfilters;
 mod httproutes;
 mod index;
 mod l4routes;

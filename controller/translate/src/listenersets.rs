@@ -23,9 +23,9 @@ use sluice_gateway_api::gateways::{
 use sluice_gateway_api::listenersets::ListenerSet;
 use sluice_snapshot::Protocol;
 
+use crate::conflicts::{mark_duplicate_names, mark_overlapping_tls};
 use crate::gateways::{
-    GATEWAY_GROUP, GatewayPlan, ListenerOwner, ListenerPlan, Problem, mark_duplicate_names, mark_overlapping_tls,
-    plan_listener, protocol_name, selector_matches,
+    GATEWAY_GROUP, GatewayPlan, ListenerOwner, ListenerPlan, Problem, plan_listener, protocol_name, selector_matches,
 };
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
 use crate::status::{Condition, ListenerSetStatus, reason};
