@@ -18,7 +18,9 @@ pub(crate) fn route_conditions(
     generation: i64,
 ) -> Vec<Condition> {
     let accepted = match attachment {
-        Attachment::Rejected(why, message) => Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
+        Attachment::Rejected(problem) => {
+            Condition::new(reason::ACCEPTED, false, problem.reason(), problem.message(), generation)
+        }
         Attachment::Attached(_) if all_invalid => Condition::new(
             reason::ACCEPTED,
             false,

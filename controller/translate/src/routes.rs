@@ -18,14 +18,13 @@ use sluice_gateway_api::grpcroutes::GrpcRoute as GRPCRoute;
 use sluice_gateway_api::httproutes::HttpRoute as HTTPRoute;
 use sluice_snapshot::{Cluster, Protocol};
 
-use crate::attach::{Attachment, attach, hostname_rank};
+use crate::attach::{AttachProblem, Attachment, attach, hostname_rank};
 use crate::backends::{BackendError, ClusterCache};
 use crate::conditions::route_conditions;
 use crate::gateways::ListenerPlan;
 use crate::httproutes::{CompiledRoute, RouteKind, by_age, compile_route, place_rule};
 use crate::index::{Index, ObjectKey};
 use crate::l4routes::{CompiledL4Route, L4Route, compile_l4_route};
-use crate::status::reason;
 use crate::tlsroutes::place_tls_route;
 use crate::translation::{Placements, Translation};
 use crate::{CONTROLLER_NAME, ParentRef, RouteParentStatus, RouteStatus, grpcroutes};
@@ -184,10 +183,7 @@ impl Translation<'_> {
             let Some((gateway_key, owner)) = self.resolve_parent(&parent, &key) else { continue };
             let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
             let attachment = match invalid_hostname {
-                Some(bad) => Attachment::Rejected(
-                    reason::UNSUPPORTED_VALUE,
-                    format!("hostname {bad:?} is not a valid DNS name or wildcard"),
-                ),
+                Some(bad) => Attachment::Rejected(AttachProblem::InvalidHostname(bad.clone())),
                 None => attach(plan, &parent, owner, R::KIND, &key.namespace, &hostnames, &self.index),
             };
             if let Attachment::Attached(listeners) = &attachment
