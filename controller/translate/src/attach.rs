@@ -3,6 +3,7 @@
 
 use crate::gateways::{GATEWAY_GROUP, GatewayPlan, namespace_allowed};
 use crate::index::{Index, ObjectKey};
+use crate::problems::Problem;
 use crate::status::{ParentRef, reason};
 
 /// Where a parentRef attached, or why it did not.
@@ -114,10 +115,10 @@ pub(crate) fn attach(
         Some(set) => format!("ListenerSet {}", set.key),
         None => format!("Gateway {}", plan.key),
     };
-    if let Some((_, message)) = &plan.not_accepted {
+    if let Some(problem) = &plan.not_accepted {
         return Attachment::Rejected(AttachProblem::GatewayNotAccepted {
             gateway: plan.key.clone(),
-            message: message.clone(),
+            message: problem.message(),
         });
     }
     if let Some(set) = set

@@ -3,15 +3,14 @@
 
 use sluice_snapshot::Certificate;
 
-use crate::gateways::Problem;
 use crate::index::{Index, ObjectKey};
-use crate::status::reason;
+use crate::problems::CertificateProblem;
 
 /// Reads a TLS Secret: the certificate chain and key must load exactly as the data plane
 /// loads them (`sluice_snapshot::compile::load_certificate`), and the leaf must be valid now.
-pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
+pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, CertificateProblem> {
     let Some(secret) = index.secrets.get(key) else {
-        return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {key} not found")));
+        return Err(CertificateProblem::NotFound { secret: key.clone() });
     };
     let field = |name: &str| -> Option<Vec<u8>> {
         secret
@@ -21,7 +20,7 @@ pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Cer
             .map(|bytes| bytes.0.clone())
             .or_else(|| secret.string_data.as_ref().and_then(|data| data.get(name)).map(|s| s.clone().into_bytes()))
     };
-    let invalid = |what: &str| (reason::INVALID_CERTIFICATE_REF, format!("Secret {key}: {what}"));
+    let invalid = |what: &str| CertificateProblem::Invalid { secret: key.clone(), what: what.to_string() };
     let cert = field("tls.crt").ok_or_else(|| invalid("has no tls.crt"))?;
     let private_key = field("tls.key").ok_or_else(|| invalid("has no tls.key"))?;
     let cert_chain_pem = String::from_utf8(cert).map_err(|_| invalid("tls.crt is not UTF-8 PEM"))?;

@@ -7,6 +7,7 @@ use sluice_snapshot::ClientValidationMode;
 use crate::attach::Attachment;
 use crate::backends::BackendError;
 use crate::gateways::{GatewayPlan, ListenerPlan};
+use crate::problems::{ListenerProblem, Problem};
 use crate::status::reason;
 use crate::{Condition, GatewayStatus, ListenerStatus, listenersets};
 
@@ -61,14 +62,14 @@ pub(crate) fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
     let serving = plan.own_listeners().filter(|l| l.serves()).count();
     let invalid = listeners.len() - serving;
     let conditions = match &plan.not_accepted {
-        Some((why, message)) => vec![
-            Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
+        Some(problem) => vec![
+            Condition::new(reason::ACCEPTED, false, problem.reason(), problem.message(), generation),
             Condition::new(reason::PROGRAMMED, false, reason::INVALID, "The Gateway is not accepted", generation),
         ],
         None => {
             let accepted = accepted_despite_listeners(invalid, listeners.len(), "Gateway is accepted", generation);
-            let programmed = if let Some((why, message)) = plan.unusable_address.as_ref().filter(|_| serving > 0) {
-                Condition::new(reason::PROGRAMMED, false, why, message.clone(), generation)
+            let programmed = if let Some(problem) = plan.unusable_address.as_ref().filter(|_| serving > 0) {
+                Condition::new(reason::PROGRAMMED, false, problem.reason(), problem.message(), generation)
             } else if serving > 0 {
                 Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Gateway is programmed", generation)
             } else {
@@ -113,22 +114,24 @@ pub(crate) fn gateway_status(plan: &GatewayPlan<'_>) -> GatewayStatus {
 }
 
 pub(crate) fn listener_status(listener: &ListenerPlan, plan: &GatewayPlan<'_>, generation: i64) -> ListenerStatus {
-    let condition = |type_: &str, problem: &Option<(&'static str, String)>, good: &str, message: &str| match problem {
-        Some((why, text)) => Condition::new(type_, false, why, text.clone(), generation),
+    let condition = |type_: &str, problem: &Option<ListenerProblem>, good: &str, message: &str| match problem {
+        Some(problem) => Condition::new(type_, false, problem.reason(), problem.message(), generation),
         None => Condition::new(type_, true, good, message, generation),
     };
     let mut accepted = condition(reason::ACCEPTED, &listener.not_accepted, reason::ACCEPTED, "Listener is accepted");
     let conflicted = match &listener.conflicted {
-        Some((why, text)) => {
-            accepted = Condition::new(reason::ACCEPTED, false, why, text.clone(), generation);
-            Condition::new(reason::CONFLICTED, true, why, text.clone(), generation)
+        Some(problem) => {
+            accepted = Condition::new(reason::ACCEPTED, false, problem.reason(), problem.message(), generation);
+            Condition::new(reason::CONFLICTED, true, problem.reason(), problem.message(), generation)
         }
         None => Condition::new(reason::CONFLICTED, false, reason::NO_CONFLICTS, "No conflicts", generation),
     };
     let resolved =
         condition(reason::RESOLVED_REFS, &listener.unresolved, reason::RESOLVED_REFS, "All references are resolved");
     let programmed = match (&listener.conflicted, listener.serves() && plan.not_accepted.is_none()) {
-        (Some((why, text)), _) => Condition::new(reason::PROGRAMMED, false, why, text.clone(), generation),
+        (Some(problem), _) => {
+            Condition::new(reason::PROGRAMMED, false, problem.reason(), problem.message(), generation)
+        }
         (None, true) => {
             Condition::new(reason::PROGRAMMED, true, reason::PROGRAMMED, "Listener is programmed", generation)
         }

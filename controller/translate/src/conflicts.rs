@@ -6,15 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use sluice_snapshot::Protocol;
 
 use crate::gateways::{ListenerPlan, protocol_name};
-use crate::status::reason;
+use crate::problems::ListenerProblem;
 
 /// Listener names must be unique; later duplicates are not accepted.
 pub(crate) fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
     let mut seen = BTreeSet::new();
     for listener in listeners.iter_mut() {
         if !seen.insert(listener.name.clone()) && listener.not_accepted.is_none() {
-            listener.not_accepted =
-                Some((reason::UNSUPPORTED_VALUE, format!("listener name {} is used twice", listener.name)));
+            listener.not_accepted = Some(ListenerProblem::DuplicateName { name: listener.name.clone() });
         }
     }
 }
@@ -39,12 +38,7 @@ pub(crate) fn mark_conflicts(listeners: &mut [ListenerPlan]) {
         if protocols.len() > 1 || exclusive {
             let list = protocols.into_iter().collect::<Vec<_>>().join(", ");
             for &i in &members {
-                listeners[i].conflicted = Some((
-                    reason::PROTOCOL_CONFLICT,
-                    format!(
-                        "port {port} is used by several listeners with protocols {list}; a TCP or UDP port cannot be shared"
-                    ),
-                ));
+                listeners[i].conflicted = Some(ListenerProblem::ProtocolConflict { port, protocols: list.clone() });
             }
             continue;
         }
@@ -55,14 +49,11 @@ pub(crate) fn mark_conflicts(listeners: &mut [ListenerPlan]) {
         for (hostname, same) in by_hostname.into_iter().filter(|(_, same)| same.len() > 1) {
             let names: Vec<String> = same.iter().map(|&i| listeners[i].name.clone()).collect();
             for &i in &same {
-                listeners[i].conflicted = Some((
-                    reason::HOSTNAME_CONFLICT,
-                    format!(
-                        "listeners {} on port {port} share the hostname {:?}",
-                        names.join(", "),
-                        hostname.as_deref().unwrap_or("")
-                    ),
-                ));
+                listeners[i].conflicted = Some(ListenerProblem::HostnameConflict {
+                    port,
+                    listeners: names.join(", "),
+                    hostname: hostname.clone().unwrap_or_default(),
+                });
             }
         }
     }

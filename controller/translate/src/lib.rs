@@ -62,6 +62,7 @@ mod l4routes;
 mod listenersets;
 mod output;
 mod policies;
+mod problems;
 mod routes;
 pub mod status;
 mod tlsroutes;
