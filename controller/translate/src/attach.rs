@@ -48,8 +48,8 @@ pub(crate) enum AttachProblem {
     },
 }
 
-impl AttachProblem {
-    pub fn reason(&self) -> &'static str {
+impl Problem for AttachProblem {
+    fn reason(&self) -> &'static str {
         match self {
             AttachProblem::InvalidHostname(_) => reason::UNSUPPORTED_VALUE,
             AttachProblem::GatewayNotAccepted { .. }
@@ -61,7 +61,7 @@ impl AttachProblem {
         }
     }
 
-    pub fn message(&self) -> String {
+    fn message(&self) -> String {
         match self {
             AttachProblem::InvalidHostname(bad) => format!("hostname {bad:?} is not a valid DNS name or wildcard"),
             AttachProblem::GatewayNotAccepted { gateway, message } => {
