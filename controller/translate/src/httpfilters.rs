@@ -13,6 +13,7 @@ use sluice_snapshot::{
 use crate::backends::{BackendError, BackendRef, ClusterCache, INVALID_BACKEND_STATUS};
 use crate::httproutes::{CompiledRoute, RouteKind, check_header_name};
 use crate::index::{Index, ObjectKey};
+use crate::rule_problems::RuleProblem;
 
 pub(crate) fn compile_filter(
     route: &ObjectKey,
@@ -22,8 +23,8 @@ pub(crate) fn compile_filter(
     index: &Index<'_>,
     cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
-) -> Result<HttpFilter, String> {
-    let missing = |field: &str| format!("filter type {:?} needs its {field} field", filter.r#type);
+) -> Result<HttpFilter, RuleProblem> {
+    let missing = |field: &'static str| RuleProblem::MissingFilterField { filter_type: filter.r#type.clone(), field };
     let kind = match filter.r#type {
         HttpRouteRulesFiltersType::RequestHeaderModifier => {
             let modifier = filter.request_header_modifier.as_ref().ok_or_else(|| missing("requestHeaderModifier"))?;
@@ -45,10 +46,10 @@ pub(crate) fn compile_filter(
             let redirect = filter.request_redirect.as_ref().ok_or_else(|| missing("requestRedirect"))?;
             let status_code = u32::try_from(redirect.status_code.unwrap_or(302)).unwrap_or(0);
             if !matches!(status_code, 301 | 302 | 303 | 307 | 308) {
-                return Err(format!("redirect statusCode {status_code} is not supported"));
+                return Err(RuleProblem::RedirectStatusCode { code: status_code });
             }
             let port = u32::try_from(redirect.port.unwrap_or(0)).ok().filter(|p| *p <= 65535);
-            let port = port.ok_or_else(|| format!("redirect port {:?} is out of range", redirect.port))?;
+            let port = port.ok_or(RuleProblem::RedirectPort { port: redirect.port })?;
             check_hostname(redirect.hostname.as_deref().unwrap_or_default(), "redirect hostname")?;
             http_filter::Kind::RequestRedirect(RequestRedirect {
                 scheme: match redirect.scheme {
@@ -77,10 +78,9 @@ pub(crate) fn compile_filter(
                 (None, Some(percent)) => (percent, 100),
                 (None, None) => (1, 1),
             };
-            let numerator = u32::try_from(numerator).map_err(|_| "mirror fraction must not be negative".to_string())?;
+            let numerator = u32::try_from(numerator).map_err(|_| RuleProblem::MirrorFractionNegative)?;
             let denominator = u32::try_from(denominator).ok().filter(|d| *d > 0 && numerator <= *d);
-            let denominator = denominator
-                .ok_or_else(|| "mirror fraction must be at most 1 with a positive denominator".to_string())?;
+            let denominator = denominator.ok_or(RuleProblem::MirrorFractionAboveOne)?;
             let backend = &mirror.backend_ref;
             let reference = BackendRef {
                 group: backend.group.as_deref(),
@@ -127,7 +127,7 @@ pub(crate) fn compile_filter(
         && matches!(path.kind, Some(path_modifier::Kind::ReplacePrefixMatch(_)))
         && path_types.iter().any(|t| *t != PathMatchType::Prefix)
     {
-        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
+        return Err(RuleProblem::ReplacePrefixNeedsPrefixMatches);
     }
     Ok(HttpFilter { kind: Some(kind) })
 }
@@ -136,13 +136,13 @@ pub(crate) fn compile_filter(
 const DEFAULT_CORS_MAX_AGE_SECONDS: u32 = 5;
 
 /// A CORS filter, checked with the data plane's own check (`check_cors`).
-fn compile_cors(cors: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
+fn compile_cors(cors: &HttpRouteRulesFiltersCors) -> Result<Cors, RuleProblem> {
     let max_age_seconds = match cors.max_age {
         None => DEFAULT_CORS_MAX_AGE_SECONDS,
         Some(seconds) => u32::try_from(seconds)
             .ok()
             .filter(|s| *s >= 1)
-            .ok_or_else(|| format!("CORS maxAge {seconds} must be at least 1"))?,
+            .ok_or_else(|| RuleProblem::CorsMaxAge { seconds: seconds.to_string() })?,
     };
     let policy = Cors {
         allow_origins: cors.allow_origins.clone().unwrap_or_default(),
@@ -152,7 +152,8 @@ fn compile_cors(cors: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
         allow_credentials: cors.allow_credentials.unwrap_or(false),
         max_age_seconds,
     };
-    sluice_snapshot::compile::check_cors(&policy).map_err(|problem| format!("CORS {problem}"))?;
+    sluice_snapshot::compile::check_cors(&policy)
+        .map_err(|problem| RuleProblem::Cors { problem: problem.to_string() })?;
     Ok(policy)
 }
 
@@ -160,11 +161,11 @@ fn header_modifier<'a>(
     set: impl Iterator<Item = (&'a String, &'a String)>,
     add: impl Iterator<Item = (&'a String, &'a String)>,
     remove: impl Iterator<Item = &'a String>,
-) -> Result<HeaderModifier, String> {
+) -> Result<HeaderModifier, RuleProblem> {
     let header = |(name, value): (&String, &String)| {
         check_header_name(name)?;
         if !sluice_snapshot::valid_header_value(value) {
-            return Err(format!("the value of header {name:?} holds a control (CR, LF, NUL) or non-ASCII character"));
+            return Err(RuleProblem::InvalidHeaderValue { name: name.clone() });
         }
         Ok(Header { name: name.clone(), value: value.clone() })
     };
@@ -176,11 +177,11 @@ fn header_modifier<'a>(
     })
 }
 
-fn check_hostname(hostname: &str, what: &str) -> Result<(), String> {
+fn check_hostname(hostname: &str, what: &'static str) -> Result<(), RuleProblem> {
     if hostname.is_empty() || sluice_snapshot::valid_hostname(hostname) {
         Ok(())
     } else {
-        Err(format!("{what} {hostname:?} is not a valid hostname"))
+        Err(RuleProblem::InvalidHostname { what, hostname: hostname.to_string() })
     }
 }
 
@@ -188,34 +189,32 @@ fn path_modifier_of(
     full: Option<&String>,
     prefix: Option<&String>,
     full_type: bool,
-) -> Result<Option<PathModifier>, String> {
+) -> Result<Option<PathModifier>, RuleProblem> {
     let kind = if full_type {
-        full.map(|p| path_modifier::Kind::ReplaceFullPath(p.clone())).ok_or("ReplaceFullPath needs replaceFullPath")?
+        full.map(|p| path_modifier::Kind::ReplaceFullPath(p.clone())).ok_or(RuleProblem::MissingReplaceFullPath)?
     } else {
-        path_modifier::Kind::ReplacePrefixMatch(prefix.cloned().ok_or("ReplacePrefixMatch needs replacePrefixMatch")?)
+        path_modifier::Kind::ReplacePrefixMatch(prefix.cloned().ok_or(RuleProblem::MissingReplacePrefixMatch)?)
     };
     if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
         && !path.starts_with('/')
     {
-        return Err(format!("replacement path {path:?} must start with /"));
+        return Err(RuleProblem::ReplacementNotAbsolute { path: path.clone() });
     }
     if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
         && !sluice_snapshot::valid_path_value(path)
     {
-        return Err(format!(
-            "replacement path {path:?} holds a control character (CR, LF, NUL), a space or a non-ASCII character; percent-encode it"
-        ));
+        return Err(RuleProblem::ReplacementUnsafe { path: path.clone() });
     }
     Ok(Some(PathModifier { kind: Some(kind) }))
 }
 
-fn redirect_path(path: &HttpRouteRulesFiltersRequestRedirectPath) -> Result<Option<PathModifier>, String> {
+fn redirect_path(path: &HttpRouteRulesFiltersRequestRedirectPath) -> Result<Option<PathModifier>, RuleProblem> {
     let full =
         path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
     path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
 }
 
-fn rewrite_path(path: &HttpRouteRulesFiltersUrlRewritePath) -> Result<Option<PathModifier>, String> {
+fn rewrite_path(path: &HttpRouteRulesFiltersUrlRewritePath) -> Result<Option<PathModifier>, RuleProblem> {
     let full = path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
     path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
 }

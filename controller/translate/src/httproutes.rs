@@ -16,6 +16,8 @@ use crate::attach::HostnameRank;
 use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
 use crate::httpfilters::compile_filter;
 use crate::index::{Index, ObjectKey};
+use crate::problems::Problem;
+use crate::rule_problems::RuleProblem;
 
 use crate::backends::INVALID_BACKEND_STATUS;
 
@@ -174,7 +176,7 @@ pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut Cl
 
 /// A rule in HTTPRoute form, with the GRPCRoute ranks of its matches (GRPCRoutes only),
 /// or why it cannot be one.
-pub(crate) type RuleInput<'a> = Result<(std::borrow::Cow<'a, HttpRouteRules>, Vec<GrpcRank>), String>;
+pub(crate) type RuleInput<'a> = Result<(std::borrow::Cow<'a, HttpRouteRules>, Vec<GrpcRank>), RuleProblem>;
 
 /// Compiles the rules of a route of `kind`; invalid rules are dropped and reported.
 pub(crate) fn compile_rules<'a>(
@@ -194,7 +196,7 @@ pub(crate) fn compile_rules<'a>(
         });
         match result {
             Ok(rule) => compiled.rules.push(rule),
-            Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {problem}")),
+            Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {}", problem.message())),
         }
     }
     compiled
@@ -208,7 +210,7 @@ fn compile_rule(
     index: &Index<'_>,
     cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
-) -> Result<CompiledRule, String> {
+) -> Result<CompiledRule, RuleProblem> {
     let default_match = [HttpRouteRulesMatches::default()];
     let user_matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
     let matches = user_matches.iter().map(compile_match).collect::<Result<Vec<_>, _>>()?;
@@ -238,14 +240,14 @@ fn compile_rule(
         if matches!(filter.kind, Some(http_filter::Kind::Cors(_)))
             && filters.iter().any(|f: &HttpFilter| matches!(f.kind, Some(http_filter::Kind::Cors(_))))
         {
-            return Err("a rule can have only one CORS filter".into());
+            return Err(RuleProblem::TwoCorsFilters);
         }
         filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
     }
 
     let backend_refs = rule.backend_refs.as_deref().unwrap_or_default();
     if terminal && !backend_refs.is_empty() {
-        return Err("a RequestRedirect filter cannot be combined with backendRefs".into());
+        return Err(RuleProblem::RedirectWithBackends);
     }
     let mut backends = Vec::new();
     for backend in backend_refs {
@@ -263,13 +265,13 @@ fn compile_rule(
             let as_rule_filter: HttpRouteRulesFilters =
                 serde_json::to_value(filter)
                     .and_then(serde_json::from_value)
-                    .map_err(|error| format!("backendRef filter cannot be read: {error}"))?;
+                    .map_err(|error| RuleProblem::UnreadableBackendFilter { error: error.to_string() })?;
             let filter = compile_filter(route, kind, &as_rule_filter, &path_types, index, cache, out)?;
             if matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_))) {
-                return Err("RequestRedirect is not supported as a backendRef filter".into());
+                return Err(RuleProblem::RedirectAsBackendFilter);
             }
             if matches!(filter.kind, Some(http_filter::Kind::Cors(_))) {
-                return Err("CORS is not supported as a backendRef filter; set it on the rule".into());
+                return Err(RuleProblem::CorsAsBackendFilter);
             }
             backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
         }
@@ -319,34 +321,32 @@ const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 
 /// The rule's `retry`: codes 400-599, attempts within the data plane's limit, backoff a
 /// Gateway API duration. Without `attempts` a request is retried once.
-fn compile_retry(rule: &HttpRouteRules) -> Result<Option<Retry>, String> {
+fn compile_retry(rule: &HttpRouteRules) -> Result<Option<Retry>, RuleProblem> {
     let Some(retry) = &rule.retry else { return Ok(None) };
     let mut codes = Vec::new();
     for code in retry.codes.iter().flatten() {
         match u32::try_from(*code) {
             Ok(code) if (400..=599).contains(&code) => codes.push(code),
-            _ => return Err(format!("retry.codes {code} is not an HTTP error code (400-599)")),
+            _ => return Err(RuleProblem::RetryCode { code: code.to_string() }),
         }
     }
     let attempts = match retry.attempts {
         None => 1,
         Some(n) => match u32::try_from(n) {
             Ok(n) if n <= sluice_snapshot::MAX_RETRY_ATTEMPTS => n,
-            _ => {
-                return Err(format!("retry.attempts {n} is out of range (0-{})", sluice_snapshot::MAX_RETRY_ATTEMPTS));
-            }
+            _ => return Err(RuleProblem::RetryAttempts { attempts: n.to_string() }),
         },
     };
     let backoff_ms = match &retry.backoff {
         None => DEFAULT_RETRY_BACKOFF_MS,
         Some(text) => sluice_gateway_api::parse_duration(text)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .map_err(|error| format!("retry.backoff {text:?} is not a valid duration: {error}"))?,
+            .map_err(|error| RuleProblem::RetryBackoff { value: text.clone(), error: error.to_string() })?,
     };
     Ok(Some(Retry { codes, attempts, backoff_ms }))
 }
 
-fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
+fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, RuleProblem> {
     let path = match &user.path {
         None => PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() },
         Some(path) => {
@@ -360,7 +360,7 @@ fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
                 Some(HttpRouteRulesMatchesPathType::PathPrefix) | None => PathMatchType::Prefix,
             };
             if kind != PathMatchType::RegularExpression && !value.starts_with('/') {
-                return Err(format!("path {value:?} must start with /"));
+                return Err(RuleProblem::PathNotAbsolute { path: value });
             }
             PathMatch { r#type: kind as i32, value }
         }
@@ -387,7 +387,7 @@ fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
             continue;
         }
         if param.name.is_empty() {
-            return Err("query parameter match needs a name".into());
+            return Err(RuleProblem::QueryParamWithoutName);
         }
         let kind = match param.r#type {
             Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
@@ -431,28 +431,32 @@ pub(crate) fn by_age<K: kube::Resource>(routes: &[std::sync::Arc<K>]) -> Vec<&K>
 }
 
 /// Compiles a regular expression exactly as the data plane will (anchored, size limits).
-pub(crate) fn check_regex(pattern: &str) -> Result<(), String> {
-    sluice_snapshot::compile::full_regex(pattern).map(|_| ())
+pub(crate) fn check_regex(pattern: &str) -> Result<(), RuleProblem> {
+    sluice_snapshot::compile::full_regex(pattern).map(|_| ()).map_err(RuleProblem::InvalidRegex)
 }
 
-pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
-    if sluice_snapshot::valid_token(name) { Ok(()) } else { Err(format!("{name:?} is not a valid header name")) }
+pub(crate) fn check_header_name(name: &str) -> Result<(), RuleProblem> {
+    if sluice_snapshot::valid_token(name) {
+        Ok(())
+    } else {
+        Err(RuleProblem::InvalidHeaderName { name: name.to_string() })
+    }
 }
 
-fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, String> {
+fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, RuleProblem> {
     let Some(timeouts) = &rule.timeouts else { return Ok(None) };
-    let parse = |value: &Option<String>, field: &str| -> Result<u64, String> {
+    let parse = |value: &Option<String>, field: &'static str| -> Result<u64, RuleProblem> {
         match value {
             None => Ok(0),
             Some(text) => sluice_gateway_api::parse_duration(text)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .map_err(|error| format!("timeouts.{field} {text:?} is not a valid duration: {error}")),
+                .map_err(|error| RuleProblem::Timeout { field, value: text.clone(), error: error.to_string() }),
         }
     };
     let request_ms = parse(&timeouts.request, "request")?;
     let backend_request_ms = parse(&timeouts.backend_request, "backendRequest")?;
     if request_ms != 0 && backend_request_ms > request_ms {
-        return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+        return Err(RuleProblem::BackendRequestLongerThanRequest);
     }
     Ok(Some(Timeouts { request_ms, backend_request_ms }))
 }

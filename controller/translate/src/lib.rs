@@ -64,6 +64,7 @@ mod output;
 mod policies;
 mod problems;
 mod routes;
+mod rule_problems;
 pub mod status;
 mod tlsroutes;
 mod translation;
