@@ -154,9 +154,9 @@ pub(crate) fn plan_gateway<'w>(
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
 
-    let mut not_accepted = class.rejected.as_ref().map(|message| GatewayProblem::ClassNotAccepted {
+    let mut not_accepted = class.rejected.as_ref().map(|problem| GatewayProblem::ClassNotAccepted {
         class: gateway.spec.gateway_class_name.clone(),
-        message: message.clone(),
+        problem: problem.clone(),
     });
     let gateway_config = match gateway_proxy_config(gateway, &key, &class.proxy_config, index) {
         Ok(config) => config,

@@ -1,6 +1,7 @@
 //! User mistakes in Gateways, ListenerSets and their listeners, as typed problems: each
 //! knows the condition reason and message it becomes (see `conditions`).
 
+use crate::classes::{ClassProblem, OverrideProblem};
 use crate::index::ObjectKey;
 use crate::status::reason;
 
@@ -259,7 +260,7 @@ impl Problem for ListenerProblem {
 pub(crate) enum GatewayProblem {
     ClassNotAccepted {
         class: String,
-        message: String,
+        problem: ClassProblem,
     },
     /// `infrastructure.parametersRef` names something other than a ProxyConfig.
     ParametersRefKind {
@@ -272,7 +273,7 @@ pub(crate) enum GatewayProblem {
     /// The ProxyConfig overrides what the GatewayClass's does not let it (`problem`).
     ProxyConfigRejected {
         config: ObjectKey,
-        problem: String,
+        problem: OverrideProblem,
     },
     NoListenerAccepted,
     UnsupportedAddressType {
@@ -306,8 +307,8 @@ impl Problem for GatewayProblem {
 
     fn message(&self) -> String {
         match self {
-            GatewayProblem::ClassNotAccepted { class, message } => {
-                format!("GatewayClass {class} is not accepted: {message}")
+            GatewayProblem::ClassNotAccepted { class, problem } => {
+                format!("GatewayClass {class} is not accepted: {}", problem.message())
             }
             GatewayProblem::ParametersRefKind { kind, group } => format!(
                 "infrastructure.parametersRef must point to a ProxyConfig.{}, not {kind}.{group}",
@@ -315,7 +316,7 @@ impl Problem for GatewayProblem {
             ),
             GatewayProblem::ProxyConfigNotFound { config } => format!("ProxyConfig {config} not found"),
             GatewayProblem::ProxyConfigRejected { config, problem } => {
-                format!("ProxyConfig {config} cannot be used: {problem}")
+                format!("ProxyConfig {config} cannot be used: {}", problem.message())
             }
             GatewayProblem::NoListenerAccepted => {
                 "no listener is accepted, so the Gateway has nothing to serve".to_string()
@@ -360,6 +361,57 @@ impl Problem for ListenerSetProblem {
             ListenerSetProblem::ParentNotAccepted { gateway, message } => {
                 format!("Gateway {gateway} is not accepted: {message}")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::ClassProblem;
+    use crate::rule_problems::RuleProblem;
+
+    /// Messages no golden file shows: the texts they had as (reason, message) tuples.
+    #[test]
+    fn messages_keep_their_texts() {
+        let key = ObjectKey::new("ns", "name");
+        let cases: Vec<(Box<dyn Problem>, &str, &str)> = vec![
+            (
+                Box::new(ClassProblem::AllowedAddress { config: key.clone(), entry: "x".into() }),
+                reason::INVALID_PARAMETERS,
+                "ProxyConfig ns/name: allowedAddresses entry \"x\" is not a CIDR such as 203.0.113.0/24",
+            ),
+            (
+                Box::new(GatewayProblem::NotAnIpAddress { value: "x".into() }),
+                reason::UNSUPPORTED_ADDRESS,
+                "address \"x\" is not an IP address",
+            ),
+            (
+                Box::new(ListenerProblem::NoValidCaCertificate { field: "f".into(), problems: vec![] }),
+                reason::NO_VALID_CA_CERTIFICATE,
+                "no CA certificate of the client certificate validation (f) is valid: it has no caCertificateRefs",
+            ),
+            (
+                Box::new(ListenerProblem::CaRefs(vec![
+                    CaProblem::NotFound { config_map: key.clone() },
+                    CaProblem::NoBundle { config_map: key.clone(), key: "ca.crt" },
+                ])),
+                reason::INVALID_CA_CERTIFICATE_REF,
+                "ConfigMap ns/name not found; ConfigMap ns/name has no ca.crt",
+            ),
+            (
+                Box::new(RuleProblem::SlashInExact { what: "service", value: "a/b".into() }),
+                reason::UNSUPPORTED_VALUE,
+                "service \"a/b\" must not contain /",
+            ),
+            (
+                Box::new(RuleProblem::InvalidHostname { what: "redirect hostname", hostname: "a b".into() }),
+                reason::UNSUPPORTED_VALUE,
+                "redirect hostname \"a b\" is not a valid hostname",
+            ),
+        ];
+        for (problem, reason, message) in cases {
+            assert_eq!((problem.reason(), problem.message().as_str()), (reason, message));
         }
     }
 }
