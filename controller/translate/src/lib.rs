@@ -19,8 +19,10 @@
 //!            ListenerSet and route parentRef
 //! ```
 //!
-//! User mistakes never fail translation: they become status conditions with the reasons
-//! Gateway API v1.7.0 defines, and invalid backends answer 500 for their share of traffic.
+//! User mistakes never fail translation: they are typed problems (`problems`,
+//! `rule_problems`, `attach::AttachProblem`, `backends::BackendError`) with `reason()` and
+//! `message()`, which `conditions` turns into status conditions with the reasons Gateway
+//! API v1.7.0 defines; invalid backends answer 500 for their share of traffic.
 
 /// The parentRefs of a route, as status echoes them. Every route kind has its own
 /// generated parentRef type with the same fields, hence a macro (defined before the
