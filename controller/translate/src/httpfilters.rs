@@ -10,7 +10,7 @@ use sluice_snapshot::{
     RequestRedirect, UrlRewrite, http_filter, path_modifier,
 };
 
-use crate::backends::{BackendError, BackendRef, ClusterCache, INVALID_BACKEND_STATUS};
+use crate::backends::{BackendError, ClusterCache, INVALID_BACKEND_STATUS};
 use crate::httproutes::{CompiledRoute, RouteKind, check_header_name};
 use crate::index::{Index, ObjectKey};
 use crate::rule_problems::RuleProblem;
@@ -82,13 +82,7 @@ pub(crate) fn compile_filter(
             let denominator = u32::try_from(denominator).ok().filter(|d| *d > 0 && numerator <= *d);
             let denominator = denominator.ok_or(RuleProblem::MirrorFractionAboveOne)?;
             let backend = &mirror.backend_ref;
-            let reference = BackendRef {
-                group: backend.group.as_deref(),
-                kind: backend.kind.as_deref(),
-                name: &backend.name,
-                namespace: backend.namespace.as_deref(),
-                port: backend.port,
-            };
+            let reference = backend_ref!(backend);
             match cache.resolve(index, route_kind.name(), &route.namespace, reference, route_kind.traffic()) {
                 Ok(cluster) => {
                     let kind = http_filter::Kind::RequestMirror(RequestMirror {

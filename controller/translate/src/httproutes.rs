@@ -13,7 +13,7 @@ use sluice_snapshot::{
 };
 
 use crate::attach::HostnameRank;
-use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
+use crate::backends::{BackendError, ClusterCache, Traffic, weighted_backend};
 use crate::httpfilters::compile_filter;
 use crate::index::{Index, ObjectKey};
 use crate::problems::Problem;
@@ -251,13 +251,7 @@ fn compile_rule(
     }
     let mut backends = Vec::new();
     for backend in backend_refs {
-        let reference = BackendRef {
-            group: backend.group.as_deref(),
-            kind: backend.kind.as_deref(),
-            name: &backend.name,
-            namespace: backend.namespace.as_deref(),
-            port: backend.port,
-        };
+        let reference = backend_ref!(backend);
         let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
         let mut backend_filters = Vec::new();
         for filter in backend.filters.iter().flatten() {

@@ -46,6 +46,21 @@ macro_rules! parent_refs {
     };
 }
 
+/// A backendRef as `backends` resolves it. Every route kind (and the mirror filter) has
+/// its own generated backendRef type with the same fields, hence a macro.
+macro_rules! backend_ref {
+    ($backend:expr) => {{
+        let backend = $backend;
+        crate::backends::BackendRef {
+            group: backend.group.as_deref(),
+            kind: backend.kind.as_deref(),
+            name: &backend.name,
+            namespace: backend.namespace.as_deref(),
+            port: backend.port,
+        }
+    }};
+}
+
 mod attach;
 mod backend_client;
 mod backends;
