@@ -2,14 +2,88 @@
 //! (namespaces, kinds) and hostname intersection.
 
 use crate::gateways::{GATEWAY_GROUP, GatewayPlan, namespace_allowed};
-use crate::index::Index;
+use crate::index::{Index, ObjectKey};
+use crate::problems::Problem;
 use crate::status::{ParentRef, reason};
 
 /// Where a parentRef attached, or why it did not.
 pub(crate) enum Attachment {
     /// Listener indexes with the hostnames the route serves on each (empty = any host).
     Attached(Vec<(usize, Vec<String>)>),
-    Rejected(&'static str, String),
+    Rejected(AttachProblem),
+}
+
+/// Why a route does not attach through a parentRef (its Accepted=False condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AttachProblem {
+    /// One of the route's hostnames is not a DNS name or wildcard.
+    InvalidHostname(String),
+    /// The Gateway is not accepted (`message` says why).
+    GatewayNotAccepted {
+        gateway: ObjectKey,
+        message: String,
+    },
+    ListenerSetNotAccepted {
+        listener_set: ObjectKey,
+        gateway: ObjectKey,
+    },
+    /// No listener of `parent` has the parentRef's sectionName / port (`wanted`).
+    NoSuchListener {
+        parent: String,
+        wanted: Vec<String>,
+    },
+    /// The listeners the parentRef selects are not accepted.
+    ListenersNotAccepted {
+        parent: String,
+    },
+    /// No selected listener allows the route's kind from its namespace.
+    NotAllowedByListeners {
+        parent: String,
+        kind: String,
+        namespace: String,
+    },
+    /// No selected listener's hostname intersects the route's.
+    NoMatchingListenerHostname {
+        parent: String,
+    },
+}
+
+impl Problem for AttachProblem {
+    fn reason(&self) -> &'static str {
+        match self {
+            AttachProblem::InvalidHostname(_) => reason::UNSUPPORTED_VALUE,
+            AttachProblem::GatewayNotAccepted { .. }
+            | AttachProblem::ListenerSetNotAccepted { .. }
+            | AttachProblem::NoSuchListener { .. }
+            | AttachProblem::ListenersNotAccepted { .. } => reason::NO_MATCHING_PARENT,
+            AttachProblem::NotAllowedByListeners { .. } => reason::NOT_ALLOWED_BY_LISTENERS,
+            AttachProblem::NoMatchingListenerHostname { .. } => reason::NO_MATCHING_LISTENER_HOSTNAME,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            AttachProblem::InvalidHostname(bad) => format!("hostname {bad:?} is not a valid DNS name or wildcard"),
+            AttachProblem::GatewayNotAccepted { gateway, message } => {
+                format!("Gateway {gateway} is not accepted: {message}")
+            }
+            AttachProblem::ListenerSetNotAccepted { listener_set, gateway } => {
+                format!("ListenerSet {listener_set} is not accepted by Gateway {gateway}")
+            }
+            AttachProblem::NoSuchListener { parent, wanted } => {
+                format!("{parent} has no listener {}", wanted.join(" "))
+            }
+            AttachProblem::ListenersNotAccepted { parent } => {
+                format!("the listeners of {parent} this route selects are not accepted")
+            }
+            AttachProblem::NotAllowedByListeners { parent, kind, namespace } => {
+                format!("no listener of {parent} allows a {kind} from namespace {namespace}")
+            }
+            AttachProblem::NoMatchingListenerHostname { parent } => {
+                format!("no listener of {parent} matches the route's hostnames")
+            }
+        }
+    }
 }
 
 /// Whether a parentRef names a Gateway.
@@ -41,19 +115,19 @@ pub(crate) fn attach(
         Some(set) => format!("ListenerSet {}", set.key),
         None => format!("Gateway {}", plan.key),
     };
-    if let Some((_, message)) = &plan.not_accepted {
-        return Attachment::Rejected(
-            reason::NO_MATCHING_PARENT,
-            format!("Gateway {} is not accepted: {message}", plan.key),
-        );
+    if let Some(problem) = &plan.not_accepted {
+        return Attachment::Rejected(AttachProblem::GatewayNotAccepted {
+            gateway: plan.key.clone(),
+            message: problem.message(),
+        });
     }
     if let Some(set) = set
         && !set.accepted(plan)
     {
-        return Attachment::Rejected(
-            reason::NO_MATCHING_PARENT,
-            format!("ListenerSet {} is not accepted by Gateway {}", set.key, plan.key),
-        );
+        return Attachment::Rejected(AttachProblem::ListenerSetNotAccepted {
+            listener_set: set.key.clone(),
+            gateway: plan.key.clone(),
+        });
     }
     let selected: Vec<usize> = (0..plan.listeners.len())
         .filter(|&i| {
@@ -71,17 +145,11 @@ pub(crate) fn attach(
         if let Some(port) = parent.port {
             wanted.push(format!("on port {port}"));
         }
-        return Attachment::Rejected(
-            reason::NO_MATCHING_PARENT,
-            format!("{parent_name} has no listener {}", wanted.join(" ")),
-        );
+        return Attachment::Rejected(AttachProblem::NoSuchListener { parent: parent_name, wanted });
     }
     let selected: Vec<usize> = selected.into_iter().filter(|&i| plan.listeners[i].accepted()).collect();
     if selected.is_empty() {
-        return Attachment::Rejected(
-            reason::NO_MATCHING_PARENT,
-            format!("the listeners of {parent_name} this route selects are not accepted"),
-        );
+        return Attachment::Rejected(AttachProblem::ListenersNotAccepted { parent: parent_name });
     }
     let allowed: Vec<usize> = selected
         .into_iter()
@@ -91,20 +159,18 @@ pub(crate) fn attach(
         })
         .collect();
     if allowed.is_empty() {
-        return Attachment::Rejected(
-            reason::NOT_ALLOWED_BY_LISTENERS,
-            format!("no listener of {parent_name} allows a {kind} from namespace {route_namespace}"),
-        );
+        return Attachment::Rejected(AttachProblem::NotAllowedByListeners {
+            parent: parent_name,
+            kind: kind.to_string(),
+            namespace: route_namespace.to_string(),
+        });
     }
     let matched: Vec<(usize, Vec<String>)> = allowed
         .into_iter()
         .filter_map(|i| intersect_hostnames(plan.listeners[i].hostname.as_deref(), hostnames).map(|h| (i, h)))
         .collect();
     if matched.is_empty() {
-        return Attachment::Rejected(
-            reason::NO_MATCHING_LISTENER_HOSTNAME,
-            format!("no listener of {parent_name} matches the route's hostnames"),
-        );
+        return Attachment::Rejected(AttachProblem::NoMatchingListenerHostname { parent: parent_name });
     }
     Attachment::Attached(matched)
 }

@@ -8,12 +8,13 @@ use sluice_gateway_api::gatewayclasses::GatewayClass;
 use crate::World;
 use crate::features::supported_features;
 use crate::index::{Index, ObjectKey};
+use crate::problems::Problem;
 use crate::status::{CONTROLLER_NAME, Condition, GatewayClassStatus, reason};
 
 /// One of our GatewayClasses after validation.
 pub(crate) struct ClassInfo {
-    /// Accepted classes program their Gateways; the message says why not otherwise.
-    pub rejected: Option<String>,
+    /// Accepted classes program their Gateways; the problem says why not otherwise.
+    pub rejected: Option<ClassProblem>,
     pub proxy_config: ProxyConfigSpec,
 }
 
@@ -30,14 +31,14 @@ pub(crate) fn translate_classes(
         }
         let Some(name) = class.metadata.name.clone() else { continue };
         let generation = class.metadata.generation.unwrap_or_default();
-        let (info, condition) = match class_proxy_config(class, index) {
+        let (condition, info) = match class_proxy_config(class, index) {
             Ok(proxy_config) => (
-                ClassInfo { rejected: None, proxy_config },
                 Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "Accepted by Sluice", generation),
+                ClassInfo { rejected: None, proxy_config },
             ),
-            Err(message) => (
-                ClassInfo { rejected: Some(message.clone()), proxy_config: ProxyConfigSpec::default() },
-                Condition::new(reason::ACCEPTED, false, reason::INVALID_PARAMETERS, message, generation),
+            Err(problem) => (
+                Condition::new(reason::ACCEPTED, false, problem.reason(), problem.message(), generation),
+                ClassInfo { rejected: Some(problem), proxy_config: ProxyConfigSpec::default() },
             ),
         };
         let mut conditions = vec![condition];
@@ -81,38 +82,115 @@ fn supported_version(found: Option<&str>, generation: i64) -> Option<Condition> 
     })
 }
 
-fn class_proxy_config(class: &GatewayClass, index: &Index<'_>) -> Result<ProxyConfigSpec, String> {
+/// Why one of our GatewayClasses is not accepted (its parametersRef).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClassProblem {
+    ParametersRefKind {
+        kind: String,
+        group: String,
+    },
+    ParametersRefWithoutNamespace,
+    ProxyConfigNotFound {
+        config: ObjectKey,
+    },
+    /// An `allowedAddresses` entry that is not a CIDR.
+    AllowedAddress {
+        config: ObjectKey,
+        entry: String,
+    },
+    Autoscaling {
+        config: ObjectKey,
+        problem: AutoscalingProblem,
+    },
+}
+
+impl Problem for ClassProblem {
+    fn reason(&self) -> &'static str {
+        reason::INVALID_PARAMETERS
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ClassProblem::ParametersRefKind { kind, group } => {
+                format!("parametersRef must point to a ProxyConfig.{GROUP}, not {kind}.{group}")
+            }
+            ClassProblem::ParametersRefWithoutNamespace => "parametersRef to a ProxyConfig needs a namespace".into(),
+            ClassProblem::ProxyConfigNotFound { config } => format!("ProxyConfig {config} not found"),
+            ClassProblem::AllowedAddress { config, entry } => {
+                format!("ProxyConfig {config}: allowedAddresses entry {entry:?} is not a CIDR such as 203.0.113.0/24")
+            }
+            ClassProblem::Autoscaling { config, problem } => format!("ProxyConfig {config}: {}", problem.message()),
+        }
+    }
+}
+
+/// An `autoscaling` setting that cannot be used: minReplicas above maxReplicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AutoscalingProblem {
+    min: i32,
+    max: i32,
+}
+
+impl AutoscalingProblem {
+    pub(crate) fn message(&self) -> String {
+        format!("autoscaling.minReplicas ({}) is above autoscaling.maxReplicas ({})", self.min, self.max)
+    }
+}
+
+/// Why a Gateway's own ProxyConfig may not be used under its class's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OverrideProblem {
+    /// It sets allowedAddresses or gatewayOverrides.
+    PlatformFields,
+    Image,
+    Annotations,
+    Autoscaling(AutoscalingProblem),
+}
+
+impl OverrideProblem {
+    pub(crate) fn message(&self) -> String {
+        match self {
+            OverrideProblem::PlatformFields => {
+                "allowedAddresses and gatewayOverrides are set on the GatewayClass's ProxyConfig only".into()
+            }
+            OverrideProblem::Image => {
+                "it sets image, which the GatewayClass's ProxyConfig does not allow (gatewayOverrides.image)".into()
+            }
+            OverrideProblem::Annotations => "it sets annotations, which the GatewayClass's ProxyConfig does not allow \
+                                             (gatewayOverrides.annotations)"
+                .into(),
+            OverrideProblem::Autoscaling(problem) => problem.message(),
+        }
+    }
+}
+
+fn class_proxy_config(class: &GatewayClass, index: &Index<'_>) -> Result<ProxyConfigSpec, ClassProblem> {
     let Some(parameters) = &class.spec.parameters_ref else {
         return Ok(ProxyConfigSpec::default());
     };
     if parameters.group != GROUP || parameters.kind != "ProxyConfig" {
-        return Err(format!(
-            "parametersRef must point to a ProxyConfig.{GROUP}, not {}.{}",
-            parameters.kind, parameters.group
-        ));
+        return Err(ClassProblem::ParametersRefKind { kind: parameters.kind.clone(), group: parameters.group.clone() });
     }
     let Some(namespace) = parameters.namespace.as_deref().filter(|ns| !ns.is_empty()) else {
-        return Err("parametersRef to a ProxyConfig needs a namespace".into());
+        return Err(ClassProblem::ParametersRefWithoutNamespace);
     };
     let key = ObjectKey::new(namespace, parameters.name.clone());
     let Some(config) = index.proxy_configs.get(&key) else {
-        return Err(format!("ProxyConfig {key} not found"));
+        return Err(ClassProblem::ProxyConfigNotFound { config: key });
     };
     if let Some(bad) = config.spec.allowed_addresses.iter().find(|cidr| Cidr::parse(cidr).is_none()) {
-        return Err(format!("ProxyConfig {key}: allowedAddresses entry {bad:?} is not a CIDR such as 203.0.113.0/24"));
+        return Err(ClassProblem::AllowedAddress { config: key, entry: bad.clone() });
     }
-    if let Some(autoscaling) = &config.spec.autoscaling {
-        autoscaling_problem(autoscaling).map_or(Ok(()), |problem| Err(format!("ProxyConfig {key}: {problem}")))?;
+    if let Some(problem) = config.spec.autoscaling.as_ref().and_then(autoscaling_problem) {
+        return Err(ClassProblem::Autoscaling { config: key, problem });
     }
     Ok(config.spec.clone())
 }
 
 /// Why an `autoscaling` setting cannot be used, if so.
-pub(crate) fn autoscaling_problem(autoscaling: &sluice_crds::Autoscaling) -> Option<String> {
+pub(crate) fn autoscaling_problem(autoscaling: &sluice_crds::Autoscaling) -> Option<AutoscalingProblem> {
     let min = autoscaling.min_replicas.unwrap_or(1);
-    (min > autoscaling.max_replicas).then(|| {
-        format!("autoscaling.minReplicas ({min}) is above autoscaling.maxReplicas ({})", autoscaling.max_replicas)
-    })
+    (min > autoscaling.max_replicas).then_some(AutoscalingProblem { min, max: autoscaling.max_replicas })
 }
 
 /// An IP range: an address and a prefix length.
@@ -180,23 +258,18 @@ pub(crate) fn merge_proxy_config(class: &ProxyConfigSpec, gateway: Option<&Proxy
 }
 
 /// Why a Gateway's own ProxyConfig may not be used under its class's, if so.
-pub(crate) fn override_problem(class: &ProxyConfigSpec, gateway: &ProxyConfigSpec) -> Option<String> {
+pub(crate) fn override_problem(class: &ProxyConfigSpec, gateway: &ProxyConfigSpec) -> Option<OverrideProblem> {
     let allowed = class.gateway_overrides.unwrap_or_default();
     if !gateway.allowed_addresses.is_empty() || gateway.gateway_overrides.is_some() {
-        return Some("allowedAddresses and gatewayOverrides are set on the GatewayClass's ProxyConfig only".into());
+        return Some(OverrideProblem::PlatformFields);
     }
     if gateway.image.is_some() && !allowed.image {
-        return Some(
-            "it sets image, which the GatewayClass's ProxyConfig does not allow (gatewayOverrides.image)".into(),
-        );
+        return Some(OverrideProblem::Image);
     }
     if !gateway.annotations.is_empty() && !allowed.annotations {
-        return Some(
-            "it sets annotations, which the GatewayClass's ProxyConfig does not allow (gatewayOverrides.annotations)"
-                .into(),
-        );
+        return Some(OverrideProblem::Annotations);
     }
-    gateway.autoscaling.as_ref().and_then(autoscaling_problem)
+    gateway.autoscaling.as_ref().and_then(autoscaling_problem).map(OverrideProblem::Autoscaling)
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ use sluice_gateway_api::gateways::{
 };
 use sluice_snapshot::{ClientValidation, ClientValidationMode, Protocol};
 
-use crate::gateways::{GATEWAY_GROUP, ListenerPlan, Problem};
+use crate::gateways::{GATEWAY_GROUP, ListenerPlan};
 use crate::index::{Index, ObjectKey};
-use crate::status::reason;
+use crate::problems::{CaProblem, ListenerProblem};
 
 /// The ConfigMap key holding a PEM CA bundle.
 const CA_KEY: &str = "ca.crt";
@@ -61,8 +61,8 @@ struct ValidationSpec<'g> {
 struct Resolved {
     /// The CA bundle of the valid refs, if any.
     validation: Option<ClientValidation>,
-    /// The invalid refs: the first one's reason, every one's message.
-    problem: Option<Problem>,
+    /// The invalid refs.
+    problems: Vec<CaProblem>,
 }
 
 /// Resolves the client certificate validation of every HTTPS listener of `gateway`
@@ -102,8 +102,8 @@ pub(crate) fn plan_client_validation(
         // A perPort entry without validation turns validation off for its port.
         let Some(spec) = spec else { continue };
         let outcome = resolved.entry(spec.name.clone()).or_insert_with(|| resolve(&spec, key, index));
-        if let Some(problem) = &outcome.problem {
-            listener.unresolved.get_or_insert_with(|| problem.clone());
+        if !outcome.problems.is_empty() {
+            listener.unresolved.get_or_insert_with(|| ListenerProblem::CaRefs(outcome.problems.clone()));
         }
         match &outcome.validation {
             Some(validation) => {
@@ -111,11 +111,10 @@ pub(crate) fn plan_client_validation(
                 validations.insert(validation.name.clone(), validation.clone());
             }
             None => {
-                let why = outcome.problem.as_ref().map_or("it has no caCertificateRefs", |(_, message)| message);
-                listener.not_accepted = Some((
-                    reason::NO_VALID_CA_CERTIFICATE,
-                    format!("no CA certificate of the client certificate validation ({}) is valid: {why}", spec.field),
-                ));
+                listener.not_accepted = Some(ListenerProblem::NoValidCaCertificate {
+                    field: spec.field.clone(),
+                    problems: outcome.problems.clone(),
+                });
             }
         }
     }
@@ -124,7 +123,7 @@ pub(crate) fn plan_client_validation(
 /// Loads the CA bundles of a validation's references.
 fn resolve(spec: &ValidationSpec<'_>, gateway: &ObjectKey, index: &Index<'_>) -> Resolved {
     let mut bundle = String::new();
-    let mut problems: Vec<Problem> = Vec::new();
+    let mut problems: Vec<CaProblem> = Vec::new();
     for ca_ref in &spec.refs {
         match load_ca_ref(ca_ref, gateway, index) {
             Ok(pem) => {
@@ -150,41 +149,26 @@ fn resolve(spec: &ValidationSpec<'_>, gateway: &ObjectKey, index: &Index<'_>) ->
                 validation =
                     Some(ClientValidation { name: spec.name.clone(), ca_bundle_pem: bundle, mode: mode as i32 });
             }
-            Err(error) => problems.push((
-                reason::INVALID_CA_CERTIFICATE_REF,
-                format!("the CA bundle of {} cannot be used: {error}", spec.field),
-            )),
+            Err(error) => problems.push(CaProblem::UnusableBundle { field: spec.field.clone(), error }),
         }
     }
-    let problem = problems.first().map(|(why, _)| {
-        let messages: Vec<&str> = problems.iter().map(|(_, message)| message.as_str()).collect();
-        (*why, messages.join("; "))
-    });
-    Resolved { validation, problem }
+    Resolved { validation, problems }
 }
 
 /// The PEM CA bundle one caCertificateRef names, or why it cannot be used.
-fn load_ca_ref(ca_ref: &CaRef<'_>, gateway: &ObjectKey, index: &Index<'_>) -> Result<String, Problem> {
+fn load_ca_ref(ca_ref: &CaRef<'_>, gateway: &ObjectKey, index: &Index<'_>) -> Result<String, CaProblem> {
     let namespace = ca_ref.namespace.filter(|ns| !ns.is_empty()).unwrap_or(&gateway.namespace);
     let key = ObjectKey::new(namespace, ca_ref.name);
     if !ca_ref.group.is_empty() || ca_ref.kind != "ConfigMap" {
         let kind =
             if ca_ref.group.is_empty() { ca_ref.kind.to_string() } else { format!("{}.{}", ca_ref.kind, ca_ref.group) };
-        return Err((
-            reason::INVALID_CA_CERTIFICATE_KIND,
-            format!("caCertificateRef {key} has unsupported kind {kind}; only ConfigMap (core) is supported"),
-        ));
+        return Err(CaProblem::UnsupportedKind { config_map: key, kind });
     }
     if !index.reference_allowed(GATEWAY_GROUP, "Gateway", &gateway.namespace, "", "ConfigMap", &key) {
-        return Err((
-            reason::REF_NOT_PERMITTED,
-            format!(
-                "caCertificateRef to ConfigMap {key} is not permitted by any ReferenceGrant in namespace {namespace}"
-            ),
-        ));
+        return Err(CaProblem::NotPermitted { config_map: key, namespace: namespace.to_string() });
     }
     let Some(config_map) = index.config_maps.get(&key) else {
-        return Err((reason::INVALID_CA_CERTIFICATE_REF, format!("ConfigMap {key} not found")));
+        return Err(CaProblem::NotFound { config_map: key });
     };
     let pem = config_map.data.as_ref().and_then(|data| data.get(CA_KEY)).cloned().or_else(|| {
         config_map
@@ -194,10 +178,9 @@ fn load_ca_ref(ca_ref: &CaRef<'_>, gateway: &ObjectKey, index: &Index<'_>) -> Re
             .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
     });
     let Some(pem) = pem else {
-        return Err((reason::INVALID_CA_CERTIFICATE_REF, format!("ConfigMap {key} has no {CA_KEY}")));
+        return Err(CaProblem::NoBundle { config_map: key, key: CA_KEY });
     };
-    checked_ca_bundle(&pem)
-        .map_err(|error| (reason::INVALID_CA_CERTIFICATE_REF, format!("ConfigMap {key}: {CA_KEY}: {error}")))?;
+    checked_ca_bundle(&pem).map_err(|error| CaProblem::InvalidBundle { config_map: key, key: CA_KEY, error })?;
     Ok(pem)
 }
 

@@ -13,14 +13,14 @@ use crate::l4routes::L4Rule;
 use crate::listenersets::ListenerSetPlan;
 use sluice_gateway_api::listenersets::ListenerSet;
 
+use crate::certificates::load_certificate;
 use crate::classes::{Cidr, ClassInfo, merge_proxy_config, override_problem};
+use crate::conflicts::{mark_conflicts, mark_duplicate_names, mark_overlapping_tls};
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
-use crate::status::{RouteGroupKind, reason};
+use crate::problems::{GatewayProblem, ListenerProblem};
+use crate::status::RouteGroupKind;
 
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-
-/// A condition that is not in its good state: (reason, message).
-pub(crate) type Problem = (&'static str, String);
 
 /// Which namespaces may attach routes to a listener.
 pub(crate) enum NamespacePolicy {
@@ -45,11 +45,11 @@ pub(crate) struct ListenerPlan {
     pub supported_kinds: Vec<RouteGroupKind>,
     pub namespaces: NamespacePolicy,
     /// Accepted=False when set.
-    pub not_accepted: Option<Problem>,
+    pub not_accepted: Option<ListenerProblem>,
     /// Conflicted=True when set.
-    pub conflicted: Option<Problem>,
+    pub conflicted: Option<ListenerProblem>,
     /// ResolvedRefs=False when set.
-    pub unresolved: Option<Problem>,
+    pub unresolved: Option<ListenerProblem>,
     /// OverlappingTLSConfig=True (OverlappingHostnames) when set: the other listeners.
     pub overlapping_tls: Option<String>,
     /// Names of valid certificates (snapshot `secret/ns/name`), in certificateRefs order.
@@ -97,10 +97,10 @@ pub(crate) struct GatewayPlan<'w> {
     pub gateway: &'w Gateway,
     pub generation: i64,
     /// Accepted=False when set (the Gateway is not programmed at all).
-    pub not_accepted: Option<Problem>,
+    pub not_accepted: Option<GatewayProblem>,
     /// Programmed=False (AddressNotUsable) when set: a `spec.addresses` entry the
     /// Gateway may not have; it is never requested from the Service.
-    pub unusable_address: Option<Problem>,
+    pub unusable_address: Option<GatewayProblem>,
     pub listeners: Vec<ListenerPlan>,
     pub proxy_config: ProxyConfigSpec,
     pub certificates: BTreeMap<String, Certificate>,
@@ -154,24 +154,19 @@ pub(crate) fn plan_gateway<'w>(
     mark_conflicts(&mut listeners);
     mark_overlapping_tls(&mut listeners);
 
-    let mut not_accepted = class.rejected.as_ref().map(|message| {
-        (
-            reason::INVALID_PARAMETERS,
-            format!("GatewayClass {} is not accepted: {message}", gateway.spec.gateway_class_name),
-        )
+    let mut not_accepted = class.rejected.as_ref().map(|problem| GatewayProblem::ClassNotAccepted {
+        class: gateway.spec.gateway_class_name.clone(),
+        problem: problem.clone(),
     });
     let gateway_config = match gateway_proxy_config(gateway, &key, &class.proxy_config, index) {
         Ok(config) => config,
-        Err(message) => {
-            not_accepted.get_or_insert((reason::INVALID_PARAMETERS, message));
+        Err(problem) => {
+            not_accepted.get_or_insert(problem);
             None
         }
     };
     if !listeners.iter().any(ListenerPlan::accepted) {
-        not_accepted.get_or_insert((
-            reason::LISTENERS_NOT_VALID,
-            "no listener is accepted, so the Gateway has nothing to serve".to_string(),
-        ));
+        not_accepted.get_or_insert(GatewayProblem::NoListenerAccepted);
     }
     let mut requested_addresses = Vec::new();
     let mut unusable_address = None;
@@ -179,10 +174,7 @@ pub(crate) fn plan_gateway<'w>(
         let kind = address.r#type.as_deref().unwrap_or("IPAddress");
         let value = address.value.clone().unwrap_or_default();
         if kind != "IPAddress" {
-            not_accepted.get_or_insert((
-                reason::UNSUPPORTED_ADDRESS,
-                format!("address {value:?} of type {kind} is not supported; only IPAddress addresses are"),
-            ));
+            not_accepted.get_or_insert(GatewayProblem::UnsupportedAddressType { value, kind: kind.to_string() });
             continue;
         }
         // An IPAddress without a value asks for any address: the Service gets one.
@@ -190,8 +182,7 @@ pub(crate) fn plan_gateway<'w>(
             continue;
         }
         let Ok(ip) = value.parse::<std::net::IpAddr>() else {
-            not_accepted
-                .get_or_insert((reason::UNSUPPORTED_ADDRESS, format!("address {value:?} is not an IP address")));
+            not_accepted.get_or_insert(GatewayProblem::NotAnIpAddress { value });
             continue;
         };
         // An address outside the platform team's allowlist is never put on the Service
@@ -201,21 +192,7 @@ pub(crate) fn plan_gateway<'w>(
         if allowed.iter().filter_map(|cidr| Cidr::parse(cidr)).any(|cidr| cidr.contains(ip)) {
             requested_addresses.push(value);
         } else {
-            unusable_address.get_or_insert((
-                reason::ADDRESS_NOT_USABLE,
-                if allowed.is_empty() {
-                    format!(
-                        "address {value} cannot be used: the GatewayClass's ProxyConfig allows no static \
-                         addresses (allowedAddresses); remove it from spec.addresses or ask the platform team"
-                    )
-                } else {
-                    format!(
-                        "address {value} cannot be used: it is outside the ranges the GatewayClass's ProxyConfig \
-                         allows (allowedAddresses: {}); remove it from spec.addresses",
-                        allowed.join(", ")
-                    )
-                },
-            ));
+            unusable_address.get_or_insert(GatewayProblem::AddressNotUsable { value, allowed: allowed.clone() });
         }
     }
     let mut plan = GatewayPlan {
@@ -240,22 +217,22 @@ fn gateway_proxy_config(
     key: &ObjectKey,
     class: &ProxyConfigSpec,
     index: &Index<'_>,
-) -> Result<Option<ProxyConfigSpec>, String> {
+) -> Result<Option<ProxyConfigSpec>, GatewayProblem> {
     let Some(parameters) = gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) else {
         return Ok(None);
     };
     if parameters.group != GROUP || parameters.kind != "ProxyConfig" {
-        return Err(format!(
-            "infrastructure.parametersRef must point to a ProxyConfig.{GROUP}, not {}.{}",
-            parameters.kind, parameters.group
-        ));
+        return Err(GatewayProblem::ParametersRefKind {
+            kind: parameters.kind.clone(),
+            group: parameters.group.clone(),
+        });
     }
     let config_key = ObjectKey::new(key.namespace.clone(), parameters.name.clone());
     let Some(config) = index.proxy_configs.get(&config_key) else {
-        return Err(format!("ProxyConfig {config_key} not found"));
+        return Err(GatewayProblem::ProxyConfigNotFound { config: config_key });
     };
     if let Some(problem) = override_problem(class, &config.spec) {
-        return Err(format!("ProxyConfig {config_key} cannot be used: {problem}"));
+        return Err(GatewayProblem::ProxyConfigRejected { config: config_key, problem });
     }
     Ok(Some(config.spec.clone()))
 }
@@ -285,21 +262,18 @@ pub(crate) fn plan_listener(
     };
     let mut not_accepted = None;
     if protocol == Protocol::Unspecified {
-        not_accepted = Some((reason::UNSUPPORTED_PROTOCOL, format!("protocol {} is not supported", listener.protocol)));
+        not_accepted = Some(ListenerProblem::UnsupportedProtocol { protocol: listener.protocol.clone() });
     } else if !(1..=65535).contains(&listener.port) {
-        not_accepted = Some((reason::PORT_UNAVAILABLE, format!("port {} is out of range", listener.port)));
+        not_accepted = Some(ListenerProblem::PortOutOfRange { port: listener.port });
     } else if u32::try_from(listener.port).ok() == Some(sluice_snapshot::ADMIN_PORT) {
-        not_accepted = Some((
-            reason::PORT_UNAVAILABLE,
-            format!("port {} is reserved for the data plane's admin endpoint (/ready, /metrics)", listener.port),
-        ));
+        not_accepted = Some(ListenerProblem::PortReserved { port: listener.port });
     }
     let hostname = listener.hostname.clone().filter(|h| !h.is_empty());
     if not_accepted.is_none()
         && let Some(host) = &hostname
         && !sluice_snapshot::valid_hostname(host)
     {
-        not_accepted = Some((reason::UNSUPPORTED_VALUE, format!("hostname {host:?} is not a valid DNS name")));
+        not_accepted = Some(ListenerProblem::InvalidHostname { hostname: host.clone() });
     }
 
     let allowed = listener.allowed_routes.as_ref();
@@ -330,13 +304,11 @@ pub(crate) fn plan_listener(
                 if group == GATEWAY_GROUP && valid_kinds.contains(&kind.kind.as_str()) {
                     kinds.insert(RouteGroupKind { group, kind: kind.kind.clone() });
                 } else if unresolved.is_none() {
-                    unresolved = Some((
-                        reason::INVALID_ROUTE_KINDS,
-                        format!(
-                            "route kind {}.{group} is not supported on a {} listener",
-                            kind.kind, listener.protocol
-                        ),
-                    ));
+                    unresolved = Some(ListenerProblem::InvalidRouteKind {
+                        kind: kind.kind.clone(),
+                        group,
+                        protocol: listener.protocol.clone(),
+                    });
                 }
             }
             kinds.into_iter().collect()
@@ -354,19 +326,11 @@ pub(crate) fn plan_listener(
     let terminates = protocol == Protocol::Https || (protocol == Protocol::Tls && !tls_passthrough);
     if terminates && not_accepted.is_none() {
         if protocol == Protocol::Https && tls_passthrough {
-            not_accepted = Some((
-                reason::UNSUPPORTED_VALUE,
-                "HTTPS listeners terminate TLS; Passthrough needs protocol TLS".into(),
-            ));
+            not_accepted = Some(ListenerProblem::PassthroughOnHttps);
         }
         let refs = tls.and_then(|t| t.certificate_refs.as_ref()).map(Vec::as_slice).unwrap_or_default();
         if refs.is_empty() {
-            let message = if protocol == Protocol::Https {
-                "HTTPS listener has no certificateRefs"
-            } else {
-                "TLS listener in mode Terminate has no certificateRefs"
-            };
-            unresolved.get_or_insert((reason::INVALID_CERTIFICATE_REF, message.into()));
+            unresolved.get_or_insert(ListenerProblem::NoCertificateRefs { https: protocol == Protocol::Https });
         }
         for cert_ref in refs {
             let group = cert_ref.group.as_deref().unwrap_or_default();
@@ -374,10 +338,11 @@ pub(crate) fn plan_listener(
             let namespace = cert_ref.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(&owner.key.namespace);
             let secret_key = ObjectKey::new(namespace, cert_ref.name.clone());
             let result = if !group.is_empty() || kind != "Secret" {
-                Err((
-                    reason::INVALID_CERTIFICATE_REF,
-                    format!("certificateRef {secret_key} has unsupported kind {kind}.{group}"),
-                ))
+                Err(ListenerProblem::CertificateRefKind {
+                    secret: secret_key,
+                    kind: kind.to_string(),
+                    group: group.to_string(),
+                })
             } else if !index.reference_allowed(
                 GATEWAY_GROUP,
                 owner.kind,
@@ -386,14 +351,12 @@ pub(crate) fn plan_listener(
                 "Secret",
                 &secret_key,
             ) {
-                Err((
-                    reason::REF_NOT_PERMITTED,
-                    format!(
-                        "certificateRef to Secret {secret_key} is not permitted by any ReferenceGrant in namespace {namespace}"
-                    ),
-                ))
+                Err(ListenerProblem::CertificateRefNotPermitted {
+                    secret: secret_key,
+                    namespace: namespace.to_string(),
+                })
             } else {
-                load_certificate(index, &secret_key)
+                load_certificate(index, &secret_key).map_err(ListenerProblem::Certificate)
             };
             match result {
                 Ok(certificate) => {
@@ -427,149 +390,6 @@ pub(crate) fn plan_listener(
         http_routes: Vec::new(),
         l4_routes: Vec::new(),
         tls_routes: Vec::new(),
-    }
-}
-
-/// Reads a TLS Secret: the certificate chain and key must load exactly as the data plane
-/// loads them (`sluice_snapshot::compile::load_certificate`), and the leaf must be valid now.
-pub(crate) fn load_certificate(index: &Index<'_>, key: &ObjectKey) -> Result<Certificate, Problem> {
-    let Some(secret) = index.secrets.get(key) else {
-        return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {key} not found")));
-    };
-    let field = |name: &str| -> Option<Vec<u8>> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(name))
-            .map(|bytes| bytes.0.clone())
-            .or_else(|| secret.string_data.as_ref().and_then(|data| data.get(name)).map(|s| s.clone().into_bytes()))
-    };
-    let invalid = |what: &str| (reason::INVALID_CERTIFICATE_REF, format!("Secret {key}: {what}"));
-    let cert = field("tls.crt").ok_or_else(|| invalid("has no tls.crt"))?;
-    let private_key = field("tls.key").ok_or_else(|| invalid("has no tls.key"))?;
-    let cert_chain_pem = String::from_utf8(cert).map_err(|_| invalid("tls.crt is not UTF-8 PEM"))?;
-    let private_key_pem = String::from_utf8(private_key).map_err(|_| invalid("tls.key is not UTF-8 PEM"))?;
-    let (not_before, not_after) = checked_certificate(&cert_chain_pem, &private_key_pem).map_err(|e| invalid(&e))?;
-    if let Some(now) = index.now {
-        let validity = |at: i64| sluice_snapshot::compile::validity_problem(not_before, not_after, at);
-        // Translate again when this answer changes: at notBefore, or just past notAfter.
-        if not_before > now {
-            index.changes_at(not_before);
-        } else if not_after >= now {
-            index.changes_at(not_after.saturating_add(1));
-        }
-        if let Some(problem) = validity(now) {
-            return Err(invalid(&problem));
-        }
-    }
-    Ok(Certificate { name: format!("secret/{}/{}", key.namespace, key.name), cert_chain_pem, private_key_pem })
-}
-
-/// Certificates already checked, by content: loading a key (RSA especially) costs
-/// milliseconds, and every pass sees the same Secrets again. The answer depends only on
-/// the content, so translation stays a pure function of the World.
-type CheckedCertificates = std::collections::HashMap<(String, String), Result<(i64, i64), String>>;
-static CHECKED_CERTIFICATES: std::sync::Mutex<Option<CheckedCertificates>> = std::sync::Mutex::new(None);
-const MAX_CHECKED_CERTIFICATES: usize = 4096;
-
-/// The leaf's (notBefore, notAfter), or why the data plane could not serve the pair.
-fn checked_certificate(chain: &str, key: &str) -> Result<(i64, i64), String> {
-    let cache_key = (chain.to_string(), key.to_string());
-    if let Ok(cache) = CHECKED_CERTIFICATES.lock()
-        && let Some(answer) = cache.as_ref().and_then(|c| c.get(&cache_key))
-    {
-        return answer.clone();
-    }
-    let answer = sluice_snapshot::compile::load_certificate(chain, key).map(|c| (c.not_before, c.not_after));
-    if let Ok(mut cache) = CHECKED_CERTIFICATES.lock() {
-        let cache = cache.get_or_insert_with(Default::default);
-        if cache.len() >= MAX_CHECKED_CERTIFICATES {
-            cache.clear();
-        }
-        cache.insert(cache_key, answer.clone());
-    }
-    answer
-}
-
-/// Listener names must be unique; later duplicates are not accepted.
-pub(crate) fn mark_duplicate_names(listeners: &mut [ListenerPlan]) {
-    let mut seen = BTreeSet::new();
-    for listener in listeners.iter_mut() {
-        if !seen.insert(listener.name.clone()) && listener.not_accepted.is_none() {
-            listener.not_accepted =
-                Some((reason::UNSUPPORTED_VALUE, format!("listener name {} is used twice", listener.name)));
-        }
-    }
-}
-
-/// Listeners on one port must share a protocol (ProtocolConflict) and, for the same
-/// protocol, have distinct hostnames (HostnameConflict); a TCP listener has its port to
-/// itself. As Gateway API v1.5.1 requires, no conflicting listener is picked as a winner:
-/// every listener involved in a conflict is marked and none of them is served.
-fn mark_conflicts(listeners: &mut [ListenerPlan]) {
-    // UDP is another transport: a UDP listener may share its port number with a TCP-based
-    // one, and is checked apart from them.
-    let mut by_port: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
-    for (i, listener) in listeners.iter().enumerate() {
-        if listener.not_accepted.is_none() {
-            by_port.entry((listener.protocol == Protocol::Udp, listener.port)).or_default().push(i);
-        }
-    }
-    for ((_, port), members) in by_port {
-        let protocols: BTreeSet<&str> = members.iter().map(|&i| protocol_name(listeners[i].protocol)).collect();
-        let exclusive = members.len() > 1
-            && members.iter().any(|&i| matches!(listeners[i].protocol, Protocol::Tcp | Protocol::Udp));
-        if protocols.len() > 1 || exclusive {
-            let list = protocols.into_iter().collect::<Vec<_>>().join(", ");
-            for &i in &members {
-                listeners[i].conflicted = Some((
-                    reason::PROTOCOL_CONFLICT,
-                    format!(
-                        "port {port} is used by several listeners with protocols {list}; a TCP or UDP port cannot be shared"
-                    ),
-                ));
-            }
-            continue;
-        }
-        let mut by_hostname: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
-        for &i in &members {
-            by_hostname.entry(listeners[i].hostname.clone()).or_default().push(i);
-        }
-        for (hostname, same) in by_hostname.into_iter().filter(|(_, same)| same.len() > 1) {
-            let names: Vec<String> = same.iter().map(|&i| listeners[i].name.clone()).collect();
-            for &i in &same {
-                listeners[i].conflicted = Some((
-                    reason::HOSTNAME_CONFLICT,
-                    format!(
-                        "listeners {} on port {port} share the hostname {:?}",
-                        names.join(", "),
-                        hostname.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-        }
-    }
-}
-
-/// TLS listeners on one port whose hostnames overlap (equal hostnames are a conflict
-/// already; here a wildcard covering another hostname, or a listener without hostname next
-/// to others) get OverlappingTLSConfig, as v1.5.1 requires of every controller.
-pub(crate) fn mark_overlapping_tls(listeners: &mut [ListenerPlan]) {
-    let tls: Vec<usize> =
-        (0..listeners.len()).filter(|&i| listeners[i].protocol == Protocol::Https && listeners[i].accepted()).collect();
-    for &i in &tls {
-        let others: Vec<String> = tls
-            .iter()
-            .filter(|&&j| j != i && listeners[j].port == listeners[i].port)
-            .filter(|&&j| match (&listeners[i].hostname, &listeners[j].hostname) {
-                (Some(a), Some(b)) => crate::attach::intersect_hostnames(Some(a), std::slice::from_ref(b)).is_some(),
-                _ => true,
-            })
-            .map(|&j| listeners[j].name.clone())
-            .collect();
-        if !others.is_empty() {
-            listeners[i].overlapping_tls = Some(others.join(", "));
-        }
     }
 }
 

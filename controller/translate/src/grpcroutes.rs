@@ -23,6 +23,7 @@ use sluice_gateway_api::httproutes::{
 use crate::backends::ClusterCache;
 use crate::httproutes::{CompiledRoute, GrpcRank, RouteKind, RuleInput, compile_rules};
 use crate::index::{Index, ObjectKey};
+use crate::rule_problems::RuleProblem;
 
 /// The content types of gRPC requests (`application/grpc`, `+proto`, `-web`, …): only
 /// these match a GRPCRoute rule, so plain HTTP requests go to the host's HTTPRoutes.
@@ -49,7 +50,7 @@ fn as_http_rule(rule: &GrpcRouteRules) -> RuleInput<'static> {
         }];
         for header in user.headers.iter().flatten() {
             if header.name.eq_ignore_ascii_case("content-type") {
-                return Err("a header match on content-type is not supported (it selects gRPC requests)".into());
+                return Err(RuleProblem::GrpcContentTypeMatch);
             }
             headers.push(HttpRouteRulesMatchesHeaders {
                 name: header.name.clone(),
@@ -79,14 +80,17 @@ fn as_http_rule(rule: &GrpcRouteRules) -> RuleInput<'static> {
     Ok((Cow::Owned(http), ranks))
 }
 
-fn convert<T: serde::Serialize, U: serde::de::DeserializeOwned>(value: &T, field: &str) -> Result<U, String> {
+fn convert<T: serde::Serialize, U: serde::de::DeserializeOwned>(
+    value: &T,
+    field: &'static str,
+) -> Result<U, RuleProblem> {
     serde_json::to_value(value)
         .and_then(serde_json::from_value)
-        .map_err(|error| format!("{field} cannot be read: {error}"))
+        .map_err(|error| RuleProblem::Unreadable { field, error: error.to_string() })
 }
 
 /// The path match of a method match, and its rank.
-fn method_path(user: &GrpcRouteRulesMatches) -> Result<(Option<HttpRouteRulesMatchesPath>, GrpcRank), String> {
+fn method_path(user: &GrpcRouteRulesMatches) -> Result<(Option<HttpRouteRulesMatchesPath>, GrpcRank), RuleProblem> {
     let Some(method) = &user.method else { return Ok((None, GrpcRank::default())) };
     let service = method.service.as_deref().filter(|s| !s.is_empty());
     let name = method.method.as_deref().filter(|m| !m.is_empty());
@@ -96,7 +100,7 @@ fn method_path(user: &GrpcRouteRulesMatches) -> Result<(Option<HttpRouteRulesMat
     let rank = GrpcRank { service: characters(service), method: characters(name), headers: 0 };
     let path = |kind, value: String| Some(HttpRouteRulesMatchesPath { r#type: Some(kind), value: Some(value) });
     let path = match (regex, service, name) {
-        (_, None, None) => return Err("a method match needs a service or a method".into()),
+        (_, None, None) => return Err(RuleProblem::EmptyMethodMatch),
         (false, Some(s), Some(m)) => {
             check_exact(s, "service")?;
             check_exact(m, "method")?;
@@ -132,9 +136,9 @@ fn escape_regex(value: &str) -> String {
 
 /// Exact services and methods never contain `/` (the spec's rule; the CRD checks the
 /// characters too).
-fn check_exact(value: &str, what: &str) -> Result<(), String> {
+fn check_exact(value: &str, what: &'static str) -> Result<(), RuleProblem> {
     if value.contains('/') {
-        return Err(format!("{what} {value:?} must not contain /"));
+        return Err(RuleProblem::SlashInExact { what, value: value.to_string() });
     }
     Ok(())
 }

@@ -3,20 +3,21 @@
 use std::cmp::Reverse;
 
 use sluice_gateway_api::httproutes::{
-    HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersCors,
-    HttpRouteRulesFiltersRequestRedirectPath, HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
-    HttpRouteRulesFiltersUrlRewritePath, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+    HttpRoute as HTTPRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
 };
 use sluice_snapshot::{
-    Cluster, Cors, DirectResponse, Header, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType,
-    PathModifier, RequestMirror, RequestRedirect, Retry, Timeouts, UrlRewrite, ValueMatch, ValueMatchType,
-    WeightedBackend, http_filter, path_modifier,
+    Cluster, DirectResponse, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType, Retry, Timeouts, ValueMatch,
+    ValueMatchType, WeightedBackend, http_filter,
 };
 
 use crate::attach::HostnameRank;
-use crate::backends::{BackendError, BackendRef, ClusterCache, Traffic, weighted_backend};
+use crate::backends::{BackendError, ClusterCache, Traffic, weighted_backend};
+use crate::httpfilters::compile_filter;
 use crate::index::{Index, ObjectKey};
+use crate::problems::Problem;
+use crate::rule_problems::RuleProblem;
 
 use crate::backends::INVALID_BACKEND_STATUS;
 
@@ -29,7 +30,7 @@ pub(crate) enum RouteKind {
 
 impl RouteKind {
     /// The kind's name in the API (attachment, ReferenceGrant `from.kind`).
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
@@ -44,7 +45,7 @@ impl RouteKind {
         }
     }
 
-    fn traffic(self) -> Traffic {
+    pub(crate) fn traffic(self) -> Traffic {
         match self {
             RouteKind::Http => Traffic::Http,
             RouteKind::Grpc => Traffic::Grpc,
@@ -175,7 +176,7 @@ pub(crate) fn compile_route(route: &HTTPRoute, index: &Index<'_>, cache: &mut Cl
 
 /// A rule in HTTPRoute form, with the GRPCRoute ranks of its matches (GRPCRoutes only),
 /// or why it cannot be one.
-pub(crate) type RuleInput<'a> = Result<(std::borrow::Cow<'a, HttpRouteRules>, Vec<GrpcRank>), String>;
+pub(crate) type RuleInput<'a> = Result<(std::borrow::Cow<'a, HttpRouteRules>, Vec<GrpcRank>), RuleProblem>;
 
 /// Compiles the rules of a route of `kind`; invalid rules are dropped and reported.
 pub(crate) fn compile_rules<'a>(
@@ -195,7 +196,7 @@ pub(crate) fn compile_rules<'a>(
         });
         match result {
             Ok(rule) => compiled.rules.push(rule),
-            Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {problem}")),
+            Err(problem) => compiled.invalid_rules.push(format!("rule {i}: {}", problem.message())),
         }
     }
     compiled
@@ -209,7 +210,7 @@ fn compile_rule(
     index: &Index<'_>,
     cache: &mut ClusterCache<'_>,
     out: &mut CompiledRoute,
-) -> Result<CompiledRule, String> {
+) -> Result<CompiledRule, RuleProblem> {
     let default_match = [HttpRouteRulesMatches::default()];
     let user_matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
     let matches = user_matches.iter().map(compile_match).collect::<Result<Vec<_>, _>>()?;
@@ -239,24 +240,18 @@ fn compile_rule(
         if matches!(filter.kind, Some(http_filter::Kind::Cors(_)))
             && filters.iter().any(|f: &HttpFilter| matches!(f.kind, Some(http_filter::Kind::Cors(_))))
         {
-            return Err("a rule can have only one CORS filter".into());
+            return Err(RuleProblem::TwoCorsFilters);
         }
         filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
     }
 
     let backend_refs = rule.backend_refs.as_deref().unwrap_or_default();
     if terminal && !backend_refs.is_empty() {
-        return Err("a RequestRedirect filter cannot be combined with backendRefs".into());
+        return Err(RuleProblem::RedirectWithBackends);
     }
     let mut backends = Vec::new();
     for backend in backend_refs {
-        let reference = BackendRef {
-            group: backend.group.as_deref(),
-            kind: backend.kind.as_deref(),
-            name: &backend.name,
-            namespace: backend.namespace.as_deref(),
-            port: backend.port,
-        };
+        let reference = backend_ref!(backend);
         let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
         let mut backend_filters = Vec::new();
         for filter in backend.filters.iter().flatten() {
@@ -264,13 +259,13 @@ fn compile_rule(
             let as_rule_filter: HttpRouteRulesFilters =
                 serde_json::to_value(filter)
                     .and_then(serde_json::from_value)
-                    .map_err(|error| format!("backendRef filter cannot be read: {error}"))?;
+                    .map_err(|error| RuleProblem::UnreadableBackendFilter { error: error.to_string() })?;
             let filter = compile_filter(route, kind, &as_rule_filter, &path_types, index, cache, out)?;
             if matches!(filter.kind, Some(http_filter::Kind::RequestRedirect(_))) {
-                return Err("RequestRedirect is not supported as a backendRef filter".into());
+                return Err(RuleProblem::RedirectAsBackendFilter);
             }
             if matches!(filter.kind, Some(http_filter::Kind::Cors(_))) {
-                return Err("CORS is not supported as a backendRef filter; set it on the rule".into());
+                return Err(RuleProblem::CorsAsBackendFilter);
             }
             backend_filters.extend(filter.kind.map(|kind| HttpFilter { kind: Some(kind) }));
         }
@@ -320,34 +315,32 @@ const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 
 /// The rule's `retry`: codes 400-599, attempts within the data plane's limit, backoff a
 /// Gateway API duration. Without `attempts` a request is retried once.
-fn compile_retry(rule: &HttpRouteRules) -> Result<Option<Retry>, String> {
+fn compile_retry(rule: &HttpRouteRules) -> Result<Option<Retry>, RuleProblem> {
     let Some(retry) = &rule.retry else { return Ok(None) };
     let mut codes = Vec::new();
     for code in retry.codes.iter().flatten() {
         match u32::try_from(*code) {
             Ok(code) if (400..=599).contains(&code) => codes.push(code),
-            _ => return Err(format!("retry.codes {code} is not an HTTP error code (400-599)")),
+            _ => return Err(RuleProblem::RetryCode { code: code.to_string() }),
         }
     }
     let attempts = match retry.attempts {
         None => 1,
         Some(n) => match u32::try_from(n) {
             Ok(n) if n <= sluice_snapshot::MAX_RETRY_ATTEMPTS => n,
-            _ => {
-                return Err(format!("retry.attempts {n} is out of range (0-{})", sluice_snapshot::MAX_RETRY_ATTEMPTS));
-            }
+            _ => return Err(RuleProblem::RetryAttempts { attempts: n.to_string() }),
         },
     };
     let backoff_ms = match &retry.backoff {
         None => DEFAULT_RETRY_BACKOFF_MS,
         Some(text) => sluice_gateway_api::parse_duration(text)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .map_err(|error| format!("retry.backoff {text:?} is not a valid duration: {error}"))?,
+            .map_err(|error| RuleProblem::RetryBackoff { value: text.clone(), error: error.to_string() })?,
     };
     Ok(Some(Retry { codes, attempts, backoff_ms }))
 }
 
-fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
+fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, RuleProblem> {
     let path = match &user.path {
         None => PathMatch { r#type: PathMatchType::Prefix as i32, value: "/".into() },
         Some(path) => {
@@ -361,7 +354,7 @@ fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
                 Some(HttpRouteRulesMatchesPathType::PathPrefix) | None => PathMatchType::Prefix,
             };
             if kind != PathMatchType::RegularExpression && !value.starts_with('/') {
-                return Err(format!("path {value:?} must start with /"));
+                return Err(RuleProblem::PathNotAbsolute { path: value });
             }
             PathMatch { r#type: kind as i32, value }
         }
@@ -388,7 +381,7 @@ fn compile_match(user: &HttpRouteRulesMatches) -> Result<HttpMatch, String> {
             continue;
         }
         if param.name.is_empty() {
-            return Err("query parameter match needs a name".into());
+            return Err(RuleProblem::QueryParamWithoutName);
         }
         let kind = match param.r#type {
             Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
@@ -432,234 +425,32 @@ pub(crate) fn by_age<K: kube::Resource>(routes: &[std::sync::Arc<K>]) -> Vec<&K>
 }
 
 /// Compiles a regular expression exactly as the data plane will (anchored, size limits).
-fn check_regex(pattern: &str) -> Result<(), String> {
-    sluice_snapshot::compile::full_regex(pattern).map(|_| ())
+pub(crate) fn check_regex(pattern: &str) -> Result<(), RuleProblem> {
+    sluice_snapshot::compile::full_regex(pattern).map(|_| ()).map_err(RuleProblem::InvalidRegex)
 }
 
-fn compile_filter(
-    route: &ObjectKey,
-    route_kind: RouteKind,
-    filter: &HttpRouteRulesFilters,
-    path_types: &[PathMatchType],
-    index: &Index<'_>,
-    cache: &mut ClusterCache<'_>,
-    out: &mut CompiledRoute,
-) -> Result<HttpFilter, String> {
-    let missing = |field: &str| format!("filter type {:?} needs its {field} field", filter.r#type);
-    let kind = match filter.r#type {
-        HttpRouteRulesFiltersType::RequestHeaderModifier => {
-            let modifier = filter.request_header_modifier.as_ref().ok_or_else(|| missing("requestHeaderModifier"))?;
-            http_filter::Kind::RequestHeaderModifier(header_modifier(
-                modifier.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                modifier.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                modifier.remove.iter().flatten(),
-            )?)
-        }
-        HttpRouteRulesFiltersType::ResponseHeaderModifier => {
-            let modifier = filter.response_header_modifier.as_ref().ok_or_else(|| missing("responseHeaderModifier"))?;
-            http_filter::Kind::ResponseHeaderModifier(header_modifier(
-                modifier.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                modifier.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                modifier.remove.iter().flatten(),
-            )?)
-        }
-        HttpRouteRulesFiltersType::RequestRedirect => {
-            let redirect = filter.request_redirect.as_ref().ok_or_else(|| missing("requestRedirect"))?;
-            let status_code = u32::try_from(redirect.status_code.unwrap_or(302)).unwrap_or(0);
-            if !matches!(status_code, 301 | 302 | 303 | 307 | 308) {
-                return Err(format!("redirect statusCode {status_code} is not supported"));
-            }
-            let port = u32::try_from(redirect.port.unwrap_or(0)).ok().filter(|p| *p <= 65535);
-            let port = port.ok_or_else(|| format!("redirect port {:?} is out of range", redirect.port))?;
-            check_hostname(redirect.hostname.as_deref().unwrap_or_default(), "redirect hostname")?;
-            http_filter::Kind::RequestRedirect(RequestRedirect {
-                scheme: match redirect.scheme {
-                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
-                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
-                    None => String::new(),
-                },
-                hostname: redirect.hostname.clone().unwrap_or_default(),
-                path: redirect.path.as_ref().map(redirect_path).transpose()?.flatten(),
-                port,
-                status_code,
-            })
-        }
-        HttpRouteRulesFiltersType::UrlRewrite => {
-            let rewrite = filter.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
-            check_hostname(rewrite.hostname.as_deref().unwrap_or_default(), "rewrite hostname")?;
-            http_filter::Kind::UrlRewrite(UrlRewrite {
-                hostname: rewrite.hostname.clone().unwrap_or_default(),
-                path: rewrite.path.as_ref().map(rewrite_path).transpose()?.flatten(),
-            })
-        }
-        HttpRouteRulesFiltersType::RequestMirror => {
-            let mirror = filter.request_mirror.as_ref().ok_or_else(|| missing("requestMirror"))?;
-            let (numerator, denominator) = match (&mirror.fraction, mirror.percent) {
-                (Some(fraction), _) => (fraction.numerator, fraction.denominator.unwrap_or(100)),
-                (None, Some(percent)) => (percent, 100),
-                (None, None) => (1, 1),
-            };
-            let numerator = u32::try_from(numerator).map_err(|_| "mirror fraction must not be negative".to_string())?;
-            let denominator = u32::try_from(denominator).ok().filter(|d| *d > 0 && numerator <= *d);
-            let denominator = denominator
-                .ok_or_else(|| "mirror fraction must be at most 1 with a positive denominator".to_string())?;
-            let backend = &mirror.backend_ref;
-            let reference = BackendRef {
-                group: backend.group.as_deref(),
-                kind: backend.kind.as_deref(),
-                name: &backend.name,
-                namespace: backend.namespace.as_deref(),
-                port: backend.port,
-            };
-            match cache.resolve(index, route_kind.name(), &route.namespace, reference, route_kind.traffic()) {
-                Ok(cluster) => {
-                    let kind = http_filter::Kind::RequestMirror(RequestMirror {
-                        cluster: cluster.name.clone(),
-                        numerator,
-                        denominator,
-                    });
-                    out.clusters.push(cluster);
-                    kind
-                }
-                Err(error) => {
-                    // The mirror is skipped; the route reports the reference.
-                    if error.is_route_problem() {
-                        out.unresolved.get_or_insert(error);
-                    }
-                    return Ok(HttpFilter { kind: None });
-                }
-            }
-        }
-        HttpRouteRulesFiltersType::ExtensionRef => {
-            // Sluice resolves no custom filter. The filter must not be skipped: requests it
-            // would have processed get 500, and the route reports the reference.
-            let name = filter.extension_ref.as_ref().map(|e| format!("{}.{} {}", e.kind, e.group, e.name));
-            out.unresolved.get_or_insert(BackendError::InvalidKind(format!(
-                "ExtensionRef filter {} is not supported; matching requests get 500",
-                name.unwrap_or_default()
-            )));
-            http_filter::Kind::DirectResponse(DirectResponse { status: INVALID_BACKEND_STATUS, body: String::new() })
-        }
-        HttpRouteRulesFiltersType::Cors => {
-            http_filter::Kind::Cors(compile_cors(filter.cors.as_ref().ok_or_else(|| missing("cors"))?)?)
-        }
-    };
-    if let http_filter::Kind::RequestRedirect(RequestRedirect { path: Some(path), .. })
-    | http_filter::Kind::UrlRewrite(UrlRewrite { path: Some(path), .. }) = &kind
-        && matches!(path.kind, Some(path_modifier::Kind::ReplacePrefixMatch(_)))
-        && path_types.iter().any(|t| *t != PathMatchType::Prefix)
-    {
-        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
-    }
-    Ok(HttpFilter { kind: Some(kind) })
-}
-
-/// `Access-Control-Max-Age` when the CORS filter gives no `maxAge` (Gateway API's default).
-const DEFAULT_CORS_MAX_AGE_SECONDS: u32 = 5;
-
-/// A CORS filter, checked with the data plane's own check (`check_cors`).
-fn compile_cors(cors: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
-    let max_age_seconds = match cors.max_age {
-        None => DEFAULT_CORS_MAX_AGE_SECONDS,
-        Some(seconds) => u32::try_from(seconds)
-            .ok()
-            .filter(|s| *s >= 1)
-            .ok_or_else(|| format!("CORS maxAge {seconds} must be at least 1"))?,
-    };
-    let policy = Cors {
-        allow_origins: cors.allow_origins.clone().unwrap_or_default(),
-        allow_methods: cors.allow_methods.clone().unwrap_or_default(),
-        allow_headers: cors.allow_headers.clone().unwrap_or_default(),
-        expose_headers: cors.expose_headers.clone().unwrap_or_default(),
-        allow_credentials: cors.allow_credentials.unwrap_or(false),
-        max_age_seconds,
-    };
-    sluice_snapshot::compile::check_cors(&policy).map_err(|problem| format!("CORS {problem}"))?;
-    Ok(policy)
-}
-
-fn header_modifier<'a>(
-    set: impl Iterator<Item = (&'a String, &'a String)>,
-    add: impl Iterator<Item = (&'a String, &'a String)>,
-    remove: impl Iterator<Item = &'a String>,
-) -> Result<HeaderModifier, String> {
-    let header = |(name, value): (&String, &String)| {
-        check_header_name(name)?;
-        if !sluice_snapshot::valid_header_value(value) {
-            return Err(format!("the value of header {name:?} holds a control (CR, LF, NUL) or non-ASCII character"));
-        }
-        Ok(Header { name: name.clone(), value: value.clone() })
-    };
-    let remove = remove.map(|name| check_header_name(name).map(|()| name.clone()));
-    Ok(HeaderModifier {
-        set: set.map(header).collect::<Result<_, _>>()?,
-        add: add.map(header).collect::<Result<_, _>>()?,
-        remove: remove.collect::<Result<_, _>>()?,
-    })
-}
-
-fn check_header_name(name: &str) -> Result<(), String> {
-    if sluice_snapshot::valid_token(name) { Ok(()) } else { Err(format!("{name:?} is not a valid header name")) }
-}
-
-fn check_hostname(hostname: &str, what: &str) -> Result<(), String> {
-    if hostname.is_empty() || sluice_snapshot::valid_hostname(hostname) {
+pub(crate) fn check_header_name(name: &str) -> Result<(), RuleProblem> {
+    if sluice_snapshot::valid_token(name) {
         Ok(())
     } else {
-        Err(format!("{what} {hostname:?} is not a valid hostname"))
+        Err(RuleProblem::InvalidHeaderName { name: name.to_string() })
     }
 }
 
-fn path_modifier_of(
-    full: Option<&String>,
-    prefix: Option<&String>,
-    full_type: bool,
-) -> Result<Option<PathModifier>, String> {
-    let kind = if full_type {
-        full.map(|p| path_modifier::Kind::ReplaceFullPath(p.clone())).ok_or("ReplaceFullPath needs replaceFullPath")?
-    } else {
-        path_modifier::Kind::ReplacePrefixMatch(prefix.cloned().ok_or("ReplacePrefixMatch needs replacePrefixMatch")?)
-    };
-    if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
-        && !path.starts_with('/')
-    {
-        return Err(format!("replacement path {path:?} must start with /"));
-    }
-    if let path_modifier::Kind::ReplaceFullPath(path) | path_modifier::Kind::ReplacePrefixMatch(path) = &kind
-        && !sluice_snapshot::valid_path_value(path)
-    {
-        return Err(format!(
-            "replacement path {path:?} holds a control character (CR, LF, NUL), a space or a non-ASCII character; percent-encode it"
-        ));
-    }
-    Ok(Some(PathModifier { kind: Some(kind) }))
-}
-
-fn redirect_path(path: &HttpRouteRulesFiltersRequestRedirectPath) -> Result<Option<PathModifier>, String> {
-    let full =
-        path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
-    path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
-}
-
-fn rewrite_path(path: &HttpRouteRulesFiltersUrlRewritePath) -> Result<Option<PathModifier>, String> {
-    let full = path.r#type == sluice_gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
-    path_modifier_of(path.replace_full_path.as_ref(), path.replace_prefix_match.as_ref(), full)
-}
-
-fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, String> {
+fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, RuleProblem> {
     let Some(timeouts) = &rule.timeouts else { return Ok(None) };
-    let parse = |value: &Option<String>, field: &str| -> Result<u64, String> {
+    let parse = |value: &Option<String>, field: &'static str| -> Result<u64, RuleProblem> {
         match value {
             None => Ok(0),
             Some(text) => sluice_gateway_api::parse_duration(text)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .map_err(|error| format!("timeouts.{field} {text:?} is not a valid duration: {error}")),
+                .map_err(|error| RuleProblem::Timeout { field, value: text.clone(), error: error.to_string() }),
         }
     };
     let request_ms = parse(&timeouts.request, "request")?;
     let backend_request_ms = parse(&timeouts.backend_request, "backendRequest")?;
     if request_ms != 0 && backend_request_ms > request_ms {
-        return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+        return Err(RuleProblem::BackendRequestLongerThanRequest);
     }
     Ok(Some(Timeouts { request_ms, backend_request_ms }))
 }

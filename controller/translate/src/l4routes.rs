@@ -46,13 +46,7 @@ macro_rules! l4_route {
                         rule.backend_refs
                             .iter()
                             .map(|b| {
-                                let reference = BackendRef {
-                                    group: b.group.as_deref(),
-                                    kind: b.kind.as_deref(),
-                                    name: &b.name,
-                                    namespace: b.namespace.as_deref(),
-                                    port: b.port,
-                                };
+                                let reference = backend_ref!(b);
                                 (reference, b.weight.unwrap_or(1))
                             })
                             .collect()

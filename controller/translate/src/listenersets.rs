@@ -23,11 +23,12 @@ use sluice_gateway_api::gateways::{
 use sluice_gateway_api::listenersets::ListenerSet;
 use sluice_snapshot::Protocol;
 
+use crate::conflicts::{mark_duplicate_names, mark_overlapping_tls};
 use crate::gateways::{
-    GATEWAY_GROUP, GatewayPlan, ListenerOwner, ListenerPlan, Problem, mark_duplicate_names, mark_overlapping_tls,
-    plan_listener, protocol_name, selector_matches,
+    GATEWAY_GROUP, GatewayPlan, ListenerOwner, ListenerPlan, plan_listener, protocol_name, selector_matches,
 };
 use crate::index::{Index, NAMESPACE_NAME_LABEL, ObjectKey};
+use crate::problems::{ListenerProblem, ListenerSetProblem, Problem};
 use crate::status::{Condition, ListenerSetStatus, reason};
 
 /// One ListenerSet naming one of our Gateways, as translation proceeds.
@@ -35,7 +36,7 @@ pub(crate) struct ListenerSetPlan {
     pub key: ObjectKey,
     pub generation: i64,
     /// Why it is not attached to the Gateway (its listeners are not merged), if so.
-    pub not_attached: Option<Problem>,
+    pub not_attached: Option<ListenerSetProblem>,
     /// Its listeners in [`GatewayPlan::listeners`].
     pub listeners: Range<usize>,
 }
@@ -118,12 +119,9 @@ pub(crate) fn merge_listener_sets<'w>(
         let generation = listener_set.metadata.generation.unwrap_or_default();
         let start = plan.listeners.len();
         let not_attached = if !gateway_allows(plan.gateway, &plan.key.namespace, &key.namespace, index) {
-            Some((
-                reason::NOT_ALLOWED,
-                format!("Gateway {} does not allow ListenerSets from namespace {}", plan.key, key.namespace),
-            ))
-        } else if let Some((_, message)) = &plan.not_accepted {
-            Some((reason::PARENT_NOT_ACCEPTED, format!("Gateway {} is not accepted: {message}", plan.key)))
+            Some(ListenerSetProblem::NotAllowed { gateway: plan.key.clone(), namespace: key.namespace.clone() })
+        } else if let Some(problem) = &plan.not_accepted {
+            Some(ListenerSetProblem::ParentNotAccepted { gateway: plan.key.clone(), message: problem.message() })
         } else {
             None
         };
@@ -142,7 +140,7 @@ pub(crate) fn merge_listener_sets<'w>(
                             index,
                             &mut plan.certificates,
                         );
-                        unreadable.not_accepted = Some((reason::INVALID, format!("listener cannot be read: {error}")));
+                        unreadable.not_accepted = Some(ListenerProblem::Unreadable { error });
                         unreadable
                     }
                 })
@@ -173,7 +171,7 @@ pub(crate) fn merge_listener_sets<'w>(
 /// Why `candidate` cannot share its port with the accepted listeners of higher
 /// precedence in `earlier`, if it cannot (the earlier listener wins, as the spec's
 /// precedence says).
-fn conflict_with_earlier(earlier: &[ListenerPlan], candidate: &ListenerPlan) -> Option<Problem> {
+fn conflict_with_earlier(earlier: &[ListenerPlan], candidate: &ListenerPlan) -> Option<ListenerProblem> {
     let udp = candidate.protocol == Protocol::Udp;
     for other in earlier.iter().filter(|l| l.accepted()) {
         if (other.protocol == Protocol::Udp) != udp || other.port != candidate.port {
@@ -182,25 +180,16 @@ fn conflict_with_earlier(earlier: &[ListenerPlan], candidate: &ListenerPlan) -> 
         let exclusive = matches!(candidate.protocol, Protocol::Tcp | Protocol::Udp)
             || matches!(other.protocol, Protocol::Tcp | Protocol::Udp);
         if other.protocol != candidate.protocol || exclusive {
-            return Some((
-                reason::PROTOCOL_CONFLICT,
-                format!(
-                    "port {} is already used with protocol {} by a listener of higher precedence; a TCP or UDP \
-                     port cannot be shared",
-                    candidate.port,
-                    protocol_name(other.protocol)
-                ),
-            ));
+            return Some(ListenerProblem::ProtocolTaken {
+                port: candidate.port,
+                protocol: protocol_name(other.protocol),
+            });
         }
         if other.hostname == candidate.hostname {
-            return Some((
-                reason::HOSTNAME_CONFLICT,
-                format!(
-                    "a listener of higher precedence on port {} already uses the hostname {:?}",
-                    candidate.port,
-                    candidate.hostname.as_deref().unwrap_or("")
-                ),
-            ));
+            return Some(ListenerProblem::HostnameTaken {
+                port: candidate.port,
+                hostname: candidate.hostname.clone().unwrap_or_default(),
+            });
         }
     }
     None
@@ -216,24 +205,19 @@ pub(crate) fn listener_set_statuses(
         .map(|set| {
             let generation = set.generation;
             let conditions = match &set.not_attached {
-                Some((why, message)) => vec![
-                    Condition::new(reason::ACCEPTED, false, why, message.clone(), generation),
-                    Condition::new(reason::PROGRAMMED, false, why, message.clone(), generation),
+                Some(problem) => vec![
+                    Condition::new(reason::ACCEPTED, false, problem.reason(), problem.message(), generation),
+                    Condition::new(reason::PROGRAMMED, false, problem.reason(), problem.message(), generation),
                 ],
                 None if set.accepted(plan) => {
                     let listeners = &plan.listeners[set.listeners.clone()];
                     let invalid = listeners.iter().filter(|l| !l.serves()).count();
-                    let accepted = if invalid == 0 {
-                        Condition::new(reason::ACCEPTED, true, reason::ACCEPTED, "ListenerSet is accepted", generation)
-                    } else {
-                        Condition::new(
-                            reason::ACCEPTED,
-                            true,
-                            reason::LISTENERS_NOT_VALID,
-                            format!("{invalid} of {} listeners are not valid", listeners.len()),
-                            generation,
-                        )
-                    };
+                    let accepted = crate::conditions::accepted_despite_listeners(
+                        invalid,
+                        listeners.len(),
+                        "ListenerSet is accepted",
+                        generation,
+                    );
                     vec![
                         accepted,
                         Condition::new(

@@ -1,0 +1,165 @@
+//! The translation pass: plans every Gateway of ours, attaches every route kind in
+//! turn, then orders what each listener got and emits outputs and status.
+
+use std::collections::BTreeMap;
+
+use sluice_snapshot::Cluster;
+
+use crate::attach::{is_gateway_ref, is_listener_set_ref};
+use crate::backends::ClusterCache;
+use crate::conditions::{gateway_status, listener_status};
+use crate::gateways::{GatewayPlan, plan_gateway};
+use crate::httproutes::{RouteOrder, by_age};
+use crate::index::{Index, ObjectKey};
+use crate::l4routes::L4Rule;
+use crate::output::gateway_output;
+use crate::tlsroutes::TlsOrder;
+use crate::{Output, ParentRef, World, backend_client, classes, listenersets, policies};
+
+/// Snapshot routes placed on one listener of one Gateway, before ordering.
+pub(crate) type Placed<O, R> = BTreeMap<(ObjectKey, usize), Vec<(O, R)>>;
+
+/// State of one translation pass.
+pub(crate) struct Translation<'w> {
+    pub(crate) index: Index<'w>,
+    pub(crate) plans: BTreeMap<ObjectKey, GatewayPlan<'w>>,
+    /// ListenerSets whose parent is one of our Gateways: the Gateway and the set's index
+    /// in its plan.
+    pub(crate) listener_set_parents: BTreeMap<ObjectKey, (ObjectKey, usize)>,
+    pub(crate) cache: ClusterCache<'w>,
+    pub(crate) clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+    pub(crate) placements: Placements,
+}
+
+/// What the routes placed on each listener, before ordering.
+#[derive(Default)]
+pub(crate) struct Placements {
+    /// HTTPRoute and GRPCRoute rules per HTTP(S) listener.
+    pub(crate) http: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
+    /// TCP and UDP rules per listener (a listener is one or the other).
+    pub(crate) l4: Placed<usize, Vec<L4Rule>>,
+    /// TLSRoutes per TLS listener.
+    pub(crate) tls: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
+}
+
+/// Translates the whole World. Pure and deterministic.
+pub fn translate(world: &World) -> Output {
+    let index = Index::new(world);
+    let mut output = Output::default();
+    let classes = classes::translate_classes(world, &index, &mut output.status.gateway_classes);
+    let mut listener_sets: BTreeMap<ObjectKey, Vec<&sluice_gateway_api::listenersets::ListenerSet>> = BTreeMap::new();
+    for listener_set in by_age(&world.listener_sets) {
+        if let Some(parent) = listenersets::parent_gateway(listener_set) {
+            listener_sets.entry(parent).or_default().push(listener_set);
+        }
+    }
+    let mut plans = BTreeMap::new();
+    let mut listener_set_parents = BTreeMap::new();
+    for gateway in &world.gateways {
+        if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
+            let key = ObjectKey::of(gateway.as_ref());
+            let sets = listener_sets.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let plan = plan_gateway(gateway, class, sets, &index);
+            for (set_index, set) in plan.listener_sets.iter().enumerate() {
+                listener_set_parents.insert(set.key.clone(), (plan.key.clone(), set_index));
+            }
+            plans.insert(plan.key.clone(), plan);
+        }
+    }
+    let policies = policies::Policies::new(&world.backend_tls_policies, &index);
+    let mut pass = Translation {
+        index,
+        plans,
+        listener_set_parents,
+        cache: ClusterCache::new(policies),
+        clusters: BTreeMap::new(),
+        placements: Placements::default(),
+    };
+    pass.attach_routes(&world.http_routes, &mut output.status.http_routes);
+    pass.attach_routes(&world.grpc_routes, &mut output.status.grpc_routes);
+    pass.attach_routes(&world.tcp_routes, &mut output.status.tcp_routes);
+    pass.attach_routes(&world.udp_routes, &mut output.status.udp_routes);
+    pass.attach_routes(&world.tls_routes, &mut output.status.tls_routes);
+    output.next_change_at = pass.index.next_change.get();
+    pass.finish(&mut output);
+    output
+}
+
+impl Translation<'_> {
+    /// The Gateway of ours a parentRef leads to, and whether through one of its
+    /// ListenerSets (its index in the Gateway's plan). Other parents get no status from
+    /// Sluice (another controller, or nothing, owns them).
+    pub(crate) fn resolve_parent(&self, parent: &ParentRef, route: &ObjectKey) -> Option<(ObjectKey, Option<usize>)> {
+        let namespace = parent.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| route.namespace.clone());
+        let key = ObjectKey::new(namespace, parent.name.clone());
+        if is_gateway_ref(parent) {
+            return self.plans.contains_key(&key).then_some((key, None));
+        }
+        if is_listener_set_ref(parent) {
+            return self.listener_set_parents.get(&key).map(|(gateway, set)| (gateway.clone(), Some(*set)));
+        }
+        None
+    }
+
+    pub(crate) fn add_clusters(
+        all: &mut BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+        gateway: &ObjectKey,
+        clusters: &[std::sync::Arc<Cluster>],
+    ) {
+        let gateway_clusters = match all.get_mut(gateway) {
+            Some(existing) => existing,
+            None => all.entry(gateway.clone()).or_default(),
+        };
+        for cluster in clusters {
+            if !gateway_clusters.contains_key(&cluster.name) {
+                gateway_clusters.insert(cluster.name.clone(), cluster.clone());
+            }
+        }
+    }
+
+    /// Orders every listener's routes and emits status and outputs per Gateway.
+    fn finish(mut self, output: &mut Output) {
+        output.status.backend_tls_policies = self.cache.policies.status();
+        let Placements { http, l4, tls } = std::mem::take(&mut self.placements);
+        for ((gateway, listener), routes) in in_order(http) {
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].http_routes = routes.collect();
+            }
+        }
+        for ((gateway, listener), rules) in in_order(l4) {
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].l4_routes = rules.flatten().collect();
+            }
+        }
+        for ((gateway, listener), routes) in in_order(tls) {
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].tls_routes = routes.collect();
+            }
+        }
+        for (key, plan) in self.plans {
+            let client = backend_client::backend_client_certificate(plan.gateway, &key, &self.index);
+            let mut status = gateway_status(&plan);
+            if let Some(condition) = backend_client::resolved_refs_condition(&client, plan.generation) {
+                status.conditions.push(condition);
+            }
+            output.status.gateways.insert(key.clone(), status);
+            let statuses =
+                listenersets::listener_set_statuses(&plan, |l, generation| listener_status(l, &plan, generation));
+            output.status.listener_sets.extend(statuses);
+            if plan.not_accepted.is_none() {
+                let clusters = self.clusters.remove(&key).unwrap_or_default();
+                output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
+            }
+        }
+    }
+}
+
+/// The routes placed on each listener, each listener's in their order.
+fn in_order<O: Ord + Copy, R>(
+    placed: Placed<O, R>,
+) -> impl Iterator<Item = ((ObjectKey, usize), impl Iterator<Item = R>)> {
+    placed.into_iter().map(|(at, mut routes)| {
+        routes.sort_by_key(|entry| entry.0);
+        (at, routes.into_iter().map(|(_, route)| route))
+    })
+}
