@@ -1,0 +1,263 @@
+//! The report printed after changes and the status file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_translate::status::{Condition, ConditionStatus, reason};
+use tokio::sync::watch;
+
+use super::dataplanes::DataPlane;
+use super::manifests::Problem;
+use super::run::Runner;
+use crate::push::GatewayProgress;
+
+impl Runner {
+    /// Prints what changed in the status, and hands the status to the file writer.
+    pub(super) fn report(&mut self) {
+        let progress = self.push.progress();
+        let mut holds = BTreeMap::new();
+        for name in &self.gateways {
+            let exited = self.processes.get(name).and_then(|p| p.exited.as_ref()).map(|(why, _)| why.clone());
+            let waiting = match (exited, progress.get(name)) {
+                (Some(why), _) => Some(why),
+                (None, Some(progress)) => progress.programmed().err(),
+                (None, None) => Some("no configuration has been published yet".to_string()),
+            };
+            if let Some(message) = waiting {
+                holds.insert(name.clone(), message);
+            }
+        }
+        let document = StatusDocument {
+            status: self.status.clone(),
+            programmed_holds: holds,
+            data_planes: progress,
+            problems: self.problems.clone(),
+        };
+        if self.document.borrow().as_deref().is_some_and(|last| last.same_as(&document)) {
+            return;
+        }
+        let mut text = render_gateways(&document, &self.processes, self.options.quiet);
+        text.push_str(&self.routes_text);
+        for (gateway, progress) in &document.data_planes {
+            for (piece, problem) in progress.dropped() {
+                text.push_str(&format!("gateway {gateway}: the data plane does not serve {piece}: {problem}\n"));
+            }
+        }
+        for problem in document.problems.iter() {
+            text.push_str(&format!("skipped in {}: {}\n", problem.file.display(), problem.message));
+        }
+        if text != self.last_report {
+            print!("{text}");
+            self.last_report = text;
+        }
+        self.document.send_replace(Some(Arc::new(document)));
+    }
+}
+
+/// Writes the status file after changes, off the path that pushes config (at thousands
+/// of routes the YAML takes tens of milliseconds).
+pub(super) async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
+    while status.changed().await.is_ok() {
+        // Trailing debounce: write once changes pause for a second (at most 5 s late),
+        // so that serializing a large status never competes with applying changes.
+        let first = Instant::now();
+        while first.elapsed() < Duration::from_secs(5) {
+            match tokio::time::timeout(Duration::from_secs(1), status.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let Some(document) = status.borrow_and_update().clone() else { continue };
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let yaml = document.to_yaml()?;
+            write_atomically(&file, &yaml).map_err(|e| format!("writing {}: {e}", file.display()))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("sluice: status file: {error}"),
+            Err(error) => eprintln!("sluice: status file: {error}"),
+        }
+    }
+}
+
+/// Everything the status file holds: the translator's status, with `Programmed` held
+/// at `False`/`Pending` for the Gateways whose data planes have not applied it.
+#[derive(Debug)]
+pub(super) struct StatusDocument {
+    pub(super) status: Arc<sluice_translate::Status>,
+    /// Per Gateway, why it is not programmed yet.
+    pub(super) programmed_holds: BTreeMap<String, String>,
+    pub(super) data_planes: BTreeMap<String, GatewayProgress>,
+    pub(super) problems: Arc<Vec<Problem>>,
+}
+
+impl StatusDocument {
+    /// Cheap equality: the large parts are compared by identity.
+    fn same_as(&self, other: &StatusDocument) -> bool {
+        Arc::ptr_eq(&self.status, &other.status)
+            && Arc::ptr_eq(&self.problems, &other.problems)
+            && self.programmed_holds == other.programmed_holds
+            && self.data_planes == other.data_planes
+    }
+
+    /// The status with the holds applied.
+    fn status(&self) -> sluice_translate::Status {
+        let mut status = (*self.status).clone();
+        for (key, gateway) in &mut status.gateways {
+            if let Some(message) = self.programmed_holds.get(&key.to_string()) {
+                gateway.hold_programmed(reason::PENDING, message);
+            }
+        }
+        status.hold_listener_sets_with_gateways();
+        let keys: Vec<_> = status.gateways.keys().cloned().collect();
+        for key in keys {
+            if let Some(progress) = self.data_planes.get(&key.to_string()) {
+                status.apply_dropped(&key, &progress.dropped());
+            }
+        }
+        status
+    }
+
+    fn to_yaml(&self) -> Result<String, String> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct File<'a> {
+            status: sluice_translate::Status,
+            data_planes: &'a BTreeMap<String, GatewayProgress>,
+            problems: Vec<String>,
+        }
+        let problems = self.problems.iter().map(|p| format!("{}: {}", p.file.display(), p.message)).collect();
+        serde_saphyr::to_string(&File { status: self.status(), data_planes: &self.data_planes, problems })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Conflicted and OverlappingTLSConfig are fine when False; the other conditions when True.
+fn good_when_false(condition: &Condition) -> bool {
+    matches!(condition.type_.as_str(), "Conflicted" | "OverlappingTLSConfig")
+}
+
+fn is_good(condition: &Condition) -> bool {
+    (condition.status == ConditionStatus::True) != good_when_false(condition)
+}
+
+/// `Accepted, ResolvedRefs, Programmed=False (Pending: ...)`, and whether all is well.
+fn describe(conditions: &[Condition]) -> (bool, String) {
+    let parts: Vec<String> = conditions
+        .iter()
+        .map(|c| match (is_good(c), good_when_false(c)) {
+            (true, false) => c.type_.clone(),
+            (true, true) => format!("{}=False", c.type_),
+            (false, _) => format!("{}={} ({}: {})", c.type_, c.status.as_str(), c.reason, c.message),
+        })
+        .collect();
+    (conditions.iter().all(is_good), parts.join(", "))
+}
+
+/// The human summary of GatewayClasses, Gateways and listeners (few, and changing with
+/// the data planes' progress).
+fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, quiet: bool) -> String {
+    let mut out = String::new();
+    for (name, class) in &document.status.gateway_classes {
+        let (healthy, text) = describe(&class.conditions);
+        if !healthy || !quiet {
+            out.push_str(&format!("GatewayClass {name}: {text}\n"));
+        }
+    }
+    let mut held_gateways = BTreeMap::new();
+    for (key, gateway) in &document.status.gateways {
+        let name = key.to_string();
+        let mut held = gateway.clone();
+        if let Some(message) = document.programmed_holds.get(&name) {
+            held.hold_programmed(reason::PENDING, message);
+        }
+        let (healthy, text) = describe(&held.conditions);
+        held_gateways.insert(key.clone(), held);
+        let progress = document.data_planes.get(&name);
+        let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
+        let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
+        if !healthy || !quiet {
+            out.push_str(&format!("Gateway {name}: {text}{version}{admin}\n"));
+        }
+        for listener in &gateway.listeners {
+            let (healthy, text) = describe(&listener.conditions);
+            if !healthy || !quiet {
+                out.push_str(&format!(
+                    "  listener {}: {} route(s) attached; {text}\n",
+                    listener.name, listener.attached_routes
+                ));
+            }
+        }
+    }
+    // ListenerSets, with the holds of their Gateways.
+    let mut sets = sluice_translate::Status {
+        gateways: held_gateways,
+        listener_sets: document.status.listener_sets.clone(),
+        ..Default::default()
+    };
+    sets.hold_listener_sets_with_gateways();
+    for (key, set) in &sets.listener_sets {
+        let (healthy, text) = describe(&set.conditions);
+        if !healthy || !quiet {
+            out.push_str(&format!("ListenerSet {key} (Gateway {}): {text}\n", set.gateway));
+        }
+        for listener in &set.listeners {
+            let (healthy, text) = describe(&listener.conditions);
+            if !healthy || !quiet {
+                out.push_str(&format!(
+                    "  listener {}: {} route(s) attached; {text}\n",
+                    listener.name, listener.attached_routes
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The routes' part of the summary: every route parent that is not fully accepted, and a
+/// count of those that are. Computed once per translation.
+pub(super) fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
+    let mut out = String::new();
+    let mut accepted = 0;
+    for (kind, routes) in [
+        ("HTTPRoute", &status.http_routes),
+        ("GRPCRoute", &status.grpc_routes),
+        ("TCPRoute", &status.tcp_routes),
+        ("UDPRoute", &status.udp_routes),
+        ("TLSRoute", &status.tls_routes),
+    ] {
+        for (key, route) in routes {
+            for parent in &route.parents {
+                if parent.conditions.iter().all(is_good) {
+                    accepted += 1;
+                } else {
+                    let (_, text) = describe(&parent.conditions);
+                    let namespace = parent.parent_ref.namespace.as_deref().unwrap_or(&key.namespace);
+                    out.push_str(&format!("{kind} {key} -> {namespace}/{}: {text}\n", parent.parent_ref.name));
+                }
+            }
+        }
+    }
+    for (key, policy) in &status.backend_tls_policies {
+        for ancestor in &policy.ancestors {
+            if !ancestor.conditions.iter().all(is_good) {
+                let (_, text) = describe(&ancestor.conditions);
+                out.push_str(&format!("BackendTLSPolicy {key} -> {}: {text}\n", ancestor.gateway));
+            }
+        }
+    }
+    if !quiet {
+        out.push_str(&format!("{accepted} route parent(s) accepted with resolved references\n"));
+    }
+    out
+}
+
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, content)?;
+    std::fs::rename(&temporary, path)
+}

@@ -1,0 +1,215 @@
+//! The run loop: the push server, the directory watch and the reconcile pass.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sluice_translate::translate;
+use tokio::sync::{mpsc, watch};
+
+use super::backends::EchoKind;
+use super::dataplanes::DataPlane;
+use super::files::{Change, classify};
+use super::manifests::{Manifests, Problem};
+use super::report::{StatusDocument, render_routes, write_status_file};
+use super::{Options, write_private};
+use crate::push::auth::StaticTokens;
+use crate::push::ca::CertificateAuthority;
+use crate::push::{Authentication, PushServer, ServerTls};
+
+pub(super) async fn run_in(
+    options: &Options,
+    state_dir: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let ca = CertificateAuthority::generate("sluice standalone push CA", 365)?;
+    let server_certificate = ca.issue_server(&["127.0.0.1", "localhost"], 365)?;
+    let ca_file = state_dir.join("ca.crt");
+    write_private(&ca_file, ca.certificate_pem())?;
+
+    let push = PushServer::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the push server")?;
+    let push_address = listener.local_addr()?;
+    let (stop_push, push_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls = ServerTls {
+        certificate_pem: server_certificate.certificate_pem,
+        private_key_pem: server_certificate.private_key_pem,
+    };
+    // Each data plane gets its own token, which reads its Gateway only.
+    let tokens = StaticTokens::new();
+    let authentication = Authentication::Token(std::sync::Arc::new(tokens.clone()));
+    let push_task = tokio::spawn({
+        let push = push.clone();
+        async move {
+            if let Err(error) =
+                push.serve(listener, Some(tls), authentication, async { drop(push_stopped.await) }).await
+            {
+                tracing::error!("{error:#}");
+            }
+        }
+    });
+
+    let (events, mut changes) = mpsc::unbounded_channel::<Change>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let change = classify(&event);
+            if change != Change::None {
+                let _ = events.send(change);
+            }
+        }
+    })
+    .context("watching the directory")?;
+    notify::Watcher::watch(&mut watcher, &options.dir, notify::RecursiveMode::Recursive)
+        .context("watching the directory")?;
+
+    let mut runner = Runner {
+        options: options.clone(),
+        state_dir: state_dir.to_path_buf(),
+        tokens,
+        ca_file,
+        push_address,
+        push: push.clone(),
+        manifests: Manifests::new(&options.dir),
+        gateways: Vec::new(),
+        status: Arc::default(),
+        routes_text: String::new(),
+        problems: Arc::default(),
+        processes: BTreeMap::new(),
+        echoes: BTreeMap::new(),
+        last_report: String::new(),
+        translated: false,
+        clock_change: None,
+        document: watch::Sender::new(None),
+    };
+    if let Some(file) = &options.status_file {
+        tokio::spawn(write_status_file(file.clone(), runner.document.subscribe()));
+    }
+    println!("sluice: serving the Gateways in {} (push server {push_address})", options.dir.display());
+    // Subscribed before the first publish, so that no ACK goes unnoticed.
+    let mut progress = push.watch_progress();
+    runner.reconcile().await;
+
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut supervise = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(change) = changes.recv() => {
+                // A completed write (close after writing, a rename into place, a removal)
+                // is applied at once; other changes once the directory is quiet for the
+                // quiet period, and never more than 50 ms after they began.
+                let started = Instant::now();
+                let mut complete = change == Change::Complete;
+                while started.elapsed() < Duration::from_millis(50) {
+                    let wait = if complete { Duration::ZERO } else { options.quiet_period };
+                    match tokio::time::timeout(wait, changes.recv()).await {
+                        Ok(Some(change)) => complete |= change == Change::Complete,
+                        _ => break,
+                    }
+                }
+                runner.reconcile().await;
+            }
+            _ = rescan.tick() => runner.reconcile().await,
+            _ = progress.changed() => runner.report(),
+            _ = supervise.tick() => runner.supervise().await,
+        }
+    }
+    drop(watcher);
+    for (_, mut process) in std::mem::take(&mut runner.processes) {
+        let _ = process.child.kill().await;
+    }
+    let _ = stop_push.send(());
+    let _ = push_task.await;
+    Ok(())
+}
+
+pub(super) struct Runner {
+    pub(super) options: Options,
+    pub(super) state_dir: PathBuf,
+    pub(super) tokens: StaticTokens,
+    pub(super) ca_file: PathBuf,
+    pub(super) push_address: SocketAddr,
+    pub(super) push: PushServer,
+    pub(super) manifests: Manifests,
+    /// The Gateways of the last translation (their snapshots moved to the push server).
+    pub(super) gateways: Vec<String>,
+    /// The translator's status of the last translation, and its routes' summary text.
+    pub(super) status: Arc<sluice_translate::Status>,
+    pub(super) routes_text: String,
+    pub(super) problems: Arc<Vec<Problem>>,
+    pub(super) processes: BTreeMap<String, DataPlane>,
+    /// Echo backends by address and transport (true: UDP).
+    pub(super) echoes: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
+    pub(super) last_report: String,
+    /// Whether the directory was translated at least once.
+    pub(super) translated: bool,
+    /// When the clock alone changes the last translation (a certificate expires or
+    /// becomes valid; Unix seconds): the next rescan translates again from then on.
+    pub(super) clock_change: Option<i64>,
+    /// The latest status, for the status file writer.
+    pub(super) document: watch::Sender<Option<Arc<StatusDocument>>>,
+}
+
+impl Runner {
+    pub(super) async fn reconcile(&mut self) {
+        let started = Instant::now();
+        match self.manifests.refresh() {
+            Ok(false) if self.translated && self.clock_change.is_none_or(|at| crate::unix_now() < at) => return,
+            Ok(_) => {}
+            Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
+        }
+        self.translated = true;
+        let read = started.elapsed();
+        let (mut world, problems) = self.manifests.world();
+        world.now = Some(crate::unix_now());
+        self.problems = Arc::new(problems);
+        let mut output = translate(&world);
+        self.clock_change = output.next_change_at;
+        let translated = started.elapsed();
+        self.status = Arc::new(std::mem::take(&mut output.status));
+        self.routes_text = render_routes(&self.status, self.options.quiet);
+        self.gateways = output.gateways.keys().map(ToString::to_string).collect();
+        let mut wanted = BTreeMap::new();
+        for (key, gateway) in &mut output.gateways {
+            let name = key.to_string();
+            let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            // The snapshot moves to the push server; the status stays for the report.
+            if let Some(version) = self.push.publish(&name, std::mem::take(&mut gateway.snapshot)) {
+                tracing::debug!(
+                    gateway = name,
+                    generation = version.generation,
+                    read_ms = read.as_secs_f64() * 1e3,
+                    translate_ms = (translated - read).as_secs_f64() * 1e3,
+                    published_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "published"
+                );
+            }
+            if !ports.is_empty() {
+                wanted.insert(name, ports);
+            }
+        }
+        for (name, ports) in &wanted {
+            self.ensure_process(name, ports.clone()).await;
+        }
+        let gone: Vec<String> = self.processes.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
+        for name in gone {
+            if let Some(mut process) = self.processes.remove(&name) {
+                let _ = process.child.kill().await;
+            }
+        }
+        for name in self.push.progress().keys() {
+            if !self.gateways.contains(name) {
+                self.push.remove(name);
+            }
+        }
+        self.ensure_echoes(&world).await;
+        self.report();
+        tracing::debug!(total_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
+    }
+}
