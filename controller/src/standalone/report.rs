@@ -5,32 +5,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_translate::status::{Condition, ConditionStatus, reason};
+use sluice_translate::ObjectKey;
+use sluice_translate::status::{Condition, ConditionStatus};
 use tokio::sync::watch;
 
 use super::dataplanes::DataPlane;
 use super::manifests::Problem;
 use super::run::Runner;
 use crate::push::GatewayProgress;
+use crate::reconcile::{self, Hold};
 
 impl Runner {
     /// Prints what changed in the status, and hands the status to the file writer.
     pub(super) fn report(&mut self) {
+        let Some(last) = self.reconciler.last() else { return };
         let progress = self.push.progress();
-        let mut holds = BTreeMap::new();
-        for name in &self.gateways {
-            let exited = self.processes.get(name).and_then(|p| p.exited.as_ref()).map(|(why, _)| why.clone());
-            let waiting = match (exited, progress.get(name)) {
-                (Some(why), _) => Some(why),
-                (None, Some(progress)) => progress.programmed().err(),
-                (None, None) => Some("no configuration has been published yet".to_string()),
-            };
-            if let Some(message) = waiting {
-                holds.insert(name.clone(), message);
-            }
-        }
+        // Standalone mode's precondition of Programmed: the data-plane process runs.
+        let holds = self.reconciler.holds(&progress, |key| {
+            let process = self.processes.get(&key.to_string())?;
+            process.exited.as_ref().map(|(why, _)| Hold::pending(why.clone()))
+        });
         let document = StatusDocument {
-            status: self.status.clone(),
+            status: last.status.clone(),
             programmed_holds: holds,
             data_planes: progress,
             problems: self.problems.clone(),
@@ -90,7 +86,7 @@ pub(super) async fn write_status_file(file: PathBuf, mut status: watch::Receiver
 pub(super) struct StatusDocument {
     pub(super) status: Arc<sluice_translate::Status>,
     /// Per Gateway, why it is not programmed yet.
-    pub(super) programmed_holds: BTreeMap<String, String>,
+    pub(super) programmed_holds: BTreeMap<ObjectKey, Hold>,
     pub(super) data_planes: BTreeMap<String, GatewayProgress>,
     pub(super) problems: Arc<Vec<Problem>>,
 }
@@ -104,22 +100,9 @@ impl StatusDocument {
             && self.data_planes == other.data_planes
     }
 
-    /// The status with the holds applied.
+    /// The status with the holds and the dropped pieces applied.
     fn status(&self) -> sluice_translate::Status {
-        let mut status = (*self.status).clone();
-        for (key, gateway) in &mut status.gateways {
-            if let Some(message) = self.programmed_holds.get(&key.to_string()) {
-                gateway.hold_programmed(reason::PENDING, message);
-            }
-        }
-        status.hold_listener_sets_with_gateways();
-        let keys: Vec<_> = status.gateways.keys().cloned().collect();
-        for key in keys {
-            if let Some(progress) = self.data_planes.get(&key.to_string()) {
-                status.apply_dropped(&key, &progress.dropped());
-            }
-        }
-        status
+        reconcile::overlay(&self.status, &self.programmed_holds, &self.data_planes)
     }
 
     fn to_yaml(&self) -> Result<String, String> {
@@ -168,15 +151,16 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
             out.push_str(&format!("GatewayClass {name}: {text}\n"));
         }
     }
-    let mut held_gateways = BTreeMap::new();
-    for (key, gateway) in &document.status.gateways {
+    // Gateways and ListenerSets with the holds (routes are summarized apart).
+    let mut held = sluice_translate::Status {
+        gateways: document.status.gateways.clone(),
+        listener_sets: document.status.listener_sets.clone(),
+        ..Default::default()
+    };
+    reconcile::apply_holds(&mut held, &document.programmed_holds);
+    for (key, gateway) in &held.gateways {
         let name = key.to_string();
-        let mut held = gateway.clone();
-        if let Some(message) = document.programmed_holds.get(&name) {
-            held.hold_programmed(reason::PENDING, message);
-        }
-        let (healthy, text) = describe(&held.conditions);
-        held_gateways.insert(key.clone(), held);
+        let (healthy, text) = describe(&gateway.conditions);
         let progress = document.data_planes.get(&name);
         let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
         let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
@@ -193,14 +177,7 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
             }
         }
     }
-    // ListenerSets, with the holds of their Gateways.
-    let mut sets = sluice_translate::Status {
-        gateways: held_gateways,
-        listener_sets: document.status.listener_sets.clone(),
-        ..Default::default()
-    };
-    sets.hold_listener_sets_with_gateways();
-    for (key, set) in &sets.listener_sets {
+    for (key, set) in &held.listener_sets {
         let (healthy, text) = describe(&set.conditions);
         if !healthy || !quiet {
             out.push_str(&format!("ListenerSet {key} (Gateway {}): {text}\n", set.gateway));

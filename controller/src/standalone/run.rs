@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sluice_translate::translate;
 use tokio::sync::{mpsc, watch};
 
 use super::backends::EchoKind;
@@ -19,6 +18,7 @@ use super::{Options, write_private};
 use crate::push::auth::StaticTokens;
 use crate::push::ca::CertificateAuthority;
 use crate::push::{Authentication, PushServer, ServerTls};
+use crate::reconcile::Reconciler;
 
 pub(super) async fn run_in(
     options: &Options,
@@ -73,15 +73,12 @@ pub(super) async fn run_in(
         push_address,
         push: push.clone(),
         manifests: Manifests::new(&options.dir),
-        gateways: Vec::new(),
-        status: Arc::default(),
+        reconciler: Reconciler::new(push.clone()),
         routes_text: String::new(),
         problems: Arc::default(),
         processes: BTreeMap::new(),
         echoes: BTreeMap::new(),
         last_report: String::new(),
-        translated: false,
-        clock_change: None,
         document: watch::Sender::new(None),
     };
     if let Some(file) = &options.status_file {
@@ -135,65 +132,49 @@ pub(super) struct Runner {
     pub(super) push_address: SocketAddr,
     pub(super) push: PushServer,
     pub(super) manifests: Manifests,
-    /// The Gateways of the last translation (their snapshots moved to the push server).
-    pub(super) gateways: Vec<String>,
-    /// The translator's status of the last translation, and its routes' summary text.
-    pub(super) status: Arc<sluice_translate::Status>,
+    /// Translation and publishing, shared with Kubernetes mode.
+    pub(super) reconciler: Reconciler,
+    /// The routes' summary text of the last translation.
     pub(super) routes_text: String,
     pub(super) problems: Arc<Vec<Problem>>,
     pub(super) processes: BTreeMap<String, DataPlane>,
     /// Echo backends by address and transport (true: UDP).
     pub(super) echoes: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
     pub(super) last_report: String,
-    /// Whether the directory was translated at least once.
-    pub(super) translated: bool,
-    /// When the clock alone changes the last translation (a certificate expires or
-    /// becomes valid; Unix seconds): the next rescan translates again from then on.
-    pub(super) clock_change: Option<i64>,
     /// The latest status, for the status file writer.
     pub(super) document: watch::Sender<Option<Arc<StatusDocument>>>,
 }
 
 impl Runner {
+    /// Reads the directory and, if it changed (or the clock changed the last
+    /// translation), translates, publishes and brings processes and echoes in line.
     pub(super) async fn reconcile(&mut self) {
         let started = Instant::now();
-        match self.manifests.refresh() {
-            Ok(false) if self.translated && self.clock_change.is_none_or(|at| crate::unix_now() < at) => return,
-            Ok(_) => {}
-            Err(error) => eprintln!("sluice: reading {}: {error}", self.options.dir.display()),
-        }
-        self.translated = true;
-        let read = started.elapsed();
-        let (mut world, problems) = self.manifests.world();
-        world.now = Some(crate::unix_now());
-        self.problems = Arc::new(problems);
-        let mut output = translate(&world);
-        self.clock_change = output.next_change_at;
-        let translated = started.elapsed();
-        self.status = Arc::new(std::mem::take(&mut output.status));
-        self.routes_text = render_routes(&self.status, self.options.quiet);
-        self.gateways = output.gateways.keys().map(ToString::to_string).collect();
+        let changed = match self.manifests.refresh() {
+            Ok(changed) => changed,
+            Err(error) => {
+                eprintln!("sluice: reading {}: {error}", self.options.dir.display());
+                true
+            }
+        };
+        let manifests = &self.manifests;
+        let problems = &mut self.problems;
+        let translated = self.reconciler.refresh(changed, || {
+            let (world, read) = manifests.world();
+            *problems = Arc::new(read);
+            world
+        });
+        let Some(last) = self.reconciler.last().filter(|_| translated) else { return };
+        self.routes_text = render_routes(&last.status, self.options.quiet);
         let mut wanted = BTreeMap::new();
-        for (key, gateway) in &mut output.gateways {
-            let name = key.to_string();
-            let mut ports: Vec<u32> = gateway.snapshot.listeners.iter().map(|l| l.port).collect();
-            ports.sort_unstable();
+        for (key, gateway) in &last.output.gateways {
+            let mut ports: Vec<u32> = gateway.infra.ports.iter().filter_map(|p| u32::try_from(p.port).ok()).collect();
             ports.dedup();
-            // The snapshot moves to the push server; the status stays for the report.
-            if let Some(version) = self.push.publish(&name, std::mem::take(&mut gateway.snapshot)) {
-                tracing::debug!(
-                    gateway = name,
-                    generation = version.generation,
-                    read_ms = read.as_secs_f64() * 1e3,
-                    translate_ms = (translated - read).as_secs_f64() * 1e3,
-                    published_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "published"
-                );
-            }
             if !ports.is_empty() {
-                wanted.insert(name, ports);
+                wanted.insert(key.to_string(), ports);
             }
         }
+        let world = last.world.clone();
         for (name, ports) in &wanted {
             self.ensure_process(name, ports.clone()).await;
         }
@@ -201,11 +182,6 @@ impl Runner {
         for name in gone {
             if let Some(mut process) = self.processes.remove(&name) {
                 let _ = process.child.kill().await;
-            }
-        }
-        for name in self.push.progress().keys() {
-            if !self.gateways.contains(name) {
-                self.push.remove(name);
             }
         }
         self.ensure_echoes(&world).await;
