@@ -5,20 +5,25 @@ use std::net::{IpAddr, SocketAddr};
 
 use sluice_translate::World;
 
-use super::run::Runner;
 use super::{ECHO_ANNOTATION, echo, grpc_echo};
 
 /// Which echo backend runs at an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum EchoKind {
+enum EchoKind {
     Http,
     Udp,
     Grpc,
 }
 
-impl Runner {
+/// The running echo backends, by address and kind.
+#[derive(Default)]
+pub(super) struct Echoes {
+    running: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
+}
+
+impl Echoes {
     /// Runs an echo backend at each static endpoint of Services annotated for it.
-    pub(super) async fn ensure_echoes(&mut self, world: &World) {
+    pub(super) async fn ensure(&mut self, world: &World) {
         let mut wanted: BTreeMap<(SocketAddr, EchoKind), echo::EchoIdentity> = BTreeMap::new();
         for service in &world.services {
             let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(ECHO_ANNOTATION));
@@ -61,7 +66,7 @@ impl Runner {
                 }
             }
         }
-        self.echoes.retain(|address, task| {
+        self.running.retain(|address, task| {
             let keep = wanted.contains_key(address);
             if !keep {
                 task.abort();
@@ -69,7 +74,7 @@ impl Runner {
             keep
         });
         for ((address, kind), identity) in wanted {
-            if self.echoes.contains_key(&(address, kind)) {
+            if self.running.contains_key(&(address, kind)) {
                 continue;
             }
             let started = match kind {
@@ -79,7 +84,7 @@ impl Runner {
             };
             match started {
                 Ok(task) => {
-                    self.echoes.insert((address, kind), task);
+                    self.running.insert((address, kind), task);
                 }
                 Err(error) => eprintln!("sluice: cannot start the echo backend on {address}: {error}"),
             }

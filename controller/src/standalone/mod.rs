@@ -11,11 +11,11 @@
 //!
 //! It runs the same translator and the same push path as the Kubernetes controller; the
 //! data planes are child processes that exit with it.
-
 //!
-//! Files: `run.rs` the loop and the reconcile pass, `files.rs` the directory watch,
-//! `dataplanes.rs` the data-plane processes, `backends.rs` the echo backends,
-//! `report.rs` the printed report and the status file.
+//! It drives the shared reconcile pass (`crate::reconcile`): the provider is the
+//! directory, the sink the printed report and the status file. Files: `run.rs` the loop,
+//! `files.rs` the directory watch, `dataplanes.rs` the data-plane processes,
+//! `backends.rs` the echo backends, `report.rs` the report and the status file.
 
 pub mod echo;
 pub mod grpc_echo;

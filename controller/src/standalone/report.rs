@@ -9,32 +9,58 @@ use sluice_translate::ObjectKey;
 use sluice_translate::status::{Condition, ConditionStatus};
 use tokio::sync::watch;
 
-use super::dataplanes::DataPlane;
+use super::dataplanes::DataPlanes;
 use super::manifests::Problem;
-use super::run::Runner;
 use crate::push::GatewayProgress;
-use crate::reconcile::{self, Hold};
+use crate::reconcile::{self, Hold, Reconciler};
 
-impl Runner {
+/// Standalone mode's status sink: the printed report and the status file's writer.
+pub(super) struct Reporter {
+    /// Print only problems.
+    quiet: bool,
+    /// The routes' summary text of the last translation.
+    routes_text: String,
+    last_report: String,
+    /// The latest status, for the status file writer.
+    document: watch::Sender<Option<Arc<StatusDocument>>>,
+}
+
+impl Reporter {
+    /// A reporter; with `status_file`, a task writes the status there after changes.
+    pub(super) fn new(quiet: bool, status_file: Option<PathBuf>) -> Reporter {
+        let document = watch::Sender::new(None);
+        if let Some(file) = status_file {
+            tokio::spawn(write_status_file(file, document.subscribe()));
+        }
+        Reporter { quiet, routes_text: String::new(), last_report: String::new(), document }
+    }
+
+    /// Takes in a new translation's routes (summarized once per translation).
+    pub(super) fn translated(&mut self, status: &sluice_translate::Status) {
+        self.routes_text = render_routes(status, self.quiet);
+    }
+
     /// Prints what changed in the status, and hands the status to the file writer.
-    pub(super) fn report(&mut self) {
-        let Some(last) = self.reconciler.last() else { return };
-        let progress = self.push.progress();
+    pub(super) fn report(
+        &mut self,
+        reconciler: &Reconciler,
+        progress: BTreeMap<String, GatewayProgress>,
+        data_planes: &DataPlanes,
+        problems: &Arc<Vec<Problem>>,
+    ) {
+        let Some(last) = reconciler.last() else { return };
         // Standalone mode's precondition of Programmed: the data-plane process runs.
-        let holds = self.reconciler.holds(&progress, |key| {
-            let process = self.processes.get(&key.to_string())?;
-            process.exited.as_ref().map(|(why, _)| Hold::pending(why.clone()))
-        });
+        let holds = reconciler.holds(&progress, |key| data_planes.exited(&key.to_string()).map(Hold::pending));
         let document = StatusDocument {
             status: last.status.clone(),
             programmed_holds: holds,
             data_planes: progress,
-            problems: self.problems.clone(),
+            problems: problems.clone(),
         };
         if self.document.borrow().as_deref().is_some_and(|last| last.same_as(&document)) {
             return;
         }
-        let mut text = render_gateways(&document, &self.processes, self.options.quiet);
+        let mut text = render_gateways(&document, data_planes, self.quiet);
         text.push_str(&self.routes_text);
         for (gateway, progress) in &document.data_planes {
             for (piece, problem) in progress.dropped() {
@@ -54,7 +80,7 @@ impl Runner {
 
 /// Writes the status file after changes, off the path that pushes config (at thousands
 /// of routes the YAML takes tens of milliseconds).
-pub(super) async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
+async fn write_status_file(file: PathBuf, mut status: watch::Receiver<Option<Arc<StatusDocument>>>) {
     while status.changed().await.is_ok() {
         // Trailing debounce: write once changes pause for a second (at most 5 s late),
         // so that serializing a large status never competes with applying changes.
@@ -83,12 +109,12 @@ pub(super) async fn write_status_file(file: PathBuf, mut status: watch::Receiver
 /// Everything the status file holds: the translator's status, with `Programmed` held
 /// at `False`/`Pending` for the Gateways whose data planes have not applied it.
 #[derive(Debug)]
-pub(super) struct StatusDocument {
-    pub(super) status: Arc<sluice_translate::Status>,
+struct StatusDocument {
+    status: Arc<sluice_translate::Status>,
     /// Per Gateway, why it is not programmed yet.
-    pub(super) programmed_holds: BTreeMap<ObjectKey, Hold>,
-    pub(super) data_planes: BTreeMap<String, GatewayProgress>,
-    pub(super) problems: Arc<Vec<Problem>>,
+    programmed_holds: BTreeMap<ObjectKey, Hold>,
+    data_planes: BTreeMap<String, GatewayProgress>,
+    problems: Arc<Vec<Problem>>,
 }
 
 impl StatusDocument {
@@ -143,7 +169,7 @@ fn describe(conditions: &[Condition]) -> (bool, String) {
 
 /// The human summary of GatewayClasses, Gateways and listeners (few, and changing with
 /// the data planes' progress).
-fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataPlane>, quiet: bool) -> String {
+fn render_gateways(document: &StatusDocument, data_planes: &DataPlanes, quiet: bool) -> String {
     let mut out = String::new();
     for (name, class) in &document.status.gateway_classes {
         let (healthy, text) = describe(&class.conditions);
@@ -163,7 +189,7 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
         let (healthy, text) = describe(&gateway.conditions);
         let progress = document.data_planes.get(&name);
         let version = progress.and_then(|p| p.version).map(|v| format!(" [version {v}]")).unwrap_or_default();
-        let admin = processes.get(&name).map(|p| format!(" admin http://{}", p.admin)).unwrap_or_default();
+        let admin = data_planes.admin(&name).map(|a| format!(" admin http://{a}")).unwrap_or_default();
         if !healthy || !quiet {
             out.push_str(&format!("Gateway {name}: {text}{version}{admin}\n"));
         }
@@ -197,7 +223,7 @@ fn render_gateways(document: &StatusDocument, processes: &BTreeMap<String, DataP
 
 /// The routes' part of the summary: every route parent that is not fully accepted, and a
 /// count of those that are. Computed once per translation.
-pub(super) fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
+fn render_routes(status: &sluice_translate::Status, quiet: bool) -> String {
     let mut out = String::new();
     let mut accepted = 0;
     for (kind, routes) in [

@@ -1,19 +1,18 @@
 //! The run loop: the push server, the directory watch and the reconcile pass.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::backends::EchoKind;
-use super::dataplanes::DataPlane;
+use super::backends::Echoes;
+use super::dataplanes::{DataPlanes, Launch};
 use super::files::{Change, classify};
 use super::manifests::{Manifests, Problem};
-use super::report::{StatusDocument, render_routes, write_status_file};
+use super::report::Reporter;
 use super::{Options, write_private};
 use crate::push::auth::StaticTokens;
 use crate::push::ca::CertificateAuthority;
@@ -65,25 +64,24 @@ pub(super) async fn run_in(
     notify::Watcher::watch(&mut watcher, &options.dir, notify::RecursiveMode::Recursive)
         .context("watching the directory")?;
 
-    let mut runner = Runner {
-        options: options.clone(),
+    let launch = Launch {
+        command: options.dataplane.clone(),
+        bind: options.bind,
         state_dir: state_dir.to_path_buf(),
         tokens,
         ca_file,
         push_address,
+    };
+    let mut runner = Runner {
+        dir: options.dir.clone(),
         push: push.clone(),
         manifests: Manifests::new(&options.dir),
         reconciler: Reconciler::new(push.clone()),
-        routes_text: String::new(),
         problems: Arc::default(),
-        processes: BTreeMap::new(),
-        echoes: BTreeMap::new(),
-        last_report: String::new(),
-        document: watch::Sender::new(None),
+        data_planes: DataPlanes::new(launch),
+        echoes: Echoes::default(),
+        reporter: Reporter::new(options.quiet, options.status_file.clone()),
     };
-    if let Some(file) = &options.status_file {
-        tokio::spawn(write_status_file(file.clone(), runner.document.subscribe()));
-    }
     println!("sluice: serving the Gateways in {} (push server {push_address})", options.dir.display());
     // Subscribed before the first publish, so that no ACK goes unnoticed.
     let mut progress = push.watch_progress();
@@ -116,44 +114,35 @@ pub(super) async fn run_in(
         }
     }
     drop(watcher);
-    for (_, mut process) in std::mem::take(&mut runner.processes) {
-        let _ = process.child.kill().await;
-    }
+    runner.data_planes.stop_all().await;
     let _ = stop_push.send(());
     let _ = push_task.await;
     Ok(())
 }
 
-pub(super) struct Runner {
-    pub(super) options: Options,
-    pub(super) state_dir: PathBuf,
-    pub(super) tokens: StaticTokens,
-    pub(super) ca_file: PathBuf,
-    pub(super) push_address: SocketAddr,
-    pub(super) push: PushServer,
-    pub(super) manifests: Manifests,
+/// The state of the loop: the provider (files), the shared reconcile pass, and what
+/// standalone mode runs (data planes, echo backends) and reports.
+struct Runner {
+    dir: PathBuf,
+    push: PushServer,
+    manifests: Manifests,
     /// Translation and publishing, shared with Kubernetes mode.
-    pub(super) reconciler: Reconciler,
-    /// The routes' summary text of the last translation.
-    pub(super) routes_text: String,
-    pub(super) problems: Arc<Vec<Problem>>,
-    pub(super) processes: BTreeMap<String, DataPlane>,
-    /// Echo backends by address and transport (true: UDP).
-    pub(super) echoes: BTreeMap<(SocketAddr, EchoKind), tokio::task::JoinHandle<()>>,
-    pub(super) last_report: String,
-    /// The latest status, for the status file writer.
-    pub(super) document: watch::Sender<Option<Arc<StatusDocument>>>,
+    reconciler: Reconciler,
+    problems: Arc<Vec<Problem>>,
+    data_planes: DataPlanes,
+    echoes: Echoes,
+    reporter: Reporter,
 }
 
 impl Runner {
     /// Reads the directory and, if it changed (or the clock changed the last
     /// translation), translates, publishes and brings processes and echoes in line.
-    pub(super) async fn reconcile(&mut self) {
+    async fn reconcile(&mut self) {
         let started = Instant::now();
         let changed = match self.manifests.refresh() {
             Ok(changed) => changed,
             Err(error) => {
-                eprintln!("sluice: reading {}: {error}", self.options.dir.display());
+                eprintln!("sluice: reading {}: {error}", self.dir.display());
                 true
             }
         };
@@ -165,7 +154,7 @@ impl Runner {
             world
         });
         let Some(last) = self.reconciler.last().filter(|_| translated) else { return };
-        self.routes_text = render_routes(&last.status, self.options.quiet);
+        self.reporter.translated(&last.status);
         let mut wanted = BTreeMap::new();
         for (key, gateway) in &last.output.gateways {
             let mut ports: Vec<u32> = gateway.infra.ports.iter().filter_map(|p| u32::try_from(p.port).ok()).collect();
@@ -174,18 +163,20 @@ impl Runner {
                 wanted.insert(key.to_string(), ports);
             }
         }
-        let world = last.world.clone();
-        for (name, ports) in &wanted {
-            self.ensure_process(name, ports.clone()).await;
-        }
-        let gone: Vec<String> = self.processes.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
-        for name in gone {
-            if let Some(mut process) = self.processes.remove(&name) {
-                let _ = process.child.kill().await;
-            }
-        }
-        self.ensure_echoes(&world).await;
+        self.data_planes.ensure_all(&wanted).await;
+        self.echoes.ensure(&last.world).await;
         self.report();
         tracing::debug!(total_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
+    }
+
+    /// Recomputes the overlay from the last translation and reports it (no translation).
+    fn report(&mut self) {
+        self.reporter.report(&self.reconciler, self.push.progress(), &self.data_planes, &self.problems);
+    }
+
+    async fn supervise(&mut self) {
+        if self.data_planes.supervise().await {
+            self.report();
+        }
     }
 }
