@@ -105,6 +105,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
     let mut reconciler = Reconciler::new(push.clone());
     let mut progress = push.watch_progress();
     let mut deploy_retry: Option<tokio::time::Instant> = None;
+    let mut was_leading = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // When the clock alone changes the translation (a certificate expires).
@@ -115,14 +116,13 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         let mut inputs_changed = false;
-        let mut leadership_changed = false;
         tokio::select! {
             _ = changed.notified() => {
                 tokio::time::sleep(options.debounce).await;
                 inputs_changed = true;
             }
             _ = progress.changed() => {}
-            _ = leader_rx.changed() => leadership_changed = true,
+            _ = leader_rx.changed() => {}
             _ = tokio::time::sleep_until(wake_at) => {
                 inputs_changed = clock_change.is_some_and(|at| at <= tokio::time::Instant::now());
             }
@@ -131,9 +131,14 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         // Data-plane progress alone never translates: it only changes the overlay.
         let translated = reconciler.refresh(inputs_changed, || stores.world());
         let leading = *leader_rx.borrow_and_update();
+        let leadership_changed = std::mem::replace(&mut was_leading, leading) != leading;
         // Only the leader serves data planes: its push progress decides Programmed.
         push.set_standby(!leading);
-        let Some(last) = reconciler.last().filter(|_| leading) else { continue };
+        let Some(last) = reconciler.last().filter(|_| leading) else {
+            // A new leader deploys anyway; a standby retries nothing.
+            deploy_retry = None;
+            continue;
+        };
         let deploy_due = deploy_retry.is_some_and(|at| at <= tokio::time::Instant::now());
         if translated || leadership_changed || deploy_due {
             let failures = deployer.apply(&last.output, &last.world).await;
