@@ -1,11 +1,13 @@
 //! The Sluice control plane as a library: the push server (`push`), the deployer's
-//! renderer (`deploy`) and standalone mode (`standalone`), used by the
+//! renderer (`deploy`), the reconcile pass (`reconcile`) that Kubernetes mode (`cluster`)
+//! and standalone mode (`standalone`) both drive, used by the
 //! `sluice-controller` and `sluice` binaries.
 
 pub mod cli;
 pub mod cluster;
 pub mod deploy;
 pub mod push;
+pub mod reconcile;
 pub mod standalone;
 
 /// Seconds since the Unix epoch (the translator's `World::now`: certificate validity).

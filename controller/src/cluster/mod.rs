@@ -1,16 +1,18 @@
 //! Kubernetes mode: the controller as it runs in a cluster.
 //!
 //! ```text
-//!  reflectors (watch.rs) ──any change──► debounce ──► World ──translate──► Output
-//!                                                              │
-//!     every replica:  publish snapshots ─► push server (TLS, tokens.rs) ─► data-plane pods
+//!  reflectors (watch.rs) ──any change──► debounce ──► World ──► reconcile::Reconciler
+//!                                                                │ translate, publish
+//!     every replica:  push server (TLS, tokens.rs) ─► data-plane pods ─► progress
 //!     leader only:    deployer (apply.rs): SA, Deployment, Service, PDB, HPA (SSA)
-//!                     status writer (status.rs): GatewayClass, Gateway, routes (SSA)
+//!                     overlay (Programmed, addresses) ─► watch channel ─► status writer
+//!                     task (status.rs): GatewayClass, Gateway, ListenerSet, routes (SSA)
 //! ```
 //!
 //! A Gateway is `Programmed` once its Service has an address and a data-plane pod has
-//! applied its current snapshot. Push progress and leadership changes also trigger a pass;
-//! failed writes are retried after a second.
+//! applied its current snapshot. Push progress and leadership changes recompute only the
+//! overlay (no translation); failed deployments and status writes are retried after a
+//! second.
 
 pub mod apply;
 pub mod leader;
@@ -18,17 +20,18 @@ pub mod status;
 pub mod tokens;
 pub mod watch;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_translate::status::reason;
+use sluice_translate::ObjectKey;
 use tokio::sync::Notify;
 
 use crate::deploy::DeployOptions;
 use crate::push::{Authentication, PushServer, ServerTls};
+use crate::reconcile::{self, Hold, Reconciler, Translated};
 
 /// Settings of Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -94,86 +97,65 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         ))
     });
 
+    // The status writer: its own leader-only task, fed the latest desired statuses.
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    let writer = tokio::spawn(status::run_writer(client.clone(), stores.clone(), desired_rx, leader_rx.clone()));
+
     let mut deployer = apply::Deployer::new(client.clone(), options.deploy.clone());
+    let mut reconciler = Reconciler::new(push.clone());
     let mut progress = push.watch_progress();
-    let mut published: BTreeSet<String> = BTreeSet::new();
-    let mut retry: Option<tokio::time::Instant> = None;
-    // When the clock alone changes the translation (a certificate expires).
-    let mut clock_change: Option<tokio::time::Instant> = None;
+    let mut deploy_retry: Option<tokio::time::Instant> = None;
+    let mut was_leading = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let retry_at = [retry, clock_change]
+        // When the clock alone changes the translation (a certificate expires).
+        let clock_change = reconciler.next_change_at().map(crate::instant_of_unix);
+        let wake_at = [deploy_retry, clock_change]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let mut inputs_changed = false;
         tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(options.debounce).await,
+            _ = changed.notified() => {
+                tokio::time::sleep(options.debounce).await;
+                inputs_changed = true;
+            }
             _ = progress.changed() => {}
             _ = leader_rx.changed() => {}
-            _ = tokio::time::sleep_until(retry_at) => {}
+            _ = tokio::time::sleep_until(wake_at) => {
+                inputs_changed = clock_change.is_some_and(|at| at <= tokio::time::Instant::now());
+            }
             _ = &mut shutdown => break,
         }
-        retry = None;
-        let mut world = stores.world();
-        world.now = Some(crate::unix_now());
-        let output = sluice_translate::translate(&world);
-        clock_change = output.next_change_at.map(crate::instant_of_unix);
-        let mut current = BTreeSet::new();
-        for (key, gateway) in &output.gateways {
-            let name = key.to_string();
-            if let Some(identity) = apply::identity(&world, key).filter(|identity| !identity.uid.is_empty()) {
-                push.bind_uid(&name, &identity.uid);
-            }
-            push.publish(&name, gateway.snapshot.clone());
-            current.insert(name);
-        }
-        for gone in published.difference(&current) {
-            push.remove(gone);
-        }
-        published = current;
+        // Data-plane progress alone never translates: it only changes the overlay.
+        let translated = reconciler.refresh(inputs_changed, || stores.world());
         let leading = *leader_rx.borrow_and_update();
+        let leadership_changed = std::mem::replace(&mut was_leading, leading) != leading;
         // Only the leader serves data planes: its push progress decides Programmed.
         push.set_standby(!leading);
-        if !leading {
+        let Some(last) = reconciler.last().filter(|_| leading) else {
+            // A new leader deploys anyway; a standby retries nothing.
+            deploy_retry = None;
             continue;
+        };
+        let deploy_due = deploy_retry.is_some_and(|at| at <= tokio::time::Instant::now());
+        if translated || leadership_changed || deploy_due {
+            let failures = deployer.apply(&last.output, &last.world).await;
+            deploy_retry = (failures > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(1));
         }
-        let failures = deployer.apply(&output, &world).await;
-        let addresses = apply::addresses(&output, &world, &stores.nodes.state());
+        let addresses = apply::addresses(&last.output, &last.world, &stores.nodes.state());
         let progress_now = push.progress();
-        let mut status = output.status.clone();
-        for (key, gateway) in &mut status.gateways {
-            if !output.gateways.contains_key(key) {
-                continue;
+        let holds = reconciler.holds(&progress_now, |key| address_hold(last, &addresses, key));
+        let desired = status::Desired { status: reconcile::overlay(&last.status, &holds, &progress_now), addresses };
+        // A new leader writes even an unchanged status (another may have written since).
+        desired_tx.send_if_modified(|current| {
+            let modified = leadership_changed || current.as_deref() != Some(&desired);
+            if modified {
+                *current = Some(Arc::new(desired));
             }
-            let requested = output.gateways.get(key).map(|g| g.infra.requested_addresses.clone()).unwrap_or_default();
-            let assigned: Vec<&str> = addresses.get(key).into_iter().flatten().map(|a| a.value.as_str()).collect();
-            let missing: Vec<&String> = requested.iter().filter(|r| !assigned.contains(&r.as_str())).collect();
-            if !addresses.contains_key(key) {
-                gateway.hold_programmed("AddressNotAssigned", "waiting for the Gateway's Service to get an address");
-            } else if !missing.is_empty() {
-                let message = format!("spec.addresses {missing:?} are not (yet) assigned to the Gateway's Service");
-                gateway.hold_programmed("AddressNotAssigned", &message);
-            } else if let Err(message) = progress_now
-                .get(&key.to_string())
-                .map_or_else(|| Err("no configuration published yet".to_string()), |p| p.programmed())
-            {
-                gateway.hold_programmed(reason::PENDING, &message);
-            }
-        }
-        status.hold_listener_sets_with_gateways();
-        for key in output.gateways.keys() {
-            if let Some(progress) = progress_now.get(&key.to_string()) {
-                status.apply_dropped(key, &progress.dropped());
-            }
-        }
-        let written = status::write(&client, &stores, &status, &addresses).await;
-        if written.writes > 0 {
-            tracing::debug!("wrote {} statuses", written.writes);
-        }
-        if failures + written.failed > 0 {
-            retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-        }
+            modified
+        });
     }
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
@@ -181,5 +163,25 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), push_task).await;
+    writer.abort();
     Ok(())
+}
+
+/// Kubernetes mode's precondition of `Programmed`: the Gateway's Service has an address,
+/// and every address of `spec.addresses`.
+fn address_hold(
+    last: &Translated,
+    addresses: &BTreeMap<ObjectKey, Vec<status::Address>>,
+    key: &ObjectKey,
+) -> Option<Hold> {
+    const REASON: &str = "AddressNotAssigned";
+    let Some(assigned) = addresses.get(key) else {
+        return Some(Hold { reason: REASON, message: "waiting for the Gateway's Service to get an address".into() });
+    };
+    let requested = last.output.gateways.get(key).map(|g| g.infra.requested_addresses.as_slice()).unwrap_or_default();
+    let missing: Vec<&String> = requested.iter().filter(|r| !assigned.iter().any(|a| &a.value == *r)).collect();
+    (!missing.is_empty()).then(|| Hold {
+        reason: REASON,
+        message: format!("spec.addresses {missing:?} are not (yet) assigned to the Gateway's Service"),
+    })
 }

@@ -4,6 +4,10 @@
 //! transition time of conditions whose status did not change, and on routes keeps every
 //! other controller's `status.parents` entry as it is (that list is atomic, so the
 //! apply carries the object's resourceVersion and a concurrent change means a retry).
+//!
+//! It runs as its own task ([`run_writer`]), fed the latest [`Desired`] statuses through
+//! a watch channel (a burst of changes becomes one write per object), writing only while
+//! this replica leads and retrying failed writes after a second.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +29,46 @@ pub struct Address {
     /// `IPAddress` or `Hostname`.
     pub type_: &'static str,
     pub value: String,
+}
+
+/// What the status writer is to put on the objects: the overlaid status and each
+/// Gateway's addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub status: Status,
+    pub addresses: BTreeMap<ObjectKey, Vec<Address>>,
+}
+
+/// How long a failed write waits before the writer tries again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The leader-only status writer: writes the latest desired status whenever it changes
+/// (and again after a second while writes fail), only while `leading` is true.
+pub async fn run_writer(
+    client: Client,
+    stores: Stores,
+    mut desired: tokio::sync::watch::Receiver<Option<std::sync::Arc<Desired>>>,
+    leading: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut retry = false;
+    loop {
+        if retry {
+            // A new desired status ends the wait early; either way the latest is written.
+            let _ = tokio::time::timeout(RETRY, desired.changed()).await;
+        } else if desired.changed().await.is_err() {
+            return;
+        }
+        let latest = desired.borrow_and_update().clone();
+        let Some(latest) = latest.filter(|_| *leading.borrow()) else {
+            retry = false;
+            continue;
+        };
+        let written = write(&client, &stores, &latest.status, &latest.addresses).await;
+        if written.writes > 0 {
+            tracing::debug!("wrote {} statuses", written.writes);
+        }
+        retry = written.failed > 0;
+    }
 }
 
 /// What one pass of the writer did.

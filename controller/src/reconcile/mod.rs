@@ -1,0 +1,292 @@
+//! The reconcile pass both modes drive: translate → publish → status overlay.
+//!
+//! ```text
+//!  provider (reflector stores | YAML files)
+//!      │ inputs changed, or the output's clock deadline passed
+//!      ▼
+//!  Reconciler::refresh ──translate──► Output ──publish──► push server ──► data planes
+//!      │ (kept: World, Output, Status)                          │ ACK/NACK, dropped pieces
+//!      ▼                                                        ▼
+//!  Reconciler::holds + overlay ◄──────────── progress (no translation) ──┘
+//!      │ Programmed held (Pending, AddressNotAssigned), ListenerSets, dropped pieces
+//!      ▼
+//!  sink (leader-only SSA status writer | standalone report and status file)
+//! ```
+//!
+//! Data-plane progress and leadership changes only recompute the overlay from the last
+//! translation: translating again is for changed inputs (or a clock deadline).
+//! Whether a Gateway is `Programmed` is decided here, in [`Reconciler::holds`] and
+//! [`overlay`]; a mode adds only its own precondition (an address, a running process).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_translate::status::reason;
+use sluice_translate::{ObjectKey, Output, Status, World};
+
+use crate::push::{GatewayProgress, PushServer};
+
+/// Why a Gateway's `Programmed` is held at False although its configuration is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Hold {
+    /// Held until the data planes applied the current version.
+    pub fn pending(message: impl Into<String>) -> Hold {
+        Hold { reason: reason::PENDING, message: message.into() }
+    }
+}
+
+/// The last translation.
+#[derive(Debug)]
+pub struct Translated {
+    /// The inputs it was made from.
+    pub world: World,
+    /// Its output; the snapshots were moved to the push server and the status to
+    /// [`Translated::status`].
+    pub output: Output,
+    /// The translator's status, before any overlay (shared with sinks that compare it
+    /// by identity).
+    pub status: Arc<Status>,
+}
+
+/// Owns translation and publishing for one controller; cheap to keep.
+pub struct Reconciler {
+    push: PushServer,
+    last: Option<Translated>,
+    /// The Gateways published by the last translation.
+    published: BTreeSet<String>,
+    translations: u64,
+}
+
+impl Reconciler {
+    pub fn new(push: PushServer) -> Reconciler {
+        Reconciler { push, last: None, published: BTreeSet::new(), translations: 0 }
+    }
+
+    /// The last translation, if any.
+    pub fn last(&self) -> Option<&Translated> {
+        self.last.as_ref()
+    }
+
+    /// How many times the World was translated.
+    pub fn translations(&self) -> u64 {
+        self.translations
+    }
+
+    /// When the clock alone changes the last translation (Unix seconds).
+    pub fn next_change_at(&self) -> Option<i64> {
+        self.last.as_ref().and_then(|t| t.output.next_change_at)
+    }
+
+    /// Whether the World must be translated: its inputs changed, nothing was translated
+    /// yet, or the last translation's clock deadline passed.
+    pub fn needs_translation(&self, inputs_changed: bool, now: i64) -> bool {
+        inputs_changed || self.last.is_none() || self.next_change_at().is_some_and(|at| now >= at)
+    }
+
+    /// Translates the World `world()` returns if [`Reconciler::needs_translation`], and
+    /// publishes every Gateway's snapshot. Returns whether it translated.
+    pub fn refresh(&mut self, inputs_changed: bool, world: impl FnOnce() -> World) -> bool {
+        let now = crate::unix_now();
+        if !self.needs_translation(inputs_changed, now) {
+            return false;
+        }
+        let mut world = world();
+        world.now = Some(now);
+        self.translate(world);
+        true
+    }
+
+    /// Translates `world` and publishes the result; forgets Gateways no longer there.
+    fn translate(&mut self, world: World) {
+        let started = Instant::now();
+        let mut output = sluice_translate::translate(&world);
+        self.translations += 1;
+        let translated = started.elapsed();
+        let status = Arc::new(std::mem::take(&mut output.status));
+        let mut current = BTreeSet::new();
+        for (key, gateway) in &mut output.gateways {
+            let name = key.to_string();
+            if let Some(uid) = gateway_uid(&world, key) {
+                self.push.bind_uid(&name, uid);
+            }
+            // The snapshot moves to the push server; sinks need only the status.
+            if let Some(version) = self.push.publish(&name, std::mem::take(&mut gateway.snapshot)) {
+                tracing::debug!(
+                    gateway = name,
+                    generation = version.generation,
+                    translate_ms = translated.as_secs_f64() * 1e3,
+                    published_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "published"
+                );
+            }
+            current.insert(name);
+        }
+        for gone in self.published.difference(&current) {
+            self.push.remove(gone);
+        }
+        self.published = current;
+        self.last = Some(Translated { world, output, status });
+    }
+
+    /// Per Gateway of the last translation, why its `Programmed` is held: the mode's own
+    /// `precondition` first (no address yet, a data-plane process exited), then the
+    /// data planes' progress on the current version.
+    pub fn holds(
+        &self,
+        progress: &BTreeMap<String, GatewayProgress>,
+        precondition: impl Fn(&ObjectKey) -> Option<Hold>,
+    ) -> BTreeMap<ObjectKey, Hold> {
+        let mut holds = BTreeMap::new();
+        for key in self.last.iter().flat_map(|t| t.output.gateways.keys()) {
+            let hold = precondition(key).or_else(|| match progress.get(&key.to_string()) {
+                Some(progress) => progress.programmed().err().map(Hold::pending),
+                None => Some(Hold::pending("no configuration has been published yet")),
+            });
+            if let Some(hold) = hold {
+                holds.insert(key.clone(), hold);
+            }
+        }
+        holds
+    }
+}
+
+/// The UID of the Gateway `key`, if the World has one.
+fn gateway_uid<'w>(world: &'w World, key: &ObjectKey) -> Option<&'w str> {
+    world
+        .gateways
+        .iter()
+        .find(|g| {
+            g.metadata.namespace.as_deref() == Some(&key.namespace) && g.metadata.name.as_deref() == Some(&key.name)
+        })
+        .and_then(|g| g.metadata.uid.as_deref())
+        .filter(|uid| !uid.is_empty())
+}
+
+/// Holds the Gateways' `Programmed` and, with them, their ListenerSets'.
+pub fn apply_holds(status: &mut Status, holds: &BTreeMap<ObjectKey, Hold>) {
+    for (key, gateway) in &mut status.gateways {
+        if let Some(hold) = holds.get(key) {
+            gateway.hold_programmed(hold.reason, &hold.message);
+        }
+    }
+    status.hold_listener_sets_with_gateways();
+}
+
+/// The status to write: the translator's, with the holds and the pieces the data planes
+/// dropped folded in.
+pub fn overlay(
+    status: &Status,
+    holds: &BTreeMap<ObjectKey, Hold>,
+    progress: &BTreeMap<String, GatewayProgress>,
+) -> Status {
+    let mut status = status.clone();
+    apply_holds(&mut status, holds);
+    let keys: Vec<ObjectKey> = status.gateways.keys().cloned().collect();
+    for key in keys {
+        if let Some(progress) = progress.get(&key.to_string()) {
+            status.apply_dropped(&key, &progress.dropped());
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::PodProgress;
+    use sluice_translate::ConditionStatus;
+
+    const MANIFESTS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"#;
+
+    fn world() -> World {
+        let (world, skipped) = World::from_manifests(MANIFESTS);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        world
+    }
+
+    fn programmed(status: &Status) -> (ConditionStatus, String) {
+        let gateway = &status.gateways[&ObjectKey::new("infra", "web")];
+        let condition = gateway.conditions.iter().find(|c| c.type_ == reason::PROGRAMMED).unwrap();
+        (condition.status, condition.reason.clone())
+    }
+
+    #[test]
+    fn data_plane_progress_recomputes_the_overlay_without_translating() {
+        let push = PushServer::new();
+        let mut reconciler = Reconciler::new(push.clone());
+        assert!(reconciler.refresh(true, world));
+        assert_eq!(reconciler.translations(), 1);
+
+        let status = reconciler.last().unwrap().status.clone();
+        let pending = overlay(&status, &reconciler.holds(&push.progress(), |_| None), &push.progress());
+        assert_eq!(programmed(&pending), (ConditionStatus::False, reason::PENDING.to_string()));
+
+        // A data plane applies the current version: a progress-only event.
+        let mut progress = push.progress();
+        let gateway = progress.get_mut("infra/web").unwrap();
+        let version = gateway.version;
+        gateway.pods.insert(
+            "pod".into(),
+            PodProgress { applied: version, rejected: None, connected: true, dropped: Vec::new() },
+        );
+        let world_was_read = std::cell::Cell::new(false);
+        let translated = reconciler.refresh(false, || {
+            world_was_read.set(true);
+            world()
+        });
+        assert!(!translated && !world_was_read.get());
+        let programmed_now = overlay(&status, &reconciler.holds(&progress, |_| None), &progress);
+        assert_eq!(programmed(&programmed_now), (ConditionStatus::True, reason::PROGRAMMED.to_string()));
+        assert_eq!(reconciler.translations(), 1, "progress never translates");
+
+        // A mode's own precondition comes first.
+        let held = reconciler.holds(&progress, |_| Some(Hold { reason: "AddressNotAssigned", message: "no".into() }));
+        assert_eq!(programmed(&overlay(&status, &held, &progress)).1, "AddressNotAssigned");
+
+        // Changed inputs translate again.
+        assert!(reconciler.refresh(true, world));
+        assert_eq!(reconciler.translations(), 2);
+    }
+
+    #[test]
+    fn a_passed_clock_deadline_translates_again() {
+        let mut reconciler = Reconciler::new(PushServer::new());
+        assert!(reconciler.needs_translation(false, 0), "nothing translated yet");
+        reconciler.refresh(false, world);
+        assert!(!reconciler.needs_translation(false, i64::MAX), "no deadline without certificates");
+        if let Some(last) = reconciler.last.as_mut() {
+            last.output.next_change_at = Some(100);
+        }
+        assert!(!reconciler.needs_translation(false, 99));
+        assert!(reconciler.needs_translation(false, 100));
+    }
+
+    #[test]
+    fn gateways_gone_from_the_output_are_removed_from_the_push_server() {
+        let push = PushServer::new();
+        let mut reconciler = Reconciler::new(push.clone());
+        reconciler.refresh(true, world);
+        assert!(push.progress().contains_key("infra/web"));
+        reconciler.refresh(true, World::default);
+        assert!(!push.progress().contains_key("infra/web"));
+        assert!(reconciler.holds(&push.progress(), |_| None).is_empty());
+    }
+}
