@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nice cargo build --release -q -p sluice
 peer=yes
-for arg in "$@"; do [[ $arg == none ]] && peer=no; done
+for arg in "$@"; do [[ $arg == none || $arg == --peer=none ]] && peer=no; done
 if [[ $peer == yes ]]; then
     source bench/lib/envoy-gateway.sh
     envoy_gateway_build
