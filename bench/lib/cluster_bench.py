@@ -10,7 +10,7 @@ that a timer starts at the request `kubectl apply --server-side` sends, not at k
 own start-up. The Gateway is `bench-infra/bench`, routes and the echo backend live in
 `bench-app`. Standard library only.
 """
-import http.client, json, math, os, ssl, statistics, sys, threading, time
+import http.client, json, math, multiprocessing, os, ssl, statistics, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse, urlencode
 
@@ -280,9 +280,6 @@ class Counts:
             else:
                 self.codes[code] = self.codes.get(code, 0) + 1
 
-    def non2xx(self):
-        return self.requests - self.ok
-
 
 def paced_load(address, rate, counts, stop):
     """GETs at `rate` per second on one keep-alive connection (reconnects after an error)."""
@@ -343,6 +340,22 @@ def poll_data_plane(ip, cluster, states, stop):
         time.sleep(POLL)
 
 
+def load_process(address, rate, connections, stop, results):
+    """The load and the prober, in a process of their own so that their threads do not
+    delay the watch's timestamps (one interpreter lock)."""
+    counts_load, counts_probe, stop_threads = Counts(), Counts(), threading.Event()
+    threads = [threading.Thread(target=paced_load, args=(address, rate / connections, counts_load, stop_threads))
+               for _ in range(connections)]
+    threads.append(threading.Thread(target=sequential_prober, args=(address, counts_probe, stop_threads)))
+    for t in threads:
+        t.start()
+    stop.wait()
+    stop_threads.set()
+    for t in threads:
+        t.join()
+    results.put([(c.requests, c.ok, c.errors, c.codes) for c in (counts_load, counts_probe)])
+
+
 def deployment_rolled(api, path):
     d = api.request("GET", path)
     s, want = d.get("status") or {}, d["spec"]["replicas"]
@@ -391,13 +404,12 @@ def rollout(address):
     pods, _ = api.list_all("/api/v1/namespaces/bench-infra/pods", "gateway.networking.k8s.io/gateway-name=bench")
     planes = [p["status"]["podIP"] for p in pods if p.get("status", {}).get("podIP")]
     states = {ip: [] for ip in planes}
-    counts_load, counts_probe = Counts(), Counts()
     threads = [threading.Thread(target=api.watch, args=(slices_path, selector, rv, on_slice, stop), daemon=True)]
     threads += [threading.Thread(target=poll_data_plane, args=(ip, cluster, states[ip], stop), daemon=True)
                 for ip in planes]
-    threads += [threading.Thread(target=paced_load, args=(address, rate / connections, counts_load, stop), daemon=True)
-                for _ in range(connections)]
-    threads.append(threading.Thread(target=sequential_prober, args=(address, counts_probe, stop), daemon=True))
+    load_stop, load_results = multiprocessing.Event(), multiprocessing.Queue()
+    loader = multiprocessing.Process(target=load_process, args=(address, rate, connections, load_stop, load_results))
+    loader.start()
     for t in threads:
         t.start()
     time.sleep(pause)
@@ -408,13 +420,16 @@ def rollout(address):
                     "application/merge-patch+json")
         time.sleep(1)
         wait_until(f"rollout {restart}", lambda: deployment_rolled(api, deployment), 300)
-        log(f"rollout {restart} done in {time.perf_counter() - started:.1f} s; requests so far "
-            f"{counts_load.requests + counts_probe.requests}, non-2xx {counts_load.non2xx() + counts_probe.non2xx()}")
+        log(f"rollout {restart} done in {time.perf_counter() - started:.1f} s")
         time.sleep(pause)
+    load_stop.set()
+    (load_requests, load_ok, load_errors, load_codes), (probe_requests, probe_ok, probe_errors, probe_codes) = \
+        load_results.get(timeout=60)
+    loader.join()
     stop.set()
     time.sleep(0.5)
 
-    latencies, missing = [], 0
+    latencies, missing, by_kind = [], 0, {"add": [], "remove": []}
     for ip, seen in states.items():
         for at, address_, kind in changes:
             if kind == "add":
@@ -426,20 +441,24 @@ def rollout(address):
                 missing += 1
             else:
                 latencies.append((first - at) * 1000)
-    requests = counts_load.requests + counts_probe.requests
-    non2xx = counts_load.non2xx() + counts_probe.non2xx()
+                by_kind[kind].append((first - at) * 1000)
+    requests = load_requests + probe_requests
+    non2xx = requests - load_ok - probe_ok
     codes = {}
-    for c in (counts_load, counts_probe):
-        for code, n in c.codes.items():
+    for c in (load_codes, probe_codes):
+        for code, n in c.items():
             codes[code] = codes.get(code, 0) + n
-    print(f"  load: {counts_load.requests} requests, {counts_load.non2xx()} non-2xx ({counts_load.errors} socket "
-          f"errors); prober: {counts_probe.requests} requests, {counts_probe.non2xx()} non-2xx "
-          f"({counts_probe.errors} socket errors); codes other than 2xx: {codes or 'none'}", flush=True)
+    print(f"  load: {load_requests} requests, {load_requests - load_ok} non-2xx ({load_errors} socket errors); "
+          f"prober: {probe_requests} requests, {probe_requests - probe_ok} non-2xx ({probe_errors} socket errors); "
+          f"codes other than 2xx: {codes or 'none'}", flush=True)
     print(f"  endpoint changes: {len(changes)} (ready addresses added or gone) x {len(planes)} data-plane pod(s); "
           f"{len(latencies)} matched, {missing} never seen applied; latency ms min={min(latencies or [0]):.0f} "
           f"p50={percentile(latencies, 0.5):.0f} p99={percentile(latencies, 0.99):.0f} "
           f"max={max(latencies or [0]):.0f}; data-plane table builds seen: {sum(len(s) for s in states.values())}",
           flush=True)
+    for kind, values in by_kind.items():
+        print(f"  {kind}: {len(values)} changes, latency ms min={min(values or [0]):.0f} "
+              f"p50={percentile(values, 0.5):.0f} max={max(values or [0]):.0f}", flush=True)
     print(f"rollout restarts={restarts} requests={requests} non2xx={non2xx} "
           f"endpoint_p99_ms={percentile(latencies, 0.99):.0f}", flush=True)
 
