@@ -1,4 +1,5 @@
-//! The admin endpoint: `GET /ready`, `/config`, `/metrics`, on its own thread and runtime.
+//! The admin endpoint: `GET /ready`, `/config`, `/config/endpoints`, `/metrics`, on its own
+//! thread and runtime.
 //!
 //! Every connection is its own task, with a deadline for its request head and one for
 //! writing the answer, so a client that dribbles bytes or never reads `/metrics` holds
@@ -120,6 +121,7 @@ impl Admin {
                     Err(_) => ("500 Internal Server Error", "cannot render metrics\n".to_string()),
                 }
             }
+            "/config/endpoints" => ("200 OK", endpoints_text(&self.tables.load())),
             "/config" => {
                 let current = self.tables.load();
                 let generation = self.metrics.generation.load(Ordering::Relaxed);
@@ -134,4 +136,23 @@ impl Admin {
         let Some(probe) = &self.probe else { return true };
         matches!(tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(probe)).await, Ok(Ok(_)))
     }
+}
+
+/// `/config/endpoints`: the served tables' generation and build time, then one line per
+/// cluster with its endpoints (what the endpoint-churn benchmark polls to see when an
+/// EndpointSlice change reached the data plane).
+fn endpoints_text(tables: &crate::routes::Compiled) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "gateway={} generation={} compiled_unix_ms={}\n",
+        tables.gateway, tables.generation, tables.compiled_unix_ms
+    );
+    for cluster in &tables.clusters {
+        text.push_str(&cluster.name);
+        for endpoint in &cluster.endpoints {
+            let _ = write!(text, " {endpoint}");
+        }
+        text.push('\n');
+    }
+    text
 }

@@ -45,6 +45,11 @@ pub struct Compiled {
     /// The pieces of the snapshot that could not be compiled and are not served (the
     /// push ACK reports them, so that their route's or listener's status says why).
     pub dropped: Vec<Dropped>,
+    /// Every cluster of the snapshot, by name (the admin endpoint lists their endpoints).
+    pub clusters: Vec<Arc<ClusterTable>>,
+    /// When these tables were built, in milliseconds since the Unix epoch; they are swapped
+    /// in right after, so this is when the snapshot's content started to be served.
+    pub compiled_unix_ms: u64,
 }
 
 /// A piece of a snapshot the data plane does not serve: a route (it answers 500, or never
@@ -459,6 +464,11 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         tracing::warn!(piece = piece.name, problem = piece.problem, "not serving a piece of the snapshot");
     }
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
+    let mut clusters: Vec<Arc<ClusterTable>> = clusters.into_values().collect();
+    clusters.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let compiled_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     Ok(Compiled {
         gateway: snapshot.gateway.clone(),
         generation,
@@ -469,6 +479,8 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         udp,
         tls_ports,
         dropped,
+        clusters,
+        compiled_unix_ms,
     })
 }
 
