@@ -149,8 +149,12 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let holds = reconciler.holds(&progress_now, |key| address_hold(last, &addresses, key));
         let desired = status::Desired { status: reconcile::overlay(&last.status, &holds, &progress_now), addresses };
         // A new leader writes even an unchanged status (another may have written since).
+        // So does a change of the watched objects: the writer compares with the watch
+        // cache, which may have been behind its last write (it skipped a status the stale
+        // cache already showed, then the cache caught up with an older write); the event
+        // that brings the cache up to date must make it compare again.
         desired_tx.send_if_modified(|current| {
-            let modified = leadership_changed || current.as_deref() != Some(&desired);
+            let modified = leadership_changed || inputs_changed || current.as_deref() != Some(&desired);
             if modified {
                 *current = Some(Arc::new(desired));
             }
