@@ -14,6 +14,8 @@ import http.client, json, math, multiprocessing, os, ssl, statistics, sys, threa
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse, urlencode
 
+from common import probe_until_200
+
 CONTROLLER = "sluice.dev/gateway-controller"
 ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/bench-app/httproutes"
 POLL = float(os.environ.get("POLL_MS", "5")) / 1000
@@ -169,32 +171,12 @@ def wait_until(what, check, limit=600, interval=0.5):
 
 def probe(address, host, started, limit):
     """GET / every POLL on a keep-alive connection until 200: (seconds or None, errors, problems)."""
-    errors, problems = 0, []
-    conn = http.client.HTTPConnection(address, 80, timeout=2)
+    connect = lambda: http.client.HTTPConnection(address, 80, timeout=2)
+    holder = [connect()]
     try:
-        while True:
-            if time.perf_counter() - started > limit:
-                return None, errors + 1, problems + [f"no 200 within {limit:g}s"]
-            try:
-                conn.request("GET", "/", headers={"Host": host})
-                response = conn.getresponse()
-                response.read()
-                code = response.status
-            except (OSError, http.client.HTTPException) as error:
-                errors += 1
-                problems.append(type(error).__name__)
-                conn.close()
-                conn = http.client.HTTPConnection(address, 80, timeout=2)
-                time.sleep(POLL)
-                continue
-            if code == 200:
-                return time.perf_counter() - started, errors, problems
-            if code != 404:
-                errors += 1
-                problems.append(str(code))
-            time.sleep(POLL)
+        return probe_until_200(holder, connect, host, started, limit, POLL)
     finally:
-        conn.close()
+        holder[0].close()
 
 
 def all_status_correct(api, selector, count):

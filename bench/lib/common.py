@@ -1,8 +1,11 @@
 """Helpers shared by the benchmark drivers: paths, ports, files, processes."""
+import glob
+import http.client
 import os
 import signal
 import socket
 import subprocess
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -24,28 +27,75 @@ def write_atomically(path, text):
     os.rename(tmp, path)
 
 
-def proc_tree(pid):
-    pids, frontier = [pid], [pid]
+def descendants(pid):
+    """Every process below `pid`, whichever thread started it (Go starts children from any
+    thread, and /proc/P/task/P/children lists only the main thread's)."""
+    found, frontier = [], [pid]
     while frontier:
         p = frontier.pop()
-        try:
-            children = open(f"/proc/{p}/task/{p}/children").read().split()
-        except OSError:
-            children = []
-        pids += [int(c) for c in children]
-        frontier += [int(c) for c in children]
-    return pids
+        children = []
+        for task in glob.glob(f"/proc/{p}/task/*/children"):
+            try:
+                children += [int(c) for c in open(task).read().split()]
+            except OSError:
+                pass
+        found += children
+        frontier += children
+    return found
+
+
+def proc_tree(pid):
+    """`pid` and every process below it."""
+    return [pid] + descendants(pid)
+
+
+def own_rss_mb(pid):
+    """Resident memory of one process, in MB (0 when it is gone)."""
+    try:
+        return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def rss_mb(pid):
     """Resident memory of a process and all its descendants, in MB."""
-    total = 0
-    for p in proc_tree(pid):
+    return sum(own_rss_mb(p) for p in proc_tree(pid))
+
+
+def split_rss(pid):
+    """(controller MB, data plane MB): the process started, and all its descendants."""
+    return own_rss_mb(pid), sum(own_rss_mb(p) for p in descendants(pid))
+
+
+def probe_until_200(conn_holder, connect, host, started, timeout, poll):
+    """GET / with `host` every `poll` seconds on the keep-alive connection in
+    `conn_holder[0]` (replaced by `connect()` after a failure) until 200. Returns
+    (seconds since `started` or None, error count, what went wrong): any code but 404
+    before the 200, every connection error and no 200 within `timeout` are errors."""
+    errors, bad = 0, []
+    deadline = started + timeout
+    while True:
+        if time.perf_counter() > deadline:
+            return None, errors + 1, bad + ["no 200 within %gs" % timeout]
         try:
-            total += next(int(l.split()[1]) for l in open(f"/proc/{p}/status") if l.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
+            conn = conn_holder[0]
+            conn.request("GET", "/", headers={"Host": host})
+            response = conn.getresponse()
+            response.read()
+            code = response.status
+        except (OSError, http.client.HTTPException) as error:
+            errors += 1
+            bad.append(type(error).__name__)
+            conn_holder[0].close()
+            conn_holder[0] = connect()
+            time.sleep(poll)
+            continue
+        if code == 200:
+            return time.perf_counter() - started, errors, bad
+        if code != 404:
+            errors += 1
+            bad.append(str(code))
+        time.sleep(poll)
 
 
 def stop_sluice(proc):

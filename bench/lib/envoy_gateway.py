@@ -14,6 +14,8 @@ GatewayClass, Gateway and HTTPRoutes are otherwise the same objects Sluice reads
 import glob, os, re, signal, subprocess, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from common import descendants
+
 
 CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 # Fixed ports of envoy-gateway's standalone mode (xDS server, health probes, admin, metrics).
@@ -225,22 +227,6 @@ def stop(proc):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def descendants(pid):
-    """Every process below `pid`, from any of its threads."""
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        children = []
-        for task in glob.glob(f"/proc/{p}/task/*/children"):
-            try:
-                children += [int(c) for c in open(task).read().split()]
-            except OSError:
-                pass
-        found += children
-        frontier += children
-    return found
 
 
 def envoy_logs(work):

@@ -13,10 +13,10 @@ connection error and every probe with no 200 within TIMEOUT seconds counts as an
 its standalone mode (bench/lib/envoy_gateway.py) and prints `propagation-envoy-gateway ...`
 lines before Sluice's; when it cannot run here the script says why and goes on with Sluice.
 """
-import argparse, glob, http.client, math, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, http.client, math, os, shutil, statistics, subprocess, sys, tempfile, time
 
 import envoy_gateway
-from common import SLUICE, free_port, stop_sluice, write_atomically
+from common import SLUICE, free_port, probe_until_200, split_rss, stop_sluice, write_atomically
 
 PRELOADS = [int(n) for n in os.environ.get("PRELOADS", "0 1000 5000 10000").split()]
 PROBES = int(os.environ.get("PROBES", "50"))
@@ -130,67 +130,14 @@ def wait_for(port, host, want, limit):
 
 def probe(conn_holder, port, host, renamed_at, timeout):
     """Polls until 200; returns (seconds or None, error count, what went wrong)."""
-    errors, bad = 0, []
-    deadline = renamed_at + timeout
-    while True:
-        now = time.perf_counter()
-        if now > deadline:
-            return None, errors + 1, bad + ["no 200 within %gs" % timeout]
-        try:
-            conn = conn_holder[0]
-            conn.request("GET", "/", headers={"Host": host})
-            response = conn.getresponse()
-            response.read()
-            code = response.status
-        except (OSError, http.client.HTTPException) as error:
-            errors += 1
-            bad.append(type(error).__name__)
-            conn_holder[0].close()
-            conn_holder[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            time.sleep(POLL)
-            continue
-        if code == 200:
-            return time.perf_counter() - renamed_at, errors, bad
-        if code != 404:
-            errors += 1
-            bad.append(str(code))
-        time.sleep(POLL)
+    connect = lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    return probe_until_200(conn_holder, connect, host, renamed_at, timeout, POLL)
 
 
 def percentile(values, q):
     """Nearest rank."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def split_rss(pid):
-    """(controller MB, data plane MB): the process started, and all its descendants."""
-    own = own_rss_mb(pid)
-    return own, sum(own_rss_mb(p) for p in descendants(pid))
-
-
-def descendants(pid):
-    """Every process below `pid`, whichever thread started it (Go starts children from any
-    thread, and /proc/P/task/P/children lists only the main thread's)."""
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        children = []
-        for task in glob.glob(f"/proc/{p}/task/*/children"):
-            try:
-                children += [int(c) for c in open(task).read().split()]
-            except OSError:
-                pass
-        found += children
-        frontier += children
-    return found
-
-
-def own_rss_mb(pid):
-    try:
-        return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
 
 
 class Sluice:

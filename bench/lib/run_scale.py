@@ -12,8 +12,8 @@ header is the snapshot size.
 """
 import os, shutil, stat, subprocess, sys, tempfile, time
 
-from common import SLUICE, free_port, stop_sluice, write_atomically
-from run_propagation import BASE, ROUTE, SLUICE_BACKEND, descendants, own_rss_mb, wait_for
+from common import SLUICE, free_port, split_rss, stop_sluice, write_atomically
+from run_propagation import BASE, ROUTE, SLUICE_BACKEND, wait_for
 
 COUNTS = [int(n) for n in os.environ.get("ROUTES", "5000 10000").split()]
 SETTLE = float(os.environ.get("SETTLE_MS", "3000")) / 1000
@@ -26,10 +26,6 @@ def snapshot_bytes(state):
     with open(path, "rb") as f:
         data = f.read()
     return len(data) - (data.index(b"\n") + 1)
-
-
-def rss(pid):
-    return own_rss_mb(pid), sum(own_rss_mb(p) for p in descendants(pid))
 
 
 def run(routes):
@@ -56,14 +52,14 @@ def run(routes):
             sys.exit(f"sluice did not serve {routes} routes:\n" + open(log.name).read()[-3000:])
         ready = time.perf_counter() - started
         time.sleep(SETTLE)
-        idle = rss(proc.pid)
+        idle = split_rss(proc.pid)
         for i in range(CHANGES):
             write_atomically(os.path.join(manifests, f"probe-{i}.yaml"),
                              ROUTE.format(name=f"probe-{i}", backend=SLUICE_BACKEND))
             if not wait_for(port, f"probe-{i}.example.com", 200, 30):
                 sys.exit(f"route probe-{i} not served within 30 s")
         time.sleep(SETTLE)
-        changed = rss(proc.pid)
+        changed = split_rss(proc.pid)
         size = snapshot_bytes(state)
     finally:
         stop_sluice(proc)
