@@ -221,6 +221,9 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     if first_port.is_none() && udp_ports.is_empty() {
         tracing::warn!(gateway = snapshot.gateway, "the snapshot has no listener to serve; waiting for one");
     }
+    // Only its ports were needed: the decoded snapshot (~1 KB per route) would otherwise
+    // stay allocated for the life of the process, `run_forever` never returning.
+    drop(snapshot);
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =
