@@ -55,6 +55,9 @@ pub(super) async fn run_in(
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             let change = classify(&event);
+            if change == Change::Complete && tracing::enabled!(tracing::Level::DEBUG) {
+                log_event_delay(&event);
+            }
             if change != Change::None {
                 let _ = events.send(change);
             }
@@ -106,6 +109,7 @@ pub(super) async fn run_in(
                         _ => break,
                     }
                 }
+                tracing::debug!(debounce_ms = started.elapsed().as_secs_f64() * 1e3, complete, "directory changed");
                 runner.reconcile().await;
             }
             _ = rescan.tick() => runner.reconcile().await,
@@ -146,15 +150,21 @@ impl Runner {
                 true
             }
         };
+        let refreshed = started.elapsed();
         let manifests = &self.manifests;
         let problems = &mut self.problems;
+        let mut merged = Duration::ZERO;
         let translated = self.reconciler.refresh(changed, || {
+            let merging = Instant::now();
             let (world, read) = manifests.world();
+            merged = merging.elapsed();
             *problems = Arc::new(read);
             world
         });
         let Some(last) = self.reconciler.last().filter(|_| translated) else { return };
+        let published = started.elapsed();
         self.reporter.translated(&last.status);
+        let summarized = started.elapsed();
         let mut wanted = BTreeMap::new();
         for (key, gateway) in &last.output.gateways {
             let mut ports: Vec<u32> = gateway.infra.ports.iter().filter_map(|p| u32::try_from(p.port).ok()).collect();
@@ -164,9 +174,22 @@ impl Runner {
             }
         }
         self.data_planes.ensure_all(&wanted).await;
+        let ensured = started.elapsed();
         self.echoes.ensure(&last.world).await;
+        let echoed = started.elapsed();
         self.report();
-        tracing::debug!(total_ms = started.elapsed().as_secs_f64() * 1e3, "reconciled");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            refresh_ms = ms(refreshed),
+            world_ms = ms(merged),
+            reconciler_ms = ms(published - refreshed),
+            summary_ms = ms(summarized - published),
+            data_planes_ms = ms(ensured - summarized),
+            echoes_ms = ms(echoed - ensured),
+            report_ms = ms(started.elapsed() - echoed),
+            total_ms = ms(started.elapsed()),
+            "reconciled"
+        );
     }
 
     /// Recomputes the overlay from the last translation and reports it (no translation).
@@ -177,6 +200,19 @@ impl Runner {
     async fn supervise(&mut self) {
         if self.data_planes.supervise().await {
             self.report();
+        }
+    }
+}
+
+/// How long after a file's last change (its ctime: a rename sets it) the event arrived.
+fn log_event_delay(event: &notify::Event) {
+    use std::os::unix::fs::MetadataExt;
+    for path in &event.paths {
+        let Ok(metadata) = std::fs::metadata(path) else { continue };
+        let changed =
+            std::time::UNIX_EPOCH + Duration::new(metadata.ctime().max(0) as u64, metadata.ctime_nsec().max(0) as u32);
+        if let Ok(age) = std::time::SystemTime::now().duration_since(changed) {
+            tracing::debug!(path = %path.display(), delay_ms = age.as_secs_f64() * 1e3, "file event");
         }
     }
 }
