@@ -10,10 +10,12 @@
 //! JSON/YAML in files and golden tests. This crate knows neither kube nor pingora.
 
 pub mod compile;
+pub mod delta;
 mod hash;
 mod origin;
 mod validate;
 
+pub use delta::DeltaError;
 pub use hash::{Versioner, content_hash, encode_with_version, hash_encoded};
 pub use validate::{
     ADMIN_PORT, MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, problems, valid_header_value, valid_hostname,
