@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut config = prost_build::Config::new();
         config.protoc_executable(&protoc);
         // Snapshots travel as `Bytes`: encoded once, shared by every stream.
-        config.bytes([".sluice.push.v1.ControlPlaneMessage.snapshot"]);
+        config.bytes([".sluice.push.v1.ControlPlaneMessage.snapshot", ".sluice.push.v1.ControlPlaneMessage.delta"]);
         tonic_prost_build::configure().extern_path(".sluice.snapshot.v1", "crate::v1").compile_with_config(
             config,
             &[push],

@@ -46,6 +46,7 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, token: Option<&str>, g
                 let snapshot = <sluice_snapshot::Snapshot as prost::Message>::decode(encoded).unwrap();
                 format!("snapshot of {}", snapshot.gateway)
             }
+            Some(control_plane_message::Message::Delta(_)) => "a delta".into(),
             None => "empty message".into(),
         },
         Ok(Ok(None)) => "stream ended".into(),

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub generation: AtomicU64,
     pub reloads_applied: AtomicU64,
     pub reloads_rejected: AtomicU64,
+    /// Pushed messages applied, by kind: whole snapshots and deltas.
+    pub snapshots_applied: AtomicU64,
+    pub deltas_applied: AtomicU64,
+    /// Deltas that did not apply (base not served, or the result's hash differs): a whole
+    /// snapshot was asked for.
+    pub resyncs_requested: AtomicU64,
     udp_ports: Mutex<BTreeMap<u16, Arc<UdpMetrics>>>,
     tls_ports: Mutex<BTreeMap<u16, Arc<TlsMetrics>>>,
     listeners: Mutex<BTreeMap<u16, Arc<ListenerMetrics>>>,
@@ -392,6 +398,22 @@ impl Collector for MetricsCollector {
         for (result, value) in [("applied", &metrics.reloads_applied), ("rejected", &metrics.reloads_rejected)] {
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("result", result)])?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "config_pushes_applied",
+            "Pushed config messages applied, by kind (snapshot: whole, delta: the changes)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, value) in [("snapshot", &metrics.snapshots_applied), ("delta", &metrics.deltas_applied)] {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        let family = encoder.encode_descriptor(
+            "config_resyncs_requested",
+            "Deltas that did not apply, so the whole snapshot was asked for",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(metrics.resyncs_requested.load(Ordering::Relaxed)).encode(family)?;
         let listeners: Vec<(String, Arc<ListenerMetrics>)> = {
             let ports = metrics.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             ports.iter().map(|(port, m)| (port.to_string(), m.clone())).collect()

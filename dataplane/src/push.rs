@@ -25,14 +25,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use sluice_snapshot::push::config_push_client::ConfigPushClient;
-use sluice_snapshot::push::{Ack, DataPlaneMessage, Dropped, Hello, Nack, control_plane_message, data_plane_message};
-use sluice_snapshot::{Snapshot, Version};
+use sluice_snapshot::push::{
+    Ack, DataPlaneMessage, Dropped, Hello, Nack, Resync, control_plane_message, data_plane_message,
+};
+use sluice_snapshot::{Snapshot, SnapshotDelta, Version};
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::metrics::Metrics;
 use crate::proxy::Tables;
-use crate::routes::compile;
+use crate::routes::{Previous, compile_reusing};
 
 /// Longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -133,6 +135,7 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
             metrics,
             tables: None,
             current: None,
+            snapshot: None,
             first: Some(first_sender),
             ports: Vec::new(),
             dropped: Vec::new(),
@@ -195,6 +198,9 @@ struct Applier {
     metrics: Arc<Metrics>,
     tables: Option<Tables>,
     current: Option<Version>,
+    /// The snapshot served (its version is `current`): the base of the next delta, and
+    /// what the next compile reuses unchanged pieces of.
+    snapshot: Option<Snapshot>,
     first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
     /// The listening sockets as (port, UDP?): a port moving between TCP and UDP needs a
     /// restart as much as a new port does.
@@ -224,10 +230,19 @@ impl Applier {
                 // Same content, maybe a newer number: nothing to reload.
                 self.metrics.generation.store(version.generation, Ordering::Relaxed);
                 self.current = Some(version.clone());
+                if let Some(served) = &mut self.snapshot {
+                    served.version = Some(version.clone());
+                }
                 return Ok(version);
             }
         }
-        let compiled = compile(&snapshot, &self.metrics).map_err(|error| error.to_string())?;
+        let served = self.tables.as_ref().map(|tables| tables.load_full());
+        let previous = match (&self.snapshot, &served) {
+            (Some(snapshot), Some(compiled)) => Some(Previous { snapshot, compiled }),
+            _ => None,
+        };
+        let compiled = compile_reusing(&snapshot, &self.metrics, previous).map_err(|error| error.to_string())?;
+        drop(served);
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
@@ -252,13 +267,51 @@ impl Applier {
                 self.tables = Some(tables.clone());
                 self.ports = ports;
                 if let Some(first) = self.first.take() {
-                    let _ = first.send((snapshot, tables));
+                    let _ = first.send((snapshot.clone(), tables));
                 }
             }
         }
         self.current = Some(version.clone());
+        self.snapshot = Some(snapshot);
         Ok(version)
     }
+
+    /// Applies a delta to the served snapshot. Returns the new version and the new
+    /// snapshot's encoding (for `--state-dir`), or what to answer.
+    fn apply_delta(&mut self, encoded: &[u8]) -> Result<(Version, Vec<u8>), Unapplied> {
+        let delta: SnapshotDelta =
+            prost::Message::decode(encoded).map_err(|error| Unapplied::Resync(format!("cannot decode: {error}")))?;
+        let version = delta.version.clone().ok_or_else(|| Unapplied::Resync("the delta has no version".into()))?;
+        let base_hash = delta.base.as_ref().map(|v| v.content_hash.as_str());
+        let Some(base) = self.snapshot.as_ref().filter(|served| {
+            served.version.as_ref().map(|v| v.content_hash.as_str()) == base_hash && base_hash.is_some()
+        }) else {
+            return Err(Unapplied::Resync("the delta's base is not the snapshot served".into()));
+        };
+        let mut next =
+            sluice_snapshot::delta::apply(base, &delta).map_err(|error| Unapplied::Resync(error.to_string()))?;
+        drop(delta);
+        next.version = None;
+        let unversioned = prost::Message::encode_to_vec(&next);
+        let hash = sluice_snapshot::hash_encoded(&unversioned);
+        if hash != version.content_hash {
+            return Err(Unapplied::Resync(format!(
+                "the delta's result hashes to {hash}, not {}",
+                version.content_hash
+            )));
+        }
+        next.version = Some(version.clone());
+        let applied = self.apply(next).map_err(|error| Unapplied::Rejected(Some(version.clone()), error))?;
+        Ok((applied, sluice_snapshot::encode_with_version(&unversioned, &version)))
+    }
+}
+
+/// Why a delta was not applied.
+enum Unapplied {
+    /// It does not fit the snapshot served: the whole snapshot is asked for.
+    Resync(String),
+    /// Its result is rejected like a snapshot would be (NACK).
+    Rejected(Option<Version>, String),
 }
 
 async fn run(url: &str, args: &PushArgs, gateway: String, pod: String, mut applier: Applier) {
@@ -334,28 +387,47 @@ async fn session(
         let next =
             inbound.message().await.map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
         let Some(next) = next else { return Ok(received) };
-        let Some(control_plane_message::Message::Snapshot(encoded)) = next.message else { continue };
-        received = true;
         let started = Instant::now();
-        let received = encoded.clone();
-        let (offered, applied) = match <Snapshot as prost::Message>::decode(encoded) {
-            Ok(snapshot) => (snapshot.version.clone(), applier.apply(snapshot)),
-            Err(error) => (None, Err(format!("cannot decode the snapshot: {error}"))),
+        let (kind, outcome) = match next.message {
+            Some(control_plane_message::Message::Snapshot(encoded)) => {
+                let outcome = match <Snapshot as prost::Message>::decode(encoded.clone()) {
+                    Ok(snapshot) => {
+                        let offered = snapshot.version.clone();
+                        applier
+                            .apply(snapshot)
+                            .map(|v| (v, encoded.to_vec()))
+                            .map_err(|e| Unapplied::Rejected(offered, e))
+                    }
+                    Err(error) => Err(Unapplied::Rejected(None, format!("cannot decode the snapshot: {error}"))),
+                };
+                ("snapshot", outcome)
+            }
+            Some(control_plane_message::Message::Delta(encoded)) => ("delta", applier.apply_delta(&encoded)),
+            None => continue,
         };
-        let reply = match applied {
-            Ok(version) => {
+        received = true;
+        let reply = match outcome {
+            Ok((version, encoded)) => {
                 applier.metrics.stale.store(false, Ordering::Relaxed);
+                let counter =
+                    if kind == "delta" { &applier.metrics.deltas_applied } else { &applier.metrics.snapshots_applied };
+                counter.fetch_add(1, Ordering::Relaxed);
                 if let Some(dir) = &applier.state_dir
-                    && let Err(error) = save(dir, &received)
+                    && let Err(error) = save(dir, &encoded)
                 {
                     // Serving goes on; only a restart without the controller would miss it.
                     tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
                 }
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
-                tracing::info!(generation = version.generation, apply_ms, "applied snapshot");
+                tracing::info!(generation = version.generation, kind, apply_ms, "applied snapshot");
                 data_plane_message::Message::Ack(Ack { version: Some(version), dropped: applier.dropped.clone() })
             }
-            Err(error) => {
+            Err(Unapplied::Resync(reason)) => {
+                applier.metrics.resyncs_requested.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("cannot apply a delta, asking for the whole snapshot: {reason}");
+                data_plane_message::Message::Resync(Resync { current: applier.current.clone(), reason })
+            }
+            Err(Unapplied::Rejected(offered, error)) => {
                 applier.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("rejected snapshot, keeping the last good one: {error}");
                 data_plane_message::Message::Nack(Nack { version: offered, error })

@@ -294,6 +294,99 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 /// certificate that cannot be compiled is dropped alone (see [`Dropped`]) and the rest
 /// is served.
 pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result<Compiled, CompileError> {
+    compile_reusing(snapshot, metrics, None)
+}
+
+/// The snapshot the served tables were compiled from, with those tables: what
+/// [`compile_reusing`] may take over.
+#[derive(Clone, Copy)]
+pub struct Previous<'a> {
+    pub snapshot: &'a Snapshot,
+    pub compiled: &'a Compiled,
+}
+
+/// The compiled pieces of a previous snapshot that a new one may reuse as they are: the
+/// cluster tables by name and the routes by (listener, route name), each with the
+/// snapshot content it was compiled from.
+struct Reusable<'a> {
+    clusters: HashMap<&'a str, (&'a Cluster, &'a Arc<ClusterTable>)>,
+    routes: HashMap<(&'a str, &'a str), (&'a HttpRoute, &'a Arc<Route>)>,
+}
+
+impl<'a> Reusable<'a> {
+    fn new(previous: Previous<'a>) -> Self {
+        let Previous { snapshot, compiled } = previous;
+        let tables: HashMap<&str, &Arc<ClusterTable>> =
+            compiled.clusters.iter().map(|table| (table.name.as_str(), table)).collect();
+        let clusters = snapshot
+            .clusters
+            .iter()
+            // A cluster presenting a client certificate depends on that certificate too:
+            // it is compiled again (rare enough not to track the certificate).
+            .filter(|cluster| cluster.tls.as_ref().is_none_or(|tls| tls.client_certificate.is_empty()))
+            .filter_map(|cluster| Some((cluster.name.as_str(), (cluster, *tables.get(cluster.name.as_str())?))))
+            .collect();
+        let dropped: std::collections::HashSet<&str> = compiled.dropped.iter().map(|d| d.name.as_str()).collect();
+        let mut listeners: HashMap<&str, &ListenerTable> = HashMap::new();
+        for port in compiled.ports.values() {
+            for table in &port.listeners {
+                listeners.entry(table.name.as_str()).or_insert(table);
+            }
+        }
+        let mut routes = HashMap::new();
+        for listener in &snapshot.listeners {
+            let Some(table) = listeners.get(listener.name.as_str()) else { continue };
+            if table.routes.len() != listener.http_routes.len() {
+                continue;
+            }
+            for (source, route) in listener.http_routes.iter().zip(&table.routes) {
+                // A route that failed answers 500: compiled again, to report it again.
+                if !dropped.contains(source.name.as_str()) {
+                    routes.entry((listener.name.as_str(), source.name.as_str())).or_insert((source, route));
+                }
+            }
+        }
+        Self { clusters, routes }
+    }
+
+    /// The previous table of `cluster`, if its content is unchanged.
+    fn cluster(&self, cluster: &Cluster) -> Option<Arc<ClusterTable>> {
+        let (old, table) = self.clusters.get(cluster.name.as_str())?;
+        (*old == cluster).then(|| Arc::clone(table))
+    }
+
+    /// The previous compiled `route` of `listener`, if its content is unchanged and it
+    /// points at the very cluster tables the new snapshot uses.
+    fn route(
+        &self,
+        listener: &str,
+        route: &HttpRoute,
+        clusters: &HashMap<&str, Arc<ClusterTable>>,
+    ) -> Option<Arc<Route>> {
+        let (old, compiled) = self.routes.get(&(listener, route.name.as_str()))?;
+        if *old != route {
+            return None;
+        }
+        let same = |table: &Arc<ClusterTable>| {
+            clusters.get(table.name.as_str()).is_some_and(|current| Arc::ptr_eq(current, table))
+        };
+        let backends_same = compiled.backends.targets.iter().all(|(_, target, _)| match target {
+            Target::Cluster(table) => same(table),
+            Target::Status(_) => true,
+        });
+        (backends_same && compiled.mirrors.iter().all(|(table, _, _)| same(table))).then(|| Arc::clone(compiled))
+    }
+}
+
+/// Like [`compile`], taking over from `previous` the cluster tables and routes whose
+/// snapshot content is unchanged: their `Arc`s carry over, so endpoint state (requests in
+/// flight, round-robin position) lives on and only what changed is compiled.
+pub fn compile_reusing(
+    snapshot: &Snapshot,
+    metrics: &crate::metrics::Metrics,
+    previous: Option<Previous<'_>>,
+) -> Result<Compiled, CompileError> {
+    let reusable = previous.map(Reusable::new);
     let mut broken: HashMap<Piece, String> = HashMap::new();
     let mut structural = Vec::new();
     for problem in sluice_snapshot::problems(snapshot) {
@@ -311,8 +404,14 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         return Err(CompileError::Invalid(sluice_snapshot::ValidationError { problems: structural }));
     }
     let mut dropped = Vec::new();
-    let clusters: HashMap<&str, Arc<ClusterTable>> =
-        snapshot.clusters.iter().map(|c| (c.name.as_str(), Arc::new(cluster_table(c, snapshot)))).collect();
+    let clusters: HashMap<&str, Arc<ClusterTable>> = snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let table = reusable.as_ref().and_then(|r| r.cluster(c));
+            (c.name.as_str(), table.unwrap_or_else(|| Arc::new(cluster_table(c, snapshot))))
+        })
+        .collect();
     let mut keys: HashMap<&str, Result<Arc<CertifiedKey>, String>> = HashMap::new();
     for certificate in &snapshot.certificates {
         let key = match broken.get(&Piece::Certificate(certificate.name.clone())) {
@@ -437,7 +536,14 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
         table.protocol = Some(listener.protocol());
         let mut routes = Vec::new();
         for route in &listener.http_routes {
-            let compiled = match broken.get(&Piece::Route(route.name.clone())) {
+            let broken_route = broken.get(&Piece::Route(route.name.clone()));
+            if broken_route.is_none()
+                && let Some(reused) = reusable.as_ref().and_then(|r| r.route(&listener.name, route, &clusters))
+            {
+                routes.push(reused);
+                continue;
+            }
+            let compiled = match broken_route {
                 Some(problem) => Err(problem.clone()),
                 None => compile_route(route, &clusters, metrics),
             };
@@ -877,3 +983,7 @@ pub fn terminal_filter(filters: &[HttpFilter]) -> Option<&http_filter::Kind> {
         .filter_map(|f| f.kind.as_ref())
         .find(|kind| matches!(kind, http_filter::Kind::RequestRedirect(_) | http_filter::Kind::DirectResponse(_)))
 }
+
+#[cfg(test)]
+#[path = "routes_reuse_tests.rs"]
+mod reuse_tests;

@@ -8,6 +8,11 @@
 //!  pod: Ack/Nack ──► per-pod bookkeeping ──► progress() ──► Programmed condition
 //! ```
 //!
+//! Each published snapshot carries, besides its whole encoding, the delta from the one
+//! published before it (`sluice_snapshot::delta::diff`, encoded once). A stream sends
+//! that delta when the pod was last sent the delta's base, else the whole snapshot (new
+//! stream, a burst merged by the watch channel, after a Nack or a Resync).
+//!
 //! Versions never go backwards: a reconnecting pod reports what it serves, and the server
 //! either adopts that version (same content, e.g. after a controller restart: no reload)
 //! or stamps its own content above it.
@@ -25,7 +30,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use sluice_snapshot::push::config_push_server::{ConfigPush, ConfigPushServer};
 use sluice_snapshot::push::{ControlPlaneMessage, DataPlaneMessage, Hello, control_plane_message, data_plane_message};
-use sluice_snapshot::{Snapshot, Version, Versioner};
+use sluice_snapshot::{ListenerDelta, Snapshot, SnapshotDelta, Version, Versioner};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -123,13 +128,50 @@ struct Published {
     unversioned: Bytes,
     /// The encoding with `version`, as sent.
     encoded: Bytes,
+    /// The content, decoded (without `version`): the base of the next delta.
+    content: Arc<Snapshot>,
+    /// The delta from the content published before, encoded: (base content hash, bytes).
+    delta: Option<(String, Bytes)>,
 }
 
 impl Published {
-    fn new(unversioned: Bytes, version: Version) -> Self {
+    fn new(unversioned: Bytes, version: Version, content: Arc<Snapshot>) -> Self {
         let encoded = Bytes::from(sluice_snapshot::encode_with_version(&unversioned, &version));
-        Self { version, unversioned, encoded }
+        Self { version, unversioned, encoded, content, delta: None }
     }
+
+    /// The same content under another version (no delta: a stream at this content gets
+    /// an empty one, see [`message_for`]).
+    fn restamped(&self, version: Version) -> Self {
+        Self::new(self.unversioned.clone(), version, self.content.clone())
+    }
+}
+
+/// What kind of message a stream sent, for the bytes-sent counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A whole snapshot.
+    Snapshot,
+    /// A delta against the snapshot the pod serves.
+    Delta,
+}
+
+/// Messages and bytes the push server sent, by kind.
+#[derive(Debug, Default)]
+struct SentCounters {
+    snapshots: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    deltas: AtomicU64,
+    delta_bytes: AtomicU64,
+}
+
+/// Messages and bytes sent since the server started, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    pub deltas: u64,
+    pub delta_bytes: u64,
 }
 
 struct GatewayState {
@@ -165,7 +207,7 @@ impl GatewayState {
     fn restamp(&mut self) {
         let Some(published) = self.current.borrow().clone() else { return };
         if let Some(version) = self.versioner.stamp_hash(published.version.content_hash.clone()) {
-            self.current.send_replace(Some(Arc::new(Published::new(published.unversioned.clone(), version))));
+            self.current.send_replace(Some(Arc::new(published.restamped(version))));
         }
     }
 }
@@ -176,6 +218,7 @@ struct Shared {
     /// Bumped whenever any Gateway's progress changes.
     progress: watch::Sender<u64>,
     streams: AtomicU64,
+    sent: SentCounters,
     /// True on a standby controller replica: new streams are refused and open ones end,
     /// so data planes reconnect until they reach the leader (whose progress counts).
     standby: watch::Sender<bool>,
@@ -227,16 +270,54 @@ impl PushServer {
         // Encoded and hashed once, outside the lock; every stream sends these bytes.
         snapshot.version = None;
         let unversioned = Bytes::from(prost::Message::encode_to_vec(&snapshot));
-        drop_elsewhere(snapshot);
         let hash = sluice_snapshot::hash_encoded(&unversioned);
+        let content = Arc::new(snapshot);
+        // The delta is computed outside the lock, against the snapshot published now; it
+        // is kept only if that is still the one published when the new one is stamped.
+        let before = self.gateways().get(gateway).and_then(|state| state.current.borrow().clone());
+        let delta = before
+            .as_ref()
+            .filter(|before| before.version.content_hash != hash)
+            .map(|before| sluice_snapshot::delta::diff(&before.content, &content));
         let mut gateways = self.gateways();
         let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
         let version = state.versioner.stamp_hash(hash)?;
-        let old = state.current.send_replace(Some(Arc::new(Published::new(unversioned, version.clone()))));
+        let mut published = Published::new(unversioned, version.clone(), content);
+        let base = state.current.borrow().clone();
+        if let (Some(mut delta), Some(before), Some(base)) = (delta, before, base)
+            && Arc::ptr_eq(&before.content, &base.content)
+        {
+            delta.base = Some(base.version.clone());
+            delta.version = Some(version.clone());
+            let encoded = Bytes::from(prost::Message::encode_to_vec(&delta));
+            published.delta = Some((base.version.content_hash.clone(), encoded));
+        }
+        let old = state.current.send_replace(Some(Arc::new(published)));
         drop(gateways);
         drop_elsewhere(old);
         self.progress_changed();
         Some(version)
+    }
+
+    /// Messages and bytes sent to data planes since the server started, by kind.
+    pub fn sent(&self) -> Sent {
+        let counters = &self.shared.sent;
+        Sent {
+            snapshots: counters.snapshots.load(Ordering::Relaxed),
+            snapshot_bytes: counters.snapshot_bytes.load(Ordering::Relaxed),
+            deltas: counters.deltas.load(Ordering::Relaxed),
+            delta_bytes: counters.delta_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_sent(&self, kind: MessageKind, bytes: usize) {
+        let counters = &self.shared.sent;
+        let (messages, total) = match kind {
+            MessageKind::Snapshot => (&counters.snapshots, &counters.snapshot_bytes),
+            MessageKind::Delta => (&counters.deltas, &counters.delta_bytes),
+        };
+        messages.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Forgets a deleted Gateway; its open streams stay open but receive nothing more.
@@ -395,7 +476,7 @@ impl PushServer {
                     // It serves our content already, maybe under a higher generation (we
                     // restarted): take its version so nobody reloads.
                     if state.versioner.adopt(reported) {
-                        let adopted = Published::new(ours.unversioned.clone(), reported.clone());
+                        let adopted = ours.restamped(reported.clone());
                         state.current.send_replace(Some(Arc::new(adopted)));
                     }
                 }
@@ -437,7 +518,7 @@ impl PushServer {
                 tracing::warn!(gateway, pod, generation, error = nack.error, "data plane rejected a snapshot");
                 entry.progress.rejected = Some((generation, nack.error));
             }
-            data_plane_message::Message::Hello(_) => return,
+            data_plane_message::Message::Hello(_) | data_plane_message::Message::Resync(_) => return,
         }
         drop(gateways);
         self.progress_changed();
@@ -565,35 +646,63 @@ impl ConfigPush for PushService {
         let mut standby = self.server.shared.standby.subscribe();
         tokio::spawn(async move {
             let reported_hash = hello.current.as_ref().map(|v| v.content_hash.clone());
+            // What the pod serves, as far as this stream knows: the base a delta must have.
+            let mut sent: Option<Version> = hello.current.clone();
+            // Whether the last message was a delta (a Nack of one is answered whole).
+            let mut sent_delta = false;
             // The first snapshot: skipped when the pod already serves this content.
             let initial = current.borrow_and_update().clone();
             if let Some(published) = initial {
                 let same = Some(&published.version.content_hash) == reported_hash.as_ref();
                 let reported = hello.current.as_ref().map_or(0, |v| v.generation);
                 let newer = published.version.generation > reported;
-                if (newer || !same) && sender.send(Ok(snapshot_message(&published))).await.is_err() {
-                    server.disconnect(&hello.gateway, &hello.pod, stream);
-                    return;
+                if newer || !same {
+                    // A new stream gets the whole snapshot (or, at our content, the version).
+                    let at = sent.take().filter(|_| same);
+                    let (kind, message) = message_for(&published, at.as_ref());
+                    server.count_sent(kind, encoded_len(&message));
+                    sent = Some(published.version.clone());
+                    sent_delta = kind == MessageKind::Delta;
+                    if sender.send(Ok(message)).await.is_err() {
+                        server.disconnect(&hello.gateway, &hello.pod, stream);
+                        return;
+                    }
                 }
             }
             loop {
-                tokio::select! {
+                let whole = tokio::select! {
                     changed = current.changed() => {
                         if changed.is_err() {
                             break;
                         }
-                        let published = current.borrow_and_update().clone();
-                        if let Some(published) = published
-                            && sender.send(Ok(snapshot_message(&published))).await.is_err()
-                        {
-                            break;
-                        }
+                        false
                     }
                     message = inbound.message() => match message {
-                        Ok(Some(DataPlaneMessage { message: Some(message) })) => {
-                            server.record(&hello.gateway, &hello.pod, stream, message);
+                        Ok(Some(DataPlaneMessage { message: Some(data_plane_message::Message::Resync(resync)) })) => {
+                            tracing::info!(
+                                gateway = hello.gateway,
+                                pod = hello.pod,
+                                reason = resync.reason,
+                                "data plane asks for the whole snapshot"
+                            );
+                            true
                         }
-                        Ok(Some(DataPlaneMessage { message: None })) => {}
+                        Ok(Some(DataPlaneMessage { message: Some(message) })) => {
+                            let nacked = matches!(message, data_plane_message::Message::Nack(_));
+                            server.record(&hello.gateway, &hello.pod, stream, message);
+                            if !nacked {
+                                continue;
+                            }
+                            // The pod serves what it served before: a rejected delta is
+                            // followed by the whole snapshot, a rejected snapshot by the
+                            // next change, whole.
+                            sent = None;
+                            if !sent_delta {
+                                continue;
+                            }
+                            true
+                        }
+                        Ok(Some(DataPlaneMessage { message: None })) => continue,
                         Ok(None) | Err(_) => break,
                     },
                     () = sender.closed() => break,
@@ -608,6 +717,27 @@ impl ConfigPush for PushService {
                         tracing::info!(gateway = hello.gateway, pod = hello.pod, "credential expired; ending the stream");
                         break;
                     }
+                };
+                let published = current.borrow_and_update().clone();
+                let Some(published) = published else { continue };
+                if whole {
+                    sent = None;
+                }
+                let (kind, message) = message_for(&published, sent.as_ref());
+                let bytes = encoded_len(&message);
+                server.count_sent(kind, bytes);
+                tracing::debug!(
+                    gateway = hello.gateway,
+                    pod = hello.pod,
+                    generation = published.version.generation,
+                    ?kind,
+                    bytes,
+                    "pushing"
+                );
+                sent = Some(published.version.clone());
+                sent_delta = kind == MessageKind::Delta;
+                if sender.send(Ok(message)).await.is_err() {
+                    break;
                 }
             }
             tracing::info!(gateway = hello.gateway, pod = hello.pod, "data plane disconnected");
@@ -617,8 +747,50 @@ impl ConfigPush for PushService {
     }
 }
 
-fn snapshot_message(published: &Published) -> ControlPlaneMessage {
-    ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(published.encoded.clone())) }
+/// The message bringing a pod that serves `at` (as far as its stream knows) to
+/// `published`: the delta when `at` is its base, an empty delta when `at` has the same
+/// content (only the version moves), else the whole snapshot.
+fn message_for(published: &Published, at: Option<&Version>) -> (MessageKind, ControlPlaneMessage) {
+    let delta = |bytes: Bytes| {
+        (MessageKind::Delta, ControlPlaneMessage { message: Some(control_plane_message::Message::Delta(bytes)) })
+    };
+    match at {
+        Some(at) if at.content_hash == published.version.content_hash && !at.content_hash.is_empty() => {
+            let same = SnapshotDelta {
+                base: Some(at.clone()),
+                version: Some(published.version.clone()),
+                gateway: published.content.gateway.clone(),
+                listeners: (0..published.content.listeners.len())
+                    .map(|index| ListenerDelta {
+                        base_index: Some(u32::try_from(index).unwrap_or(u32::MAX)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            delta(Bytes::from(prost::Message::encode_to_vec(&same)))
+        }
+        Some(at) => match &published.delta {
+            Some((base, bytes)) if *base == at.content_hash => delta(bytes.clone()),
+            _ => snapshot_message(published),
+        },
+        None => snapshot_message(published),
+    }
+}
+
+fn snapshot_message(published: &Published) -> (MessageKind, ControlPlaneMessage) {
+    let message =
+        ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(published.encoded.clone())) };
+    (MessageKind::Snapshot, message)
+}
+
+fn encoded_len(message: &ControlPlaneMessage) -> usize {
+    match &message.message {
+        Some(control_plane_message::Message::Snapshot(bytes) | control_plane_message::Message::Delta(bytes)) => {
+            bytes.len()
+        }
+        None => 0,
+    }
 }
 
 #[cfg(test)]
