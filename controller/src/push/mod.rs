@@ -685,6 +685,11 @@ impl ConfigPush for PushService {
                                 reason = resync.reason,
                                 "data plane asks for the whole snapshot"
                             );
+                            // Only a delta can miss; after a whole snapshot the pod has
+                            // what it needs, so a late (or repeated) Resync costs nothing.
+                            if !sent_delta {
+                                continue;
+                            }
                             true
                         }
                         Ok(Some(DataPlaneMessage { message: Some(message) })) => {
@@ -865,6 +870,107 @@ mod tests {
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 1, "not pushed to the maximum");
         let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
         assert_eq!(server.publish("ns/gw", changed).map(|v| v.generation), Some(2), "room to grow");
+    }
+
+    /// A Gateway with `routes` routes on one listener and two clusters; `tag` changes
+    /// route 7 only.
+    fn routes_snapshot(routes: usize, tag: &str) -> Snapshot {
+        let route = |i: usize| sluice_snapshot::HttpRoute {
+            name: format!("httproute/ns/r{i}/rule/0/match/0"),
+            hostnames: vec![if i == 7 { format!("{tag}.example") } else { format!("h{i}.example") }],
+            ..Default::default()
+        };
+        Snapshot {
+            gateway: "ns/gw".into(),
+            listeners: vec![sluice_snapshot::Listener {
+                name: "http".into(),
+                port: 80,
+                http_routes: (0..routes).map(route).collect(),
+                ..Default::default()
+            }],
+            clusters: vec![
+                sluice_snapshot::Cluster { name: "a".into(), ..Default::default() },
+                sluice_snapshot::Cluster { name: "b".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn published(server: &PushServer) -> Arc<Published> {
+        server.gateways()["ns/gw"].current.borrow().clone().unwrap()
+    }
+
+    /// What `message` makes of `base` (with its hash checked, as the data plane does).
+    fn applied(base: &Snapshot, message: &ControlPlaneMessage) -> Snapshot {
+        let Some(control_plane_message::Message::Delta(bytes)) = &message.message else { panic!("not a delta") };
+        let delta: SnapshotDelta = prost::Message::decode(bytes.clone()).unwrap();
+        assert_eq!(delta.base.as_ref().unwrap().content_hash, sluice_snapshot::content_hash(base));
+        let mut next = sluice_snapshot::delta::apply(base, &delta).unwrap();
+        let version = next.version.take().unwrap();
+        assert_eq!(sluice_snapshot::content_hash(&next), version.content_hash);
+        next
+    }
+
+    #[test]
+    fn a_stream_at_the_base_gets_the_delta_and_any_other_the_whole_snapshot() {
+        let server = PushServer::new();
+        let (a, b, c) = (routes_snapshot(100, "a"), routes_snapshot(100, "b"), routes_snapshot(100, "c"));
+        server.publish("ns/gw", a.clone()).unwrap();
+        let at_a = published(&server);
+        assert!(at_a.delta.is_none(), "nothing to diff the first snapshot against");
+        assert_eq!(message_for(&at_a, None).0, MessageKind::Snapshot, "a new stream gets it whole");
+
+        server.publish("ns/gw", b.clone()).unwrap();
+        let at_b = published(&server);
+        let (kind, message) = message_for(&at_b, Some(&at_a.version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&a, &message), b);
+        assert!(encoded_len(&message) * 20 < at_b.encoded.len(), "one route of 100 costs about one route");
+        assert_eq!(message_for(&at_b, None).0, MessageKind::Snapshot, "after a Nack or a Resync");
+
+        // A stream that skipped b (a burst merged by the watch channel) gets c whole.
+        server.publish("ns/gw", c.clone()).unwrap();
+        let at_c = published(&server);
+        assert_eq!(message_for(&at_c, Some(&at_a.version)).0, MessageKind::Snapshot);
+        assert_eq!(message_for(&at_c, Some(&at_b.version)).0, MessageKind::Delta);
+
+        // Back to a: a stream that skipped b and c is at that content already, and only
+        // the version moves (an empty delta); one at c gets the delta c → a.
+        server.publish("ns/gw", a.clone()).unwrap();
+        let again = published(&server);
+        let (kind, message) = message_for(&again, Some(&at_a.version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&a, &message), a);
+        let (kind, message) = message_for(&again, Some(&at_c.version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&c, &message), a);
+        assert_eq!(message_for(&again, Some(&at_b.version)).0, MessageKind::Snapshot);
+    }
+
+    #[test]
+    fn a_restamped_snapshot_reaches_streams_at_its_content_as_an_empty_delta() {
+        let server = PushServer::new();
+        let (a, b) = (routes_snapshot(10, "a"), routes_snapshot(10, "b"));
+        server.publish("ns/gw", a.clone()).unwrap();
+        let at_a = published(&server);
+        server.publish("ns/gw", b.clone()).unwrap();
+        let at_b = published(&server);
+        // A pod with other content at a higher generation: b is re-stamped above it.
+        let other = Version { generation: 50, content_hash: "other".into() };
+        let hello = Hello { gateway: "ns/gw".into(), pod: "p".into(), current: Some(other), dropped: vec![] };
+        server.connect(&hello);
+        let restamped = published(&server);
+        assert_eq!(restamped.version.generation, 51);
+        let (kind, message) = message_for(&restamped, Some(&at_b.version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&b, &message), b);
+        // The delta a → b was stamped for version 2; re-stamped, it is not sent again.
+        assert_eq!(message_for(&restamped, Some(&at_a.version)).0, MessageKind::Snapshot);
+        // The next change is a delta from the re-stamped version.
+        server.publish("ns/gw", a.clone()).unwrap();
+        let (kind, message) = message_for(&published(&server), Some(&restamped.version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&b, &message), a);
     }
 
     #[test]
