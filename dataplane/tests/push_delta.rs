@@ -158,6 +158,25 @@ fn deltas_apply_and_a_mismatch_asks_for_the_whole_snapshot() {
     send(delta(&sluice_snapshot::delta::diff(&v1, &v3)));
     assert!(matches!(next("Resync"), data_plane_message::Message::Resync(_)));
 
+    // Bytes that are no delta, and a delta naming a listener its base lacks: Resync, and
+    // the data plane goes on serving.
+    let garbage = ControlPlaneMessage { message: Some(control_plane_message::Message::Delta(vec![0xff; 3].into())) };
+    send(garbage);
+    match next("Resync") {
+        data_plane_message::Message::Resync(resync) => assert!(resync.reason.contains("decode"), "{}", resync.reason),
+        other => panic!("expected a Resync, got {other:?}"),
+    }
+    let mut no_such_listener = sluice_snapshot::delta::diff(&v2, &v3);
+    no_such_listener.listeners[0].base_index = Some(7);
+    send(delta(&no_such_listener));
+    match next("Resync") {
+        data_plane_message::Message::Resync(resync) => {
+            assert!(resync.reason.contains("base listener 7"), "{}", resync.reason)
+        }
+        other => panic!("expected a Resync, got {other:?}"),
+    }
+    assert_eq!(get(port, "x", "/", &[]).echo("backend"), Some("b"), "still serving v2");
+
     // The whole snapshot converges.
     send(whole(&v3));
     assert_eq!(acked(next("Ack v3")), 3);
