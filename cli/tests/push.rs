@@ -29,7 +29,8 @@ async fn ask(address: std::net::SocketAddr, ca_pem: &str, token: Option<&str>, g
         Err(error) => return format!("transport error: {error}"),
     };
     let mut client = ConfigPushClient::new(channel);
-    let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![] };
+    let hello =
+        Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![], accepts_deltas: true };
     let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
     let outbound = tokio_stream::iter(vec![message]).chain(tokio_stream::pending());
     let mut request = tonic::Request::new(outbound);
@@ -423,7 +424,13 @@ fn a_stream_ends_when_its_token_expires() {
             let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
             let endpoint = Endpoint::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap();
             let mut client = ConfigPushClient::new(endpoint.connect().await.unwrap());
-            let hello = Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![] };
+            let hello = Hello {
+                gateway: gateway.into(),
+                pod: "probe".into(),
+                current: None,
+                dropped: vec![],
+                accepts_deltas: true,
+            };
             let message = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
             let mut request = tonic::Request::new(tokio_stream::iter(vec![message]).chain(tokio_stream::pending()));
             request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use sluice_controller::push::{PushServer, Sent};
 use sluice_snapshot::HttpRoute;
+use sluice_snapshot::push::config_push_client::ConfigPushClient;
+use sluice_snapshot::push::{DataPlaneMessage, Hello, control_plane_message, data_plane_message};
 use support::*;
+use tokio_stream::StreamExt;
 
 const GATEWAY: &str = "test/gw";
 
@@ -169,4 +172,40 @@ fn a_nacked_delta_is_followed_by_the_whole_snapshot() {
     serves(port, "v4");
     assert_eq!(sent(&controller.push), (3, 2), "and then deltas again");
     assert_eq!(metric(admin, RESYNCS), 0);
+}
+
+/// What a stream that opens with `accepts_deltas` receives for the first snapshot and two
+/// changes: "snapshot" or "delta" each.
+fn kinds_received(controller: &Controller, gateway: &str, accepts_deltas: bool) -> Vec<&'static str> {
+    let content = |tag: &str| snapshot(gateway, 1, "a.example", 1, tag, "echo");
+    controller.push.publish(gateway, content("v1"));
+    let (address, push) = (controller.address, controller.push.clone());
+    controller.runtime().block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await;
+        let mut client = ConfigPushClient::new(channel.unwrap());
+        let hello =
+            Hello { gateway: gateway.into(), pod: "probe".into(), current: None, dropped: vec![], accepts_deltas };
+        let hello = DataPlaneMessage { message: Some(data_plane_message::Message::Hello(hello)) };
+        let outbound = tokio_stream::iter(vec![hello]).chain(tokio_stream::pending());
+        let mut inbound = client.stream(outbound).await.unwrap().into_inner();
+        let mut kinds = Vec::new();
+        for next in [None, Some("v2"), Some("v3")] {
+            if let Some(tag) = next {
+                push.publish(gateway, content(tag)).unwrap();
+            }
+            let message = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
+            kinds.push(match message.unwrap().unwrap().unwrap().message.unwrap() {
+                control_plane_message::Message::Snapshot(_) => "snapshot",
+                control_plane_message::Message::Delta(_) => "delta",
+            });
+        }
+        kinds
+    })
+}
+
+#[test]
+fn a_data_plane_from_before_deltas_gets_only_whole_snapshots() {
+    let controller = Controller::start(0, None);
+    assert_eq!(kinds_received(&controller, "test/new", true), ["snapshot", "delta", "delta"]);
+    assert_eq!(kinds_received(&controller, "test/old", false), ["snapshot", "snapshot", "snapshot"]);
 }

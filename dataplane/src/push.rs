@@ -369,6 +369,7 @@ async fn session(
         pod: pod.to_string(),
         current: applier.current.clone(),
         dropped: applier.dropped.clone(),
+        accepts_deltas: true,
     };
     sender.send(message(data_plane_message::Message::Hello(hello))).await?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));

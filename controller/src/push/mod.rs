@@ -647,7 +647,8 @@ impl ConfigPush for PushService {
         tokio::spawn(async move {
             let reported_hash = hello.current.as_ref().map(|v| v.content_hash.clone());
             // What the pod serves, as far as this stream knows: the base a delta must have.
-            let mut sent: Option<Version> = hello.current.clone();
+            // A data plane that does not take deltas is never at a base: whole snapshots.
+            let mut sent: Option<Version> = hello.current.clone().filter(|_| hello.accepts_deltas);
             // Whether the last message was a delta (a Nack of one is answered whole).
             let mut sent_delta = false;
             // The first snapshot: skipped when the pod already serves this content.
@@ -725,7 +726,7 @@ impl ConfigPush for PushService {
                 };
                 let published = current.borrow_and_update().clone();
                 let Some(published) = published else { continue };
-                if whole {
+                if whole || !hello.accepts_deltas {
                     sent = None;
                 }
                 let (kind, message) = message_for(&published, sent.as_ref());
@@ -845,13 +846,25 @@ mod tests {
         let ours = server.publish("ns/gw", snapshot.clone()).unwrap();
         // Same content under a higher generation (we restarted): adopted, no reload.
         let same = Version { generation: 40, content_hash: ours.content_hash.clone() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(same), dropped: vec![] };
+        let hello = Hello {
+            gateway: "ns/gw".into(),
+            pod: "p1".into(),
+            current: Some(same),
+            dropped: vec![],
+            accepts_deltas: true,
+        };
         let (_, receiver) = server.connect(&hello);
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 40);
         assert!(server.progress()["ns/gw"].programmed().is_ok());
         // Other content at a higher generation: ours is re-stamped above it.
         let other = Version { generation: 90, content_hash: "other".into() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p2".into(), current: Some(other), dropped: vec![] };
+        let hello = Hello {
+            gateway: "ns/gw".into(),
+            pod: "p2".into(),
+            current: Some(other),
+            dropped: vec![],
+            accepts_deltas: true,
+        };
         let (_, receiver) = server.connect(&hello);
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 91);
         // And it keeps growing from there.
@@ -865,7 +878,13 @@ mod tests {
         let snapshot = Snapshot { gateway: "ns/gw".into(), ..Default::default() };
         server.publish("ns/gw", snapshot).unwrap();
         let huge = Version { generation: u64::MAX - 1, content_hash: "other".into() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p1".into(), current: Some(huge), dropped: vec![] };
+        let hello = Hello {
+            gateway: "ns/gw".into(),
+            pod: "p1".into(),
+            current: Some(huge),
+            dropped: vec![],
+            accepts_deltas: true,
+        };
         let (_, receiver) = server.connect(&hello);
         assert_eq!(receiver.borrow().as_ref().unwrap().version.generation, 1, "not pushed to the maximum");
         let changed = Snapshot { gateway: "ns/gw".into(), listeners: vec![Default::default()], ..Default::default() };
@@ -957,7 +976,13 @@ mod tests {
         let at_b = published(&server);
         // A pod with other content at a higher generation: b is re-stamped above it.
         let other = Version { generation: 50, content_hash: "other".into() };
-        let hello = Hello { gateway: "ns/gw".into(), pod: "p".into(), current: Some(other), dropped: vec![] };
+        let hello = Hello {
+            gateway: "ns/gw".into(),
+            pod: "p".into(),
+            current: Some(other),
+            dropped: vec![],
+            accepts_deltas: true,
+        };
         server.connect(&hello);
         let restamped = published(&server);
         assert_eq!(restamped.version.generation, 51);
@@ -978,11 +1003,18 @@ mod tests {
         let server = PushServer::new();
         server.publish("ns/gw", Snapshot { gateway: "ns/gw".into(), ..Default::default() }).unwrap();
         for n in 0..100 {
-            let hello = Hello { gateway: "ns/gw".into(), pod: format!("pod-{n}"), current: None, dropped: vec![] };
+            let hello = Hello {
+                gateway: "ns/gw".into(),
+                pod: format!("pod-{n}"),
+                current: None,
+                dropped: vec![],
+                accepts_deltas: true,
+            };
             let (stream, _) = server.connect(&hello);
             server.disconnect("ns/gw", &hello.pod, stream);
         }
-        let hello = Hello { gateway: "ns/gw".into(), pod: "live".into(), current: None, dropped: vec![] };
+        let hello =
+            Hello { gateway: "ns/gw".into(), pod: "live".into(), current: None, dropped: vec![], accepts_deltas: true };
         let (old, _) = server.connect(&hello);
         let (new, _) = server.connect(&hello);
         // The old stream of a pod that reconnected ends after the new one began.
