@@ -350,6 +350,7 @@ fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, inte
                     metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
                     metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
                     tables.store(Arc::new(compiled));
+                    metrics.prune_routes();
                     tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
                 }
                 Err(error) => {

@@ -12,6 +12,14 @@ use tokio::process::{Child, Command};
 use super::write_private;
 use crate::push::auth::StaticTokens;
 
+/// mimalloc settings for the data planes `sluice run` starts (the `sluice` program, whose
+/// allocator is mimalloc; other allocators ignore them), unless set already: give freed
+/// memory back to the system at once instead of a second later (when an idle data plane
+/// would no longer be allocating, so never), and no transparent huge pages (2 MiB pages
+/// that a few live blocks keep resident). 5000 routes: 64 → 30 MB resident, with no
+/// throughput loss measured (docs/standalone.md).
+const DATA_PLANE_ALLOCATOR: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")];
+
 /// How data planes are started: the command and what they need to reach the push server.
 pub(super) struct Launch {
     /// The program and leading arguments.
@@ -125,6 +133,11 @@ impl DataPlanes {
             .kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
+        }
+        for (name, value) in DATA_PLANE_ALLOCATOR {
+            if std::env::var_os(name).is_none() {
+                command.env(name, value);
+            }
         }
         let child = command.spawn().with_context(|| format!("running {}", program.to_string_lossy()))?;
         let listening: Vec<String> = ports.iter().map(|p| format!("{}:{p}", self.launch.bind)).collect();
