@@ -129,7 +129,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
             _ = &mut shutdown => break,
         }
         // Data-plane progress alone never translates: it only changes the overlay.
-        let translated = reconciler.refresh(inputs_changed, || stores.world());
+        let translated = reconciler.refresh(inputs_changed, || stores.world()) == reconcile::Refreshed::Translated;
         let leading = *leader_rx.borrow_and_update();
         let leadership_changed = std::mem::replace(&mut was_leading, leading) != leading;
         // Only the leader serves data planes: its push progress decides Programmed.

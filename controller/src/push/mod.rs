@@ -299,6 +299,13 @@ impl PushServer {
         Some(version)
     }
 
+    /// The content last published for `gateway` (its version cleared), if any.
+    pub fn content(&self, gateway: &str) -> Option<Arc<Snapshot>> {
+        let gateways = self.gateways();
+        let published = gateways.get(gateway)?.current.borrow().clone()?;
+        Some(published.content.clone())
+    }
+
     /// Messages and bytes sent to data planes since the server started, by kind.
     pub fn sent(&self) -> Sent {
         let counters = &self.shared.sent;

@@ -54,6 +54,18 @@ pub struct Translated {
     pub status: Arc<Status>,
 }
 
+/// What [`Reconciler::refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Nothing: the inputs did not change.
+    Nothing,
+    /// Only EndpointSlices changed: the endpoints of the clusters that use them were
+    /// recomputed and republished; status, infra and every route are as they were.
+    Endpoints,
+    /// The World was translated again and every Gateway's snapshot published.
+    Translated,
+}
+
 /// Owns translation and publishing for one controller; cheap to keep.
 pub struct Reconciler {
     push: PushServer,
@@ -61,11 +73,12 @@ pub struct Reconciler {
     /// The Gateways published by the last translation.
     published: BTreeSet<String>,
     translations: u64,
+    endpoint_refreshes: u64,
 }
 
 impl Reconciler {
     pub fn new(push: PushServer) -> Reconciler {
-        Reconciler { push, last: None, published: BTreeSet::new(), translations: 0 }
+        Reconciler { push, last: None, published: BTreeSet::new(), translations: 0, endpoint_refreshes: 0 }
     }
 
     /// The last translation, if any.
@@ -76,6 +89,11 @@ impl Reconciler {
     /// How many times the World was translated.
     pub fn translations(&self) -> u64 {
         self.translations
+    }
+
+    /// How many changes only refreshed endpoints (no translation).
+    pub fn endpoint_refreshes(&self) -> u64 {
+        self.endpoint_refreshes
     }
 
     /// When the clock alone changes the last translation (Unix seconds).
@@ -90,16 +108,52 @@ impl Reconciler {
     }
 
     /// Translates the World `world()` returns if [`Reconciler::needs_translation`], and
-    /// publishes every Gateway's snapshot. Returns whether it translated.
-    pub fn refresh(&mut self, inputs_changed: bool, world: impl FnOnce() -> World) -> bool {
+    /// publishes every Gateway's snapshot; when only EndpointSlices changed since the
+    /// last translation, republishes only the endpoints that changed.
+    pub fn refresh(&mut self, inputs_changed: bool, world: impl FnOnce() -> World) -> Refreshed {
         let now = crate::unix_now();
         if !self.needs_translation(inputs_changed, now) {
-            return false;
+            return Refreshed::Nothing;
         }
         let mut world = world();
         world.now = Some(now);
-        self.translate(world);
-        true
+        let endpoints_only = self
+            .last
+            .as_ref()
+            .and_then(|last| sluice_translate::endpoints_only(&last.world, &world, last.output.next_change_at));
+        match endpoints_only {
+            Some(services) => {
+                self.refresh_endpoints(world, &services);
+                Refreshed::Endpoints
+            }
+            None => {
+                self.translate(world);
+                Refreshed::Translated
+            }
+        }
+    }
+
+    /// Republishes the snapshots whose clusters use `services`, their endpoints
+    /// recomputed from `world` (which differs from the last one only in EndpointSlices).
+    fn refresh_endpoints(&mut self, world: World, services: &BTreeSet<ObjectKey>) {
+        let started = Instant::now();
+        self.endpoint_refreshes += 1;
+        for name in &self.published {
+            let Some(content) = self.push.content(name) else { continue };
+            let Some(snapshot) = sluice_translate::refresh_endpoints(&world, services, &content) else { continue };
+            if let Some(version) = self.push.publish(name, snapshot) {
+                tracing::debug!(
+                    gateway = name,
+                    generation = version.generation,
+                    services = services.len(),
+                    published_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "published endpoints"
+                );
+            }
+        }
+        if let Some(last) = self.last.as_mut() {
+            last.world = world;
+        }
     }
 
     /// Translates `world` and publishes the result; forgets Gateways no longer there.
@@ -214,6 +268,19 @@ metadata: {name: web, namespace: infra}
 spec:
   gatewayClassName: sluice
   listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: app, namespace: infra}
+spec:
+  parentRefs: [{name: web}]
+  rules: [{backendRefs: [{name: app, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: infra}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
 "#;
 
     fn world() -> World {
@@ -232,7 +299,7 @@ spec:
     fn data_plane_progress_recomputes_the_overlay_without_translating() {
         let push = PushServer::new();
         let mut reconciler = Reconciler::new(push.clone());
-        assert!(reconciler.refresh(true, world));
+        assert_eq!(reconciler.refresh(true, world), Refreshed::Translated);
         assert_eq!(reconciler.translations(), 1);
 
         let status = reconciler.last().unwrap().status.clone();
@@ -252,7 +319,7 @@ spec:
             world_was_read.set(true);
             world()
         });
-        assert!(!translated && !world_was_read.get());
+        assert!(translated == Refreshed::Nothing && !world_was_read.get());
         let programmed_now = overlay(&status, &reconciler.holds(&progress, |_| None), &progress);
         assert_eq!(programmed(&programmed_now), (ConditionStatus::True, reason::PROGRAMMED.to_string()));
         assert_eq!(reconciler.translations(), 1, "progress never translates");
@@ -262,7 +329,7 @@ spec:
         assert_eq!(programmed(&overlay(&status, &held, &progress)).1, "AddressNotAssigned");
 
         // Changed inputs translate again.
-        assert!(reconciler.refresh(true, world));
+        assert_eq!(reconciler.refresh(true, world), Refreshed::Translated);
         assert_eq!(reconciler.translations(), 2);
     }
 
@@ -288,5 +355,51 @@ spec:
         reconciler.refresh(true, World::default);
         assert!(!push.progress().contains_key("infra/web"));
         assert!(reconciler.holds(&push.progress(), |_| None).is_empty());
+    }
+
+    /// An EndpointSlice of the app Service with one ready endpoint at `address`.
+    fn slice(address: &str) -> Arc<k8s_openapi::api::discovery::v1::EndpointSlice> {
+        let text = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: app-1, namespace: infra, labels: {{kubernetes.io/service-name: app}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"{address}\"], conditions: {{ready: true}}}}]\n"
+        );
+        World::from_manifests(&text).0.endpoint_slices.remove(0)
+    }
+
+    #[test]
+    fn an_endpoint_slice_change_republishes_endpoints_without_translating() {
+        let push = PushServer::new();
+        let mut reconciler = Reconciler::new(push.clone());
+        let first = world();
+        assert_eq!(reconciler.refresh(true, || first.clone()), Refreshed::Translated);
+        let status = reconciler.last().unwrap().status.clone();
+        let endpoints = || {
+            let content = push.content("infra/web").unwrap();
+            let cluster = content.clusters.iter().find(|c| c.name == "service/infra/app/port/80").unwrap();
+            cluster.endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>()
+        };
+        assert!(endpoints().is_empty());
+        let version = push.progress()["infra/web"].version;
+
+        let mut rolled = first.clone();
+        rolled.endpoint_slices.push(slice("10.0.0.7"));
+        assert_eq!(reconciler.refresh(true, || rolled.clone()), Refreshed::Endpoints);
+        assert_eq!(endpoints(), ["10.0.0.7"]);
+        assert!(push.progress()["infra/web"].version > version, "a new version is published");
+        assert_eq!(reconciler.translations(), 1, "no translation");
+        assert_eq!(reconciler.endpoint_refreshes(), 1);
+        assert!(Arc::ptr_eq(&status, &reconciler.last().unwrap().status), "status untouched");
+
+        // The next change compares with the World of the refresh, not the translated one.
+        let mut rolled_again = first.clone();
+        rolled_again.endpoint_slices.push(slice("10.0.0.8"));
+        assert_eq!(reconciler.refresh(true, || rolled_again.clone()), Refreshed::Endpoints);
+        assert_eq!(endpoints(), ["10.0.0.8"]);
+
+        // Anything else translates.
+        let mut other = rolled_again.clone();
+        other.services = world().services;
+        assert_eq!(reconciler.refresh(true, || other), Refreshed::Translated);
+        assert_eq!(reconciler.translations(), 2);
+        assert_eq!(endpoints(), ["10.0.0.8"], "the full translation agrees");
     }
 }

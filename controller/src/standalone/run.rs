@@ -154,14 +154,16 @@ impl Runner {
         let manifests = &self.manifests;
         let problems = &mut self.problems;
         let mut merged = Duration::ZERO;
-        let translated = self.reconciler.refresh(changed, || {
+        let outcome = self.reconciler.refresh(changed, || {
             let merging = Instant::now();
             let (world, read) = manifests.world();
             merged = merging.elapsed();
             *problems = Arc::new(read);
             world
         });
-        let Some(last) = self.reconciler.last().filter(|_| translated) else { return };
+        let Some(last) = self.reconciler.last().filter(|_| outcome != crate::reconcile::Refreshed::Nothing) else {
+            return;
+        };
         let published = started.elapsed();
         self.reporter.translated(&last.status);
         let summarized = started.elapsed();

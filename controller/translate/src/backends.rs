@@ -223,7 +223,7 @@ fn load_balancing(service: &Service) -> LoadBalancing {
 
 /// The Service port `port` for UDP (protocol UDP) or for TCP-based traffic (preferring a
 /// port that is not UDP when both exist).
-fn find_port(service: &Service, port: i32, udp: bool) -> Option<&ServicePort> {
+pub(crate) fn find_port(service: &Service, port: i32, udp: bool) -> Option<&ServicePort> {
     let ports = service.spec.as_ref()?.ports.as_ref()?;
     let is_udp = |p: &&ServicePort| p.protocol.as_deref() == Some("UDP");
     if udp {
@@ -246,7 +246,7 @@ fn app_protocol(value: Option<&str>) -> AppProtocol {
 
 /// Ready endpoints of the named Service port; when none is ready, the serving-and-
 /// terminating ones (so that a rolling update never leaves a gap). Deduplicated, sorted.
-fn endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Endpoint> {
+pub(crate) fn endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Endpoint> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {

@@ -74,6 +74,7 @@ mod gateways;
 mod grpcroutes;
 mod httpfilters;
 mod httproutes;
+mod incremental;
 mod index;
 mod l4routes;
 mod listenersets;
@@ -94,6 +95,7 @@ use sluice_snapshot::Snapshot;
 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
+pub use incremental::{endpoints_only, refresh_endpoints};
 pub use index::ObjectKey;
 pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use status::{

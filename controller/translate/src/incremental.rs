@@ -1,0 +1,205 @@
+//! Changes that need no translation: when only EndpointSlices changed between two
+//! Worlds, every route, listener and status stays what it was, and only the endpoints of
+//! the clusters of the Services whose slices changed are recomputed.
+//!
+//! ```text
+//!  before, after ─► endpoints_only ── None ─► translate(after)   (anything else changed)
+//!                        │ Some(Services whose slices changed)
+//!                        ▼
+//!  each published Snapshot ─► refresh_endpoints ─► the same Snapshot, those clusters'
+//!                                                  endpoints recomputed
+//! ```
+//!
+//! The result equals a full translation of `after` (a property test drives random
+//! changes and compares after every step): endpoints are the only thing translation reads
+//! from EndpointSlices, and objects are compared by identity (`Arc::ptr_eq`), so an
+//! object replaced by an equal copy merely takes the full path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_snapshot::Snapshot;
+
+use crate::World;
+use crate::backends::{endpoints, find_port};
+use crate::index::{ObjectKey, SERVICE_NAME_LABEL};
+
+/// The Services whose EndpointSlices differ between `before` (translated last, with
+/// `next_change_at` from its output) and `after`, if nothing else differs that
+/// translation reads; None when `after` must be translated in full.
+pub fn endpoints_only(before: &World, after: &World, next_change_at: Option<i64>) -> Option<BTreeSet<ObjectKey>> {
+    if !same_clock_answers(before.now, after.now, next_change_at)
+        || before.crd_bundle_version != after.crd_bundle_version
+    {
+        return None;
+    }
+    let same = same_objects(&before.gateway_classes, &after.gateway_classes)
+        && same_objects(&before.gateways, &after.gateways)
+        && same_objects(&before.listener_sets, &after.listener_sets)
+        && same_objects(&before.http_routes, &after.http_routes)
+        && same_objects(&before.grpc_routes, &after.grpc_routes)
+        && same_objects(&before.tcp_routes, &after.tcp_routes)
+        && same_objects(&before.udp_routes, &after.udp_routes)
+        && same_objects(&before.tls_routes, &after.tls_routes)
+        && same_objects(&before.reference_grants, &after.reference_grants)
+        && same_objects(&before.backend_tls_policies, &after.backend_tls_policies)
+        && same_objects(&before.services, &after.services)
+        && same_objects(&before.secrets, &after.secrets)
+        && same_objects(&before.config_maps, &after.config_maps)
+        && same_objects(&before.namespaces, &after.namespaces)
+        && same_objects(&before.proxy_configs, &after.proxy_configs);
+    if !same {
+        return None;
+    }
+    let mut services = BTreeSet::new();
+    for slice in changed_objects(&before.endpoint_slices, &after.endpoint_slices) {
+        if let Some(service) = service_of(slice) {
+            services.insert(service);
+        }
+    }
+    Some(services)
+}
+
+/// `snapshot` with the endpoints of the clusters of `services` recomputed from `world`'s
+/// EndpointSlices; None when no endpoint changed (then nothing is copied).
+pub fn refresh_endpoints(world: &World, services: &BTreeSet<ObjectKey>, snapshot: &Snapshot) -> Option<Snapshot> {
+    let concerned = |name: &str| cluster_service(name).filter(|(service, ..)| services.contains(service));
+    if !snapshot.clusters.iter().any(|c| concerned(&c.name).is_some()) {
+        return None;
+    }
+    let mut slices: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &world.endpoint_slices {
+        if let Some(service) = service_of(slice).filter(|s| services.contains(s)) {
+            slices.entry(service).or_default().push(slice);
+        }
+    }
+    let found: HashMap<ObjectKey, &k8s_openapi::api::core::v1::Service> = world
+        .services
+        .iter()
+        .map(|s| (ObjectKey::of(s.as_ref()), s.as_ref()))
+        .filter(|(key, _)| services.contains(key))
+        .collect();
+    let mut fresh = Vec::new();
+    for (at, cluster) in snapshot.clusters.iter().enumerate() {
+        let Some((service, port, udp)) = concerned(&cluster.name) else { continue };
+        // The Service is unchanged, so the port the cluster was built from is still there.
+        let Some(service_port) = found.get(&service).and_then(|s| find_port(s, port, udp)) else { continue };
+        let port_name = service_port.name.as_deref().unwrap_or_default();
+        let endpoints = endpoints(slices.get(&service).map(Vec::as_slice).unwrap_or_default(), port_name);
+        if endpoints != cluster.endpoints {
+            fresh.push((at, endpoints));
+        }
+    }
+    if fresh.is_empty() {
+        return None;
+    }
+    let mut snapshot = snapshot.clone();
+    for (at, endpoints) in fresh {
+        if let Some(cluster) = snapshot.clusters.get_mut(at) {
+            cluster.endpoints = endpoints;
+        }
+    }
+    Some(snapshot)
+}
+
+/// The Service of an EndpointSlice (label `kubernetes.io/service-name`).
+fn service_of(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(ObjectKey::of(slice).namespace, service.clone()))
+}
+
+/// The Service, port and UDP-ness a cluster was built from, read back from its name
+/// (`backends::cluster_name`, with `/udp` or `/grpc` appended for those variants).
+fn cluster_service(name: &str) -> Option<(ObjectKey, i32, bool)> {
+    let mut parts = name.strip_prefix("service/")?.split('/');
+    let (namespace, service) = (parts.next()?, parts.next()?);
+    if parts.next()? != "port" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let udp = match parts.next() {
+        None | Some("grpc") => false,
+        Some("udp") => true,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then(|| (ObjectKey::new(namespace, service), port, udp))
+}
+
+/// Whether a translation at `after` answers every clock-dependent question (certificate
+/// validity) as one at `before` did: no validity boundary (`next_change_at`) lies between.
+fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: Option<i64>) -> bool {
+    match (before, after) {
+        (None, None) => true,
+        (Some(before), Some(after)) => after >= before && next_change_at.is_none_or(|at| after < at),
+        _ => false,
+    }
+}
+
+/// Whether two lists hold the same objects (by identity), in any order.
+fn same_objects<T>(before: &[Arc<T>], after: &[Arc<T>]) -> bool {
+    if before.len() != after.len() {
+        return false;
+    }
+    if before.iter().zip(after).all(|(a, b)| Arc::ptr_eq(a, b)) {
+        return true;
+    }
+    let mut before: Vec<*const T> = before.iter().map(Arc::as_ptr).collect();
+    let mut after: Vec<*const T> = after.iter().map(Arc::as_ptr).collect();
+    before.sort_unstable();
+    after.sort_unstable();
+    before == after
+}
+
+/// The objects in one list and not the other (by identity), from both sides.
+fn changed_objects<'a, T>(before: &'a [Arc<T>], after: &'a [Arc<T>]) -> Vec<&'a T> {
+    if before.len() == after.len() && before.iter().zip(after).all(|(a, b)| Arc::ptr_eq(a, b)) {
+        return Vec::new();
+    }
+    let mut counts: HashMap<*const T, (isize, &'a T)> = HashMap::new();
+    for object in before {
+        counts.entry(Arc::as_ptr(object)).or_insert((0, object.as_ref())).0 += 1;
+    }
+    for object in after {
+        counts.entry(Arc::as_ptr(object)).or_insert((0, object.as_ref())).0 -= 1;
+    }
+    counts.into_values().filter(|(count, _)| *count != 0).map(|(_, object)| object).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::cluster_name;
+
+    #[test]
+    fn cluster_names_read_back() {
+        let key = ObjectKey::new("apps", "web");
+        assert_eq!(cluster_service(&cluster_name(&key, 8080)), Some((key.clone(), 8080, false)));
+        assert_eq!(cluster_service(&format!("{}/udp", cluster_name(&key, 53))), Some((key.clone(), 53, true)));
+        assert_eq!(cluster_service(&format!("{}/grpc", cluster_name(&key, 9000))), Some((key, 9000, false)));
+        for bad in
+            ["", "service/a", "service/a/b/port/x", "service/a/b/pork/1", "service/a/b/port/1/tcp", "x/a/b/port/1"]
+        {
+            assert_eq!(cluster_service(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_clock_matters_only_across_a_validity_boundary() {
+        assert!(same_clock_answers(None, None, None));
+        assert!(same_clock_answers(Some(10), Some(20), None));
+        assert!(same_clock_answers(Some(10), Some(20), Some(21)));
+        assert!(!same_clock_answers(Some(10), Some(21), Some(21)));
+        assert!(!same_clock_answers(Some(10), Some(9), None), "the clock went back");
+        assert!(!same_clock_answers(None, Some(9), None));
+    }
+
+    #[test]
+    fn identity_not_order_decides_sameness() {
+        let (a, b) = (Arc::new(1), Arc::new(1));
+        assert!(same_objects(&[a.clone(), b.clone()], &[b.clone(), a.clone()]));
+        assert!(!same_objects(std::slice::from_ref(&a), std::slice::from_ref(&b)), "an equal copy is another object");
+        assert!(changed_objects(&[a.clone(), b.clone()], &[b.clone(), a.clone()]).is_empty());
+        assert_eq!(changed_objects(std::slice::from_ref(&a), std::slice::from_ref(&b)).len(), 2);
+    }
+}
