@@ -3,8 +3,10 @@
 //! Every `*.yaml`/`*.yml` file below the directory (hidden entries skipped) is parsed on
 //! its own and cached by content, so a change to one file re-parses only that file; the
 //! World is the concatenation in path order, later definitions replacing earlier ones.
+//! How often each object is defined is counted as files change, so that the merge
+//! looks for replaced definitions only while some object is defined twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,43 @@ struct Parsed {
 pub struct Manifests {
     root: PathBuf,
     files: BTreeMap<PathBuf, Parsed>,
+    /// How many files define each object.
+    definitions: HashMap<Identity, u32>,
+    /// How many objects more than one file defines.
+    defined_twice: usize,
+}
+
+/// What a later definition replaces: the kind (World's field) and the namespaced name.
+type Identity = (&'static str, Option<String>, Option<String>);
+
+/// Calls `each` with the identity of every object of `world`.
+fn identities(world: &World, mut each: impl FnMut(Identity)) {
+    macro_rules! of {
+        ($($field:ident),*) => {
+            $(for object in &world.$field {
+                let meta = kube::Resource::meta(object.as_ref());
+                each((stringify!($field), meta.namespace.clone(), meta.name.clone()));
+            })*
+        };
+    }
+    of!(
+        gateway_classes,
+        gateways,
+        listener_sets,
+        http_routes,
+        grpc_routes,
+        tcp_routes,
+        udp_routes,
+        tls_routes,
+        reference_grants,
+        backend_tls_policies,
+        services,
+        endpoint_slices,
+        secrets,
+        config_maps,
+        namespaces,
+        proxy_configs
+    );
 }
 
 /// One problem reading the directory, for the user.
@@ -33,7 +72,38 @@ pub struct Problem {
 
 impl Manifests {
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), files: BTreeMap::new() }
+        Self { root: root.to_path_buf(), files: BTreeMap::new(), definitions: HashMap::new(), defined_twice: 0 }
+    }
+
+    /// Counts the definitions of a file that is read.
+    fn count(&mut self, world: &World) {
+        identities(world, |identity| {
+            let count = self.definitions.entry(identity).or_default();
+            *count += 1;
+            if *count == 2 {
+                self.defined_twice += 1;
+            }
+        });
+    }
+
+    /// Uncounts the definitions of a file that is gone or replaced.
+    fn uncount(&mut self, world: &World) {
+        identities(world, |identity| {
+            if let Some(count) = self.definitions.get_mut(&identity) {
+                *count -= 1;
+                if *count == 1 {
+                    self.defined_twice -= 1;
+                } else if *count == 0 {
+                    self.definitions.remove(&identity);
+                }
+            }
+        });
+    }
+
+    fn remove(&mut self, path: &Path) -> bool {
+        let Some(parsed) = self.files.remove(path) else { return false };
+        self.uncount(&parsed.world);
+        true
     }
 
     /// Re-reads the directory; returns whether anything changed.
@@ -41,10 +111,11 @@ impl Manifests {
         let mut paths = Vec::new();
         collect(&self.root, &mut paths)?;
         let mut changed = false;
-        let before = self.files.len();
         let listed: std::collections::BTreeSet<&PathBuf> = paths.iter().collect();
-        self.files.retain(|path, _| listed.contains(path));
-        changed |= self.files.len() != before;
+        let gone: Vec<PathBuf> = self.files.keys().filter(|path| !listed.contains(path)).cloned().collect();
+        for path in gone {
+            changed |= self.remove(&path);
+        }
         for path in paths {
             // An unchanged stamp means unchanged content, unless the file was modified so
             // recently that a second write within the same timestamp tick could hide.
@@ -57,7 +128,7 @@ impl Manifests {
             }
             // A file may vanish between listing and reading: it is simply gone.
             let Ok(bytes) = std::fs::read(&path) else {
-                changed |= self.files.remove(&path).is_some();
+                changed |= self.remove(&path);
                 continue;
             };
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -71,6 +142,8 @@ impl Manifests {
             }
             let text = String::from_utf8_lossy(&bytes);
             let (world, skipped) = World::from_manifests(&text);
+            self.remove(&path);
+            self.count(&world);
             self.files.insert(path, Parsed { stamp, hash, world, skipped });
             changed = true;
         }
@@ -90,7 +163,10 @@ impl Manifests {
             }
         }
         let mut duplicates = Vec::new();
-        world.keep_last_definitions(&mut duplicates);
+        // Looking for them costs a hash of every object's name: only when there are some.
+        if self.defined_twice > 0 {
+            world.keep_last_definitions(&mut duplicates);
+        }
         for skip in duplicates {
             problems.push(Problem { file: self.root.clone(), message: format!("{}: {}", skip.object, skip.reason) });
         }
@@ -164,7 +240,17 @@ mod tests {
         assert!(problems.iter().any(|p| p.message.contains("defined again")), "{problems:?}");
         std::fs::remove_file(dir.join("sub/b.yml")).unwrap();
         assert!(manifests.refresh().unwrap());
-        assert_eq!(manifests.world().0.gateways[0].spec.listeners[0].port, 80);
+        let (world, problems) = manifests.world();
+        assert_eq!(world.gateways[0].spec.listeners[0].port, 80);
+        assert!(!problems.iter().any(|p| p.message.contains("defined again")), "{problems:?}");
+        std::fs::write(dir.join("c.yaml"), gateway(82)).unwrap();
+        assert!(manifests.refresh().unwrap());
+        let (world, problems) = manifests.world();
+        assert_eq!((world.gateways.len(), world.gateways[0].spec.listeners[0].port), (1, 82));
+        assert!(problems.iter().any(|p| p.message.contains("defined again")), "{problems:?}");
+        std::fs::remove_file(dir.join("c.yaml")).unwrap();
+        assert!(manifests.refresh().unwrap());
+        assert_eq!(manifests.defined_twice, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,10 +103,16 @@ pub(super) async fn run_in(
                 let started = Instant::now();
                 let mut complete = change == Change::Complete;
                 while started.elapsed() < Duration::from_millis(50) {
-                    let wait = if complete { Duration::ZERO } else { options.quiet_period };
-                    match tokio::time::timeout(wait, changes.recv()).await {
-                        Ok(Some(change)) => complete |= change == Change::Complete,
-                        _ => break,
+                    // Once complete, only the events already queued are taken: a zero
+                    // timeout would still wait for the next timer tick (1 ms).
+                    let next = if complete {
+                        changes.try_recv().ok()
+                    } else {
+                        tokio::time::timeout(options.quiet_period, changes.recv()).await.ok().flatten()
+                    };
+                    match next {
+                        Some(change) => complete |= change == Change::Complete,
+                        None => break,
                     }
                 }
                 tracing::debug!(debounce_ms = started.elapsed().as_secs_f64() * 1e3, complete, "directory changed");
