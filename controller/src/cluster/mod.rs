@@ -1,7 +1,8 @@
 //! Kubernetes mode: the controller as it runs in a cluster.
 //!
 //! ```text
-//!  reflectors (watch.rs) ──any change──► debounce ──► World ──► reconcile::Reconciler
+//!  reflectors (watch.rs) ──input change──► debounce ──► World ──► reconcile::Reconciler
+//!                        (a status-only change: no translation, the writer compares again)
 //!                                                                │ translate, publish
 //!     every replica:  push server (TLS, tokens.rs) ─► data-plane pods ─► progress
 //!     leader only:    deployer (apply.rs): SA, Deployment, Service, PDB, HPA (SSA)
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_translate::ObjectKey;
-use tokio::sync::Notify;
 
 use crate::deploy::DeployOptions;
 use crate::push::{Authentication, PushServer, ServerTls};
@@ -70,8 +70,8 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
     // The caches first: the push port is the readiness probe, so a replica is Ready only
     // once every watched kind was listed (one started while the API server is down stays
     // unready; a leader that loses the API server keeps serving pushes from its caches).
-    let changed = Arc::new(Notify::new());
-    let stores = watch::Stores::start(&client, changed.clone()).await?;
+    let signals = watch::Signals::default();
+    let stores = watch::Stores::start(&client, signals.clone()).await?;
     tracing::info!("caches synced");
     let push = PushServer::new();
     let listener = tokio::net::TcpListener::bind(options.push_listen)
@@ -116,10 +116,22 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         let mut inputs_changed = false;
+        // Only statuses changed (mostly our own writes coming back): compare again.
+        let mut observed = false;
         tokio::select! {
-            _ = changed.notified() => {
+            _ = signals.changed.notified() => {
                 tokio::time::sleep(options.debounce).await;
                 inputs_changed = true;
+            }
+            _ = signals.observed.notified() => {
+                // A change of the inputs meanwhile is not held back by this wait.
+                tokio::select! {
+                    _ = tokio::time::sleep(options.debounce) => observed = true,
+                    _ = signals.changed.notified() => {
+                        tokio::time::sleep(options.debounce).await;
+                        inputs_changed = true;
+                    }
+                }
             }
             _ = progress.changed() => {}
             _ = leader_rx.changed() => {}
@@ -128,8 +140,17 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
             }
             _ = &mut shutdown => break,
         }
-        // Data-plane progress alone never translates: it only changes the overlay.
+        // Data-plane progress alone never translates: it only changes the overlay; nor
+        // does a change of statuses alone.
+        let started = std::time::Instant::now();
         let translated = reconciler.refresh(inputs_changed, || stores.world()) == reconcile::Refreshed::Translated;
+        if translated {
+            tracing::debug!(
+                translations = reconciler.translations(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "translated"
+            );
+        }
         let leading = *leader_rx.borrow_and_update();
         let leadership_changed = std::mem::replace(&mut was_leading, leading) != leading;
         // Only the leader serves data planes: its push progress decides Programmed.
@@ -149,12 +170,13 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let holds = reconciler.holds(&progress_now, |key| address_hold(last, &addresses, key));
         let desired = status::Desired { status: reconcile::overlay(&last.status, &holds, &progress_now), addresses };
         // A new leader writes even an unchanged status (another may have written since).
-        // So does a change of the watched objects: the writer compares with the watch
-        // cache, which may have been behind its last write (it skipped a status the stale
-        // cache already showed, then the cache caught up with an older write); the event
-        // that brings the cache up to date must make it compare again.
+        // So does any change of the watched objects, a status-only one included: the
+        // writer compares with the watch cache, which may have been behind its last write
+        // (it skipped a status the stale cache already showed, then the cache caught up
+        // with an older write); the event that brings the cache up to date must make it
+        // compare again.
         desired_tx.send_if_modified(|current| {
-            let modified = leadership_changed || inputs_changed || current.as_deref() != Some(&desired);
+            let modified = leadership_changed || inputs_changed || observed || current.as_deref() != Some(&desired);
             if modified {
                 *current = Some(Arc::new(desired));
             }

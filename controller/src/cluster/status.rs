@@ -6,10 +6,14 @@
 //! apply carries the object's resourceVersion and a concurrent change means a retry).
 //!
 //! It runs as its own task ([`run_writer`]), fed the latest [`Desired`] statuses through
-//! a watch channel (a burst of changes becomes one write per object), writing only while
-//! this replica leads and retrying failed writes after a second.
+//! a watch channel, writing only while this replica leads. [`Writer`] keeps up to
+//! [`CONCURRENT_WRITES`] writes in flight, at most one per object; a burst of changes
+//! becomes one write per object, and failed writes are retried after a second (or at the
+//! next watch event) with the latest desired status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -39,44 +43,594 @@ pub struct Desired {
     pub addresses: BTreeMap<ObjectKey, Vec<Address>>,
 }
 
-/// How long a failed write waits before the writer tries again.
-const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a failed write waits before the writer tries again (unless a new desired
+/// status or a watch event comes first).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How many status writes are in flight at most.
+pub const CONCURRENT_WRITES: usize = 32;
 
 /// The leader-only status writer: writes the latest desired status whenever it changes
 /// (and again after a second while writes fail), only while `leading` is true.
 pub async fn run_writer(
     client: Client,
     stores: Stores,
-    mut desired: tokio::sync::watch::Receiver<Option<std::sync::Arc<Desired>>>,
-    leading: tokio::sync::watch::Receiver<bool>,
+    mut desired: tokio::sync::watch::Receiver<Option<Arc<Desired>>>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut retry = false;
+    let mut writer = Writer::new(KubeStatusApi { client }, stores, CONCURRENT_WRITES);
     loop {
-        if retry {
-            // A new desired status ends the wait early; either way the latest is written.
-            let _ = tokio::time::timeout(RETRY, desired.changed()).await;
-        } else if desired.changed().await.is_err() {
-            return;
+        let retry_at = writer.retry_at();
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let latest = desired.borrow_and_update().clone();
+                match latest.filter(|_| *leading.borrow()) {
+                    Some(latest) => writer.set_desired(latest),
+                    None => writer.stop(),
+                }
+            }
+            changed = leading.changed() => {
+                // Writing starts with the next desired status the loop sends.
+                if changed.is_err() || !*leading.borrow_and_update() {
+                    writer.stop();
+                }
+            }
+            Some(done) = writer.next_done() => writer.complete(done),
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                writer.retry();
+            }
         }
-        let latest = desired.borrow_and_update().clone();
-        let Some(latest) = latest.filter(|_| *leading.borrow()) else {
-            retry = false;
-            continue;
-        };
-        let written = write(&client, &stores, &latest.status, &latest.addresses).await;
-        if written.writes > 0 {
-            tracing::debug!("wrote {} statuses", written.writes);
-        }
-        retry = written.failed > 0;
+        writer.start();
     }
 }
 
-/// What one pass of the writer did.
-#[derive(Debug, Default)]
-pub struct Written {
-    pub writes: usize,
-    /// Writes that failed (conflicts, API errors): the caller tries again soon.
-    pub failed: usize,
+/// A kind whose status Sluice writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    ListenerSet,
+    HttpRoute,
+    GrpcRoute,
+    TcpRoute,
+    UdpRoute,
+    TlsRoute,
+    BackendTlsPolicy,
+}
+
+impl Kind {
+    /// Whether the status is applied with the object's `resourceVersion` (a list of other
+    /// controllers' entries that must come back unchanged).
+    fn with_resource_version(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Gateway | Kind::ListenerSet)
+    }
+}
+
+/// One object whose status Sluice writes (a GatewayClass has an empty namespace).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    pub kind: Kind,
+    pub key: ObjectKey,
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}", self.kind, self.key)
+    }
+}
+
+/// An object's status as the watch cache holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cached {
+    pub status: Value,
+    pub resource_version: Option<String>,
+}
+
+/// Where the writer reads the objects' current status.
+pub trait StatusCache {
+    /// Whether the kind is watched (its CRD installed): statuses of unwatched kinds are
+    /// not written.
+    fn watched(&self, kind: Kind) -> bool;
+    /// The object as the cache holds it; None if the cache does not have it.
+    fn get(&self, id: &ObjectId) -> Option<Cached>;
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// The object is gone: nothing to write.
+    NotFound,
+    /// The object changed since the `resourceVersion` sent.
+    Conflict,
+    Other(String),
+}
+
+/// Applies a status to an object; returns the `resourceVersion` the write made.
+pub trait StatusApi: Clone + Send + Sync + 'static {
+    fn apply(
+        &self,
+        id: ObjectId,
+        body: Value,
+    ) -> impl std::future::Future<Output = Result<Option<String>, WriteError>> + Send + 'static;
+}
+
+/// The API server, with server-side apply on the status subresource.
+#[derive(Clone)]
+pub struct KubeStatusApi {
+    pub client: Client,
+}
+
+impl KubeStatusApi {
+    async fn patch<K>(api: Api<K>, id: &ObjectId, body: Value) -> Result<Option<String>, WriteError>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let mut body = body;
+        body["apiVersion"] = json!(K::api_version(&()));
+        body["kind"] = json!(K::kind(&()));
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&id.key.name, &params, &Patch::Apply(&body)).await {
+            Ok(object) => Ok(object.meta().resource_version.clone()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Err(WriteError::NotFound),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(WriteError::Conflict),
+            Err(e) => Err(WriteError::Other(e.to_string())),
+        }
+    }
+}
+
+impl StatusApi for KubeStatusApi {
+    fn apply(
+        &self,
+        id: ObjectId,
+        body: Value,
+    ) -> impl std::future::Future<Output = Result<Option<String>, WriteError>> + Send + 'static {
+        let client = self.client.clone();
+        async move {
+            use sluice_gateway_api as g;
+            let ns = id.key.namespace.as_str();
+            match id.kind {
+                Kind::GatewayClass => Self::patch::<GatewayClass>(Api::all(client), &id, body).await,
+                Kind::Gateway => Self::patch::<Gateway>(Api::namespaced(client, ns), &id, body).await,
+                Kind::ListenerSet => {
+                    Self::patch::<g::listenersets::ListenerSet>(Api::namespaced(client, ns), &id, body).await
+                }
+                Kind::HttpRoute => {
+                    Self::patch::<g::httproutes::HttpRoute>(Api::namespaced(client, ns), &id, body).await
+                }
+                Kind::GrpcRoute => {
+                    Self::patch::<g::grpcroutes::GrpcRoute>(Api::namespaced(client, ns), &id, body).await
+                }
+                Kind::TcpRoute => Self::patch::<g::tcproutes::TcpRoute>(Api::namespaced(client, ns), &id, body).await,
+                Kind::UdpRoute => Self::patch::<g::udproutes::UdpRoute>(Api::namespaced(client, ns), &id, body).await,
+                Kind::TlsRoute => Self::patch::<g::tlsroutes::TlsRoute>(Api::namespaced(client, ns), &id, body).await,
+                Kind::BackendTlsPolicy => {
+                    let api = Api::namespaced(client, ns);
+                    Self::patch::<g::backendtlspolicies::BackendTlsPolicy>(api, &id, body).await
+                }
+            }
+        }
+    }
+}
+
+fn cached<K: Resource, S: serde::Serialize>(
+    object: Option<Arc<K>>,
+    status: impl Fn(&K) -> Option<&S>,
+) -> Option<Cached> {
+    object.map(|o| Cached {
+        status: status(&o).and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null),
+        resource_version: o.meta().resource_version.clone(),
+    })
+}
+
+impl StatusCache for Stores {
+    fn watched(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => true,
+            Kind::ListenerSet => self.listener_sets.is_some(),
+            Kind::GrpcRoute => self.grpc_routes.is_some(),
+            Kind::TcpRoute => self.tcp_routes.is_some(),
+            Kind::UdpRoute => self.udp_routes.is_some(),
+            Kind::TlsRoute => self.tls_routes.is_some(),
+            Kind::BackendTlsPolicy => self.backend_tls_policies.is_some(),
+        }
+    }
+
+    fn get(&self, id: &ObjectId) -> Option<Cached> {
+        use kube::runtime::reflector::ObjectRef;
+        let key = &id.key;
+        match id.kind {
+            Kind::GatewayClass => cached(self.gateway_classes.get(&ObjectRef::new(&key.name)), |o| o.status.as_ref()),
+            Kind::Gateway => {
+                cached(self.gateways.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::ListenerSet => {
+                let store = self.listener_sets.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::HttpRoute => {
+                cached(self.http_routes.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::GrpcRoute => {
+                let store = self.grpc_routes.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::TcpRoute => {
+                let store = self.tcp_routes.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::UdpRoute => {
+                let store = self.udp_routes.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::TlsRoute => {
+                let store = self.tls_routes.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+            Kind::BackendTlsPolicy => {
+                let store = self.backend_tls_policies.as_ref()?;
+                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+            }
+        }
+    }
+}
+
+/// Every object the desired status names.
+fn ids(desired: &Desired) -> Vec<ObjectId> {
+    fn of<'a, V: 'a>(kind: Kind, map: &'a BTreeMap<ObjectKey, V>) -> impl Iterator<Item = ObjectId> + 'a {
+        map.keys().map(move |key| ObjectId { kind, key: key.clone() })
+    }
+    let s = &desired.status;
+    let classes =
+        s.gateway_classes.keys().map(|n| ObjectId { kind: Kind::GatewayClass, key: ObjectKey::new("", n.clone()) });
+    classes
+        .chain(of(Kind::Gateway, &s.gateways))
+        .chain(of(Kind::ListenerSet, &s.listener_sets))
+        .chain(of(Kind::HttpRoute, &s.http_routes))
+        .chain(of(Kind::GrpcRoute, &s.grpc_routes))
+        .chain(of(Kind::TcpRoute, &s.tcp_routes))
+        .chain(of(Kind::UdpRoute, &s.udp_routes))
+        .chain(of(Kind::TlsRoute, &s.tls_routes))
+        .chain(of(Kind::BackendTlsPolicy, &s.backend_tls_policies))
+        .collect()
+}
+
+/// The status to put on `id`, given what it carries now (`base`); None if the desired
+/// status does not name it, or if there is nothing of ours to write or remove.
+fn desired_value(desired: &Desired, id: &ObjectId, base: &Value, now: &str) -> Option<Value> {
+    let s = &desired.status;
+    let key = &id.key;
+    Some(match id.kind {
+        Kind::GatewayClass => gateway_class_status(s.gateway_classes.get(&key.name)?, base, now),
+        Kind::Gateway => {
+            let addresses = desired.addresses.get(key).map(Vec::as_slice).unwrap_or_default();
+            gateway_status(s.gateways.get(key)?, addresses, base, now)
+        }
+        Kind::ListenerSet => listener_set_status(s.listener_sets.get(key)?, base, now),
+        Kind::HttpRoute => route_status(s.http_routes.get(key)?, base, now),
+        Kind::GrpcRoute => route_status(s.grpc_routes.get(key)?, base, now),
+        Kind::TcpRoute => route_status(s.tcp_routes.get(key)?, base, now),
+        Kind::UdpRoute => route_status(s.udp_routes.get(key)?, base, now),
+        Kind::TlsRoute => route_status(s.tls_routes.get(key)?, base, now),
+        Kind::BackendTlsPolicy => {
+            let policy = s.backend_tls_policies.get(key)?;
+            let ours = base.get("ancestors").and_then(Value::as_array).is_some_and(|a| {
+                a.iter().any(|e| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
+            });
+            if policy.ancestors.is_empty() && !ours {
+                return None;
+            }
+            policy_status(policy, base, now)
+        }
+    })
+}
+
+/// True if resourceVersion `a` is older than `b`. The API server's are integers that
+/// grow (comparable since Kubernetes 1.35); anything else is not known to be older.
+fn older(a: Option<&str>, b: &str) -> bool {
+    match (a.and_then(|a| a.parse::<u128>().ok()), b.parse::<u128>().ok()) {
+        (Some(a), Some(b)) => a < b,
+        (None, Some(_)) => a.is_none(),
+        _ => false,
+    }
+}
+
+/// A status this writer wrote, with the `resourceVersion` the write made.
+#[derive(Debug, Clone)]
+struct Wrote {
+    resource_version: String,
+    status: Value,
+}
+
+/// One finished write.
+pub struct Done {
+    id: ObjectId,
+    /// The `resourceVersion` the object had as far as the writer knew when it wrote.
+    base_version: Option<String>,
+    status: Value,
+    result: Result<Option<String>, WriteError>,
+    took: Duration,
+}
+
+/// Counters of the writer (logged at debug level when a burst of writes ends).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Successful writes.
+    pub writes: u64,
+    /// Writes refused because the object changed meanwhile (written again).
+    pub conflicts: u64,
+    /// Other failed writes (retried).
+    pub errors: u64,
+    /// Most writes in flight at once.
+    pub max_in_flight: usize,
+    /// Total and longest write latency.
+    pub latency_total: Duration,
+    pub latency_max: Duration,
+}
+
+/// The writer's state: which objects need a write, which writes are in flight (at most
+/// one per object, at most `limit` in all), and what it wrote lately.
+///
+/// Each desired status (and each watch event, which makes the loop send the desired status
+/// again) makes it compare every object named with what the object carries: the watch
+/// cache, or what this writer wrote if the cache has not caught up with that write yet
+/// (older `resourceVersion`), or what is being written if a write is in flight. An object
+/// that differs is marked dirty; a dirty object is written as soon as it has no write in
+/// flight and a slot is free, with the status computed then from the latest desired
+/// status, so a burst of changes becomes one write per object.
+pub struct Writer<A: StatusApi, C: StatusCache> {
+    api: A,
+    cache: C,
+    limit: usize,
+    desired: Option<Arc<Desired>>,
+    dirty: BTreeSet<ObjectId>,
+    in_flight: HashMap<ObjectId, Value>,
+    wrote: HashMap<ObjectId, Wrote>,
+    /// Objects whose last write failed, with the `resourceVersion` the write was based
+    /// on: written again after [`RETRY`], or as soon as the cache shows another version
+    /// (after a conflict, the watch event of the change that caused it).
+    failed: BTreeMap<ObjectId, Option<String>>,
+    retry_at: Option<tokio::time::Instant>,
+    tasks: tokio::task::JoinSet<Done>,
+    pub stats: WriterStats,
+    /// Stats when the last burst ended.
+    logged: WriterStats,
+    burst_started: Option<std::time::Instant>,
+}
+
+impl<A: StatusApi, C: StatusCache> Writer<A, C> {
+    pub fn new(api: A, cache: C, limit: usize) -> Self {
+        Writer {
+            api,
+            cache,
+            limit: limit.max(1),
+            desired: None,
+            dirty: BTreeSet::new(),
+            in_flight: HashMap::new(),
+            wrote: HashMap::new(),
+            failed: BTreeMap::new(),
+            retry_at: None,
+            tasks: tokio::task::JoinSet::new(),
+            stats: WriterStats::default(),
+            logged: WriterStats::default(),
+            burst_started: None,
+        }
+    }
+
+    /// Takes a new desired status (or the same one after a watch event) and compares
+    /// every object it names again.
+    pub fn set_desired(&mut self, desired: Arc<Desired>) {
+        self.desired = Some(desired);
+        self.compare_all();
+    }
+
+    /// Stops writing (no longer leading): in-flight writes are abandoned, and everything
+    /// is compared from scratch when writing resumes.
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+        self.in_flight.clear();
+        self.dirty.clear();
+        self.failed.clear();
+        self.wrote.clear();
+        self.desired = None;
+        self.retry_at = None;
+    }
+
+    /// When failed writes are tried again.
+    pub fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.retry_at
+    }
+
+    /// The retry time came: compare again (failed writes included).
+    pub fn retry(&mut self) {
+        self.retry_at = None;
+        self.failed.clear();
+        self.compare_all();
+    }
+
+    /// Whether writes are in flight or waiting.
+    pub fn busy(&self) -> bool {
+        !self.tasks.is_empty() || !self.dirty.is_empty()
+    }
+
+    /// The next finished write; None (pending forever) while none is in flight.
+    pub async fn next_done(&mut self) -> Option<Done> {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(done)) => return Some(done),
+                // Aborted by stop().
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// What `id` carries as far as this writer knows, and the resourceVersion to write
+    /// it with.
+    fn base(&mut self, id: &ObjectId) -> (Value, Option<String>) {
+        let cached = self.cache.get(id);
+        let cached_version = cached.as_ref().and_then(|c| c.resource_version.as_deref());
+        if let Some(wrote) = self.wrote.get(id) {
+            if older(cached_version, &wrote.resource_version) {
+                return (wrote.status.clone(), Some(wrote.resource_version.clone()));
+            }
+            // The cache caught up with the write (or someone wrote since).
+            self.wrote.remove(id);
+        }
+        cached.map_or((Value::Null, None), |c| (c.status, c.resource_version))
+    }
+
+    /// Marks dirty every object whose status differs from the desired one.
+    fn compare_all(&mut self) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let now = now();
+        let mut named = HashSet::new();
+        for id in ids(&desired) {
+            if !self.cache.watched(id.kind) {
+                continue;
+            }
+            named.insert(id.clone());
+            if let Some(version) = self.failed.get(&id) {
+                let now_cached = self.cache.get(&id).and_then(|c| c.resource_version);
+                if now_cached == *version {
+                    continue;
+                }
+                self.failed.remove(&id);
+            }
+            let differs = match self.in_flight.get(&id) {
+                // Compared with what is being written.
+                Some(writing) => desired_value(&desired, &id, writing, &now).is_some_and(|v| !covers(writing, &v)),
+                None => {
+                    let (base, _) = self.base(&id);
+                    desired_value(&desired, &id, &base, &now).is_some_and(|v| !covers(&base, &v))
+                }
+            };
+            if differs {
+                self.dirty.insert(id);
+            } else {
+                self.dirty.remove(&id);
+            }
+        }
+        // Objects the desired status no longer names (deleted, no longer ours).
+        self.dirty.retain(|id| named.contains(id));
+        self.wrote.retain(|id, _| named.contains(id));
+    }
+
+    /// Starts writes of dirty objects while slots are free.
+    pub fn start(&mut self) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        if self.tasks.len() >= self.limit || self.dirty.is_empty() {
+            self.log_burst();
+            return;
+        }
+        let now = now();
+        let ready: Vec<ObjectId> = self
+            .dirty
+            .iter()
+            .filter(|id| !self.in_flight.contains_key(*id))
+            .take(self.limit - self.tasks.len())
+            .cloned()
+            .collect();
+        for id in ready {
+            self.dirty.remove(&id);
+            let (base, resource_version) = self.base(&id);
+            let Some(status) = desired_value(&desired, &id, &base, &now).filter(|v| !covers(&base, v)) else {
+                continue;
+            };
+            let mut metadata = json!({"name": id.key.name});
+            if !id.key.namespace.is_empty() {
+                metadata["namespace"] = json!(id.key.namespace);
+            }
+            let base_version = resource_version.clone();
+            if id.kind.with_resource_version()
+                && let Some(rv) = resource_version
+            {
+                metadata["resourceVersion"] = json!(rv);
+            }
+            let body = json!({"metadata": metadata, "status": status});
+            self.in_flight.insert(id.clone(), status.clone());
+            self.burst_started.get_or_insert_with(std::time::Instant::now);
+            let api = self.api.clone();
+            self.tasks.spawn(async move {
+                let started = tokio::time::Instant::now();
+                let result = api.apply(id.clone(), body).await;
+                Done { id, base_version, status, result, took: started.elapsed() }
+            });
+        }
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.tasks.len());
+    }
+
+    /// Records a finished write.
+    pub fn complete(&mut self, done: Done) {
+        self.in_flight.remove(&done.id);
+        self.stats.latency_total += done.took;
+        self.stats.latency_max = self.stats.latency_max.max(done.took);
+        match done.result {
+            Ok(resource_version) => {
+                self.stats.writes += 1;
+                match resource_version {
+                    Some(rv) => {
+                        self.wrote.insert(done.id, Wrote { resource_version: rv, status: done.status });
+                    }
+                    None => {
+                        self.wrote.remove(&done.id);
+                    }
+                }
+            }
+            Err(WriteError::NotFound) => {
+                self.wrote.remove(&done.id);
+            }
+            Err(error) => {
+                match error {
+                    WriteError::Conflict => {
+                        tracing::debug!("{}: status changed meanwhile; writing again", done.id);
+                        self.stats.conflicts += 1;
+                    }
+                    WriteError::Other(e) => {
+                        tracing::warn!("{}: writing status: {e}", done.id);
+                        self.stats.errors += 1;
+                    }
+                    WriteError::NotFound => {}
+                }
+                // Written again from the cache after a second, or with the next watch event.
+                self.wrote.remove(&done.id);
+                self.dirty.remove(&done.id);
+                self.failed.insert(done.id, done.base_version);
+                self.retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+
+    /// Logs the counters once a burst of writes is over.
+    fn log_burst(&mut self) {
+        if !self.tasks.is_empty() || !self.dirty.is_empty() {
+            return;
+        }
+        let Some(started) = self.burst_started.take() else {
+            return;
+        };
+        let s = &self.stats;
+        let writes = s.writes - self.logged.writes;
+        let latency = s.latency_total.saturating_sub(self.logged.latency_total);
+        let finished = writes + (s.conflicts - self.logged.conflicts) + (s.errors - self.logged.errors);
+        tracing::debug!(
+            writes,
+            conflicts = s.conflicts - self.logged.conflicts,
+            errors = s.errors - self.logged.errors,
+            burst_ms = started.elapsed().as_secs_f64() * 1e3,
+            mean_write_ms = latency.as_secs_f64() * 1e3 / finished.max(1) as f64,
+            max_write_ms = s.latency_max.as_secs_f64() * 1e3,
+            max_in_flight = s.max_in_flight,
+            "status writes"
+        );
+        self.logged = self.stats.clone();
+    }
 }
 
 fn now() -> String {
@@ -122,13 +676,6 @@ pub fn covers(current: &Value, desired: &Value) -> bool {
         (Value::Number(c), Value::Number(d)) => c.as_f64() == d.as_f64(),
         (c, d) => c == d,
     }
-}
-
-fn current_status<K: serde::Serialize>(object: Option<&K>) -> Value {
-    object
-        .and_then(|o| serde_json::to_value(o).ok())
-        .and_then(|mut v| v.get_mut("status").map(Value::take))
-        .unwrap_or(Value::Null)
 }
 
 /// The desired status of a GatewayClass.
@@ -244,174 +791,6 @@ fn policy_status(status: &PolicyStatus, current: &Value, now: &str) -> Value {
     json!({ "ancestors": ancestors })
 }
 
-/// Applies `status` to the object unless it already has it.
-async fn apply<K>(
-    api: Api<K>,
-    key: &ObjectKey,
-    current: &Value,
-    status: Value,
-    resource_version: Option<String>,
-    written: &mut Written,
-) where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if covers(current, &status) {
-        return;
-    }
-    let mut metadata = json!({"name": key.name});
-    if !key.namespace.is_empty() {
-        metadata["namespace"] = json!(key.namespace);
-    }
-    if let Some(rv) = resource_version {
-        metadata["resourceVersion"] = json!(rv);
-    }
-    let body = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": metadata,
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api.patch_status(&key.name, &params, &Patch::Apply(&body)).await {
-        Ok(_) => written.writes += 1,
-        // Deleted meanwhile: nothing to write.
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            tracing::debug!("{} {key}: status changed meanwhile; writing again", K::kind(&()));
-            written.failed += 1;
-        }
-        Err(e) => {
-            tracing::warn!("{} {key}: writing status: {e}", K::kind(&()));
-            written.failed += 1;
-        }
-    }
-}
-
-/// Writes every status that differs from what the objects carry.
-pub async fn write(
-    client: &Client,
-    stores: &Stores,
-    status: &Status,
-    addresses: &BTreeMap<ObjectKey, Vec<Address>>,
-) -> Written {
-    let now = now();
-    let mut written = Written::default();
-    for (name, desired) in &status.gateway_classes {
-        let object = stores.gateway_classes.get(&kube::runtime::reflector::ObjectRef::new(name));
-        let current = current_status(object.as_deref());
-        let value = gateway_class_status(desired, &current, &now);
-        apply::<GatewayClass>(
-            Api::all(client.clone()),
-            &ObjectKey::new("", name.clone()),
-            &current,
-            value,
-            None,
-            &mut written,
-        )
-        .await;
-    }
-    for (key, desired) in &status.gateways {
-        let object = stores.gateways.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-        let current = current_status(object.as_deref());
-        let value = gateway_status(desired, addresses.get(key).map(Vec::as_slice).unwrap_or_default(), &current, &now);
-        apply::<Gateway>(Api::namespaced(client.clone(), &key.namespace), key, &current, value, None, &mut written)
-            .await;
-    }
-    if let Some(store) = &stores.listener_sets {
-        for (key, desired) in &status.listener_sets {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            let value = listener_set_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::listenersets::ListenerSet>(api, key, &current, value, None, &mut written).await;
-        }
-    }
-    for (key, desired) in &status.http_routes {
-        let object =
-            stores.http_routes.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-        let current = current_status(object.as_deref());
-        let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-        let value = route_status(desired, &current, &now);
-        apply::<sluice_gateway_api::httproutes::HttpRoute>(
-            Api::namespaced(client.clone(), &key.namespace),
-            key,
-            &current,
-            value,
-            rv,
-            &mut written,
-        )
-        .await;
-    }
-    if let Some(store) = &stores.backend_tls_policies {
-        for (key, desired) in &status.backend_tls_policies {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            // Nothing of ours to write and nothing of ours to remove.
-            let ours = |v: &Value| {
-                v.get("ancestors").and_then(Value::as_array).is_some_and(|a| {
-                    a.iter().any(|e| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
-                })
-            };
-            if desired.ancestors.is_empty() && !ours(&current) {
-                continue;
-            }
-            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-            let value = policy_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::backendtlspolicies::BackendTlsPolicy>(
-                api,
-                key,
-                &current,
-                value,
-                rv,
-                &mut written,
-            )
-            .await;
-        }
-    }
-    if let Some(store) = &stores.grpc_routes {
-        for (key, desired) in &status.grpc_routes {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-            let value = route_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::grpcroutes::GrpcRoute>(api, key, &current, value, rv, &mut written).await;
-        }
-    }
-    if let Some(store) = &stores.tcp_routes {
-        for (key, desired) in &status.tcp_routes {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-            let value = route_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::tcproutes::TcpRoute>(api, key, &current, value, rv, &mut written).await;
-        }
-    }
-    if let Some(store) = &stores.udp_routes {
-        for (key, desired) in &status.udp_routes {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-            let value = route_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::udproutes::UdpRoute>(api, key, &current, value, rv, &mut written).await;
-        }
-    }
-    if let Some(store) = &stores.tls_routes {
-        for (key, desired) in &status.tls_routes {
-            let object = store.get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace));
-            let current = current_status(object.as_deref());
-            let rv = object.as_ref().and_then(|o| o.metadata.resource_version.clone());
-            let value = route_status(desired, &current, &now);
-            let api = Api::namespaced(client.clone(), &key.namespace);
-            apply::<sluice_gateway_api::tlsroutes::TlsRoute>(api, key, &current, value, rv, &mut written).await;
-        }
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +892,214 @@ mod tests {
         assert_eq!(parents.len(), 2);
         assert_eq!(parents[0]["controllerName"], "example.com/other");
         assert_eq!(parents[1]["parentRef"]["name"], "ours");
+    }
+
+    /// A fake API server: records every write, keeps the objects' statuses as a watch
+    /// cache would (right away, or never when `lagging`), and refuses writes of the
+    /// objects in `conflicts` once each (someone else wrote meanwhile).
+    #[derive(Clone, Default)]
+    struct FakeApi {
+        cache: FakeCache,
+        calls: Arc<std::sync::Mutex<Vec<(ObjectId, Value)>>>,
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        conflicts: Arc<std::sync::Mutex<HashSet<ObjectId>>>,
+        version: Arc<std::sync::atomic::AtomicU64>,
+        lagging: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeCache {
+        objects: Arc<std::sync::Mutex<HashMap<ObjectId, Cached>>>,
+    }
+
+    impl StatusCache for FakeCache {
+        fn watched(&self, _: Kind) -> bool {
+            true
+        }
+        fn get(&self, id: &ObjectId) -> Option<Cached> {
+            self.objects.lock().unwrap().get(id).cloned()
+        }
+    }
+
+    impl FakeApi {
+        fn bump(&self) -> String {
+            (self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 100).to_string()
+        }
+        fn writes(&self) -> Vec<(ObjectId, Value)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl StatusApi for FakeApi {
+        fn apply(
+            &self,
+            id: ObjectId,
+            body: Value,
+        ) -> impl std::future::Future<Output = Result<Option<String>, WriteError>> + Send + 'static {
+            use std::sync::atomic::Ordering::SeqCst;
+            let api = self.clone();
+            async move {
+                api.calls.lock().unwrap().push((id.clone(), body.clone()));
+                let now = api.in_flight.fetch_add(1, SeqCst) + 1;
+                api.most_in_flight.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                api.in_flight.fetch_sub(1, SeqCst);
+                let version = api.bump();
+                if api.conflicts.lock().unwrap().remove(&id) {
+                    let mut objects = api.cache.objects.lock().unwrap();
+                    let entry = objects.entry(id).or_insert(Cached { status: Value::Null, resource_version: None });
+                    entry.resource_version = Some(version);
+                    return Err(WriteError::Conflict);
+                }
+                if !api.lagging {
+                    let cached = Cached { status: body["status"].clone(), resource_version: Some(version.clone()) };
+                    api.cache.objects.lock().unwrap().insert(id, cached);
+                }
+                Ok(Some(version))
+            }
+        }
+    }
+
+    fn route(name: &str) -> ObjectId {
+        ObjectId { kind: Kind::HttpRoute, key: ObjectKey::new("apps", name) }
+    }
+
+    /// A desired status naming `routes` routes, each Accepted (or not).
+    fn desired(routes: usize, accepted: bool) -> Arc<Desired> {
+        let mut status = Status::default();
+        for i in 0..routes {
+            let parent = sluice_translate::RouteParentStatus {
+                parent_ref: sluice_translate::ParentRef {
+                    group: None,
+                    kind: None,
+                    namespace: None,
+                    name: "gw".into(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME.into(),
+                conditions: vec![condition("Accepted", accepted)],
+            };
+            status.http_routes.insert(route(&format!("r{i}")).key, RouteStatus { parents: vec![parent] });
+        }
+        Arc::new(Desired { status, addresses: BTreeMap::new() })
+    }
+
+    /// Runs the writer until nothing is in flight or waiting.
+    async fn settle<A: StatusApi, C: StatusCache>(writer: &mut Writer<A, C>) {
+        loop {
+            writer.start();
+            if !writer.busy() {
+                return;
+            }
+            let done = tokio::time::timeout(Duration::from_secs(5), writer.next_done()).await;
+            writer.complete(done.expect("a write finishes").expect("a write is in flight"));
+        }
+    }
+
+    fn accepted(body: &Value) -> &str {
+        body["status"]["parents"][0]["conditions"][0]["status"].as_str().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn each_object_is_written_once_with_writes_in_parallel() {
+        let api = FakeApi::default();
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 8);
+        writer.set_desired(desired(100, true));
+        settle(&mut writer).await;
+        let writes = api.writes();
+        let distinct: HashSet<_> = writes.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(writes.len(), 100);
+        assert_eq!(distinct.len(), 100);
+        assert_eq!(api.most_in_flight.load(std::sync::atomic::Ordering::SeqCst), 8, "the limit, and no more");
+        // The same status again (a watch event): nothing to write.
+        writer.set_desired(desired(100, true));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 100);
+        assert_eq!(writer.stats.writes, 100);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_changes_becomes_one_more_write() {
+        let api = FakeApi::default();
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        writer.set_desired(desired(1, true));
+        writer.start();
+        // Four changes while the first write is in flight.
+        for accepted in [false, true, false, false] {
+            writer.set_desired(desired(1, accepted));
+            writer.start();
+        }
+        settle(&mut writer).await;
+        let writes = api.writes();
+        assert_eq!(writes.len(), 2, "the write in flight, then the latest status: {writes:?}");
+        assert_eq!(accepted(&writes[0].1), "True");
+        assert_eq!(accepted(&writes[1].1), "False");
+    }
+
+    #[tokio::test]
+    async fn a_cache_behind_the_writes_does_not_cause_writes_again() {
+        let api = FakeApi { lagging: true, ..FakeApi::default() };
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        writer.set_desired(desired(3, true));
+        settle(&mut writer).await;
+        writer.set_desired(desired(3, true));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 3);
+        // A change is written even though the cache never showed the first write.
+        writer.set_desired(desired(3, false));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_written_again_when_the_cache_shows_the_new_version() {
+        let api = FakeApi::default();
+        api.conflicts.lock().unwrap().insert(route("r1"));
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        writer.set_desired(desired(2, true));
+        settle(&mut writer).await;
+        assert_eq!(writer.stats.conflicts, 1);
+        assert_eq!(api.writes().len(), 3 - 1, "r1 waits for its watch event");
+        assert!(writer.retry_at().is_some());
+        // The watch event of the other writer's change.
+        writer.set_desired(desired(2, true));
+        settle(&mut writer).await;
+        let r1: Vec<_> = api.writes().into_iter().filter(|(id, _)| *id == route("r1")).collect();
+        assert_eq!(r1.len(), 2);
+        assert_eq!(
+            api.cache.get(&route("r1")).map(|c| accepted(&json!({"status": c.status})).to_string()),
+            Some("True".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_not_retried_before_its_time() {
+        let api = FakeApi::default();
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        writer.set_desired(desired(1, true));
+        writer.start();
+        let done = writer.next_done().await.unwrap();
+        // As if the API server had refused it.
+        writer.complete(Done { result: Err(WriteError::Other("refused".into())), ..done });
+        api.cache.objects.lock().unwrap().clear();
+        writer.set_desired(desired(1, true));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 1, "waits for the retry time");
+        writer.retry();
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 2);
+        assert_eq!(writer.stats.errors, 1);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_stopped_leading_writes_nothing() {
+        let api = FakeApi::default();
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        writer.set_desired(desired(5, true));
+        writer.stop();
+        settle(&mut writer).await;
+        assert!(api.writes().is_empty());
     }
 }

@@ -1,7 +1,15 @@
 //! The controller's inputs: one kube-runtime reflector (a shared, always current store)
-//! per kind the translator reads. Every change to any of them wakes the reconcile loop,
-//! which debounces and recomputes from the stores; a restart lists everything again.
+//! per kind the translator reads. A change to any of them wakes the reconcile loop, which
+//! debounces and recomputes from the stores; a restart lists everything again.
+//!
+//! Of the kinds whose status Sluice writes (GatewayClass, Gateway, ListenerSet, the
+//! routes, BackendTLSPolicy), an event that changes only the status or the metadata
+//! every write touches (`resourceVersion`, `managedFields`) does not change what the
+//! translator reads: it wakes the loop through [`Signals::observed`], which makes the
+//! status writer compare again without translating (mostly our own writes coming back).
+//! Every other change, and every event of the other kinds, goes to [`Signals::changed`].
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -12,6 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_crds::ProxyConfig;
 use sluice_gateway_api::backendtlspolicies::BackendTlsPolicy;
@@ -26,6 +35,16 @@ use sluice_gateway_api::tlsroutes::TlsRoute;
 use sluice_gateway_api::udproutes::UdpRoute;
 use sluice_translate::World;
 use tokio::sync::Notify;
+
+/// How watch events wake the reconcile loop.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// The inputs of the translation changed.
+    pub changed: Arc<Notify>,
+    /// Only the status (or `resourceVersion`/`managedFields`) of an object whose status
+    /// Sluice writes changed: the writer compares again, nothing is translated.
+    pub observed: Arc<Notify>,
+}
 
 /// The stores of every input.
 #[derive(Clone)]
@@ -59,7 +78,8 @@ impl Stores {
     /// first translation never sees a half-loaded cluster). Optional kinds (ListenerSet and
     /// the v1 TCPRoute, UDPRoute and TLSRoute of recent releases, ProxyConfig) are watched
     /// only if their CRD is installed.
-    pub async fn start(client: &Client, changed: Arc<Notify>) -> Result<Stores> {
+    pub async fn start(client: &Client, signals: Signals) -> Result<Stores> {
+        let changed = signals.changed.clone();
         let crd_bundle_version = bundle_version(client).await;
         tracing::info!(
             found = crd_bundle_version.as_deref().unwrap_or("(unknown)"),
@@ -67,7 +87,7 @@ impl Stores {
             "Gateway API CRDs"
         );
         let listener_sets = if installed::<ListenerSet>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!(
                 "the ListenerSet v1 CRD (Gateway API v1.5 or later) is not installed: ListenerSets are not served"
@@ -75,19 +95,19 @@ impl Stores {
             None
         };
         let grpc_routes = if installed::<GrpcRoute>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!("the GRPCRoute v1 CRD is not installed: GRPCRoutes are not served");
             None
         };
         let backend_tls_policies = if installed::<BackendTlsPolicy>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!("the BackendTLSPolicy v1 CRD is not installed: backends are reached without TLS");
             None
         };
         let tcp_routes = if installed::<TcpRoute>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!(
                 "the TCPRoute v1 CRD (Gateway API v1.6 or later) is not installed: TCPRoutes are not served"
@@ -95,7 +115,7 @@ impl Stores {
             None
         };
         let udp_routes = if installed::<UdpRoute>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!(
                 "the UDPRoute v1 CRD (Gateway API v1.6 or later) is not installed: UDPRoutes are not served"
@@ -103,7 +123,7 @@ impl Stores {
             None
         };
         let tls_routes = if installed::<TlsRoute>(client).await {
-            Some(watch(client, watcher::Config::default(), &changed))
+            Some(watch_status(client, &signals))
         } else {
             tracing::warn!(
                 "the TLSRoute v1 CRD (Gateway API v1.5 or later) is not installed: TLSRoutes are not served"
@@ -117,10 +137,10 @@ impl Stores {
             None
         };
         let stores = Stores {
-            gateway_classes: watch(client, watcher::Config::default(), &changed),
-            gateways: watch(client, watcher::Config::default(), &changed),
+            gateway_classes: watch_status(client, &signals),
+            gateways: watch_status(client, &signals),
             listener_sets,
-            http_routes: watch(client, watcher::Config::default(), &changed),
+            http_routes: watch_status(client, &signals),
             grpc_routes,
             tcp_routes,
             udp_routes,
@@ -270,21 +290,59 @@ fn watch_trimmed<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    let signals = Signals { changed: changed.clone(), observed: changed.clone() };
+    reflect(client, config, signals, trim, |_: &watcher::Event<K>| Wake::Changed)
+}
+
+/// A reflector for a kind whose status Sluice writes: events that change only the status
+/// (see [`Fingerprints`]) wake [`Signals::observed`], the others [`Signals::changed`].
+fn watch_status<K>(client: &Client, signals: &Signals) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+{
+    let mut fingerprints = Fingerprints::default();
+    reflect(client, watcher::Config::default(), signals.clone(), |_: &mut K| {}, move |event| fingerprints.event(event))
+}
+
+/// What a watch event wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The loop, to translate: the inputs changed.
+    Changed,
+    /// The loop, to compare the status again without translating.
+    Observed,
+    /// Nothing (yet): an object of a relist, before the store swaps at its end.
+    Nothing,
+}
+
+fn reflect<K>(
+    client: &Client,
+    config: watcher::Config,
+    signals: Signals,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    mut classify: impl FnMut(&watcher::Event<K>) -> Wake + Send + 'static,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::all(client.clone());
     let stream = reflector::reflector(writer, watcher(api, config).modify(trim)).default_backoff();
-    let changed = changed.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         tracing::info!("watch of {}s recovered", K::kind(&()));
                         failing = false;
                     }
-                    changed.notify_one();
+                    match classify(&event) {
+                        Wake::Changed => signals.changed.notify_one(),
+                        Wake::Observed => signals.observed.notify_one(),
+                        Wake::Nothing => {}
+                    }
                 }
                 Err(error) => {
                     if !failing {
@@ -297,6 +355,68 @@ where
         }
     });
     reader
+}
+
+/// What the translator may read of each object of one kind: a hash of the object
+/// without its status, `resourceVersion` and `managedFields` (spec, generation, labels,
+/// annotations, finalizers, deletion timestamp, owner references all count).
+#[derive(Debug, Default)]
+pub struct Fingerprints {
+    known: HashMap<(String, String), u64>,
+    /// Filled during a relist; replaces `known` when it ends.
+    relisting: Option<HashMap<(String, String), u64>>,
+}
+
+impl Fingerprints {
+    /// Records the event; says whether it changed what the translator reads.
+    pub fn event<K: Resource + Serialize>(&mut self, event: &watcher::Event<K>) -> Wake {
+        match event {
+            watcher::Event::Apply(object) => {
+                let print = fingerprint(object);
+                match self.known.insert(identity(object), print) {
+                    Some(before) if before == print => Wake::Observed,
+                    _ => Wake::Changed,
+                }
+            }
+            watcher::Event::Delete(object) => {
+                self.known.remove(&identity(object));
+                Wake::Changed
+            }
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                Wake::Nothing
+            }
+            watcher::Event::InitApply(object) => {
+                self.relisting.get_or_insert_with(HashMap::new).insert(identity(object), fingerprint(object));
+                Wake::Nothing
+            }
+            watcher::Event::InitDone => {
+                self.known = self.relisting.take().unwrap_or_default();
+                // Objects may have come, gone or changed while the watch was down.
+                Wake::Changed
+            }
+        }
+    }
+}
+
+fn identity<K: Resource>(object: &K) -> (String, String) {
+    let meta = object.meta();
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn fingerprint<K: Serialize>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut value = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -326,5 +446,42 @@ mod tests {
                 "binaryData": {"ca.crt": "UEVN"},
             })
         );
+    }
+
+    fn route(version: &str, hostname: &str, accepted: &str) -> HttpRoute {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "apps", "resourceVersion": version, "generation": 1,
+                         "managedFields": [{"manager": version}]},
+            "spec": {"hostnames": [hostname]},
+            "status": {"parents": [{"parentRef": {"name": "gw"}, "controllerName": "x/y",
+                                    "conditions": [{"type": "Accepted", "status": accepted, "reason": "R",
+                                                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_status_only_change_does_not_translate() {
+        let mut prints = Fingerprints::default();
+        assert_eq!(prints.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
+        // Our own status write coming back.
+        assert_eq!(prints.event(&watcher::Event::Apply(route("2", "a.example", "False"))), Wake::Observed);
+        assert_eq!(prints.event(&watcher::Event::Apply(route("3", "b.example", "False"))), Wake::Changed);
+        assert_eq!(prints.event(&watcher::Event::Delete(route("4", "b.example", "False"))), Wake::Changed);
+        // Gone: the same object coming back is a change.
+        assert_eq!(prints.event(&watcher::Event::Apply(route("5", "b.example", "False"))), Wake::Changed);
+    }
+
+    #[test]
+    fn a_relist_wakes_once_at_its_end() {
+        let mut prints = Fingerprints::default();
+        assert_eq!(prints.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
+        assert_eq!(prints.event(&watcher::Event::<HttpRoute>::Init), Wake::Nothing);
+        assert_eq!(prints.event(&watcher::Event::InitApply(route("2", "b.example", "True"))), Wake::Nothing);
+        assert_eq!(prints.event(&watcher::Event::<HttpRoute>::InitDone), Wake::Changed);
+        // The relist's objects are the ones known now.
+        assert_eq!(prints.event(&watcher::Event::Apply(route("3", "b.example", "False"))), Wake::Observed);
     }
 }
