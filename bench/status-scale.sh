@@ -4,7 +4,7 @@
 # Status writes per route change are counted from a watch (events whose status changed).
 # Run it as
 #   flock -o /work/cluster.lock bench/status-scale.sh
-# Last line: `status-scale routes=1000 all_status_s=T writes_per_change=W`.
+# Last line: `status-scale routes=1000 all_status_s=T after_last_apply_s=A writes_per_change=W`.
 # Knobs: ROUTES (1000), QUIET_S (10), SLUICE_IMAGES_DIR (prebuilt images/build output),
 # BENCH_LOG_DIR (keep the controllers' debug logs there; BENCH_CONTROLLER_LOG: their RUST_LOG).
 set -euo pipefail
