@@ -90,7 +90,7 @@ pub(crate) struct CompiledRoute {
 /// matches. The two kinds are never merged: GRPCRoute rules (which match only gRPC
 /// requests) come first, in their own precedence, then HTTPRoute rules, so a gRPC request
 /// falls through to HTTPRoutes only when no GRPCRoute of its host matches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct RouteOrder {
     /// 0 for GRPCRoute rules, 1 for HTTPRoute rules.
     kind: u8,
@@ -105,15 +105,15 @@ pub(crate) struct RouteOrder {
     has_method: Reverse<bool>,
     headers: Reverse<usize>,
     query_params: Reverse<usize>,
-    /// Position of the route by age, then namespace/name (see `by_age`).
-    route_rank: usize,
+    /// The route's age, then namespace/name (see `by_age`).
+    route_rank: Age,
     rule: usize,
     match_index: usize,
 }
 
 fn route_order(
     hostname: HostnameRank,
-    route_rank: usize,
+    route_rank: Age,
     rule: usize,
     match_index: usize,
     http_match: &HttpMatch,
@@ -146,7 +146,7 @@ fn route_order(
 /// GRPCRoute precedence, then by route age, rule and match.
 fn grpc_route_order(
     hostname: HostnameRank,
-    route_rank: usize,
+    route_rank: Age,
     rule: usize,
     match_index: usize,
     rank: GrpcRank,
@@ -414,14 +414,43 @@ fn method_name(method: &HttpRouteRulesMatchesMethod) -> &'static str {
 /// last), then by namespace/name.
 pub(crate) fn by_age<K: kube::Resource>(routes: &[std::sync::Arc<K>]) -> Vec<&K> {
     let mut sorted: Vec<&K> = routes.iter().map(|r| r.as_ref()).collect();
-    sorted.sort_by(|a, b| {
-        let (a, b) = (a.meta(), b.meta());
-        let created = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            (m.creation_timestamp.is_none(), m.creation_timestamp.as_ref().map(|t| t.0))
-        };
-        created(a).cmp(&created(b)).then_with(|| a.namespace.cmp(&b.namespace)).then_with(|| a.name.cmp(&b.name))
-    });
+    sorted.sort_by(|a, b| age_order(a.meta()).cmp(&age_order(b.meta())));
     sorted
+}
+
+/// The order `by_age` sorts in: oldest first (objects without a creation timestamp
+/// last), then namespace, then name.
+fn age_order(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> (bool, Option<k8s_openapi::jiff::Timestamp>, Option<&str>, Option<&str>) {
+    (
+        meta.creation_timestamp.is_none(),
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        meta.namespace.as_deref(),
+        meta.name.as_deref(),
+    )
+}
+
+/// A route's place in `by_age` order. Unlike its position in that order, it does not
+/// move when other routes come or go, so what a route placed can be kept and compared
+/// across translations.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Age(std::sync::Arc<AgeKey>);
+
+/// No timestamp, creation timestamp, namespace, name.
+type AgeKey = (bool, Option<k8s_openapi::jiff::Timestamp>, Option<String>, Option<String>);
+
+impl Age {
+    pub(crate) fn of<K: kube::Resource>(route: &K) -> Age {
+        let (none, created, namespace, name) = age_order(route.meta());
+        Age(std::sync::Arc::new((none, created, namespace.map(str::to_string), name.map(str::to_string))))
+    }
+
+    /// The age of a route named `name` without a creation timestamp (for tests).
+    #[cfg(test)]
+    pub(crate) fn named(name: &str) -> Age {
+        Age(std::sync::Arc::new((true, None, None, Some(name.to_string()))))
+    }
 }
 
 /// Compiles a regular expression exactly as the data plane will (anchored, size limits).
@@ -458,17 +487,17 @@ fn compile_timeouts(rule: &HttpRouteRules) -> Result<Option<Timeouts>, RuleProbl
 /// The snapshot routes of one compiled rule on one listener.
 pub(crate) fn place_rule<'a>(
     key: &'a ObjectKey,
-    route_rank: usize,
+    route_rank: Age,
     rule: &'a CompiledRule,
     hostnames: &'a [String],
     hostname_rank: HostnameRank,
 ) -> impl Iterator<Item = (RouteOrder, HttpRoute)> + 'a {
     rule.matches.iter().enumerate().map(move |(j, http_match)| {
         let order = match rule.kind {
-            RouteKind::Http => route_order(hostname_rank, route_rank, rule.index, j, http_match),
+            RouteKind::Http => route_order(hostname_rank, route_rank.clone(), rule.index, j, http_match),
             RouteKind::Grpc => {
                 let rank = rule.grpc_ranks.get(j).copied().unwrap_or_default();
-                grpc_route_order(hostname_rank, route_rank, rule.index, j, rank)
+                grpc_route_order(hostname_rank, route_rank.clone(), rule.index, j, rank)
             }
         };
         let snapshot_route = HttpRoute {

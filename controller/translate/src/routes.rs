@@ -22,7 +22,7 @@ use crate::attach::{AttachProblem, Attachment, attach, hostname_rank};
 use crate::backends::{BackendError, ClusterCache};
 use crate::conditions::route_conditions;
 use crate::gateways::ListenerPlan;
-use crate::httproutes::{CompiledRoute, RouteKind, by_age, compile_route, place_rule};
+use crate::httproutes::{Age, CompiledRoute, RouteKind, by_age, compile_route, place_rule};
 use crate::index::{Index, ObjectKey};
 use crate::l4routes::{CompiledL4Route, L4Route, compile_l4_route};
 use crate::tlsroutes::place_tls_route;
@@ -60,8 +60,8 @@ pub(crate) struct Spot<'a> {
     pub at: (ObjectKey, usize),
     pub listener: &'a ListenerPlan,
     pub route: &'a ObjectKey,
-    /// The route's position by age, then namespace/name.
-    pub rank: usize,
+    /// The route's age, then namespace/name.
+    pub rank: &'a Age,
     /// The route's own hostnames.
     pub hostnames: &'a [String],
     /// The hostnames it serves on this listener (empty: any).
@@ -121,7 +121,7 @@ impl Compiled for CompiledRoute {
         let hostname = hostname_rank(on.listener.hostname.as_deref(), on.hostnames);
         let placed = placements.http.entry(on.at).or_default();
         for rule in &self.rules {
-            placed.extend(place_rule(on.route, on.rank, rule, on.hosts, hostname));
+            placed.extend(place_rule(on.route, on.rank.clone(), rule, on.hosts, hostname));
         }
     }
 }
@@ -144,7 +144,7 @@ impl Compiled for CompiledL4Route {
             let placed = place_tls_route(on.rank, &self.rules, on.hostnames, on.hosts);
             placements.tls.entry(on.at).or_default().extend(placed);
         } else {
-            placements.l4.entry(on.at).or_default().push((on.rank, self.rules.clone()));
+            placements.l4.entry(on.at).or_default().push((on.rank.clone(), self.rules.clone()));
         }
     }
 }
@@ -157,8 +157,8 @@ impl Translation<'_> {
         routes: &[Arc<R>],
         statuses: &mut std::collections::BTreeMap<ObjectKey, RouteStatus>,
     ) {
-        for (rank, route) in by_age(routes).into_iter().enumerate() {
-            if let Some((key, status)) = self.attach_route(route, rank) {
+        for route in by_age(routes) {
+            if let Some((key, status)) = self.attach_route(route) {
                 statuses.insert(key, status);
             }
         }
@@ -166,12 +166,13 @@ impl Translation<'_> {
 
     /// Attaches a route through each of its parents (ours) and places its rules on the
     /// listeners it attached to; returns its status, or None without a parent of ours.
-    fn attach_route<R: Route>(&mut self, route: &R, rank: usize) -> Option<(ObjectKey, RouteStatus)> {
+    fn attach_route<R: Route>(&mut self, route: &R) -> Option<(ObjectKey, RouteStatus)> {
         let key = ObjectKey::of(route);
         let parents = route.parent_refs();
         if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
             return None;
         }
+        let rank = Age::of(route);
         let compiled = route.compile(&self.index, &mut self.cache);
         let touched = self.cache.take_touched();
         let generation = route.meta().generation.unwrap_or_default();
@@ -204,7 +205,7 @@ impl Translation<'_> {
                         at: (gateway_key.clone(), *listener),
                         listener: &plan.listeners[*listener],
                         route: &key,
-                        rank,
+                        rank: &rank,
                         hostnames: &hostnames,
                         hosts,
                     };

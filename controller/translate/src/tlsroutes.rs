@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use sluice_snapshot::TlsRoute;
 
 use crate::attach::covers;
+use crate::httproutes::Age;
 use crate::l4routes::L4Rule;
 
 /// How specific a route hostname is: exact names first, then wildcards with more
@@ -42,12 +43,12 @@ impl Specificity {
 
 /// Where a snapshot TLS route goes among its listener's: (specificity, the route's rank
 /// by age then namespace/name, its rule).
-pub(crate) type TlsOrder = (Specificity, usize, usize);
+pub(crate) type TlsOrder = (Specificity, Age, usize);
 
 /// The snapshot entries of one TLSRoute on one listener: `hosts` are the hostnames it
 /// serves there (empty: any SNI), `route_hostnames` those the route itself lists.
 pub(crate) fn place_tls_route(
-    rank: usize,
+    rank: &Age,
     rules: &[L4Rule],
     route_hostnames: &[String],
     hosts: &[String],
@@ -64,7 +65,7 @@ pub(crate) fn place_tls_route(
         for (specificity, hostnames) in &groups {
             let route =
                 TlsRoute { name: rule.name.clone(), hostnames: hostnames.clone(), backends: rule.backends.clone() };
-            placed.push(((*specificity, rank, index), route));
+            placed.push(((*specificity, rank.clone(), index), route));
         }
     }
     placed
@@ -110,8 +111,9 @@ mod tests {
         let rule = L4Rule { name: "tlsroute/ns/r/rule/0".into(), backends: vec![] };
         // On a listener for *.example.com: abc.example.com is the route's own exact name,
         // *.example.com stems from the route's *.com.
+        let seven = Age::named("7");
         let placed = place_tls_route(
-            7,
+            &seven,
             std::slice::from_ref(&rule),
             &names(&["abc.example.com", "*.com"]),
             &names(&["*.example.com", "abc.example.com"]),
@@ -120,14 +122,15 @@ mod tests {
         assert_eq!(
             got,
             [
-                ((Specificity::Exact, 7, 0), names(&["abc.example.com"])),
-                ((Specificity::Wildcard(Reverse(1)), 7, 0), names(&["*.example.com"])),
+                ((Specificity::Exact, seven.clone(), 0), names(&["abc.example.com"])),
+                ((Specificity::Wildcard(Reverse(1)), seven.clone(), 0), names(&["*.example.com"])),
             ]
         );
         // A route without hostnames serves any SNI (or the listener's hostname) last.
-        let placed = place_tls_route(0, std::slice::from_ref(&rule), &[], &names(&["abc.example.com"]));
-        assert_eq!(placed[0].0, (Specificity::Any, 0, 0));
-        let placed = place_tls_route(0, std::slice::from_ref(&rule), &[], &[]);
-        assert_eq!((placed[0].0, placed[0].1.hostnames.len()), ((Specificity::Any, 0, 0), 0));
+        let zero = Age::named("0");
+        let placed = place_tls_route(&zero, std::slice::from_ref(&rule), &[], &names(&["abc.example.com"]));
+        assert_eq!(placed[0].0, (Specificity::Any, zero.clone(), 0));
+        let placed = place_tls_route(&zero, std::slice::from_ref(&rule), &[], &[]);
+        assert_eq!((placed[0].0.clone(), placed[0].1.hostnames.len()), ((Specificity::Any, zero, 0), 0));
     }
 }

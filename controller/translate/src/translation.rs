@@ -9,7 +9,7 @@ use crate::attach::{is_gateway_ref, is_listener_set_ref};
 use crate::backends::ClusterCache;
 use crate::conditions::{gateway_status, listener_status};
 use crate::gateways::{GatewayPlan, plan_gateway};
-use crate::httproutes::{RouteOrder, by_age};
+use crate::httproutes::{Age, RouteOrder, by_age};
 use crate::index::{Index, ObjectKey};
 use crate::l4routes::L4Rule;
 use crate::output::gateway_output;
@@ -37,7 +37,7 @@ pub(crate) struct Placements {
     /// HTTPRoute and GRPCRoute rules per HTTP(S) listener.
     pub(crate) http: Placed<RouteOrder, sluice_snapshot::HttpRoute>,
     /// TCP and UDP rules per listener (a listener is one or the other).
-    pub(crate) l4: Placed<usize, Vec<L4Rule>>,
+    pub(crate) l4: Placed<Age, Vec<L4Rule>>,
     /// TLSRoutes per TLS listener.
     pub(crate) tls: Placed<TlsOrder, sluice_snapshot::TlsRoute>,
 }
@@ -155,11 +155,9 @@ impl Translation<'_> {
 }
 
 /// The routes placed on each listener, each listener's in their order.
-fn in_order<O: Ord + Copy, R>(
-    placed: Placed<O, R>,
-) -> impl Iterator<Item = ((ObjectKey, usize), impl Iterator<Item = R>)> {
+fn in_order<O: Ord, R>(placed: Placed<O, R>) -> impl Iterator<Item = ((ObjectKey, usize), impl Iterator<Item = R>)> {
     placed.into_iter().map(|(at, mut routes)| {
-        routes.sort_by_key(|entry| entry.0);
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
         (at, routes.into_iter().map(|(_, route)| route))
     })
 }
