@@ -149,6 +149,26 @@ impl Compiled for CompiledL4Route {
     }
 }
 
+/// Everything one route contributes to a translation. It is computed from the route,
+/// the Gateway plans and the index alone (never from other routes), so the same route in
+/// the same surroundings always contributes the same: the fast path for route changes
+/// (`incremental::RoutePatch`) takes a route's old contribution out and puts its new one
+/// in.
+pub(crate) struct Fragment {
+    pub(crate) key: ObjectKey,
+    pub(crate) status: RouteStatus,
+    /// Listeners (Gateway, index in its plan) whose `attachedRoutes` count the route,
+    /// once per parentRef that attached there.
+    pub(crate) attached: Vec<(ObjectKey, usize)>,
+    /// Clusters the route's Gateways need (it serves on a listener of them).
+    pub(crate) clusters: Vec<(ObjectKey, Vec<Arc<Cluster>>)>,
+    /// (Gateway, Service, port name) of every backend port the route uses on a Gateway
+    /// (BackendTLSPolicy status).
+    pub(crate) policy_uses: Vec<(ObjectKey, ObjectKey, String)>,
+    /// The route's entries on each listener it serves on.
+    pub(crate) placements: Placements,
+}
+
 impl Translation<'_> {
     /// Attaches every route of one kind, oldest first, and records the status of those
     /// with a parent of ours.
@@ -158,15 +178,43 @@ impl Translation<'_> {
         statuses: &mut std::collections::BTreeMap<ObjectKey, RouteStatus>,
     ) {
         for route in by_age(routes) {
-            if let Some((key, status)) = self.attach_route(route) {
-                statuses.insert(key, status);
+            if let Some(fragment) = self.route_fragment(route) {
+                statuses.insert(fragment.key.clone(), self.add_fragment(fragment));
             }
         }
     }
 
+    /// Adds a route's contribution to this translation; returns its status.
+    fn add_fragment(&mut self, fragment: Fragment) -> RouteStatus {
+        let Fragment { status, attached, clusters, policy_uses, placements, .. } = fragment;
+        for (gateway, listener) in attached {
+            if let Some(plan) = self.plans.get_mut(&gateway) {
+                plan.listeners[listener].attached_routes += 1;
+            }
+        }
+        for (gateway, clusters) in clusters {
+            Self::add_clusters(&mut self.clusters, &gateway, &clusters);
+        }
+        for (gateway, service, port) in policy_uses {
+            self.cache.policies.record_use(&gateway, &service, &port);
+        }
+        let Placements { http, l4, tls } = placements;
+        for (at, entries) in http {
+            self.placements.http.entry(at).or_default().extend(entries);
+        }
+        for (at, entries) in l4 {
+            self.placements.l4.entry(at).or_default().extend(entries);
+        }
+        for (at, entries) in tls {
+            self.placements.tls.entry(at).or_default().extend(entries);
+        }
+        status
+    }
+
     /// Attaches a route through each of its parents (ours) and places its rules on the
-    /// listeners it attached to; returns its status, or None without a parent of ours.
-    fn attach_route<R: Route>(&mut self, route: &R) -> Option<(ObjectKey, RouteStatus)> {
+    /// listeners it attached to; None without a parent of ours. Reads the plans and the
+    /// index, changes nothing but the cluster cache.
+    pub(crate) fn route_fragment<R: Route>(&mut self, route: &R) -> Option<Fragment> {
         let key = ObjectKey::of(route);
         let parents = route.parent_refs();
         if !parents.iter().any(|p| self.resolve_parent(p, &key).is_some()) {
@@ -179,10 +227,19 @@ impl Translation<'_> {
         let hostnames = route.route_hostnames();
         let all_invalid = compiled.all_invalid();
         let invalid_hostname = hostnames.iter().find(|h| !sluice_snapshot::valid_hostname(h));
+        let mut fragment = Fragment {
+            key,
+            status: RouteStatus::default(),
+            attached: Vec::new(),
+            clusters: Vec::new(),
+            policy_uses: Vec::new(),
+            placements: Placements::default(),
+        };
+        let key = &fragment.key;
         let mut statuses = Vec::new();
         for parent in parents {
-            let Some((gateway_key, owner)) = self.resolve_parent(&parent, &key) else { continue };
-            let Some(plan) = self.plans.get_mut(&gateway_key) else { continue };
+            let Some((gateway_key, owner)) = self.resolve_parent(&parent, key) else { continue };
+            let Some(plan) = self.plans.get(&gateway_key) else { continue };
             let attachment = match invalid_hostname {
                 Some(bad) => Attachment::Rejected(AttachProblem::InvalidHostname(bad.clone())),
                 None => attach(plan, &parent, owner, R::KIND, &key.namespace, &hostnames, &self.index),
@@ -191,25 +248,25 @@ impl Translation<'_> {
                 && !all_invalid
             {
                 if listeners.iter().any(|(l, _)| plan.listeners[*l].serves()) {
-                    Self::add_clusters(&mut self.clusters, &gateway_key, compiled.clusters());
+                    fragment.clusters.push((gateway_key.clone(), compiled.clusters().to_vec()));
                 }
                 for (service, port) in &touched {
-                    self.cache.policies.record_use(&gateway_key, service, port);
+                    fragment.policy_uses.push((gateway_key.clone(), service.clone(), port.clone()));
                 }
                 for (listener, hosts) in listeners {
-                    plan.listeners[*listener].attached_routes += 1;
+                    fragment.attached.push((gateway_key.clone(), *listener));
                     if !plan.listeners[*listener].serves() {
                         continue;
                     }
                     let on = Spot {
                         at: (gateway_key.clone(), *listener),
                         listener: &plan.listeners[*listener],
-                        route: &key,
+                        route: key,
                         rank: &rank,
                         hostnames: &hostnames,
                         hosts,
                     };
-                    compiled.place(&mut self.placements, on);
+                    compiled.place(&mut fragment.placements, on);
                 }
             }
             let conditions =
@@ -220,6 +277,7 @@ impl Translation<'_> {
                 conditions,
             });
         }
-        Some((key, RouteStatus { parents: statuses }))
+        fragment.status = RouteStatus { parents: statuses };
+        Some(fragment)
     }
 }
