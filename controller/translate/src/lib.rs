@@ -117,6 +117,9 @@ pub struct Output {
     /// The controller translates again then, so status and snapshots follow the clock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_change_at: Option<i64>,
+    /// Per accepted Gateway, what a route change needs to patch the output in place.
+    #[serde(skip)]
+    pub(crate) orders: BTreeMap<ObjectKey, translation::Orders>,
 }
 
 /// What one Gateway's data plane gets and how it is deployed.

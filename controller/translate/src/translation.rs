@@ -27,7 +27,9 @@ pub(crate) struct Translation<'w> {
     /// in its plan.
     pub(crate) listener_set_parents: BTreeMap<ObjectKey, (ObjectKey, usize)>,
     pub(crate) cache: ClusterCache<'w>,
-    pub(crate) clusters: BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+    /// Per Gateway: the clusters its routes use, each with how many route attachments
+    /// use it.
+    pub(crate) clusters: BTreeMap<ObjectKey, BTreeMap<String, (std::sync::Arc<Cluster>, usize)>>,
     pub(crate) placements: Placements,
 }
 
@@ -44,37 +46,8 @@ pub(crate) struct Placements {
 
 /// Translates the whole World. Pure and deterministic.
 pub fn translate(world: &World) -> Output {
-    let index = Index::new(world);
     let mut output = Output::default();
-    let classes = classes::translate_classes(world, &index, &mut output.status.gateway_classes);
-    let mut listener_sets: BTreeMap<ObjectKey, Vec<&sluice_gateway_api::listenersets::ListenerSet>> = BTreeMap::new();
-    for listener_set in by_age(&world.listener_sets) {
-        if let Some(parent) = listenersets::parent_gateway(listener_set) {
-            listener_sets.entry(parent).or_default().push(listener_set);
-        }
-    }
-    let mut plans = BTreeMap::new();
-    let mut listener_set_parents = BTreeMap::new();
-    for gateway in &world.gateways {
-        if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
-            let key = ObjectKey::of(gateway.as_ref());
-            let sets = listener_sets.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let plan = plan_gateway(gateway, class, sets, &index);
-            for (set_index, set) in plan.listener_sets.iter().enumerate() {
-                listener_set_parents.insert(set.key.clone(), (plan.key.clone(), set_index));
-            }
-            plans.insert(plan.key.clone(), plan);
-        }
-    }
-    let policies = policies::Policies::new(&world.backend_tls_policies, &index);
-    let mut pass = Translation {
-        index,
-        plans,
-        listener_set_parents,
-        cache: ClusterCache::new(policies),
-        clusters: BTreeMap::new(),
-        placements: Placements::default(),
-    };
+    let mut pass = Translation::new(world, &mut output.status.gateway_classes);
     pass.attach_routes(&world.http_routes, &mut output.status.http_routes);
     pass.attach_routes(&world.grpc_routes, &mut output.status.grpc_routes);
     pass.attach_routes(&world.tcp_routes, &mut output.status.tcp_routes);
@@ -85,7 +58,46 @@ pub fn translate(world: &World) -> Output {
     output
 }
 
-impl Translation<'_> {
+impl<'w> Translation<'w> {
+    /// Plans every Gateway of ours (with its ListenerSets), before any route attaches;
+    /// the GatewayClasses' status goes to `class_status`.
+    pub(crate) fn new(
+        world: &'w World,
+        class_status: &mut BTreeMap<String, crate::GatewayClassStatus>,
+    ) -> Translation<'w> {
+        let index = Index::new(world);
+        let classes = classes::translate_classes(world, &index, class_status);
+        let mut listener_sets: BTreeMap<ObjectKey, Vec<&sluice_gateway_api::listenersets::ListenerSet>> =
+            BTreeMap::new();
+        for listener_set in by_age(&world.listener_sets) {
+            if let Some(parent) = listenersets::parent_gateway(listener_set) {
+                listener_sets.entry(parent).or_default().push(listener_set);
+            }
+        }
+        let mut plans = BTreeMap::new();
+        let mut listener_set_parents = BTreeMap::new();
+        for gateway in &world.gateways {
+            if let Some(class) = classes.get(&gateway.spec.gateway_class_name) {
+                let key = ObjectKey::of(gateway.as_ref());
+                let sets = listener_sets.get(&key).map(Vec::as_slice).unwrap_or_default();
+                let plan = plan_gateway(gateway, class, sets, &index);
+                for (set_index, set) in plan.listener_sets.iter().enumerate() {
+                    listener_set_parents.insert(set.key.clone(), (plan.key.clone(), set_index));
+                }
+                plans.insert(plan.key.clone(), plan);
+            }
+        }
+        let policies = policies::Policies::new(&world.backend_tls_policies, &index);
+        Translation {
+            index,
+            plans,
+            listener_set_parents,
+            cache: ClusterCache::new(policies),
+            clusters: BTreeMap::new(),
+            placements: Placements::default(),
+        }
+    }
+
     /// The Gateway of ours a parentRef leads to, and whether through one of its
     /// ListenerSets (its index in the Gateway's plan). Other parents get no status from
     /// Sluice (another controller, or nothing, owns them).
@@ -101,8 +113,9 @@ impl Translation<'_> {
         None
     }
 
+    /// Records that one attachment of a route to `gateway` uses `clusters`.
     pub(crate) fn add_clusters(
-        all: &mut BTreeMap<ObjectKey, BTreeMap<String, std::sync::Arc<Cluster>>>,
+        all: &mut BTreeMap<ObjectKey, BTreeMap<String, (std::sync::Arc<Cluster>, usize)>>,
         gateway: &ObjectKey,
         clusters: &[std::sync::Arc<Cluster>],
     ) {
@@ -111,8 +124,11 @@ impl Translation<'_> {
             None => all.entry(gateway.clone()).or_default(),
         };
         for cluster in clusters {
-            if !gateway_clusters.contains_key(&cluster.name) {
-                gateway_clusters.insert(cluster.name.clone(), cluster.clone());
+            match gateway_clusters.get_mut(&cluster.name) {
+                Some((_, uses)) => *uses += 1,
+                None => {
+                    gateway_clusters.insert(cluster.name.clone(), (cluster.clone(), 1));
+                }
             }
         }
     }
@@ -121,19 +137,31 @@ impl Translation<'_> {
     fn finish(mut self, output: &mut Output) {
         output.status.backend_tls_policies = self.cache.policies.status();
         let Placements { http, l4, tls } = std::mem::take(&mut self.placements);
-        for ((gateway, listener), routes) in in_order(http) {
+        let mut orders: BTreeMap<ObjectKey, Orders> = BTreeMap::new();
+        for ((gateway, listener), placed) in in_order(http) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].http_routes = routes.collect();
+                let (keys, routes) = placed.into_iter().unzip();
+                plan.listeners[listener].http_routes = routes;
+                orders.entry(gateway).or_default().http.insert(listener, keys);
             }
         }
-        for ((gateway, listener), rules) in in_order(l4) {
+        for ((gateway, listener), placed) in in_order(l4) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].l4_routes = rules.flatten().collect();
+                let mut keys = Vec::new();
+                let mut rules = Vec::new();
+                for (age, route_rules) in placed {
+                    keys.extend(std::iter::repeat_n(age, route_rules.len()));
+                    rules.extend(route_rules);
+                }
+                plan.listeners[listener].l4_routes = rules;
+                orders.entry(gateway).or_default().l4.insert(listener, keys);
             }
         }
-        for ((gateway, listener), routes) in in_order(tls) {
+        for ((gateway, listener), placed) in in_order(tls) {
             if let Some(plan) = self.plans.get_mut(&gateway) {
-                plan.listeners[listener].tls_routes = routes.collect();
+                let (keys, routes) = placed.into_iter().unzip();
+                plan.listeners[listener].tls_routes = routes;
+                orders.entry(gateway).or_default().tls.insert(listener, keys);
             }
         }
         for (key, plan) in self.plans {
@@ -147,17 +175,37 @@ impl Translation<'_> {
                 listenersets::listener_set_statuses(&plan, |l, generation| listener_status(l, &plan, generation));
             output.status.listener_sets.extend(statuses);
             if plan.not_accepted.is_none() {
-                let clusters = self.clusters.remove(&key).unwrap_or_default();
+                let mut clusters = BTreeMap::new();
+                let mut gateway_orders = orders.remove(&key).unwrap_or_default();
+                for (name, (cluster, uses)) in self.clusters.remove(&key).unwrap_or_default() {
+                    gateway_orders.cluster_uses.insert(name.clone(), uses);
+                    clusters.insert(name, cluster);
+                }
+                output.orders.insert(key.clone(), gateway_orders);
                 output.gateways.insert(key, gateway_output(plan, clusters, client.and_then(Result::ok)));
             }
         }
     }
 }
 
-/// The routes placed on each listener, each listener's in their order.
-fn in_order<O: Ord, R>(placed: Placed<O, R>) -> impl Iterator<Item = ((ObjectKey, usize), impl Iterator<Item = R>)> {
+/// What the fast path for route changes (`incremental::RoutePatch`) needs of one
+/// accepted Gateway's translation: the order keys of each served listener's entries
+/// (parallel to the snapshot's lists; listeners by their index in the plan) and how many
+/// route attachments use each cluster.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Orders {
+    pub(crate) http: BTreeMap<usize, Vec<RouteOrder>>,
+    /// One key per TCP or UDP rule.
+    pub(crate) l4: BTreeMap<usize, Vec<Age>>,
+    pub(crate) tls: BTreeMap<usize, Vec<TlsOrder>>,
+    pub(crate) cluster_uses: BTreeMap<String, usize>,
+}
+
+/// The routes placed on each listener, each listener's in their order (a stable sort:
+/// entries with equal keys keep the order they were placed in).
+fn in_order<O: Ord, R>(placed: Placed<O, R>) -> impl Iterator<Item = ((ObjectKey, usize), Vec<(O, R)>)> {
     placed.into_iter().map(|(at, mut routes)| {
         routes.sort_by(|a, b| a.0.cmp(&b.0));
-        (at, routes.into_iter().map(|(_, route)| route))
+        (at, routes)
     })
 }
