@@ -128,7 +128,7 @@ fn cluster_service(name: &str) -> Option<(ObjectKey, i32, bool)> {
 
 /// Whether a translation at `after` answers every clock-dependent question (certificate
 /// validity) as one at `before` did: no validity boundary (`next_change_at`) lies between.
-fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: Option<i64>) -> bool {
+pub(crate) fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: Option<i64>) -> bool {
     match (before, after) {
         (None, None) => true,
         (Some(before), Some(after)) => after >= before && next_change_at.is_none_or(|at| after < at),
@@ -137,7 +137,7 @@ fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: O
 }
 
 /// Whether two lists hold the same objects (by identity), in any order.
-fn same_objects<T>(before: &[Arc<T>], after: &[Arc<T>]) -> bool {
+pub(crate) fn same_objects<T>(before: &[Arc<T>], after: &[Arc<T>]) -> bool {
     if before.len() != after.len() {
         return false;
     }

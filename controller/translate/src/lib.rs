@@ -81,6 +81,7 @@ mod listenersets;
 mod output;
 mod policies;
 mod problems;
+mod route_patch;
 mod routes;
 mod rule_problems;
 pub mod status;
@@ -98,6 +99,7 @@ pub use features::SUPPORTED_FEATURES;
 pub use incremental::{endpoints_only, refresh_endpoints};
 pub use index::ObjectKey;
 pub use policies::{PolicyAncestorStatus, PolicyStatus};
+pub use route_patch::{MAX_CHANGED, RoutePatch, routes_only};
 pub use status::{
     CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerSetStatus, ListenerStatus,
     ParentRef, RouteGroupKind, RouteParentStatus, RouteStatus,
