@@ -62,6 +62,9 @@ pub enum Refreshed {
     /// Only EndpointSlices changed: the endpoints of the clusters that use them were
     /// recomputed and republished; status, infra and every route are as they were.
     Endpoints,
+    /// Only routes changed (a few): the last output was patched, the Gateways they
+    /// concern republished and the status patched; infra is as it was.
+    Routes,
     /// The World was translated again and every Gateway's snapshot published.
     Translated,
 }
@@ -74,11 +77,19 @@ pub struct Reconciler {
     published: BTreeSet<String>,
     translations: u64,
     endpoint_refreshes: u64,
+    route_patches: u64,
 }
 
 impl Reconciler {
     pub fn new(push: PushServer) -> Reconciler {
-        Reconciler { push, last: None, published: BTreeSet::new(), translations: 0, endpoint_refreshes: 0 }
+        Reconciler {
+            push,
+            last: None,
+            published: BTreeSet::new(),
+            translations: 0,
+            endpoint_refreshes: 0,
+            route_patches: 0,
+        }
     }
 
     /// The last translation, if any.
@@ -96,6 +107,11 @@ impl Reconciler {
         self.endpoint_refreshes
     }
 
+    /// How many route changes patched the last output (no translation).
+    pub fn route_patches(&self) -> u64 {
+        self.route_patches
+    }
+
     /// When the clock alone changes the last translation (Unix seconds).
     pub fn next_change_at(&self) -> Option<i64> {
         self.last.as_ref().and_then(|t| t.output.next_change_at)
@@ -109,7 +125,8 @@ impl Reconciler {
 
     /// Translates the World `world()` returns if [`Reconciler::needs_translation`], and
     /// publishes every Gateway's snapshot; when only EndpointSlices changed since the
-    /// last translation, republishes only the endpoints that changed.
+    /// last translation, republishes only the endpoints that changed; when only a few
+    /// routes changed, patches the last output with them (`sluice_translate::RoutePatch`).
     pub fn refresh(&mut self, inputs_changed: bool, world: impl FnOnce() -> World) -> Refreshed {
         let now = crate::unix_now();
         if !self.needs_translation(inputs_changed, now) {
@@ -127,10 +144,50 @@ impl Reconciler {
                 Refreshed::Endpoints
             }
             None => {
-                self.translate(world);
-                Refreshed::Translated
+                let patch = self
+                    .last
+                    .as_ref()
+                    .and_then(|last| sluice_translate::routes_only(&last.world, &world, &last.output));
+                match patch {
+                    Some(patch) => {
+                        self.patch_routes(world, &patch);
+                        Refreshed::Routes
+                    }
+                    None => {
+                        self.translate(world);
+                        Refreshed::Translated
+                    }
+                }
             }
         }
+    }
+
+    /// Patches the last output with a route change and republishes the Gateways it
+    /// concerns; `world` differs from the last one only in those routes.
+    fn patch_routes(&mut self, world: World, patch: &sluice_translate::RoutePatch) {
+        let started = Instant::now();
+        self.route_patches += 1;
+        let Some(last) = self.last.as_mut() else { return };
+        let snapshots = patch
+            .gateways()
+            .into_iter()
+            .filter_map(|key| self.push.content(&key.to_string()).map(|content| (key, content.as_ref().clone())))
+            .collect();
+        for (key, snapshot) in patch.patch_snapshots(&mut last.output, snapshots) {
+            let name = key.to_string();
+            if let Some(version) = self.push.publish(&name, snapshot) {
+                tracing::debug!(
+                    gateway = name,
+                    generation = version.generation,
+                    routes = patch.len(),
+                    published_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "published routes"
+                );
+            }
+        }
+        // After the publish: a data plane need not wait for the status.
+        patch.patch_status(Arc::make_mut(&mut last.status));
+        last.world = world;
     }
 
     /// Republishes the snapshots whose clusters use `services`, their endpoints
@@ -401,5 +458,48 @@ spec:
         assert_eq!(reconciler.refresh(true, || other), Refreshed::Translated);
         assert_eq!(reconciler.translations(), 2);
         assert_eq!(endpoints(), ["10.0.0.8"], "the full translation agrees");
+    }
+
+    /// An HTTPRoute `name` in `infra` to the app Service, for path `/name`.
+    fn route(name: &str) -> Arc<sluice_gateway_api::httproutes::HttpRoute> {
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{{name: web}}]\n  rules: [{{matches: [{{path: {{type: PathPrefix, value: /{name}}}}}], backendRefs: [{{name: app, port: 80}}]}}]\n"
+        );
+        World::from_manifests(&text).0.http_routes.remove(0)
+    }
+
+    #[test]
+    fn a_route_change_patches_the_output_without_translating() {
+        let push = PushServer::new();
+        let mut reconciler = Reconciler::new(push.clone());
+        let first = world();
+        assert_eq!(reconciler.refresh(true, || first.clone()), Refreshed::Translated);
+        let routes = || {
+            let content = push.content("infra/web").unwrap();
+            content.listeners.iter().flat_map(|l| l.http_routes.iter().map(|r| r.name.clone())).collect::<Vec<_>>()
+        };
+        let version = push.progress()["infra/web"].version;
+
+        let mut added = first.clone();
+        added.http_routes.push(route("extra"));
+        assert_eq!(reconciler.refresh(true, || added.clone()), Refreshed::Routes);
+        assert!(routes().iter().any(|name| name.starts_with("httproute/infra/extra/")), "{:?}", routes());
+        assert!(push.progress()["infra/web"].version > version, "a new version is published");
+        assert_eq!((reconciler.translations(), reconciler.route_patches()), (1, 1));
+        let status = reconciler.last().unwrap().status.clone();
+        assert!(status.http_routes.contains_key(&ObjectKey::new("infra", "extra")));
+        let full = sluice_translate::translate(&added);
+        assert_eq!(*status, full.status, "the patched status is the full translation's");
+        assert_eq!(*push.content("infra/web").unwrap(), {
+            let mut snapshot = full.gateways[&ObjectKey::new("infra", "web")].snapshot.clone();
+            snapshot.version = push.content("infra/web").unwrap().version.clone();
+            snapshot
+        });
+
+        // And back: the route's entries and status are gone.
+        assert_eq!(reconciler.refresh(true, || first.clone()), Refreshed::Routes);
+        assert!(!routes().iter().any(|name| name.starts_with("httproute/infra/extra/")));
+        assert!(!reconciler.last().unwrap().status.http_routes.contains_key(&ObjectKey::new("infra", "extra")));
+        assert_eq!(reconciler.translations(), 1);
     }
 }
