@@ -7,7 +7,9 @@
 # Knobs: PRELOADS ("0 1000 5000 10000"), PROBES (50), PEER_PROBES (5), POLL_MS (5),
 # TIMEOUT s (10), PEER_TIMEOUT s (300), PEER_SKIP_MS (30000: larger peer preloads are
 # skipped once a change took longer), GAP_MS (100), SLUICE_FLAGS (extra `sluice run`
-# flags, e.g. "--quiet"), ENVOY_GATEWAY_VERSION (latest v1.9.x).
+# flags, e.g. "--quiet"), ENVOY_GATEWAY_VERSION (latest v1.9.x), BENCH_LOG_DIR (keep each
+# run's log there; with RUST_LOG=sluice_controller=debug it has each change's timings).
+# `--peer none` is also written `--peer=none`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nice cargo build --release -q -p sluice

@@ -233,6 +233,9 @@ def run(system, preload):
         target.stop(proc)
         target.close()
         log.close()
+        if os.environ.get("BENCH_LOG_DIR"):
+            os.makedirs(os.environ["BENCH_LOG_DIR"], exist_ok=True)
+            shutil.copy(log.name, os.path.join(os.environ["BENCH_LOG_DIR"], f"propagation-{system.name}-{preload}.log"))
         if not failure or not os.environ.get("KEEP_FAILED"):
             shutil.rmtree(work, ignore_errors=True)
     if problems:
