@@ -236,6 +236,7 @@ impl Applier {
                 return Ok(version);
             }
         }
+        let started = Instant::now();
         let served = self.tables.as_ref().map(|tables| tables.load_full());
         let previous = match (&self.snapshot, &served) {
             (Some(snapshot), Some(compiled)) => Some(Previous { snapshot, compiled }),
@@ -243,6 +244,7 @@ impl Applier {
         };
         let compiled = compile_reusing(&snapshot, &self.metrics, previous).map_err(|error| error.to_string())?;
         drop(served);
+        let compiled_at = started.elapsed();
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
@@ -272,14 +274,23 @@ impl Applier {
                 }
             }
         }
+        let swapped_at = started.elapsed();
         self.current = Some(version.clone());
         self.snapshot = Some(compact(snapshot));
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            compile_ms = ms(compiled_at),
+            swap_ms = ms(swapped_at - compiled_at),
+            keep_ms = ms(started.elapsed() - swapped_at),
+            "compiled"
+        );
         Ok(version)
     }
 
     /// Applies a delta to the served snapshot. Returns the new version and the new
     /// snapshot's encoding (for `--state-dir`), or what to answer.
     fn apply_delta(&mut self, encoded: &[u8]) -> Result<(Version, Vec<u8>), Unapplied> {
+        let started = Instant::now();
         let delta: SnapshotDelta =
             prost::Message::decode(encoded).map_err(|error| Unapplied::Resync(format!("cannot decode: {error}")))?;
         let version = delta.version.clone().ok_or_else(|| Unapplied::Resync("the delta has no version".into()))?;
@@ -292,9 +303,18 @@ impl Applier {
         let mut next =
             sluice_snapshot::delta::apply(base, &delta).map_err(|error| Unapplied::Resync(error.to_string()))?;
         drop(delta);
+        let applied_at = started.elapsed();
         next.version = None;
         let unversioned = prost::Message::encode_to_vec(&next);
+        let encoded_at = started.elapsed();
         let hash = sluice_snapshot::hash_encoded(&unversioned);
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            delta_ms = ms(applied_at),
+            encode_ms = ms(encoded_at - applied_at),
+            hash_ms = ms(started.elapsed() - encoded_at),
+            "delta applied"
+        );
         if hash != version.content_hash {
             return Err(Unapplied::Resync(format!(
                 "the delta's result hashes to {hash}, not {}",
