@@ -71,6 +71,40 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The `bundle-version` of the installed Gateway API CRDs (read at start).
     pub crd_bundle_version: Option<String>,
+    /// What the translator reads of the kinds whose status Sluice writes.
+    pub views: Views,
+}
+
+/// The [`View`] of each kind whose status Sluice writes (None: its CRD is not installed).
+#[derive(Clone)]
+pub struct Views {
+    pub gateway_classes: View<GatewayClass>,
+    pub gateways: View<Gateway>,
+    pub listener_sets: Option<View<ListenerSet>>,
+    pub http_routes: View<HttpRoute>,
+    pub grpc_routes: Option<View<GrpcRoute>>,
+    pub tcp_routes: Option<View<TcpRoute>>,
+    pub udp_routes: Option<View<UdpRoute>>,
+    pub tls_routes: Option<View<TlsRoute>>,
+    pub backend_tls_policies: Option<View<BackendTlsPolicy>>,
+}
+
+impl Views {
+    /// Whether every view took its first list in.
+    fn listed(&self) -> bool {
+        fn listed<K: Resource + Serialize + Clone>(view: Option<&View<K>>) -> bool {
+            view.is_none_or(View::listed)
+        }
+        self.gateway_classes.listed()
+            && self.gateways.listed()
+            && self.http_routes.listed()
+            && listed(self.listener_sets.as_ref())
+            && listed(self.grpc_routes.as_ref())
+            && listed(self.tcp_routes.as_ref())
+            && listed(self.udp_routes.as_ref())
+            && listed(self.tls_routes.as_ref())
+            && listed(self.backend_tls_policies.as_ref())
+    }
 }
 
 impl Stores {
@@ -136,17 +170,31 @@ impl Stores {
             tracing::warn!("the ProxyConfig CRD is not installed: GatewayClass/Gateway parametersRefs cannot resolve");
             None
         };
+        let (gateway_classes, gateway_class_view) = watch_status(client, &signals);
+        let (gateways, gateway_view) = watch_status(client, &signals);
+        let (http_routes, http_route_view) = watch_status(client, &signals);
+        let views = Views {
+            gateway_classes: gateway_class_view,
+            gateways: gateway_view,
+            listener_sets: listener_sets.as_ref().map(|(_, view)| view.clone()),
+            http_routes: http_route_view,
+            grpc_routes: grpc_routes.as_ref().map(|(_, view)| view.clone()),
+            tcp_routes: tcp_routes.as_ref().map(|(_, view)| view.clone()),
+            udp_routes: udp_routes.as_ref().map(|(_, view)| view.clone()),
+            tls_routes: tls_routes.as_ref().map(|(_, view)| view.clone()),
+            backend_tls_policies: backend_tls_policies.as_ref().map(|(_, view)| view.clone()),
+        };
         let stores = Stores {
-            gateway_classes: watch_status(client, &signals),
-            gateways: watch_status(client, &signals),
-            listener_sets,
-            http_routes: watch_status(client, &signals),
-            grpc_routes,
-            tcp_routes,
-            udp_routes,
-            tls_routes,
+            gateway_classes,
+            gateways,
+            listener_sets: listener_sets.map(|(store, _)| store),
+            http_routes,
+            grpc_routes: grpc_routes.map(|(store, _)| store),
+            tcp_routes: tcp_routes.map(|(store, _)| store),
+            udp_routes: udp_routes.map(|(store, _)| store),
+            tls_routes: tls_routes.map(|(store, _)| store),
             reference_grants: watch(client, watcher::Config::default(), &changed),
-            backend_tls_policies,
+            backend_tls_policies: backend_tls_policies.map(|(store, _)| store),
             services: watch(client, watcher::Config::default(), &changed),
             endpoint_slices: watch(client, watcher::Config::default(), &changed),
             // Only TLS Secrets can be certificateRefs; others are never read.
@@ -158,6 +206,7 @@ impl Stores {
             proxy_configs,
             nodes: watch(client, watcher::Config::default(), &changed),
             crd_bundle_version,
+            views,
         };
         let ready = async {
             stores.gateway_classes.wait_until_ready().await?;
@@ -191,25 +240,31 @@ impl Stores {
                 s.wait_until_ready().await?;
             }
             stores.nodes.wait_until_ready().await?;
+            // The views take the first lists in right after their stores.
+            while !stores.views.listed() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             anyhow::Ok(())
         };
         ready.await.context("waiting for the first list of every watched kind")?;
         Ok(stores)
     }
 
-    /// Everything the translator reads, as the stores hold it now.
+    /// Everything the translator reads, as the stores (and for the kinds whose status
+    /// Sluice writes, their views) hold it now.
     pub fn world(&self) -> World {
+        let views = &self.views;
         World {
-            gateway_classes: self.gateway_classes.state(),
-            gateways: self.gateways.state(),
-            listener_sets: self.listener_sets.as_ref().map(Store::state).unwrap_or_default(),
-            http_routes: self.http_routes.state(),
-            grpc_routes: self.grpc_routes.as_ref().map(Store::state).unwrap_or_default(),
-            tcp_routes: self.tcp_routes.as_ref().map(Store::state).unwrap_or_default(),
-            udp_routes: self.udp_routes.as_ref().map(Store::state).unwrap_or_default(),
-            tls_routes: self.tls_routes.as_ref().map(Store::state).unwrap_or_default(),
+            gateway_classes: views.gateway_classes.objects(),
+            gateways: views.gateways.objects(),
+            listener_sets: views.listener_sets.as_ref().map(View::objects).unwrap_or_default(),
+            http_routes: views.http_routes.objects(),
+            grpc_routes: views.grpc_routes.as_ref().map(View::objects).unwrap_or_default(),
+            tcp_routes: views.tcp_routes.as_ref().map(View::objects).unwrap_or_default(),
+            udp_routes: views.udp_routes.as_ref().map(View::objects).unwrap_or_default(),
+            tls_routes: views.tls_routes.as_ref().map(View::objects).unwrap_or_default(),
             reference_grants: self.reference_grants.state(),
-            backend_tls_policies: self.backend_tls_policies.as_ref().map(Store::state).unwrap_or_default(),
+            backend_tls_policies: views.backend_tls_policies.as_ref().map(View::objects).unwrap_or_default(),
             services: self.services.state(),
             endpoint_slices: self.endpoint_slices.state(),
             secrets: self.secrets.state(),
@@ -294,14 +349,18 @@ where
     reflect(client, config, signals, trim, |_: &watcher::Event<K>| Wake::Changed)
 }
 
-/// A reflector for a kind whose status Sluice writes: events that change only the status
-/// (see [`Fingerprints`]) wake [`Signals::observed`], the others [`Signals::changed`].
-fn watch_status<K>(client: &Client, signals: &Signals) -> Store<K>
+/// A reflector for a kind whose status Sluice writes, and its [`View`]: events that change
+/// only the status (see [`fingerprint`]) wake [`Signals::observed`], the others
+/// [`Signals::changed`].
+fn watch_status<K>(client: &Client, signals: &Signals) -> (Store<K>, View<K>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
 {
-    let mut fingerprints = Fingerprints::default();
-    reflect(client, watcher::Config::default(), signals.clone(), |_: &mut K| {}, move |event| fingerprints.event(event))
+    let view = View::default();
+    let events = view.clone();
+    let store =
+        reflect(client, watcher::Config::default(), signals.clone(), |_: &mut K| {}, move |event| events.event(event));
+    (store, view)
 }
 
 /// What a watch event wakes.
@@ -357,25 +416,79 @@ where
     reader
 }
 
-/// What the translator may read of each object of one kind: a hash of the object
-/// without its status, `resourceVersion` and `managedFields` (spec, generation, labels,
-/// annotations, finalizers, deletion timestamp, owner references all count).
-#[derive(Debug, Default)]
-pub struct Fingerprints {
-    known: HashMap<(String, String), u64>,
-    /// Filled during a relist; replaces `known` when it ends.
-    relisting: Option<HashMap<(String, String), u64>>,
+/// What the translator reads of a kind whose status Sluice writes: the objects the store
+/// holds, except that an object whose last events changed only what the translator does
+/// not read (its status, `resourceVersion`, `managedFields`: see [`fingerprint`]) stays
+/// the instance it was before them. The reconciler's fast paths (`endpoints_only`,
+/// `routes_only`) compare objects by identity; without this, each status write would
+/// make its object count as changed at the next change, and a change after a burst of
+/// status writes would translate everything. The status writer reads the store itself.
+pub struct View<K> {
+    state: Arc<std::sync::Mutex<ViewState<K>>>,
 }
 
-impl Fingerprints {
-    /// Records the event; says whether it changed what the translator reads.
-    pub fn event<K: Resource + Serialize>(&mut self, event: &watcher::Event<K>) -> Wake {
+impl<K> Clone for View<K> {
+    fn clone(&self) -> Self {
+        View { state: self.state.clone() }
+    }
+}
+
+impl<K> Default for View<K> {
+    fn default() -> Self {
+        View { state: Arc::new(std::sync::Mutex::new(ViewState::default())) }
+    }
+}
+
+impl<K: Resource + Serialize + Clone> View<K> {
+    /// Records a watch event; says what it wakes.
+    pub fn event(&self, event: &watcher::Event<K>) -> Wake {
+        self.lock().event(event)
+    }
+
+    /// The objects as the translator sees them.
+    pub fn objects(&self) -> Vec<Arc<K>> {
+        self.lock().known.values().map(|(_, object)| object.clone()).collect()
+    }
+
+    /// Whether the first list was taken in.
+    pub fn listed(&self) -> bool {
+        self.lock().listed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewState<K>> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Objects by namespace and name, each with its fingerprint.
+type Known<K> = HashMap<(String, String), (u64, Arc<K>)>;
+
+/// A [`View`]'s objects.
+pub struct ViewState<K> {
+    known: Known<K>,
+    /// Filled during a relist; replaces `known` when it ends.
+    relisting: Option<Known<K>>,
+    listed: bool,
+}
+
+impl<K> Default for ViewState<K> {
+    fn default() -> Self {
+        ViewState { known: HashMap::new(), relisting: None, listed: false }
+    }
+}
+
+impl<K: Resource + Serialize + Clone> ViewState<K> {
+    fn event(&mut self, event: &watcher::Event<K>) -> Wake {
         match event {
             watcher::Event::Apply(object) => {
                 let print = fingerprint(object);
-                match self.known.insert(identity(object), print) {
-                    Some(before) if before == print => Wake::Observed,
-                    _ => Wake::Changed,
+                let id = identity(object);
+                match self.known.get(&id) {
+                    Some((before, _)) if *before == print => Wake::Observed,
+                    _ => {
+                        self.known.insert(id, (print, Arc::new(object.clone())));
+                        Wake::Changed
+                    }
                 }
             }
             watcher::Event::Delete(object) => {
@@ -387,11 +500,17 @@ impl Fingerprints {
                 Wake::Nothing
             }
             watcher::Event::InitApply(object) => {
-                self.relisting.get_or_insert_with(HashMap::new).insert(identity(object), fingerprint(object));
+                let print = fingerprint(object);
+                let id = identity(object);
+                // An object the relist finds unchanged stays the instance it was.
+                let kept = self.known.get(&id).filter(|(before, _)| *before == print).map(|(_, o)| o.clone());
+                let object = kept.unwrap_or_else(|| Arc::new(object.clone()));
+                self.relisting.get_or_insert_with(HashMap::new).insert(id, (print, object));
                 Wake::Nothing
             }
             watcher::Event::InitDone => {
                 self.known = self.relisting.take().unwrap_or_default();
+                self.listed = true;
                 // Objects may have come, gone or changed while the watch was down.
                 Wake::Changed
             }
@@ -462,26 +581,48 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_status_only_change_does_not_translate() {
-        let mut prints = Fingerprints::default();
-        assert_eq!(prints.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
-        // Our own status write coming back.
-        assert_eq!(prints.event(&watcher::Event::Apply(route("2", "a.example", "False"))), Wake::Observed);
-        assert_eq!(prints.event(&watcher::Event::Apply(route("3", "b.example", "False"))), Wake::Changed);
-        assert_eq!(prints.event(&watcher::Event::Delete(route("4", "b.example", "False"))), Wake::Changed);
-        // Gone: the same object coming back is a change.
-        assert_eq!(prints.event(&watcher::Event::Apply(route("5", "b.example", "False"))), Wake::Changed);
+    /// The one object of a view.
+    fn only(view: &View<HttpRoute>) -> Arc<HttpRoute> {
+        let objects = view.objects();
+        assert_eq!(objects.len(), 1);
+        objects[0].clone()
     }
 
     #[test]
-    fn a_relist_wakes_once_at_its_end() {
-        let mut prints = Fingerprints::default();
-        assert_eq!(prints.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
-        assert_eq!(prints.event(&watcher::Event::<HttpRoute>::Init), Wake::Nothing);
-        assert_eq!(prints.event(&watcher::Event::InitApply(route("2", "b.example", "True"))), Wake::Nothing);
-        assert_eq!(prints.event(&watcher::Event::<HttpRoute>::InitDone), Wake::Changed);
+    fn a_status_only_change_does_not_translate_and_keeps_the_instance() {
+        let view = View::default();
+        assert_eq!(view.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
+        let first = only(&view);
+        // Our own status write coming back: the translator sees the same instance.
+        assert_eq!(view.event(&watcher::Event::Apply(route("2", "a.example", "False"))), Wake::Observed);
+        assert!(Arc::ptr_eq(&first, &only(&view)));
+        assert_eq!(view.event(&watcher::Event::Apply(route("3", "b.example", "False"))), Wake::Changed);
+        let changed = only(&view);
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.spec.hostnames.as_deref(), Some(&["b.example".to_string()][..]));
+        assert_eq!(view.event(&watcher::Event::Delete(route("4", "b.example", "False"))), Wake::Changed);
+        assert!(view.objects().is_empty());
+        // Gone: the same object coming back is a change.
+        assert_eq!(view.event(&watcher::Event::Apply(route("5", "b.example", "False"))), Wake::Changed);
+    }
+
+    #[test]
+    fn a_relist_wakes_once_at_its_end_and_keeps_unchanged_instances() {
+        let view = View::default();
+        assert!(!view.listed());
+        assert_eq!(view.event(&watcher::Event::Apply(route("1", "a.example", "True"))), Wake::Changed);
+        let first = only(&view);
+        assert_eq!(view.event(&watcher::Event::<HttpRoute>::Init), Wake::Nothing);
+        assert_eq!(view.event(&watcher::Event::InitApply(route("2", "a.example", "False"))), Wake::Nothing);
+        assert_eq!(view.event(&watcher::Event::<HttpRoute>::InitDone), Wake::Changed);
+        assert!(view.listed());
+        assert!(Arc::ptr_eq(&first, &only(&view)), "unchanged but for its status: the same instance");
+        assert_eq!(view.event(&watcher::Event::<HttpRoute>::Init), Wake::Nothing);
+        assert_eq!(view.event(&watcher::Event::InitApply(route("3", "b.example", "False"))), Wake::Nothing);
+        assert!(Arc::ptr_eq(&first, &only(&view)), "the relist takes effect at its end");
+        assert_eq!(view.event(&watcher::Event::<HttpRoute>::InitDone), Wake::Changed);
+        assert!(!Arc::ptr_eq(&first, &only(&view)));
         // The relist's objects are the ones known now.
-        assert_eq!(prints.event(&watcher::Event::Apply(route("3", "b.example", "False"))), Wake::Observed);
+        assert_eq!(view.event(&watcher::Event::Apply(route("4", "b.example", "True"))), Wake::Observed);
     }
 }
