@@ -89,7 +89,8 @@ pub struct KubernetesArgs {
     /// The data-plane image when no ProxyConfig names one.
     #[arg(long, env = "SLUICE_DATAPLANE_IMAGE", default_value = "ghcr.io/sluice-gateway/sluice-dataplane:0.1.0")]
     pub dataplane_image: String,
-    /// How long the inputs must be quiet before a recompute (ms).
+    /// The longest a change of the inputs waits for more before a recompute (ms); a
+    /// change is taken in once the inputs were quiet for 2 ms.
     #[arg(long, default_value_t = 20)]
     pub debounce_ms: u64,
 }

@@ -120,7 +120,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let mut observed = false;
         tokio::select! {
             _ = signals.changed.notified() => {
-                tokio::time::sleep(options.debounce).await;
+                settle(&signals.changed, options.debounce).await;
                 inputs_changed = true;
             }
             _ = signals.observed.notified() => {
@@ -128,7 +128,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
                 tokio::select! {
                     _ = tokio::time::sleep(options.debounce) => observed = true,
                     _ = signals.changed.notified() => {
-                        tokio::time::sleep(options.debounce).await;
+                        settle(&signals.changed, options.debounce).await;
                         inputs_changed = true;
                     }
                 }
@@ -210,4 +210,40 @@ fn address_hold(
         reason: REASON,
         message: format!("spec.addresses {missing:?} are not (yet) assigned to the Gateway's Service"),
     })
+}
+
+/// How long the inputs must be quiet after a change before it is taken in: the objects of
+/// one `kubectl apply` arrive a few milliseconds apart.
+const QUIET: Duration = Duration::from_millis(2);
+
+/// Waits after a change of the inputs until no other change came for [`QUIET`], or
+/// `longest` (`--debounce-ms`) passed since the first: a steady stream of changes is
+/// taken in batches, a single change almost at once.
+async fn settle(changed: &tokio::sync::Notify, longest: Duration) {
+    let deadline = tokio::time::Instant::now() + longest;
+    loop {
+        let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(quiet_until) => return,
+            _ = changed.notified() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_single_change_is_taken_in_once_the_inputs_are_quiet() {
+        let changed = tokio::sync::Notify::new();
+        let started = tokio::time::Instant::now();
+        // Far longer than the quiet time: a lone change must not wait for it.
+        settle(&changed, Duration::from_secs(30)).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    }
 }
