@@ -92,7 +92,7 @@ pub struct Views {
 impl Views {
     /// Whether every view took its first list in.
     fn listed(&self) -> bool {
-        fn listed<K: Resource + Serialize + Clone>(view: Option<&View<K>>) -> bool {
+        fn listed<K: Resource + Serialize + Clone + Trim>(view: Option<&View<K>>) -> bool {
             view.is_none_or(View::listed)
         }
         self.gateway_classes.listed()
@@ -354,7 +354,7 @@ where
 /// [`Signals::changed`].
 fn watch_status<K>(client: &Client, signals: &Signals) -> (Store<K>, View<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Trim + Debug + Send + Sync + 'static,
 {
     let view = View::default();
     let events = view.clone();
@@ -439,7 +439,7 @@ impl<K> Default for View<K> {
     }
 }
 
-impl<K: Resource + Serialize + Clone> View<K> {
+impl<K: Resource + Serialize + Clone + Trim> View<K> {
     /// Records a watch event; says what it wakes.
     pub fn event(&self, event: &watcher::Event<K>) -> Wake {
         self.lock().event(event)
@@ -463,6 +463,33 @@ impl<K: Resource + Serialize + Clone> View<K> {
 /// Objects by namespace and name, each with its fingerprint.
 type Known<K> = HashMap<(String, String), (u64, Arc<K>)>;
 
+/// What a [`View`] keeps of an object: all but its status and `managedFields`, which the
+/// translator never reads (and which are most of a route's size once its status is
+/// written; the store keeps them for the status writer).
+pub trait Trim {
+    fn trim(&mut self);
+}
+
+macro_rules! trim_status {
+    ($($kind:ty),*) => {
+        $(impl Trim for $kind {
+            fn trim(&mut self) {
+                self.status = None;
+                self.metadata.managed_fields = None;
+            }
+        })*
+    };
+}
+
+trim_status!(GatewayClass, Gateway, ListenerSet, HttpRoute, GrpcRoute, TcpRoute, UdpRoute, TlsRoute, BackendTlsPolicy);
+
+/// The trimmed copy a [`View`] keeps.
+fn trimmed<K: Clone + Trim>(object: &K) -> Arc<K> {
+    let mut copy = object.clone();
+    copy.trim();
+    Arc::new(copy)
+}
+
 /// A [`View`]'s objects.
 pub struct ViewState<K> {
     known: Known<K>,
@@ -477,7 +504,7 @@ impl<K> Default for ViewState<K> {
     }
 }
 
-impl<K: Resource + Serialize + Clone> ViewState<K> {
+impl<K: Resource + Serialize + Clone + Trim> ViewState<K> {
     fn event(&mut self, event: &watcher::Event<K>) -> Wake {
         match event {
             watcher::Event::Apply(object) => {
@@ -486,7 +513,7 @@ impl<K: Resource + Serialize + Clone> ViewState<K> {
                 match self.known.get(&id) {
                     Some((before, _)) if *before == print => Wake::Observed,
                     _ => {
-                        self.known.insert(id, (print, Arc::new(object.clone())));
+                        self.known.insert(id, (print, trimmed(object)));
                         Wake::Changed
                     }
                 }
@@ -504,7 +531,7 @@ impl<K: Resource + Serialize + Clone> ViewState<K> {
                 let id = identity(object);
                 // An object the relist finds unchanged stays the instance it was.
                 let kept = self.known.get(&id).filter(|(before, _)| *before == print).map(|(_, o)| o.clone());
-                let object = kept.unwrap_or_else(|| Arc::new(object.clone()));
+                let object = kept.unwrap_or_else(|| trimmed(object));
                 self.relisting.get_or_insert_with(HashMap::new).insert(id, (print, object));
                 Wake::Nothing
             }
@@ -600,6 +627,9 @@ mod tests {
         let changed = only(&view);
         assert!(!Arc::ptr_eq(&first, &changed));
         assert_eq!(changed.spec.hostnames.as_deref(), Some(&["b.example".to_string()][..]));
+        // Kept without what the translator never reads.
+        assert!(changed.status.is_none() && changed.metadata.managed_fields.is_none());
+        assert_eq!(changed.metadata.generation, Some(1));
         assert_eq!(view.event(&watcher::Event::Delete(route("4", "b.example", "False"))), Wake::Changed);
         assert!(view.objects().is_empty());
         // Gone: the same object coming back is a change.
