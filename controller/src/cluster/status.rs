@@ -243,38 +243,23 @@ impl StatusCache for Stores {
         let key = &id.key;
         match id.kind {
             Kind::GatewayClass => cached(self.gateway_classes.get(&ObjectRef::new(&key.name)), |o| o.status.as_ref()),
-            Kind::Gateway => {
-                cached(self.gateways.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::ListenerSet => {
-                let store = self.listener_sets.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::HttpRoute => {
-                cached(self.http_routes.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::GrpcRoute => {
-                let store = self.grpc_routes.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::TcpRoute => {
-                let store = self.tcp_routes.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::UdpRoute => {
-                let store = self.udp_routes.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
-            Kind::TlsRoute => {
-                let store = self.tls_routes.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
-            }
+            Kind::Gateway => cached(self.gateways.get(&within(key)), |o| o.status.as_ref()),
+            Kind::ListenerSet => cached(self.listener_sets.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
+            Kind::HttpRoute => cached(self.http_routes.get(&within(key)), |o| o.status.as_ref()),
+            Kind::GrpcRoute => cached(self.grpc_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
+            Kind::TcpRoute => cached(self.tcp_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
+            Kind::UdpRoute => cached(self.udp_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
+            Kind::TlsRoute => cached(self.tls_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
             Kind::BackendTlsPolicy => {
-                let store = self.backend_tls_policies.as_ref()?;
-                cached(store.get(&ObjectRef::new(&key.name).within(&key.namespace)), |o| o.status.as_ref())
+                cached(self.backend_tls_policies.as_ref()?.get(&within(key)), |o| o.status.as_ref())
             }
         }
     }
+}
+
+/// The store reference of a namespaced object.
+fn within<K: Resource<DynamicType = ()>>(key: &ObjectKey) -> kube::runtime::reflector::ObjectRef<K> {
+    kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace)
 }
 
 /// Every object the desired status names.

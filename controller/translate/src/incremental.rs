@@ -29,26 +29,12 @@ use crate::index::{ObjectKey, SERVICE_NAME_LABEL};
 /// `next_change_at` from its output) and `after`, if nothing else differs that
 /// translation reads; None when `after` must be translated in full.
 pub fn endpoints_only(before: &World, after: &World, next_change_at: Option<i64>) -> Option<BTreeSet<ObjectKey>> {
-    if !same_clock_answers(before.now, after.now, next_change_at)
-        || before.crd_bundle_version != after.crd_bundle_version
-    {
-        return None;
-    }
-    let same = same_objects(&before.gateway_classes, &after.gateway_classes)
-        && same_objects(&before.gateways, &after.gateways)
-        && same_objects(&before.listener_sets, &after.listener_sets)
+    let same = same_but_routes_and_slices(before, after, next_change_at)
         && same_objects(&before.http_routes, &after.http_routes)
         && same_objects(&before.grpc_routes, &after.grpc_routes)
         && same_objects(&before.tcp_routes, &after.tcp_routes)
         && same_objects(&before.udp_routes, &after.udp_routes)
-        && same_objects(&before.tls_routes, &after.tls_routes)
-        && same_objects(&before.reference_grants, &after.reference_grants)
-        && same_objects(&before.backend_tls_policies, &after.backend_tls_policies)
-        && same_objects(&before.services, &after.services)
-        && same_objects(&before.secrets, &after.secrets)
-        && same_objects(&before.config_maps, &after.config_maps)
-        && same_objects(&before.namespaces, &after.namespaces)
-        && same_objects(&before.proxy_configs, &after.proxy_configs);
+        && same_objects(&before.tls_routes, &after.tls_routes);
     if !same {
         return None;
     }
@@ -126,9 +112,27 @@ fn cluster_service(name: &str) -> Option<(ObjectKey, i32, bool)> {
     parts.next().is_none().then(|| (ObjectKey::new(namespace, service), port, udp))
 }
 
+/// Whether two Worlds hold the same objects (by identity) of every kind but the routes
+/// and EndpointSlices, and translate alike on the clock (see [`same_clock_answers`]):
+/// what both fast paths require besides their own kind's changes.
+pub(crate) fn same_but_routes_and_slices(before: &World, after: &World, next_change_at: Option<i64>) -> bool {
+    same_clock_answers(before.now, after.now, next_change_at)
+        && before.crd_bundle_version == after.crd_bundle_version
+        && same_objects(&before.gateway_classes, &after.gateway_classes)
+        && same_objects(&before.gateways, &after.gateways)
+        && same_objects(&before.listener_sets, &after.listener_sets)
+        && same_objects(&before.reference_grants, &after.reference_grants)
+        && same_objects(&before.backend_tls_policies, &after.backend_tls_policies)
+        && same_objects(&before.services, &after.services)
+        && same_objects(&before.secrets, &after.secrets)
+        && same_objects(&before.config_maps, &after.config_maps)
+        && same_objects(&before.namespaces, &after.namespaces)
+        && same_objects(&before.proxy_configs, &after.proxy_configs)
+}
+
 /// Whether a translation at `after` answers every clock-dependent question (certificate
 /// validity) as one at `before` did: no validity boundary (`next_change_at`) lies between.
-pub(crate) fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: Option<i64>) -> bool {
+fn same_clock_answers(before: Option<i64>, after: Option<i64>, next_change_at: Option<i64>) -> bool {
     match (before, after) {
         (None, None) => true,
         (Some(before), Some(after)) => after >= before && next_change_at.is_none_or(|at| after < at),

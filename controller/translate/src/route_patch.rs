@@ -30,7 +30,7 @@ use std::sync::Arc;
 use sluice_snapshot::{Cluster, Protocol, Snapshot, TcpRoute, UdpRoute};
 
 use crate::gateways::GatewayPlan;
-use crate::incremental::{same_clock_answers, same_objects};
+use crate::incremental::{same_but_routes_and_slices, same_objects};
 use crate::index::ObjectKey;
 use crate::l4routes::L4Rule;
 use crate::routes::{Fragment, Route};
@@ -85,23 +85,9 @@ enum StatusAt {
 /// only routes differ and the change qualifies (see the module's documentation); None
 /// when `after` must be translated in full.
 pub fn routes_only(before: &World, after: &World, output: &Output) -> Option<RoutePatch> {
-    if !same_clock_answers(before.now, after.now, output.next_change_at)
-        || before.crd_bundle_version != after.crd_bundle_version
-        || !after.backend_tls_policies.is_empty()
-    {
-        return None;
-    }
-    let same = same_objects(&before.gateway_classes, &after.gateway_classes)
-        && same_objects(&before.gateways, &after.gateways)
-        && same_objects(&before.listener_sets, &after.listener_sets)
-        && same_objects(&before.reference_grants, &after.reference_grants)
-        && same_objects(&before.backend_tls_policies, &after.backend_tls_policies)
-        && same_objects(&before.services, &after.services)
-        && same_objects(&before.endpoint_slices, &after.endpoint_slices)
-        && same_objects(&before.secrets, &after.secrets)
-        && same_objects(&before.config_maps, &after.config_maps)
-        && same_objects(&before.namespaces, &after.namespaces)
-        && same_objects(&before.proxy_configs, &after.proxy_configs);
+    let same = after.backend_tls_policies.is_empty()
+        && same_but_routes_and_slices(before, after, output.next_change_at)
+        && same_objects(&before.endpoint_slices, &after.endpoint_slices);
     if !same {
         return None;
     }
@@ -314,20 +300,7 @@ impl RoutePatch {
         for ((gateway, listener), entries) in &fragment.placements.http {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
             let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let Some(keys) = orders.http.get_mut(listener) else { continue };
-            for (order, route) in entries {
-                let start = keys.partition_point(|k| k < order);
-                let found = (start..keys.len())
-                    .take_while(|&i| keys[i] == *order)
-                    .find(|&i| served.http_routes.get(i) == Some(route));
-                if let Some(at) = found {
-                    keys.remove(at);
-                    served.http_routes.remove(at);
-                }
-            }
-            if keys.is_empty() {
-                orders.http.remove(listener);
-            }
+            remove_entries(&mut orders.http, *listener, &mut served.http_routes, entries);
         }
         for ((gateway, listener), entries) in &fragment.placements.l4 {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
@@ -350,20 +323,7 @@ impl RoutePatch {
         for ((gateway, listener), entries) in &fragment.placements.tls {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
             let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let Some(keys) = orders.tls.get_mut(listener) else { continue };
-            for (order, route) in entries {
-                let start = keys.partition_point(|k| k < order);
-                let found = (start..keys.len())
-                    .take_while(|&i| keys[i] == *order)
-                    .find(|&i| served.tls_routes.get(i) == Some(route));
-                if let Some(at) = found {
-                    keys.remove(at);
-                    served.tls_routes.remove(at);
-                }
-            }
-            if keys.is_empty() {
-                orders.tls.remove(listener);
-            }
+            remove_entries(&mut orders.tls, *listener, &mut served.tls_routes, entries);
         }
     }
 
@@ -381,12 +341,7 @@ impl RoutePatch {
         for ((gateway, listener), entries) in &fragment.placements.http {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
             let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let keys = orders.http.entry(*listener).or_default();
-            for (order, route) in entries {
-                let at = keys.partition_point(|k| k <= order);
-                keys.insert(at, order.clone());
-                served.http_routes.insert(at.min(served.http_routes.len()), route.clone());
-            }
+            insert_entries(orders.http.entry(*listener).or_default(), &mut served.http_routes, entries);
         }
         for ((gateway, listener), entries) in &fragment.placements.l4 {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
@@ -413,13 +368,40 @@ impl RoutePatch {
         for ((gateway, listener), entries) in &fragment.placements.tls {
             let Some(orders) = output.orders.get_mut(gateway) else { continue };
             let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let keys = orders.tls.entry(*listener).or_default();
-            for (order, route) in entries {
-                let at = keys.partition_point(|k| k <= order);
-                keys.insert(at, order.clone());
-                served.tls_routes.insert(at.min(served.tls_routes.len()), route.clone());
-            }
+            insert_entries(orders.tls.entry(*listener).or_default(), &mut served.tls_routes, entries);
         }
+    }
+}
+
+/// Takes `entries` out of a listener's list (`routes`, with its order keys kept under
+/// `listener` in `orders`); drops the keys once the list is empty.
+fn remove_entries<O: Ord, R: PartialEq>(
+    orders: &mut BTreeMap<usize, Vec<O>>,
+    listener: usize,
+    routes: &mut Vec<R>,
+    entries: &[(O, R)],
+) {
+    let Some(keys) = orders.get_mut(&listener) else { return };
+    for (order, route) in entries {
+        let start = keys.partition_point(|k| k < order);
+        let found = (start..keys.len()).take_while(|&i| keys[i] == *order).find(|&i| routes.get(i) == Some(route));
+        if let Some(at) = found {
+            keys.remove(at);
+            routes.remove(at);
+        }
+    }
+    if keys.is_empty() {
+        orders.remove(&listener);
+    }
+}
+
+/// Puts `entries` into a listener's list (`routes`, parallel to `keys`), each after those
+/// with an equal or lower order key.
+fn insert_entries<O: Ord + Clone, R: Clone>(keys: &mut Vec<O>, routes: &mut Vec<R>, entries: &[(O, R)]) {
+    for (order, route) in entries {
+        let at = keys.partition_point(|k| k <= order);
+        keys.insert(at, order.clone());
+        routes.insert(at.min(routes.len()), route.clone());
     }
 }
 
