@@ -16,6 +16,8 @@ mod deadline;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;
+mod host_index;
+mod incremental;
 mod metrics;
 mod mirror;
 mod path;

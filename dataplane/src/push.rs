@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
+use sluice_snapshot::digest::Digests;
 use sluice_snapshot::push::config_push_client::ConfigPushClient;
 use sluice_snapshot::push::{
     Ack, DataPlaneMessage, Dropped, Hello, Nack, Resync, control_plane_message, data_plane_message,
@@ -34,7 +35,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::metrics::Metrics;
 use crate::proxy::Tables;
-use crate::routes::{Previous, compile_reusing};
+use crate::routes::{Layout, Previous, compile_reusing};
 
 /// Longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -136,6 +137,8 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
             tables: None,
             current: None,
             snapshot: None,
+            layout: None,
+            digests: None,
             first: Some(first_sender),
             ports: Vec::new(),
             dropped: Vec::new(),
@@ -201,6 +204,11 @@ struct Applier {
     /// The snapshot served (its version is `current`): the base of the next delta, and
     /// what the next compile reuses unchanged pieces of.
     snapshot: Option<Snapshot>,
+    /// What the served tables were compiled with, position by position (see [`Layout`]).
+    layout: Option<Layout>,
+    /// The digests of `snapshot`'s items (made when the first delta needs them): a
+    /// delta's result is hashed at the cost of its changes.
+    digests: Option<Digests>,
     first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
     /// The listening sockets as (port, UDP?): a port moving between TCP and UDP needs a
     /// restart as much as a new port does.
@@ -238,11 +246,12 @@ impl Applier {
         }
         let started = Instant::now();
         let served = self.tables.as_ref().map(|tables| tables.load_full());
-        let previous = match (&self.snapshot, &served) {
-            (Some(snapshot), Some(compiled)) => Some(Previous { snapshot, compiled }),
+        let previous = match (&self.snapshot, &served, &self.layout) {
+            (Some(snapshot), Some(compiled), Some(layout)) => Some(Previous { snapshot, compiled, layout }),
             _ => None,
         };
-        let compiled = compile_reusing(&snapshot, &self.metrics, previous).map_err(|error| error.to_string())?;
+        let (compiled, layout) =
+            compile_reusing(&snapshot, &self.metrics, previous).map_err(|error| error.to_string())?;
         drop(served);
         let compiled_at = started.elapsed();
         self.dropped =
@@ -277,6 +286,8 @@ impl Applier {
         let swapped_at = started.elapsed();
         self.current = Some(version.clone());
         self.snapshot = Some(compact(snapshot));
+        self.layout = Some(layout);
+        self.digests = None;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
             compile_ms = ms(compiled_at),
@@ -289,32 +300,43 @@ impl Applier {
 
     /// Applies a delta to the served snapshot. Returns the new version and the new
     /// snapshot's encoding (for `--state-dir`), or what to answer.
-    fn apply_delta(&mut self, encoded: &[u8]) -> Result<(Version, Vec<u8>), Unapplied> {
+    fn apply_delta(&mut self, encoded: &[u8]) -> Applied {
         let started = Instant::now();
-        let delta: SnapshotDelta =
-            prost::Message::decode(encoded).map_err(|error| Unapplied::Resync(format!("cannot decode: {error}")))?;
+        let delta: Box<SnapshotDelta> = prost::Message::decode(encoded)
+            .map(Box::new)
+            .map_err(|error| Unapplied::Resync(format!("cannot decode: {error}")))?;
         let version = delta.version.clone().ok_or_else(|| Unapplied::Resync("the delta has no version".into()))?;
         let base_hash = delta.base.as_ref().map(|v| v.content_hash.as_str());
-        let Some(base) = self.snapshot.as_ref().filter(|served| {
+        let at_base = self.snapshot.as_ref().is_some_and(|served| {
             served.version.as_ref().map(|v| v.content_hash.as_str()) == base_hash && base_hash.is_some()
-        }) else {
+        });
+        if !at_base {
+            return Err(Unapplied::Resync("the delta's base is not the snapshot served".into()));
+        }
+        let newer = self.current.as_ref().is_none_or(|current| version.generation > current.generation);
+        let delta = if newer {
+            match self.apply_patch(delta, &version, started) {
+                Ok(applied) => return applied,
+                Err(delta) => delta,
+            }
+        } else {
+            delta
+        };
+        let Some(base) = self.snapshot.as_ref() else {
             return Err(Unapplied::Resync("the delta's base is not the snapshot served".into()));
         };
         let mut next =
             sluice_snapshot::delta::apply(base, &delta).map_err(|error| Unapplied::Resync(error.to_string()))?;
-        drop(delta);
         let applied_at = started.elapsed();
-        next.version = None;
-        let unversioned = prost::Message::encode_to_vec(&next);
-        let encoded_at = started.elapsed();
-        let hash = sluice_snapshot::hash_encoded(&unversioned);
+        let digests = match &self.digests {
+            Some(digests) => digests.after(&delta),
+            None => Digests::of(base).after(&delta),
+        }
+        .map_err(|error| Unapplied::Resync(error.to_string()))?;
+        drop(delta);
+        let hash = digests.hash(&next.gateway);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::debug!(
-            delta_ms = ms(applied_at),
-            encode_ms = ms(encoded_at - applied_at),
-            hash_ms = ms(started.elapsed() - encoded_at),
-            "delta applied"
-        );
+        tracing::debug!(delta_ms = ms(applied_at), hash_ms = ms(started.elapsed() - applied_at), "delta applied");
         if hash != version.content_hash {
             return Err(Unapplied::Resync(format!(
                 "the delta's result hashes to {hash}, not {}",
@@ -322,8 +344,71 @@ impl Applier {
             )));
         }
         next.version = Some(version.clone());
+        let encoded = self.state_dir.is_some().then(|| prost::Message::encode_to_vec(&next));
         let applied = self.apply(next).map_err(|error| Unapplied::Rejected(Some(version.clone()), error))?;
-        Ok((applied, sluice_snapshot::encode_with_version(&unversioned, &version)))
+        self.digests = Some(digests);
+        Ok((applied, encoded))
+    }
+}
+
+impl Applier {
+    /// Applies `delta` by compiling only what it changes (see [`crate::incremental`]);
+    /// gives the delta back when it needs the full compile (nothing was changed then).
+    fn apply_patch(
+        &mut self,
+        delta: Box<SnapshotDelta>,
+        version: &Version,
+        started: Instant,
+    ) -> Result<Applied, Box<SnapshotDelta>> {
+        let (Some(tables), Some(layout), Some(base)) = (&self.tables, &mut self.layout, &mut self.snapshot) else {
+            return Err(delta);
+        };
+        let served = tables.load_full();
+        let Some(patched) = crate::incremental::patch(base, &served, layout, &delta, &self.metrics) else {
+            return Err(delta);
+        };
+        drop(served);
+        let patched_at = started.elapsed();
+        let digests = self.digests.take().unwrap_or_else(|| Digests::of(base));
+        let next = match digests.after(&delta) {
+            Ok(next) => next,
+            Err(error) => {
+                self.digests = Some(digests);
+                return Ok(Err(Unapplied::Resync(error.to_string())));
+            }
+        };
+        let hash = next.hash(&delta.gateway);
+        let hashed_at = started.elapsed();
+        if hash != version.content_hash {
+            // Nothing changed: the served snapshot stays the base of the next delta.
+            self.digests = Some(digests);
+            let problem = format!("the delta's result hashes to {hash}, not {}", version.content_hash);
+            return Ok(Err(Unapplied::Resync(problem)));
+        }
+        if let Err(error) = sluice_snapshot::delta::apply_in_place(base, *delta) {
+            // Checked by the patch already; the base is unchanged.
+            self.digests = Some(digests);
+            return Ok(Err(Unapplied::Resync(error.to_string())));
+        }
+        self.digests = Some(next);
+        let compiled = patched.commit(layout);
+        let edited_at = started.elapsed();
+        base.version = Some(version.clone());
+        self.metrics.generation.store(version.generation, Ordering::Relaxed);
+        tables.store(Arc::new(compiled));
+        self.metrics.prune_routes();
+        self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
+        self.current = Some(version.clone());
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            patch_ms = ms(patched_at),
+            hash_ms = ms(hashed_at - patched_at),
+            edit_ms = ms(edited_at - hashed_at),
+            swap_ms = ms(started.elapsed() - edited_at),
+            "delta patched"
+        );
+        let encoded = self.state_dir.is_some().then(|| prost::Message::encode_to_vec(&*base));
+        Ok(Ok((version.clone(), encoded)))
     }
 }
 
@@ -349,6 +434,10 @@ fn compact(mut snapshot: Snapshot) -> Snapshot {
     exact(&mut snapshot.clusters);
     snapshot
 }
+
+/// A delta's outcome: the new version and, with `--state-dir`, the new snapshot's
+/// encoding (with its version); or what to answer.
+type Applied = Result<(Version, Option<Vec<u8>>), Unapplied>;
 
 /// Why a delta was not applied.
 enum Unapplied {
@@ -453,7 +542,7 @@ async fn session(
                         let offered = snapshot.version.clone();
                         applier
                             .apply(snapshot)
-                            .map(|v| (v, encoded.to_vec()))
+                            .map(|v| (v, applier.state_dir.is_some().then(|| encoded.to_vec())))
                             .map_err(|e| Unapplied::Rejected(offered, e))
                     }
                     Err(error) => Err(Unapplied::Rejected(None, format!("cannot decode the snapshot: {error}"))),
@@ -470,8 +559,8 @@ async fn session(
                 let counter =
                     if kind == "delta" { &applier.metrics.deltas_applied } else { &applier.metrics.snapshots_applied };
                 counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(dir) = &applier.state_dir
-                    && let Err(error) = save(dir, &encoded)
+                if let (Some(dir), Some(encoded)) = (&applier.state_dir, &encoded)
+                    && let Err(error) = save(dir, encoded)
                 {
                     // Serving goes on; only a restart without the controller would miss it.
                     tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());

@@ -33,15 +33,15 @@ pub struct Compiled {
     pub generation: u64,
     pub ports: HashMap<u16, PortTable>,
     /// Certificates of the TLS-terminating ports, chosen by SNI.
-    pub tls: HashMap<u16, CertificateTable>,
+    pub tls: HashMap<u16, Arc<CertificateTable>>,
     /// HTTPS ports whose clients are asked for certificates, with their validation.
     pub client_auth: HashMap<u16, Arc<ClientAuth>>,
     /// Backends of the TCP ports.
-    pub tcp: HashMap<u16, Backends>,
+    pub tcp: HashMap<u16, Arc<Backends>>,
     /// Backends of the UDP ports.
-    pub udp: HashMap<u16, Backends>,
+    pub udp: HashMap<u16, Arc<Backends>>,
     /// The TLS listeners (protocol TLS) of each port.
-    pub tls_ports: HashMap<u16, crate::tls_routes::TlsPortTable>,
+    pub tls_ports: HashMap<u16, Arc<crate::tls_routes::TlsPortTable>>,
     /// The pieces of the snapshot that could not be compiled and are not served (the
     /// push ACK reports them, so that their route's or listener's status says why).
     pub dropped: Vec<Dropped>,
@@ -93,7 +93,7 @@ impl CertificateTable {
 }
 
 /// The listeners sharing one port.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PortTable {
     pub protocol: Option<Protocol>,
     by_exact: HashMap<String, usize>,
@@ -103,16 +103,75 @@ pub struct PortTable {
 }
 
 /// One listener: its routes, grouped by the hosts they serve.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ListenerTable {
     pub name: String,
-    routes: Vec<Arc<Route>>,
-    /// Candidate route indexes for an exact host, in evaluation order.
-    by_exact: HashMap<String, Arc<[usize]>>,
-    /// Candidate route indexes for hosts under a wildcard suffix (`.example.com`).
-    by_wildcard: HashMap<String, Arc<[usize]>>,
-    /// Routes that serve any host.
-    any: Arc<[usize]>,
+    pub(crate) index: crate::host_index::HostIndex,
+}
+
+/// What a compile knows of each HTTP listener it served, beyond the tables: the compiled
+/// route at each position of the listener's snapshot routes, with its order key. Kept by
+/// the applier next to the served snapshot (and edited in place with it), so that the next
+/// change finds what it replaces by position.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// By listener name, parallel to the listener's `http_routes`.
+    pub(crate) listeners: HashMap<String, Vec<Slot>>,
+    /// How many routes (of every kind) point at each cluster, by cluster name: a cluster
+    /// leaves without compiling anything else only when none does.
+    pub(crate) cluster_uses: HashMap<String, usize>,
+}
+
+/// One compiled route of a listener.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub order: u64,
+    pub route: Arc<Route>,
+    /// The route could not be compiled (it answers 500 or never matches).
+    pub dropped: bool,
+}
+
+/// The clusters `route` points at (backends and mirrors), with repeats.
+pub(crate) fn http_route_clusters(route: &HttpRoute) -> impl Iterator<Item = &str> {
+    let backends = route.backends.iter().filter_map(|b| match &b.target {
+        Some(weighted_backend::Target::Cluster(name)) => Some(name.as_str()),
+        _ => None,
+    });
+    let mirrors = route.filters.iter().filter_map(|f| match &f.kind {
+        Some(http_filter::Kind::RequestMirror(mirror)) => Some(mirror.cluster.as_str()),
+        _ => None,
+    });
+    backends.chain(mirrors)
+}
+
+/// How many routes of `snapshot` point at each cluster.
+fn cluster_uses(snapshot: &Snapshot) -> HashMap<String, usize> {
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    let mut count = |name: &str| *uses.entry(name.to_string()).or_default() += 1;
+    let l4 = |backends: &[WeightedBackend]| -> Vec<String> {
+        backends
+            .iter()
+            .filter_map(|b| match &b.target {
+                Some(weighted_backend::Target::Cluster(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    for listener in &snapshot.listeners {
+        for route in &listener.http_routes {
+            http_route_clusters(route).for_each(&mut count);
+        }
+        let l4_routes = listener
+            .tcp_routes
+            .iter()
+            .map(|r| l4(&r.backends))
+            .chain(listener.udp_routes.iter().map(|r| l4(&r.backends)))
+            .chain(listener.tls_routes.iter().map(|r| l4(&r.backends)));
+        for names in l4_routes {
+            names.iter().for_each(|name| count(name));
+        }
+    }
+    uses
 }
 
 /// One snapshot route, ready to match.
@@ -230,6 +289,24 @@ impl ClusterTable {
     }
 }
 
+/// The cluster tables a compile points routes at, by cluster name.
+pub(crate) trait ClusterLookup {
+    fn cluster(&self, name: &str) -> Option<&Arc<ClusterTable>>;
+}
+
+impl ClusterLookup for HashMap<&str, Arc<ClusterTable>> {
+    fn cluster(&self, name: &str) -> Option<&Arc<ClusterTable>> {
+        self.get(name)
+    }
+}
+
+/// Tables sorted by name (as [`Compiled::clusters`]).
+impl ClusterLookup for [Arc<ClusterTable>] {
+    fn cluster(&self, name: &str) -> Option<&Arc<ClusterTable>> {
+        self.binary_search_by(|table| table.name.as_str().cmp(name)).ok().and_then(|at| self.get(at))
+    }
+}
+
 /// Why a snapshot could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -294,7 +371,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 /// certificate that cannot be compiled is dropped alone (see [`Dropped`]) and the rest
 /// is served.
 pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result<Compiled, CompileError> {
-    compile_reusing(snapshot, metrics, None)
+    compile_reusing(snapshot, metrics, None).map(|(compiled, _)| compiled)
 }
 
 /// The snapshot the served tables were compiled from, with those tables: what
@@ -303,6 +380,7 @@ pub fn compile(snapshot: &Snapshot, metrics: &crate::metrics::Metrics) -> Result
 pub struct Previous<'a> {
     pub snapshot: &'a Snapshot,
     pub compiled: &'a Compiled,
+    pub layout: &'a Layout,
 }
 
 /// The compiled pieces of a previous snapshot that a new one may reuse as they are: the
@@ -315,7 +393,7 @@ struct Reusable<'a> {
 
 impl<'a> Reusable<'a> {
     fn new(previous: Previous<'a>) -> Self {
-        let Previous { snapshot, compiled } = previous;
+        let Previous { snapshot, compiled, layout } = previous;
         let tables: HashMap<&str, &Arc<ClusterTable>> =
             compiled.clusters.iter().map(|table| (table.name.as_str(), table)).collect();
         let clusters = snapshot
@@ -326,23 +404,16 @@ impl<'a> Reusable<'a> {
             .filter(|cluster| cluster.tls.as_ref().is_none_or(|tls| tls.client_certificate.is_empty()))
             .filter_map(|cluster| Some((cluster.name.as_str(), (cluster, *tables.get(cluster.name.as_str())?))))
             .collect();
-        let dropped: std::collections::HashSet<&str> = compiled.dropped.iter().map(|d| d.name.as_str()).collect();
-        let mut listeners: HashMap<&str, &ListenerTable> = HashMap::new();
-        for port in compiled.ports.values() {
-            for table in &port.listeners {
-                listeners.entry(table.name.as_str()).or_insert(table);
-            }
-        }
         let mut routes = HashMap::new();
         for listener in &snapshot.listeners {
-            let Some(table) = listeners.get(listener.name.as_str()) else { continue };
-            if table.routes.len() != listener.http_routes.len() {
+            let Some(slots) = layout.listeners.get(listener.name.as_str()) else { continue };
+            if slots.len() != listener.http_routes.len() {
                 continue;
             }
-            for (source, route) in listener.http_routes.iter().zip(&table.routes) {
+            for (source, slot) in listener.http_routes.iter().zip(slots) {
                 // A route that failed answers 500: compiled again, to report it again.
-                if !dropped.contains(source.name.as_str()) {
-                    routes.entry((listener.name.as_str(), source.name.as_str())).or_insert((source, route));
+                if !slot.dropped {
+                    routes.entry((listener.name.as_str(), source.name.as_str())).or_insert((source, &slot.route));
                 }
             }
         }
@@ -380,12 +451,13 @@ impl<'a> Reusable<'a> {
 
 /// Like [`compile`], taking over from `previous` the cluster tables and routes whose
 /// snapshot content is unchanged: their `Arc`s carry over, so endpoint state (requests in
-/// flight, round-robin position) lives on and only what changed is compiled.
+/// flight, round-robin position) lives on and only what changed is compiled. Also returns
+/// the [`Layout`] the next change starts from.
 pub fn compile_reusing(
     snapshot: &Snapshot,
     metrics: &crate::metrics::Metrics,
     previous: Option<Previous<'_>>,
-) -> Result<Compiled, CompileError> {
+) -> Result<(Compiled, Layout), CompileError> {
     let reusable = previous.map(Reusable::new);
     let mut broken: HashMap<Piece, String> = HashMap::new();
     let mut structural = Vec::new();
@@ -404,6 +476,7 @@ pub fn compile_reusing(
         return Err(CompileError::Invalid(sluice_snapshot::ValidationError { problems: structural }));
     }
     let mut dropped = Vec::new();
+    let mut layout = Layout::default();
     let clusters: HashMap<&str, Arc<ClusterTable>> = snapshot
         .clusters
         .iter()
@@ -534,26 +607,30 @@ pub fn compile_reusing(
         }
         let table = ports.entry(port).or_default();
         table.protocol = Some(listener.protocol());
-        let mut routes = Vec::new();
-        for route in &listener.http_routes {
+        let mut slots = Vec::with_capacity(listener.http_routes.len());
+        for (route, order) in listener.http_routes.iter().zip((1..).map(|i: u64| i * crate::host_index::ORDER_STEP)) {
             let broken_route = broken.get(&Piece::Route(route.name.clone()));
             if broken_route.is_none()
                 && let Some(reused) = reusable.as_ref().and_then(|r| r.route(&listener.name, route, &clusters))
             {
-                routes.push(reused);
+                slots.push(Slot { order, route: reused, dropped: false });
                 continue;
             }
             let compiled = match broken_route {
                 Some(problem) => Err(problem.clone()),
                 None => compile_route(route, &clusters, metrics),
             };
-            let compiled = compiled.unwrap_or_else(|problem| {
-                dropped.push(Dropped { name: route.name.clone(), problem });
-                failed_route(route, metrics)
-            });
-            routes.push(Arc::new(compiled));
+            let slot = match compiled {
+                Ok(compiled) => Slot { order, route: Arc::new(compiled), dropped: false },
+                Err(problem) => {
+                    dropped.push(Dropped { name: route.name.clone(), problem });
+                    Slot { order, route: Arc::new(failed_route(route, metrics)), dropped: true }
+                }
+            };
+            slots.push(slot);
         }
-        let listener_table = listener_table(listener.name.clone(), routes, &listener.http_routes);
+        let listener_table = listener_table(listener.name.clone(), &slots, &listener.http_routes);
+        layout.listeners.entry(listener.name.clone()).or_insert(slots);
         let index = table.listeners.len();
         table.listeners.push(listener_table);
         match listener.hostname.strip_prefix('*') {
@@ -572,25 +649,35 @@ pub fn compile_reusing(
     let generation = snapshot.version.as_ref().map_or(0, |v| v.generation);
     let mut clusters: Vec<Arc<ClusterTable>> = clusters.into_values().collect();
     clusters.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    let compiled_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Ok(Compiled {
+    let compiled_unix_ms = now_unix_ms();
+    fn shared<T>(map: HashMap<u16, T>) -> HashMap<u16, Arc<T>> {
+        map.into_iter().map(|(port, table)| (port, Arc::new(table))).collect()
+    }
+    let compiled = Compiled {
         gateway: snapshot.gateway.clone(),
         generation,
         ports,
-        tls,
+        tls: shared(tls),
         client_auth,
-        tcp,
-        udp,
-        tls_ports,
+        tcp: shared(tcp),
+        udp: shared(udp),
+        tls_ports: shared(tls_ports),
         dropped,
         clusters,
         compiled_unix_ms,
-    })
+    };
+    layout.cluster_uses = cluster_uses(snapshot);
+    Ok((compiled, layout))
 }
 
-fn cluster_table(cluster: &Cluster, snapshot: &Snapshot) -> ClusterTable {
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn cluster_table(cluster: &Cluster, snapshot: &Snapshot) -> ClusterTable {
     let endpoints = cluster
         .endpoints
         .iter()
@@ -671,9 +758,9 @@ fn compile_match(route: &HttpRoute) -> Result<CompiledMatch, String> {
     Ok(CompiledMatch { path, path_prefix, headers, query_params, method })
 }
 
-fn compile_route(
+pub(crate) fn compile_route(
     route: &HttpRoute,
-    clusters: &HashMap<&str, Arc<ClusterTable>>,
+    clusters: &(impl ClusterLookup + ?Sized),
     metrics: &crate::metrics::Metrics,
 ) -> Result<Route, String> {
     let CompiledMatch { path, path_prefix, headers, query_params, method } = compile_match(route)?;
@@ -685,7 +772,7 @@ fn compile_route(
     for filter in &route.filters {
         if let Some(http_filter::Kind::RequestMirror(mirror)) = &filter.kind {
             let cluster = clusters
-                .get(mirror.cluster.as_str())
+                .cluster(&mirror.cluster)
                 .ok_or_else(|| format!("unknown mirror cluster {}", mirror.cluster))?;
             mirrors.push((cluster.clone(), mirror.numerator, mirror.denominator));
         }
@@ -747,10 +834,10 @@ fn failed_route(route: &HttpRoute, metrics: &crate::metrics::Metrics) -> Route {
 
 pub(crate) fn backend_target(
     backend: &WeightedBackend,
-    clusters: &HashMap<&str, Arc<ClusterTable>>,
+    clusters: &(impl ClusterLookup + ?Sized),
 ) -> Result<Target, String> {
     Ok(match &backend.target {
-        Some(weighted_backend::Target::Cluster(name)) => match clusters.get(name.as_str()) {
+        Some(weighted_backend::Target::Cluster(name)) => match clusters.cluster(name) {
             Some(cluster) => Target::Cluster(cluster.clone()),
             None => return Err(format!("unknown cluster {name}")),
         },
@@ -777,44 +864,11 @@ fn full_regex(pattern: &str) -> Result<Regex, String> {
     sluice_snapshot::compile::full_regex(pattern)
 }
 
-fn listener_table(name: String, routes: Vec<Arc<Route>>, source: &[HttpRoute]) -> ListenerTable {
-    let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut any = Vec::new();
-    for (i, route) in source.iter().enumerate() {
-        if route.hostnames.is_empty() {
-            any.push(i);
-        }
-        for host in &route.hostnames {
-            match host.strip_prefix('*') {
-                Some(suffix) => wildcard.entry(suffix.to_string()).or_default().push(i),
-                None => exact.entry(host.clone()).or_default().push(i),
-            }
-        }
-    }
-    // Candidates for a host under a wildcard: that wildcard's routes, then those of every
-    // shorter wildcard covering it, then routes for any host.
-    let wildcard_chain = |suffix: &str| -> Vec<usize> {
-        let mut covering: Vec<&String> = wildcard.keys().filter(|other| suffix.ends_with(other.as_str())).collect();
-        covering.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        let mut chain: Vec<usize> = covering.into_iter().flat_map(|s| wildcard[s].iter().copied()).collect();
-        chain.extend(&any);
-        chain
-    };
-    let by_wildcard: HashMap<String, Arc<[usize]>> =
-        wildcard.keys().map(|suffix| (suffix.clone(), wildcard_chain(suffix).into())).collect();
-    let by_exact: HashMap<String, Arc<[usize]>> = exact
-        .iter()
-        .map(|(host, own)| {
-            let mut chain = own.clone();
-            match longest_wildcard_suffix(host, |suffix| wildcard.contains_key(suffix)) {
-                Some(suffix) => chain.extend(wildcard_chain(suffix)),
-                None => chain.extend(&any),
-            }
-            (host.clone(), chain.into())
-        })
-        .collect();
-    ListenerTable { name, routes, by_exact, by_wildcard, any: any.into() }
+fn listener_table(name: String, slots: &[Slot], source: &[HttpRoute]) -> ListenerTable {
+    let entries = source.iter().zip(slots).map(|(route, slot)| {
+        (route.hostnames.as_slice(), crate::host_index::Entry { order: slot.order, route: slot.route.clone() })
+    });
+    ListenerTable { name, index: crate::host_index::HostIndex::build(entries) }
 }
 
 /// The longest `.suffix` of `host` (at least one label removed) accepted by `known`.
@@ -894,15 +948,7 @@ impl<'a> Headers<'a> {
 impl ListenerTable {
     /// The first route matching the request, in precedence order.
     pub fn find(&self, request: &RequestView<'_>) -> Option<&Arc<Route>> {
-        let candidates = self
-            .by_exact
-            .get(request.host)
-            .or_else(|| {
-                longest_wildcard_suffix(request.host, |s| self.by_wildcard.contains_key(s))
-                    .and_then(|s| self.by_wildcard.get(s))
-            })
-            .unwrap_or(&self.any);
-        candidates.iter().filter_map(|&i| self.routes.get(i)).find(|route| route.matches(request))
+        self.index.find(request.host, |route| route.matches(request))
     }
 }
 

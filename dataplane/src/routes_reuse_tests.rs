@@ -130,16 +130,7 @@ fn describe(compiled: &Compiled) -> String {
             table.any
         );
         for listener in &table.listeners {
-            out += &format!(
-                "  listener {} exact={:?} wildcard={:?} any={:?}\n",
-                listener.name,
-                sorted(&listener.by_exact),
-                sorted(&listener.by_wildcard),
-                listener.any
-            );
-            for route in &listener.routes {
-                out += &format!("    {route:?}\n");
-            }
+            out += &format!("  listener {} {}\n", listener.name, listener.index.describe());
         }
     }
     out + &format!("clusters={:?}\ndropped={:?}\n", compiled.clusters, compiled.dropped)
@@ -152,7 +143,7 @@ fn incremental_compile_equals_a_full_one_and_keeps_exactly_the_unchanged_pieces(
     for round in 0..200 {
         let count = 1 + rng.below(30);
         let base = snapshot(&mut rng, count);
-        let served = compile(&base, &metrics).unwrap();
+        let (served, layout) = compile_reusing(&base, &metrics, None).unwrap();
         let mut next = base.clone();
         next.version = Some(Version { generation: 2, content_hash: "h2".into() });
         let routes = &mut next.listeners[0].http_routes;
@@ -179,8 +170,9 @@ fn incremental_compile_equals_a_full_one_and_keeps_exactly_the_unchanged_pieces(
                 routes[at].backends[0].target = Some(weighted_backend::Target::Cluster(missing));
             }
         }
-        let incremental =
-            compile_reusing(&next, &metrics, Some(Previous { snapshot: &base, compiled: &served })).unwrap();
+        let (incremental, next_layout) =
+            compile_reusing(&next, &metrics, Some(Previous { snapshot: &base, compiled: &served, layout: &layout }))
+                .unwrap();
         let full = compile(&next, &metrics).unwrap();
         assert_eq!(describe(&incremental), describe(&full), "round {round}");
         assert_eq!(routing(&incremental), routing(&full), "round {round}");
@@ -195,8 +187,9 @@ fn incremental_compile_equals_a_full_one_and_keeps_exactly_the_unchanged_pieces(
         }
         // A route keeps its compiled form exactly when it and the cluster it points at are
         // unchanged (and it was not dropped).
-        let old_routes = &served.ports[&8080].listeners[0].routes;
-        let new_routes = &incremental.ports[&8080].listeners[0].routes;
+        let listener = "gateway/ns/gw/listener/http";
+        let old_routes: Vec<_> = layout.listeners[listener].iter().map(|slot| slot.route.clone()).collect();
+        let new_routes: Vec<_> = next_layout.listeners[listener].iter().map(|slot| slot.route.clone()).collect();
         for (source, new) in next.listeners[0].http_routes.iter().zip(new_routes) {
             let cluster_of = |route: &HttpRoute, snapshot: &Snapshot| match &route.backends[0].target {
                 Some(weighted_backend::Target::Cluster(name)) => {
@@ -211,8 +204,128 @@ fn incremental_compile_equals_a_full_one_and_keeps_exactly_the_unchanged_pieces(
                     && cluster_of(source, &next).is_some()
                     && cluster_of(old, &base) == cluster_of(source, &next)
             });
-            let reused = before.is_some_and(|at| Arc::ptr_eq(&old_routes[at], new));
+            let reused = before.is_some_and(|at| Arc::ptr_eq(&old_routes[at], &new));
             assert_eq!(reused, expected, "round {round}: route {}", source.name);
         }
     }
+}
+
+/// What a layout says about each listener (the routes in order and whether they were
+/// dropped) and the clusters' use counts, comparable between two compiles.
+fn describe_layout(layout: &Layout) -> String {
+    let mut listeners: Vec<_> = layout
+        .listeners
+        .iter()
+        .map(|(name, slots)| {
+            let routes: Vec<String> = slots.iter().map(|s| format!("{} dropped={}", s.route.name, s.dropped)).collect();
+            format!("{name}: {routes:?}")
+        })
+        .collect();
+    listeners.sort();
+    let mut uses: Vec<_> = layout.cluster_uses.iter().collect();
+    uses.sort();
+    format!("{listeners:?} uses={uses:?}")
+}
+
+#[test]
+fn patched_tables_serve_like_a_full_compile_along_a_chain_of_deltas() {
+    let metrics = Metrics::default();
+    let mut rng = Rng(0x0dd_ba11_cafe_f00d);
+    let (mut patches, mut full) = (0, 0);
+    for chain in 0..20 {
+        let count = 5 + rng.below(40);
+        let mut current = snapshot(&mut rng, count);
+        current.listeners.push(Listener {
+            name: "gateway/ns/gw/listener/other".into(),
+            port: 8080,
+            protocol: Protocol::Http as i32,
+            hostname: "other.test".into(),
+            http_routes: (0..3).map(|id| route(&mut rng, 500 + id)).collect(),
+            ..Default::default()
+        });
+        let (mut served, mut layout) = compile_reusing(&current, &metrics, None).unwrap();
+        for step in 0..40 {
+            let mut next = current.clone();
+            next.version = Some(Version { generation: 2 + step, content_hash: format!("h{step}") });
+            let l = rng.below(2);
+            let routes = &mut next.listeners[l].http_routes;
+            // Which changes must take the patch (true) and which the full compile.
+            let patchable = match rng.below(8) {
+                0 | 1 => {
+                    // Inserted anywhere, often at one place: order keys run out sometimes.
+                    let at = if rng.below(2) == 0 { rng.below(routes.len() + 1) } else { routes.len().min(2) };
+                    routes.insert(at, route(&mut rng, 2000 + 100 * chain + step as usize));
+                    None
+                }
+                2 if !routes.is_empty() => {
+                    routes.remove(rng.below(routes.len()));
+                    None
+                }
+                3 if !routes.is_empty() => {
+                    let at = rng.below(routes.len());
+                    routes[at] = HttpRoute { name: routes[at].name.clone(), ..route(&mut rng, at) };
+                    None
+                }
+                4 => {
+                    // A new cluster with a new route pointing at it.
+                    let id = 10 + step as usize;
+                    next.clusters.push(cluster(id, 3));
+                    let mut added = route(&mut rng, 3000 + step as usize);
+                    let name = cluster(id, 3).name;
+                    added.backends[0].target = Some(weighted_backend::Target::Cluster(name));
+                    next.listeners[l].http_routes.push(added);
+                    Some(true)
+                }
+                5 => {
+                    // A changed cluster: its routes compile again.
+                    let at = rng.below(next.clusters.len());
+                    next.clusters[at].endpoints[0].port += 1;
+                    Some(false)
+                }
+                6 => {
+                    // A route to a cluster the snapshot lacks: it fails, so the full compile.
+                    let mut broken = route(&mut rng, 4000 + step as usize);
+                    let missing = "service/ns/missing/port/80".to_string();
+                    broken.backends[0].target = Some(weighted_backend::Target::Cluster(missing));
+                    routes.push(broken);
+                    Some(false)
+                }
+                _ => {
+                    // Clusters no route uses leave with the patch.
+                    let used: Vec<String> = next
+                        .listeners
+                        .iter()
+                        .flat_map(|l| l.http_routes.iter().flat_map(|r| http_route_clusters(r).map(String::from)))
+                        .collect();
+                    let before = next.clusters.len();
+                    next.clusters.retain(|c| used.contains(&c.name) || c.name.ends_with("00/port/80"));
+                    (next.clusters.len() < before).then_some(true)
+                }
+            };
+            let mut delta = sluice_snapshot::delta::diff(&current, &next);
+            delta.version = next.version.clone();
+            let (compiled, new_layout) = match crate::incremental::patch(&current, &served, &layout, &delta, &metrics) {
+                Some(patched) => {
+                    assert_ne!(patchable, Some(false), "chain {chain} step {step}: patched a change that cannot be");
+                    patches += 1;
+                    let compiled = patched.commit(&mut layout);
+                    (compiled, layout)
+                }
+                None => {
+                    assert_ne!(patchable, Some(true), "chain {chain} step {step}: no patch");
+                    full += 1;
+                    let previous = Previous { snapshot: &current, compiled: &served, layout: &layout };
+                    compile_reusing(&next, &metrics, Some(previous)).unwrap()
+                }
+            };
+            let (fresh, fresh_layout) = compile_reusing(&next, &metrics, None).unwrap();
+            assert_eq!(describe(&compiled), describe(&fresh), "chain {chain} step {step}");
+            assert_eq!(describe_layout(&new_layout), describe_layout(&fresh_layout), "chain {chain} step {step}");
+            (served, layout, current) = (compiled, new_layout, next);
+        }
+        let (fresh, _) = compile_reusing(&current, &metrics, None).unwrap();
+        assert_eq!(routing(&served), routing(&fresh), "chain {chain}");
+    }
+    // Most changes of these chains are route changes: they must take the patch.
+    assert!(patches > 400, "{patches} patched, {full} compiled in full");
 }

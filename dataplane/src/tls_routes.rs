@@ -18,7 +18,7 @@ use pingora_rustls::ServerConfig;
 use pingora_rustls::sign::CertifiedKey;
 use sluice_snapshot::{Listener, Piece, TlsMode};
 
-use crate::routes::{Backends, ClusterTable, Dropped, backend_target, longest_wildcard_suffix};
+use crate::routes::{Backends, Dropped, backend_target, longest_wildcard_suffix};
 
 /// The TLS listeners sharing one port.
 #[derive(Debug, Default)]
@@ -103,7 +103,7 @@ impl TlsPortTable {
         &mut self,
         listener: &Listener,
         key: Option<Arc<CertifiedKey>>,
-        clusters: &HashMap<&str, Arc<ClusterTable>>,
+        clusters: &(impl crate::routes::ClusterLookup + ?Sized),
         broken: &HashMap<Piece, String>,
         dropped: &mut Vec<Dropped>,
     ) -> Result<(), String> {

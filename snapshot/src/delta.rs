@@ -50,6 +50,7 @@ trait Hunk: Sized {
     fn keep(&self) -> u32;
     fn skip(&self) -> u32;
     fn insert(&self) -> &[Self::Item];
+    fn take_insert(&mut self) -> Vec<Self::Item>;
 }
 
 macro_rules! hunk {
@@ -67,6 +68,9 @@ macro_rules! hunk {
             }
             fn insert(&self) -> &[$item] {
                 &self.insert
+            }
+            fn take_insert(&mut self) -> Vec<$item> {
+                std::mem::take(&mut self.insert)
             }
         }
     };
@@ -164,6 +168,90 @@ fn edit<H: Hunk>(base: &[H::Item], hunks: &[H], list: &'static str) -> Result<Ve
     }
     out.extend_from_slice(base.get(at..).unwrap_or_default());
     Ok(out)
+}
+
+/// Where each hunk applies in `base_len` items: (start, end) of the items it replaces.
+fn spans<H: Hunk>(base_len: usize, hunks: &[H], list: &'static str) -> Result<Vec<(usize, usize)>, DeltaError> {
+    let mut at = 0usize;
+    let mut spans = Vec::with_capacity(hunks.len());
+    for hunk in hunks {
+        let start = at.checked_add(hunk.keep() as usize).ok_or(DeltaError::PastEnd { list })?;
+        at = start.checked_add(hunk.skip() as usize).ok_or(DeltaError::PastEnd { list })?;
+        if at > base_len {
+            return Err(DeltaError::PastEnd { list });
+        }
+        spans.push((start, at));
+    }
+    Ok(spans)
+}
+
+/// What one list's in-place edit replaced: (start in the edited list, how many items were
+/// inserted there, the items they replaced), first edit first.
+type Replaced<T> = Vec<(usize, usize, Vec<T>)>;
+
+/// Applies `hunks` to `list` in place (`spans` from [`spans`]), last hunk first so that
+/// every span still names base positions: O(changed) besides moving the tail. Returns what
+/// [`restore`] needs to undo it.
+fn edit_in_place<H: Hunk>(list: &mut Vec<H::Item>, hunks: &mut [H], spans: &[(usize, usize)]) -> Replaced<H::Item> {
+    let mut replaced = Vec::with_capacity(hunks.len());
+    for (hunk, &(start, end)) in hunks.iter_mut().zip(spans).rev() {
+        let insert = hunk.take_insert();
+        let inserted = insert.len();
+        replaced.push((start, inserted, list.splice(start..end, insert).collect::<Vec<_>>()));
+    }
+    replaced.reverse();
+    // Where each edit sits in the edited list: shifted by the edits before it.
+    let mut shift = 0isize;
+    for (start, inserted, old) in &mut replaced {
+        let removed = old.len();
+        *start = start.saturating_add_signed(shift);
+        shift += isize::try_from(*inserted).unwrap_or(isize::MAX) - isize::try_from(removed).unwrap_or(isize::MAX);
+    }
+    replaced
+}
+
+/// Undoes [`edit_in_place`]: last edit first, so earlier positions stay valid.
+fn restore<T>(list: &mut Vec<T>, replaced: Replaced<T>) {
+    for (start, inserted, old) in replaced.into_iter().rev() {
+        list.splice(start..start + inserted, old);
+    }
+}
+
+/// Per listener, what its four route lists' edits replaced.
+type ListenerReplaced = (Replaced<HttpRoute>, Replaced<TcpRoute>, Replaced<UdpRoute>, Replaced<TlsRoute>);
+
+/// What [`apply_in_place`] replaced, to put the base back ([`Undo::restore`]).
+#[derive(Debug)]
+pub struct Undo {
+    gateway: String,
+    version: Option<crate::Version>,
+    /// Set when the whole snapshot was replaced.
+    whole: Option<Box<Snapshot>>,
+    clusters: Replaced<Cluster>,
+    certificates: Replaced<Certificate>,
+    client_validations: Replaced<ClientValidation>,
+    listeners: Vec<ListenerReplaced>,
+}
+
+impl Undo {
+    /// Turns the edited snapshot back into the base it was made from.
+    pub fn restore(self, edited: &mut Snapshot) {
+        if let Some(whole) = self.whole {
+            *edited = *whole;
+            return;
+        }
+        restore(&mut edited.clusters, self.clusters);
+        restore(&mut edited.certificates, self.certificates);
+        restore(&mut edited.client_validations, self.client_validations);
+        for (listener, (http, tcp, udp, tls)) in edited.listeners.iter_mut().zip(self.listeners) {
+            restore(&mut listener.http_routes, http);
+            restore(&mut listener.tcp_routes, tcp);
+            restore(&mut listener.udp_routes, udp);
+            restore(&mut listener.tls_routes, tls);
+        }
+        edited.gateway = self.gateway;
+        edited.version = self.version;
+    }
 }
 
 /// A listener without its routes: what a `ListenerDelta.header` carries.
@@ -270,6 +358,67 @@ pub fn apply(base: &Snapshot, delta: &SnapshotDelta) -> Result<Snapshot, DeltaEr
         certificates: edit(&base.certificates, &delta.certificates, "certificates")?,
         client_validations: edit(&base.client_validations, &delta.client_validations, "client_validations")?,
     })
+}
+
+/// Whether `delta` keeps every listener of `base` in place with its header: then it only
+/// edits lists, and [`apply_in_place`] touches only what changed.
+pub fn keeps_listeners(base: &Snapshot, delta: &SnapshotDelta) -> bool {
+    delta.listeners.len() == base.listeners.len()
+        && delta
+            .listeners
+            .iter()
+            .enumerate()
+            .all(|(index, listener)| listener.header.is_none() && listener.base_index == Some(count(index)))
+}
+
+/// Turns `base` into the snapshot `delta` makes of it, like [`apply`], moving the delta's
+/// items in instead of copying the base. When the delta keeps every listener in place
+/// (see [`keeps_listeners`]) only the edited lists change, O(changed items) besides moving
+/// list tails. On an error `base` is unchanged; the returned [`Undo`] puts it back.
+pub fn apply_in_place(base: &mut Snapshot, mut delta: SnapshotDelta) -> Result<Undo, DeltaError> {
+    let mut undo = Undo {
+        gateway: base.gateway.clone(),
+        version: base.version.clone(),
+        whole: None,
+        clusters: Vec::new(),
+        certificates: Vec::new(),
+        client_validations: Vec::new(),
+        listeners: Vec::new(),
+    };
+    if !keeps_listeners(base, &delta) {
+        let whole = std::mem::replace(base, apply(base, &delta)?);
+        undo.whole = Some(Box::new(whole));
+        return Ok(undo);
+    }
+    // Every span is checked before anything changes.
+    let clusters = spans(base.clusters.len(), &delta.clusters, "clusters")?;
+    let certificates = spans(base.certificates.len(), &delta.certificates, "certificates")?;
+    let validations = spans(base.client_validations.len(), &delta.client_validations, "client_validations")?;
+    let mut listeners = Vec::with_capacity(base.listeners.len());
+    for (listener, change) in base.listeners.iter().zip(&delta.listeners) {
+        listeners.push((
+            spans(listener.http_routes.len(), &change.http_routes, "http_routes")?,
+            spans(listener.tcp_routes.len(), &change.tcp_routes, "tcp_routes")?,
+            spans(listener.udp_routes.len(), &change.udp_routes, "udp_routes")?,
+            spans(listener.tls_routes.len(), &change.tls_routes, "tls_routes")?,
+        ));
+    }
+    undo.clusters = edit_in_place(&mut base.clusters, &mut delta.clusters, &clusters);
+    undo.certificates = edit_in_place(&mut base.certificates, &mut delta.certificates, &certificates);
+    undo.client_validations = edit_in_place(&mut base.client_validations, &mut delta.client_validations, &validations);
+    for ((listener, change), (http, tcp, udp, tls)) in
+        base.listeners.iter_mut().zip(&mut delta.listeners).zip(listeners)
+    {
+        undo.listeners.push((
+            edit_in_place(&mut listener.http_routes, &mut change.http_routes, &http),
+            edit_in_place(&mut listener.tcp_routes, &mut change.tcp_routes, &tcp),
+            edit_in_place(&mut listener.udp_routes, &mut change.udp_routes, &udp),
+            edit_in_place(&mut listener.tls_routes, &mut change.tls_routes, &tls),
+        ));
+    }
+    base.gateway = delta.gateway;
+    base.version = delta.version;
+    Ok(undo)
 }
 
 #[cfg(test)]
@@ -438,7 +587,54 @@ mod tests {
             // It survives the wire.
             let delta = SnapshotDelta::decode(delta.encode_to_vec().as_slice()).unwrap();
             assert_eq!(apply(&base, &delta).unwrap(), new);
+            // The digests follow the delta; the content hash tells contents apart.
+            let digests = crate::digest::Digests::of(&base).after(&delta).unwrap();
+            assert_eq!(digests, crate::digest::Digests::of(&new));
+            assert_eq!(digests.hash(&new.gateway), crate::content_hash(&new));
+            let (mut plain_base, mut plain_new) = (base.clone(), new.clone());
+            (plain_base.version, plain_new.version) = (None, None);
+            assert_eq!(crate::content_hash(&base) == crate::content_hash(&new), plain_base == plain_new);
+            let mut in_place = base.clone();
+            let undo = apply_in_place(&mut in_place, delta).unwrap();
+            assert_eq!(in_place, new);
+            undo.restore(&mut in_place);
+            assert_eq!(in_place, base);
         }
+    }
+
+    #[test]
+    fn in_place_edits_with_several_hunks_per_list_and_leaves_the_base_on_errors() {
+        let mut rng = Rng(11);
+        let mut base = snapshot(&mut rng);
+        base.listeners = vec![listener(&mut rng, 0), listener(&mut rng, 1)];
+        base.listeners[0].http_routes = (0..50).map(|i| http_route(&mut rng, i)).collect();
+        base.listeners[1].http_routes = (50..60).map(|i| http_route(&mut rng, i)).collect();
+        base.clusters = (0..40).map(|i| cluster(&mut rng, i)).collect();
+        let mut new = base.clone();
+        // Scattered cluster changes: several hunks, applied back to front.
+        new.clusters.remove(3);
+        new.clusters[10].endpoints.clear();
+        let after = new.clusters.iter().position(|c| c.name == "service/ns/s0019/port/80").unwrap() + 1;
+        new.clusters.insert(after, Cluster { name: "service/ns/s0019a/port/80".into(), ..Default::default() });
+        new.clusters.remove(35);
+        new.listeners[0].http_routes.insert(7, http_route(&mut rng, 900));
+        new.listeners[0].http_routes.remove(30);
+        new.listeners[1].http_routes.clear();
+        let delta = diff(&base, &new);
+        assert!(keeps_listeners(&base, &delta));
+        assert!(delta.clusters.len() >= 3, "{:?}", delta.clusters.len());
+        let mut in_place = base.clone();
+        let undo = apply_in_place(&mut in_place, delta).unwrap();
+        assert_eq!(in_place, new);
+        undo.restore(&mut in_place);
+        assert_eq!(in_place, base);
+
+        // A hunk past the end of a later list: nothing changes, not even the earlier lists.
+        let mut delta = diff(&base, &new);
+        delta.listeners[1].http_routes = vec![HttpRouteHunk { keep: 10, skip: 1, insert: vec![] }];
+        let mut unchanged = base.clone();
+        assert_eq!(apply_in_place(&mut unchanged, delta).unwrap_err(), DeltaError::PastEnd { list: "http_routes" });
+        assert_eq!(unchanged, base);
     }
 
     #[test]

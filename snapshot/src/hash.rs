@@ -5,26 +5,16 @@ use sha2::{Digest, Sha256};
 
 use crate::{Snapshot, Version};
 
-/// Hex SHA-256 of the snapshot's protobuf encoding with `version` cleared.
+/// The snapshot's content hash: everything but `version`, from the digests of its items
+/// (see [`crate::digest`]).
 ///
-/// The encoding is deterministic: the model has no maps, and every list is ordered by the
+/// Encodings are deterministic: the model has no maps, and every list is ordered by the
 /// translator, so equal content always hashes equal.
 pub fn content_hash(snapshot: &Snapshot) -> String {
-    if snapshot.version.is_some() {
-        let mut unversioned = snapshot.clone();
-        unversioned.version = None;
-        return unversioned_hash(&unversioned);
-    }
-    unversioned_hash(snapshot)
+    crate::digest::Digests::of(snapshot).hash(&snapshot.gateway)
 }
 
-/// The hash of a snapshot whose `version` is unset (no copy of a large snapshot).
-fn unversioned_hash(snapshot: &Snapshot) -> String {
-    debug_assert!(snapshot.version.is_none());
-    hash_encoded(&snapshot.encode_to_vec())
-}
-
-/// The content hash of a snapshot from its protobuf encoding without `version`.
+/// Hex SHA-256 of `bytes` (a saved snapshot's integrity check).
 pub fn hash_encoded(unversioned: &[u8]) -> String {
     let digest = Sha256::digest(unversioned);
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -87,16 +77,13 @@ impl Versioner {
     /// Stamps `snapshot` with a new version if its content differs from the last one;
     /// returns `None` (and leaves the snapshot untouched) when nothing changed.
     pub fn stamp(&mut self, snapshot: &mut Snapshot) -> Option<Version> {
-        let version = snapshot.version.take();
-        let hash = unversioned_hash(snapshot);
-        snapshot.version = version;
-        let version = self.stamp_hash(hash)?;
+        let version = self.stamp_hash(content_hash(snapshot))?;
         snapshot.version = Some(version.clone());
         Some(version)
     }
 
     /// Like [`Versioner::stamp`], for a snapshot known by its content hash (see
-    /// [`hash_encoded`]); returns the new version if the content changed.
+    /// [`content_hash`]); returns the new version if the content changed.
     pub fn stamp_hash(&mut self, hash: String) -> Option<Version> {
         let previous = self.current.as_ref();
         if previous.is_some_and(|version| version.content_hash == hash) {
@@ -171,7 +158,7 @@ mod tests {
         let decoded = Snapshot::decode(encode_with_version(&unversioned, &version).as_slice()).unwrap();
         s.version = Some(version);
         assert_eq!(decoded, s);
-        assert_eq!(content_hash(&decoded), hash_encoded(&unversioned));
+        assert_eq!(content_hash(&decoded), content_hash(&snapshot(80)));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::{
-    ClientValidationMode, DirectResponse, HttpFilter, HttpRoute, Listener, PathMatchType, PathModifier, Protocol,
-    Snapshot, TlsMode, ValueMatch, ValueMatchType, WeightedBackend, http_filter, path_modifier, weighted_backend,
+    ClientValidationMode, Cluster, DirectResponse, HttpFilter, HttpRoute, Listener, PathMatchType, PathModifier,
+    Protocol, Snapshot, TlsMode, ValueMatch, ValueMatchType, WeightedBackend, http_filter, path_modifier,
+    weighted_backend,
 };
 
 /// The problems found in a snapshot, each prefixed with the name of the offending item.
@@ -61,9 +62,30 @@ impl std::fmt::Display for Problem {
 
 /// Every problem of a snapshot, each with the piece it makes unusable.
 pub fn problems(snapshot: &Snapshot) -> Vec<Problem> {
-    let mut check = Checker { piece: Piece::Snapshot, problems: Vec::new(), clusters: BTreeSet::new() };
+    let mut check = Checker { piece: Piece::Snapshot, problems: Vec::new(), clusters: BTreeSet::new(), known: None };
     check.snapshot(snapshot);
     check.problems
+}
+
+/// The problems of one HTTP route as [`problems`] finds them in a snapshot whose clusters
+/// are those `known` accepts (a data plane checks what a delta inserts, not the whole).
+pub fn http_route_problems<'a>(route: &'a HttpRoute, known: &'a dyn Fn(&str) -> bool) -> Vec<Problem> {
+    let mut check = Checker {
+        piece: Piece::Route(route.name.clone()),
+        problems: Vec::new(),
+        clusters: BTreeSet::new(),
+        known: Some(known),
+    };
+    check.http_route(route);
+    check.problems
+}
+
+/// Whether a cluster without backend TLS passes the checks [`problems`] makes of it on its
+/// own (its endpoints); uniqueness of its name is the caller's to check.
+pub fn plain_cluster_valid(cluster: &Cluster) -> bool {
+    cluster.tls.is_none()
+        && !cluster.name.is_empty()
+        && cluster.endpoints.iter().all(|e| e.address.parse::<IpAddr>().is_ok() && valid_port(e.port))
 }
 
 struct Checker<'a> {
@@ -71,6 +93,17 @@ struct Checker<'a> {
     piece: Piece,
     problems: Vec<Problem>,
     clusters: BTreeSet<&'a str>,
+    /// Which clusters exist, when checking pieces without their snapshot.
+    known: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+impl Checker<'_> {
+    fn cluster_known(&self, name: &str) -> bool {
+        match self.known {
+            Some(known) => known(name),
+            None => self.clusters.contains(name),
+        }
+    }
 }
 
 /// Whether `value` is an HTTP token (header names, methods).
@@ -426,7 +459,7 @@ impl<'a> Checker<'a> {
                 false
             }
             http_filter::Kind::RequestMirror(mirror) => {
-                if !self.clusters.contains(mirror.cluster.as_str()) {
+                if !self.cluster_known(&mirror.cluster) {
                     self.problem(at, format!("mirror to unknown cluster {}", mirror.cluster));
                 }
                 if mirror.denominator == 0 || mirror.numerator > mirror.denominator {
@@ -479,7 +512,7 @@ impl<'a> Checker<'a> {
     fn backend(&mut self, at: &str, backend: &WeightedBackend) {
         match &backend.target {
             Some(weighted_backend::Target::Cluster(cluster)) => {
-                if !self.clusters.contains(cluster.as_str()) {
+                if !self.cluster_known(cluster) {
                     self.problem(at, format!("backend {} points to unknown cluster {cluster}", backend.name));
                 }
             }

@@ -124,26 +124,36 @@ impl GatewayProgress {
 #[derive(Debug)]
 struct Published {
     version: Version,
-    /// The encoding without `version` (the content).
-    unversioned: Bytes,
-    /// The encoding with `version`, as sent.
-    encoded: Bytes,
+    /// The encoding with `version`, as sent: made when a stream first needs the whole
+    /// snapshot (streams at the previous content get the delta).
+    encoded: std::sync::OnceLock<Bytes>,
     /// The content, decoded (without `version`): the base of the next delta.
     content: Arc<Snapshot>,
+    /// The digests of the content's items: the next content's hash costs its changes.
+    digests: Arc<sluice_snapshot::digest::Digests>,
     /// The delta from the content published before, encoded: (base content hash, bytes).
     delta: Option<(String, Bytes)>,
 }
 
 impl Published {
-    fn new(unversioned: Bytes, version: Version, content: Arc<Snapshot>) -> Self {
-        let encoded = Bytes::from(sluice_snapshot::encode_with_version(&unversioned, &version));
-        Self { version, unversioned, encoded, content, delta: None }
+    fn new(version: Version, content: Arc<Snapshot>, digests: Arc<sluice_snapshot::digest::Digests>) -> Self {
+        Self { version, encoded: std::sync::OnceLock::new(), content, digests, delta: None }
+    }
+
+    /// The whole snapshot with its version, encoded once.
+    fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                let unversioned = prost::Message::encode_to_vec(&*self.content);
+                Bytes::from(sluice_snapshot::encode_with_version(&unversioned, &self.version))
+            })
+            .clone()
     }
 
     /// The same content under another version (no delta: a stream at this content gets
     /// an empty one, see [`message_for`]).
     fn restamped(&self, version: Version) -> Self {
-        Self::new(self.unversioned.clone(), version, self.content.clone())
+        Self::new(version, self.content.clone(), self.digests.clone())
     }
 }
 
@@ -267,22 +277,24 @@ impl PushServer {
     /// Publishes a Gateway's latest snapshot. It is stamped with a new version and pushed
     /// to the Gateway's data planes only if its content changed; returns the new version.
     pub fn publish(&self, gateway: &str, mut snapshot: Snapshot) -> Option<Version> {
-        // Encoded and hashed once, outside the lock; every stream sends these bytes.
+        // Diffed and hashed once, outside the lock: against the snapshot published now,
+        // whose digests the delta edits (only changed items are digested). The delta is
+        // kept only if that is still the one published when the new one is stamped.
         snapshot.version = None;
-        let unversioned = Bytes::from(prost::Message::encode_to_vec(&snapshot));
-        let hash = sluice_snapshot::hash_encoded(&unversioned);
         let content = Arc::new(snapshot);
-        // The delta is computed outside the lock, against the snapshot published now; it
-        // is kept only if that is still the one published when the new one is stamped.
         let before = self.gateways().get(gateway).and_then(|state| state.current.borrow().clone());
-        let delta = before
-            .as_ref()
-            .filter(|before| before.version.content_hash != hash)
-            .map(|before| sluice_snapshot::delta::diff(&before.content, &content));
+        let delta = before.as_ref().map(|before| sluice_snapshot::delta::diff(&before.content, &content));
+        let digests = match (&before, &delta) {
+            (Some(before), Some(delta)) => before.digests.after(delta).ok(),
+            _ => None,
+        };
+        let digests = Arc::new(digests.unwrap_or_else(|| sluice_snapshot::digest::Digests::of(&content)));
+        let hash = digests.hash(&content.gateway);
+        let delta = delta.filter(|_| before.as_ref().is_some_and(|before| before.version.content_hash != hash));
         let mut gateways = self.gateways();
         let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
         let version = state.versioner.stamp_hash(hash)?;
-        let mut published = Published::new(unversioned, version.clone(), content);
+        let mut published = Published::new(version.clone(), content, digests);
         let base = state.current.borrow().clone();
         if let (Some(mut delta), Some(before), Some(base)) = (delta, before, base)
             && Arc::ptr_eq(&before.content, &base.content)
@@ -792,8 +804,7 @@ fn message_for(published: &Published, at: Option<&Version>) -> (MessageKind, Con
 }
 
 fn snapshot_message(published: &Published) -> (MessageKind, ControlPlaneMessage) {
-    let message =
-        ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(published.encoded.clone())) };
+    let message = ControlPlaneMessage { message: Some(control_plane_message::Message::Snapshot(published.encoded())) };
     (MessageKind::Snapshot, message)
 }
 
@@ -951,7 +962,7 @@ mod tests {
         let (kind, message) = message_for(&at_b, Some(&at_a.version));
         assert_eq!(kind, MessageKind::Delta);
         assert_eq!(applied(&a, &message), b);
-        assert!(encoded_len(&message) * 20 < at_b.encoded.len(), "one route of 100 costs about one route");
+        assert!(encoded_len(&message) * 20 < at_b.encoded().len(), "one route of 100 costs about one route");
         assert_eq!(message_for(&at_b, None).0, MessageKind::Snapshot, "after a Nack or a Resync");
 
         // A stream that skipped b (a burst merged by the watch channel) gets c whole.
