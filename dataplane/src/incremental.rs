@@ -7,16 +7,18 @@
 //! ```
 //!
 //! A delta qualifies when it keeps every listener with its header and changes only HTTP
-//! routes and clusters that are added, or removed with no route left pointing at them;
-//! every inserted route must compile cleanly and every removed one must have been served.
-//! Anything else (certificates, listeners, L4 and TLS routes, changed clusters, a route
-//! that fails) takes the full compile, which reuses unchanged pieces. The result serves
-//! exactly like a full compile of the new snapshot (`routes_reuse_tests`).
+//! routes and clusters: added, changed (new endpoints: the HTTP routes using the cluster
+//! are compiled again, in their places) or removed with no route left pointing at them.
+//! Every inserted route must compile cleanly and every removed or recompiled one must have
+//! been served. Anything else (certificates, listeners, L4 and TLS routes or their
+//! clusters, a route that fails) takes the full compile, which reuses unchanged pieces.
+//! The result serves exactly like a full compile of the new snapshot
+//! (`routes_reuse_tests`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sluice_snapshot::{HttpRouteHunk, Protocol, Snapshot, SnapshotDelta};
+use sluice_snapshot::{HttpRoute, HttpRouteHunk, Protocol, Snapshot, SnapshotDelta, WeightedBackend, weighted_backend};
 
 use crate::host_index::{Entry, between};
 use crate::routes::{ClusterTable, Compiled, Layout, ListenerTable, Slot, cluster_table, compile_route};
@@ -72,12 +74,16 @@ pub fn patch(
     if !qualifies || served.clusters.len() != base.clusters.len() {
         return None;
     }
-    let (clusters, removed) = patch_clusters(base, served, delta)?;
+    let (clusters, removed, changed) = patch_clusters(base, served, delta)?;
+    if !changed.is_empty() && l4_uses_any(base, &changed) {
+        return None;
+    }
     let mut uses: HashMap<String, isize> = HashMap::new();
     let mut ports = served.ports.clone();
     let mut edits = Vec::new();
     for (listener, change) in base.listeners.iter().zip(&delta.listeners) {
-        if change.http_routes.is_empty() {
+        let spans = spans(&listener.http_routes, &change.http_routes, &changed)?;
+        if spans.is_empty() {
             continue;
         }
         if !matches!(listener.protocol(), Protocol::Http | Protocol::Https) {
@@ -90,7 +96,7 @@ pub fn patch(
             return None;
         }
         let (index, hunks) =
-            patch_listener(table, &listener.http_routes, slots, &change.http_routes, &clusters, &mut uses, metrics)?;
+            patch_listener(table, &listener.http_routes, slots, &spans, &clusters, &mut uses, metrics)?;
         *table = ListenerTable { name: listener.name.clone(), index };
         edits.push((listener.name.clone(), hunks));
     }
@@ -117,19 +123,19 @@ pub fn patch(
     Some(Patched { compiled, edits, uses })
 }
 
-/// The served cluster tables with the delta's hunks applied (new clusters compiled), and
-/// the names of the clusters it removes; `None` when it changes a cluster (its routes
-/// would need compiling again) or inserts one that is not valid on its own.
-fn patch_clusters(
-    base: &Snapshot,
-    served: &Compiled,
-    delta: &SnapshotDelta,
-) -> Option<(Vec<Arc<ClusterTable>>, HashSet<String>)> {
+/// Cluster tables, and the names of the clusters removed and of those changed.
+type PatchedClusters = (Vec<Arc<ClusterTable>>, HashSet<String>, HashSet<String>);
+
+/// The served cluster tables with the delta's hunks applied (new and changed clusters
+/// compiled), the names of the clusters it removes and of those it changes; `None` when
+/// it inserts a cluster that is not valid on its own.
+fn patch_clusters(base: &Snapshot, served: &Compiled, delta: &SnapshotDelta) -> Option<PatchedClusters> {
     if delta.clusters.is_empty() {
-        return Some((served.clusters.clone(), HashSet::new()));
+        return Some((served.clusters.clone(), HashSet::new(), HashSet::new()));
     }
     let mut tables = Vec::with_capacity(served.clusters.len() + 1);
     let mut removed = HashSet::new();
+    let mut inserted = HashSet::new();
     let mut at = 0usize;
     for hunk in &delta.clusters {
         let start = at.checked_add(hunk.keep as usize)?;
@@ -144,16 +150,74 @@ fn patch_clusters(
             removed.insert(cluster.name.clone());
         }
         for cluster in &hunk.insert {
-            if removed.contains(&cluster.name) || !sluice_snapshot::plain_cluster_valid(cluster) {
+            if !sluice_snapshot::plain_cluster_valid(cluster) {
                 return None;
             }
+            inserted.insert(cluster.name.clone());
             tables.push(Arc::new(cluster_table(cluster, base)));
         }
         at = end;
     }
     tables.extend_from_slice(served.clusters.get(at..)?);
+    // Sorted without repeats: a name both skipped and inserted is a changed cluster.
     let sorted = tables.windows(2).all(|pair| matches!(pair, [a, b] if a.name < b.name));
-    sorted.then_some((tables, removed))
+    let changed: HashSet<String> = removed.intersection(&inserted).cloned().collect();
+    removed.retain(|name| !changed.contains(name));
+    sorted.then_some((tables, removed, changed))
+}
+
+/// Whether a TCP, UDP or TLS route of `snapshot` points at one of `names` (their tables
+/// are only built by the full compile).
+fn l4_uses_any(snapshot: &Snapshot, names: &HashSet<String>) -> bool {
+    let uses = |backends: &[WeightedBackend]| {
+        backends.iter().any(|b| match &b.target {
+            Some(weighted_backend::Target::Cluster(name)) => names.contains(name),
+            _ => false,
+        })
+    };
+    snapshot.listeners.iter().any(|l| {
+        l.tcp_routes.iter().any(|r| uses(&r.backends))
+            || l.udp_routes.iter().any(|r| uses(&r.backends))
+            || l.tls_routes.iter().any(|r| uses(&r.backends))
+    })
+}
+
+/// One edit of a listener's routes, in base positions: `start..end` replaced by `insert`.
+struct Span<'a> {
+    start: usize,
+    end: usize,
+    insert: &'a [HttpRoute],
+    /// The one route at `start` compiled again in its place (its clusters changed).
+    again: bool,
+}
+
+/// A listener's delta hunks as spans, with a span for every other route that uses a
+/// changed cluster; in order.
+fn spans<'a>(routes: &'a [HttpRoute], hunks: &'a [HttpRouteHunk], changed: &HashSet<String>) -> Option<Vec<Span<'a>>> {
+    let mut spans = Vec::with_capacity(hunks.len());
+    let mut at = 0usize;
+    for hunk in hunks {
+        let start = at.checked_add(hunk.keep as usize)?;
+        let end = start.checked_add(hunk.skip as usize)?;
+        spans.push(Span { start, end, insert: &hunk.insert, again: false });
+        at = end;
+    }
+    if changed.is_empty() {
+        return Some(spans);
+    }
+    let replaced = |i: usize| spans.iter().any(|s| s.start <= i && i < s.end);
+    let mut again = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        if crate::routes::http_route_clusters(route).any(|name| changed.contains(name)) && !replaced(i) {
+            again.push(Span { start: i, end: i + 1, insert: std::slice::from_ref(route), again: true });
+        }
+    }
+    if !again.is_empty() {
+        spans.extend(again);
+        // A pure insertion at i comes before the route at i.
+        spans.sort_by_key(|s| (s.start, s.end));
+    }
+    Some(spans)
 }
 
 type ListenerEdit = (crate::host_index::HostIndex, SlotEdits);
@@ -163,21 +227,23 @@ fn patch_listener(
     table: &ListenerTable,
     routes: &[sluice_snapshot::HttpRoute],
     slots: &[Slot],
-    hunks: &[HttpRouteHunk],
+    spans: &[Span<'_>],
     clusters: &[Arc<ClusterTable>],
     uses: &mut HashMap<String, isize>,
     metrics: &crate::metrics::Metrics,
 ) -> Option<ListenerEdit> {
     let mut index = table.index.edit();
-    let mut edits = Vec::with_capacity(hunks.len());
+    let mut edits = Vec::with_capacity(spans.len());
     let mut at = 0usize;
     // The order key of the last route placed so far (0: none yet).
     let mut last = 0u64;
     let known = |name: &str| crate::routes::ClusterLookup::cluster(clusters, name).is_some();
-    for hunk in hunks {
-        let start = at.checked_add(hunk.keep as usize)?;
-        let end = start.checked_add(hunk.skip as usize)?;
-        if start > 0 && hunk.keep > 0 {
+    for span in spans {
+        let (start, end) = (span.start, span.end);
+        if start < at || end < start {
+            return None;
+        }
+        if start > at {
             last = slots.get(start - 1)?.order;
         }
         for (slot, route) in slots.get(start..end)?.iter().zip(routes.get(start..end)?) {
@@ -189,10 +255,13 @@ fn patch_listener(
                 *uses.entry(name.to_string()).or_default() -= 1;
             }
         }
-        let next = slots.get(end).map(|slot| slot.order);
-        let orders = between(last, next, hunk.insert.len())?;
-        let mut new = Vec::with_capacity(hunk.insert.len());
-        for (route, order) in hunk.insert.iter().zip(orders) {
+        // A route compiled again keeps its order key; inserted ones go between neighbours.
+        let orders = match span.again {
+            true => vec![slots.get(start)?.order],
+            false => between(last, slots.get(end).map(|slot| slot.order), span.insert.len())?,
+        };
+        let mut new = Vec::with_capacity(span.insert.len());
+        for (route, order) in span.insert.iter().zip(orders) {
             if !sluice_snapshot::http_route_problems(route, &known).is_empty() {
                 return None;
             }

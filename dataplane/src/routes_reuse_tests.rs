@@ -277,10 +277,21 @@ fn patched_tables_serve_like_a_full_compile_along_a_chain_of_deltas() {
                     Some(true)
                 }
                 5 => {
-                    // A changed cluster: its routes compile again.
+                    // A changed cluster (new endpoints): its routes compile again in their
+                    // places, sometimes beside a route inserted or removed in the same delta.
                     let at = rng.below(next.clusters.len());
                     next.clusters[at].endpoints[0].port += 1;
-                    Some(false)
+                    match rng.below(3) {
+                        0 => {
+                            let at = rng.below(routes.len() + 1);
+                            routes.insert(at, route(&mut rng, 5000 + 100 * chain + step as usize));
+                        }
+                        1 if !routes.is_empty() => {
+                            routes.remove(rng.below(routes.len()));
+                        }
+                        _ => {}
+                    }
+                    None
                 }
                 6 => {
                     // A route to a cluster the snapshot lacks: it fails, so the full compile.
@@ -328,4 +339,65 @@ fn patched_tables_serve_like_a_full_compile_along_a_chain_of_deltas() {
     }
     // Most changes of these chains are route changes: they must take the patch.
     assert!(patches > 400, "{patches} patched, {full} compiled in full");
+}
+
+#[test]
+fn a_changed_cluster_is_patched_only_when_no_l4_route_uses_it() {
+    let metrics = Metrics::default();
+    let mut rng = Rng(0x5eed_0fc1_u64);
+    let mut base = snapshot(&mut rng, 30);
+    let to = |cluster: &str| WeightedBackend {
+        name: cluster.into(),
+        weight: 1,
+        target: Some(weighted_backend::Target::Cluster(cluster.into())),
+        filters: vec![],
+    };
+    base.listeners.push(Listener {
+        name: "gateway/ns/gw/listener/tcp".into(),
+        port: 9000,
+        protocol: Protocol::Tcp as i32,
+        tcp_routes: vec![sluice_snapshot::TcpRoute {
+            name: "tcproute/ns/t/rule/0".into(),
+            backends: vec![to(&cluster(0, 1).name)],
+        }],
+        ..Default::default()
+    });
+    let (served, layout) = compile_reusing(&base, &metrics, None).unwrap();
+    let changed = |at: usize| {
+        let mut next = base.clone();
+        next.version = Some(Version { generation: 2, content_hash: "h2".into() });
+        next.clusters[at].endpoints[0].address = "10.0.0.9".into();
+        let mut delta = sluice_snapshot::delta::diff(&base, &next);
+        delta.version = next.version.clone();
+        (next, delta)
+    };
+    // s00 also carries the TCP route: its table is built by the full compile only.
+    let (_, delta) = changed(0);
+    assert!(crate::incremental::patch(&base, &served, &layout, &delta, &metrics).is_none());
+    // s01 only HTTP routes use: they are compiled again in place, and serve the new endpoint.
+    let (next, delta) = changed(1);
+    let mut layout = layout;
+    let patched = crate::incremental::patch(&base, &served, &layout, &delta, &metrics).expect("patched");
+    let before = layout.listeners.clone();
+    let compiled = patched.commit(&mut layout);
+    let (fresh, fresh_layout) = compile_reusing(&next, &metrics, None).unwrap();
+    assert_eq!(describe(&compiled), describe(&fresh));
+    assert_eq!(describe_layout(&layout), describe_layout(&fresh_layout));
+    let endpoints_of = |compiled: &Compiled| -> Vec<std::net::SocketAddr> {
+        routing(compiled)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| e.iter().any(|a| a.ip().to_string() == "10.0.0.9"))
+            .flat_map(|(_, e)| e)
+            .collect()
+    };
+    assert!(!endpoints_of(&compiled).is_empty(), "no request reaches the new endpoint");
+    // Only the routes that use s01 were compiled again.
+    let listener = &base.listeners[0];
+    let (before, after) = (&before[&listener.name], &layout.listeners[&listener.name]);
+    for ((old, new), route) in before.iter().zip(after).zip(&listener.http_routes) {
+        let uses = http_route_clusters(route).any(|name| name == cluster(1, 1).name);
+        assert_eq!(Arc::ptr_eq(&old.route, &new.route), !uses, "{}", route.name);
+        assert_eq!(old.order, new.order);
+    }
 }
