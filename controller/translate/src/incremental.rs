@@ -145,7 +145,8 @@ pub(crate) fn same_objects<T>(before: &[Arc<T>], after: &[Arc<T>]) -> bool {
     if before.len() != after.len() {
         return false;
     }
-    if before.iter().zip(after).all(|(a, b)| Arc::ptr_eq(a, b)) {
+    let (before, after) = differing(before, after);
+    if before.is_empty() {
         return true;
     }
     let mut before: Vec<*const T> = before.iter().map(Arc::as_ptr).collect();
@@ -155,9 +156,19 @@ pub(crate) fn same_objects<T>(before: &[Arc<T>], after: &[Arc<T>]) -> bool {
     before == after
 }
 
+/// The two lists without the longest prefix and suffix they share (by identity): a
+/// change usually edits a few objects in place, so only those are left to compare.
+pub(crate) fn differing<'a, T>(before: &'a [Arc<T>], after: &'a [Arc<T>]) -> (&'a [Arc<T>], &'a [Arc<T>]) {
+    let prefix = before.iter().zip(after).take_while(|(a, b)| Arc::ptr_eq(a, b)).count();
+    let (before, after) = (&before[prefix..], &after[prefix..]);
+    let suffix = before.iter().rev().zip(after.iter().rev()).take_while(|(a, b)| Arc::ptr_eq(a, b)).count();
+    (&before[..before.len() - suffix], &after[..after.len() - suffix])
+}
+
 /// The objects in one list and not the other (by identity), from both sides.
 fn changed_objects<'a, T>(before: &'a [Arc<T>], after: &'a [Arc<T>]) -> Vec<&'a T> {
-    if before.len() == after.len() && before.iter().zip(after).all(|(a, b)| Arc::ptr_eq(a, b)) {
+    let (before, after) = differing(before, after);
+    if before.is_empty() && after.is_empty() {
         return Vec::new();
     }
     let mut counts: HashMap<*const T, (isize, &'a T)> = HashMap::new();
@@ -205,5 +216,32 @@ mod tests {
         assert!(!same_objects(std::slice::from_ref(&a), std::slice::from_ref(&b)), "an equal copy is another object");
         assert!(changed_objects(&[a.clone(), b.clone()], &[b.clone(), a.clone()]).is_empty());
         assert_eq!(changed_objects(std::slice::from_ref(&a), std::slice::from_ref(&b)).len(), 2);
+    }
+
+    #[test]
+    fn only_the_middles_that_differ_are_compared() {
+        let objects: Vec<Arc<usize>> = (0..8).map(Arc::new).collect();
+        let x = Arc::new(100);
+        // One object replaced in place: the middles are that object on each side.
+        let mut after = objects.clone();
+        after[3] = x.clone();
+        let (b, a) = differing(&objects, &after);
+        assert_eq!((b.len(), a.len()), (1, 1));
+        assert!(Arc::ptr_eq(&b[0], &objects[3]) && Arc::ptr_eq(&a[0], &x));
+        assert_eq!(changed_objects(&objects, &after).len(), 2);
+        // One inserted, one removed at the ends.
+        let mut after = objects.clone();
+        after.insert(0, x.clone());
+        assert_eq!(differing(&objects, &after).1.len(), 1);
+        assert_eq!(differing(&objects[1..], &objects).0.len(), 0);
+        // An object moved from the front to the back: the same set, different order.
+        let mut after = objects.clone();
+        after.rotate_left(1);
+        assert!(same_objects(&objects, &after));
+        assert!(changed_objects(&objects, &after).is_empty());
+        // Repeats count: [a, a, b] is not [a, b, b].
+        let (a0, b0) = (objects[0].clone(), objects[1].clone());
+        assert!(!same_objects(&[a0.clone(), a0.clone(), b0.clone()], &[a0.clone(), b0.clone(), b0.clone()]));
+        assert_eq!(differing(&objects, &objects).0.len(), 0);
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use sluice_snapshot::{Cluster, Protocol, Snapshot, TcpRoute, UdpRoute};
 
 use crate::gateways::GatewayPlan;
-use crate::incremental::{same_but_routes_and_slices, same_objects};
+use crate::incremental::{differing, same_but_routes_and_slices, same_objects};
 use crate::index::ObjectKey;
 use crate::l4routes::L4Rule;
 use crate::routes::{Fragment, Route};
@@ -122,19 +122,23 @@ fn changed_routes<'a, R: kube::Resource>(
     before: &'a [Arc<R>],
     after: &'a [Arc<R>],
 ) -> Option<Vec<(ObjectKey, Option<&'a R>, Option<&'a R>)>> {
-    if before.len() == after.len() && before.iter().zip(after).all(|(a, b)| Arc::ptr_eq(a, b)) {
+    // Only the middles that differ are compared: an object that moved out of them (in one
+    // list's middle, the other's shared part) is seen as removed or added, and the check
+    // of the keys below then asks for a full translation.
+    let (before_middle, after_middle) = differing(before, after);
+    if before_middle.is_empty() && after_middle.is_empty() {
         return Some(Vec::new());
     }
-    let before_set: HashSet<*const R> = before.iter().map(Arc::as_ptr).collect();
-    let after_set: HashSet<*const R> = after.iter().map(Arc::as_ptr).collect();
+    let before_set: HashSet<*const R> = before_middle.iter().map(Arc::as_ptr).collect();
+    let after_set: HashSet<*const R> = after_middle.iter().map(Arc::as_ptr).collect();
     let mut changed: BTreeMap<ObjectKey, (Option<&R>, Option<&R>)> = BTreeMap::new();
-    for route in before.iter().filter(|r| !after_set.contains(&Arc::as_ptr(r))) {
+    for route in before_middle.iter().filter(|r| !after_set.contains(&Arc::as_ptr(r))) {
         let entry = changed.entry(ObjectKey::of(route.as_ref())).or_default();
         if entry.0.replace(route.as_ref()).is_some() {
             return None;
         }
     }
-    for route in after.iter().filter(|r| !before_set.contains(&Arc::as_ptr(r))) {
+    for route in after_middle.iter().filter(|r| !before_set.contains(&Arc::as_ptr(r))) {
         let entry = changed.entry(ObjectKey::of(route.as_ref())).or_default();
         if entry.1.replace(route.as_ref()).is_some() {
             return None;
@@ -144,11 +148,17 @@ fn changed_routes<'a, R: kube::Resource>(
         return None;
     }
     // An unchanged object under a changed key: the two would compete for one status.
+    // Every object is looked at; names are compared first (no hashing per object).
     let keys: HashSet<(&str, &str)> = changed.keys().map(|k| (k.namespace.as_str(), k.name.as_str())).collect();
+    let names: HashSet<&str> = changed.keys().map(|k| k.name.as_str()).collect();
     let mut held: HashMap<(&str, &str), usize> = HashMap::new();
     for route in before.iter().chain(after) {
         let meta = route.meta();
-        let key = (meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default());
+        let name = meta.name.as_deref().unwrap_or_default();
+        if !names.iter().any(|n| *n == name) {
+            continue;
+        }
+        let key = (meta.namespace.as_deref().unwrap_or("default"), name);
         if keys.contains(&key) {
             *held.entry(key).or_default() += 1;
         }
