@@ -98,13 +98,16 @@ fn deltas_apply_and_a_mismatch_asks_for_the_whole_snapshot() {
 
     let dir = TempDir(std::env::temp_dir().join(format!("sluice-dp-delta-{}-{port}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
         .args(["--control-plane", &format!("http://{address}"), "--gateway", "test/gw", "--pod", "p"])
         .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{}", free_port())])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed when the test ends, also when an assertion fails (a leaked child would keep
+    // the test runner's output pipe open).
+    let _child = KillOnDrop(child);
 
     let mut next = |what: &str| -> data_plane_message::Message {
         let message = runtime
@@ -189,7 +192,13 @@ fn deltas_apply_and_a_mismatch_asks_for_the_whole_snapshot() {
     send(delta(&sluice_snapshot::delta::diff(&v3, &v4)));
     assert_eq!(acked(next("Ack v4")), 4);
     wait_for_backend(port, "a");
+}
 
-    let _ = child.kill();
-    let _ = child.wait();
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
