@@ -37,8 +37,8 @@ type Entries = Arc<[Entry]>;
 
 #[derive(Debug, Clone, Default)]
 struct Shard {
-    exact: HashMap<Box<str>, Entries>,
-    wildcard: HashMap<Box<str>, Entries>,
+    exact: HostMap,
+    wildcard: HostMap,
 }
 
 /// The routes of one listener by the hosts they serve.
@@ -58,6 +58,19 @@ impl Default for HostIndex {
 }
 
 /// FNV-1a: a fixed, cheap hash to pick a shard (the shard's map hashes again).
+/// Hostnames (wildcards without their `*`) to their entries in order.
+type HostMap = HashMap<Box<str>, Entries>;
+
+/// The map of `host`'s shard that holds it (made this index's own to edit), its key (a
+/// wildcard without its `*`) and whether it is a wildcard.
+fn host_map<'a>(shards: &'a mut [Arc<Shard>], host: &'a str) -> Option<(&'a mut HostMap, &'a str, bool)> {
+    let wildcard = host.starts_with('*');
+    let key = host.strip_prefix('*').unwrap_or(host);
+    let at = shard_of(key, shards.len());
+    let shard = Arc::make_mut(shards.get_mut(at)?);
+    Some((if wildcard { &mut shard.wildcard } else { &mut shard.exact }, key, wildcard))
+}
+
 fn shard_of(key: &str, shards: usize) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {
@@ -169,12 +182,7 @@ impl HostIndex {
             self.any = with(&self.any, entry);
         }
         for host in hostnames {
-            let wildcard = host.starts_with('*');
-            let key = host.strip_prefix('*').unwrap_or(host);
-            let at = shard_of(key, self.shards.len());
-            let Some(shard) = self.shards.get_mut(at) else { continue };
-            let shard = Arc::make_mut(shard);
-            let map = if wildcard { &mut shard.wildcard } else { &mut shard.exact };
+            let Some((map, key, wildcard)) = host_map(&mut self.shards, host) else { continue };
             match map.get_mut(key) {
                 Some(entries) => *entries = with(entries, entry),
                 None => {
@@ -194,12 +202,7 @@ impl HostIndex {
             self.any = without(&self.any, order);
         }
         for host in hostnames {
-            let wildcard = host.starts_with('*');
-            let key = host.strip_prefix('*').unwrap_or(host);
-            let at = shard_of(key, self.shards.len());
-            let Some(shard) = self.shards.get_mut(at) else { continue };
-            let shard = Arc::make_mut(shard);
-            let map = if wildcard { &mut shard.wildcard } else { &mut shard.exact };
+            let Some((map, key, wildcard)) = host_map(&mut self.shards, host) else { continue };
             let Some(entries) = map.get_mut(key) else { continue };
             let left = without(entries, order);
             if left.is_empty() {
