@@ -57,7 +57,6 @@ impl Default for HostIndex {
     }
 }
 
-/// FNV-1a: a fixed, cheap hash to pick a shard (the shard's map hashes again).
 /// Hostnames (wildcards without their `*`) to their entries in order.
 type HostMap = HashMap<Box<str>, Entries>;
 
@@ -71,6 +70,7 @@ fn host_map<'a>(shards: &'a mut [Arc<Shard>], host: &'a str) -> Option<(&'a mut 
     Some((if wildcard { &mut shard.wildcard } else { &mut shard.exact }, key, wildcard))
 }
 
+/// FNV-1a: a fixed, cheap hash to pick a shard (the shard's map hashes again).
 fn shard_of(key: &str, shards: usize) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sluice_snapshot::{HttpRoute, HttpRouteHunk, Protocol, Snapshot, SnapshotDelta, WeightedBackend, weighted_backend};
+use sluice_snapshot::{HttpRoute, HttpRouteHunk, Protocol, Snapshot, SnapshotDelta};
 
 use crate::host_index::{Entry, between};
 use crate::routes::{ClusterTable, Compiled, Layout, ListenerTable, Slot, cluster_table, compile_route};
@@ -169,17 +169,7 @@ fn patch_clusters(base: &Snapshot, served: &Compiled, delta: &SnapshotDelta) -> 
 /// Whether a TCP, UDP or TLS route of `snapshot` points at one of `names` (their tables
 /// are only built by the full compile).
 fn l4_uses_any(snapshot: &Snapshot, names: &HashSet<String>) -> bool {
-    let uses = |backends: &[WeightedBackend]| {
-        backends.iter().any(|b| match &b.target {
-            Some(weighted_backend::Target::Cluster(name)) => names.contains(name),
-            _ => false,
-        })
-    };
-    snapshot.listeners.iter().any(|l| {
-        l.tcp_routes.iter().any(|r| uses(&r.backends))
-            || l.udp_routes.iter().any(|r| uses(&r.backends))
-            || l.tls_routes.iter().any(|r| uses(&r.backends))
-    })
+    snapshot.listeners.iter().flat_map(crate::routes::l4_route_clusters).any(|name| names.contains(name))
 }
 
 /// One edit of a listener's routes, in base positions: `start..end` replaced by `insert`.

@@ -263,9 +263,7 @@ impl Applier {
         ports.dedup();
         match &self.tables {
             Some(tables) => {
-                tables.store(Arc::new(compiled));
-                self.metrics.prune_routes();
-                self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                swap_in(tables, compiled, &self.metrics);
                 if ports != self.ports {
                     tracing::warn!(
                         serving = ?self.ports,
@@ -328,11 +326,11 @@ impl Applier {
         let mut next =
             sluice_snapshot::delta::apply(base, &delta).map_err(|error| Unapplied::Resync(error.to_string()))?;
         let applied_at = started.elapsed();
-        let digests = match &self.digests {
-            Some(digests) => digests.after(&delta),
-            None => Digests::of(base).after(&delta),
-        }
-        .map_err(|error| Unapplied::Resync(error.to_string()))?;
+        let digests = self
+            .digests
+            .get_or_insert_with(|| Digests::of(base))
+            .after(&delta)
+            .map_err(|error| Unapplied::Resync(error.to_string()))?;
         drop(delta);
         let hash = digests.hash(&next.gateway);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -369,25 +367,20 @@ impl Applier {
         };
         drop(served);
         let patched_at = started.elapsed();
-        let digests = self.digests.take().unwrap_or_else(|| Digests::of(base));
-        let next = match digests.after(&delta) {
+        // On any answer but success, nothing changed: the served snapshot and its digests
+        // stay the base of the next delta.
+        let next = match self.digests.get_or_insert_with(|| Digests::of(base)).after(&delta) {
             Ok(next) => next,
-            Err(error) => {
-                self.digests = Some(digests);
-                return Ok(Err(Unapplied::Resync(error.to_string())));
-            }
+            Err(error) => return Ok(Err(Unapplied::Resync(error.to_string()))),
         };
         let hash = next.hash(&delta.gateway);
         let hashed_at = started.elapsed();
         if hash != version.content_hash {
-            // Nothing changed: the served snapshot stays the base of the next delta.
-            self.digests = Some(digests);
             let problem = format!("the delta's result hashes to {hash}, not {}", version.content_hash);
             return Ok(Err(Unapplied::Resync(problem)));
         }
         if let Err(error) = sluice_snapshot::delta::apply_in_place(base, *delta) {
             // Checked by the patch already; the base is unchanged.
-            self.digests = Some(digests);
             return Ok(Err(Unapplied::Resync(error.to_string())));
         }
         self.digests = Some(next);
@@ -395,9 +388,7 @@ impl Applier {
         let edited_at = started.elapsed();
         base.version = Some(version.clone());
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
-        tables.store(Arc::new(compiled));
-        self.metrics.prune_routes();
-        self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
+        swap_in(tables, compiled, &self.metrics);
         self.current = Some(version.clone());
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
@@ -433,6 +424,13 @@ fn compact(mut snapshot: Snapshot) -> Snapshot {
     }
     exact(&mut snapshot.clusters);
     snapshot
+}
+
+/// Serves `compiled` from now on (requests in flight finish on the tables they hold).
+fn swap_in(tables: &Tables, compiled: crate::routes::Compiled, metrics: &Metrics) {
+    tables.store(Arc::new(compiled));
+    metrics.prune_routes();
+    metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A delta's outcome: the new version and, with `--state-dir`, the new snapshot's

@@ -131,12 +131,17 @@ pub(crate) struct Slot {
     pub dropped: bool,
 }
 
-/// The clusters `route` points at (backends and mirrors), with repeats.
-pub(crate) fn http_route_clusters(route: &HttpRoute) -> impl Iterator<Item = &str> {
-    let backends = route.backends.iter().filter_map(|b| match &b.target {
+/// The clusters `backends` point at, with repeats.
+pub(crate) fn backend_clusters(backends: &[WeightedBackend]) -> impl Iterator<Item = &str> {
+    backends.iter().filter_map(|b| match &b.target {
         Some(weighted_backend::Target::Cluster(name)) => Some(name.as_str()),
         _ => None,
-    });
+    })
+}
+
+/// The clusters `route` points at (backends and mirrors), with repeats.
+pub(crate) fn http_route_clusters(route: &HttpRoute) -> impl Iterator<Item = &str> {
+    let backends = backend_clusters(&route.backends);
     let mirrors = route.filters.iter().filter_map(|f| match &f.kind {
         Some(http_filter::Kind::RequestMirror(mirror)) => Some(mirror.cluster.as_str()),
         _ => None,
@@ -148,30 +153,21 @@ pub(crate) fn http_route_clusters(route: &HttpRoute) -> impl Iterator<Item = &st
 fn cluster_uses(snapshot: &Snapshot) -> HashMap<String, usize> {
     let mut uses: HashMap<String, usize> = HashMap::new();
     let mut count = |name: &str| *uses.entry(name.to_string()).or_default() += 1;
-    let l4 = |backends: &[WeightedBackend]| -> Vec<String> {
-        backends
-            .iter()
-            .filter_map(|b| match &b.target {
-                Some(weighted_backend::Target::Cluster(name)) => Some(name.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     for listener in &snapshot.listeners {
         for route in &listener.http_routes {
             http_route_clusters(route).for_each(&mut count);
         }
-        let l4_routes = listener
-            .tcp_routes
-            .iter()
-            .map(|r| l4(&r.backends))
-            .chain(listener.udp_routes.iter().map(|r| l4(&r.backends)))
-            .chain(listener.tls_routes.iter().map(|r| l4(&r.backends)));
-        for names in l4_routes {
-            names.iter().for_each(|name| count(name));
-        }
+        l4_route_clusters(listener).for_each(&mut count);
     }
     uses
+}
+
+/// The clusters the TCP, UDP and TLS routes of `listener` point at, with repeats.
+pub(crate) fn l4_route_clusters(listener: &sluice_snapshot::Listener) -> impl Iterator<Item = &str> {
+    let tcp = listener.tcp_routes.iter().flat_map(|r| backend_clusters(&r.backends));
+    let udp = listener.udp_routes.iter().flat_map(|r| backend_clusters(&r.backends));
+    let tls = listener.tls_routes.iter().flat_map(|r| backend_clusters(&r.backends));
+    tcp.chain(udp).chain(tls)
 }
 
 /// One snapshot route, ready to match.

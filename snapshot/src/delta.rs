@@ -44,7 +44,7 @@ pub enum DeltaError {
 }
 
 /// One edit of a base list.
-trait Hunk: Sized {
+pub(crate) trait Hunk: Sized {
     type Item: Clone + PartialEq;
     fn new(keep: u32, skip: u32, insert: Vec<Self::Item>) -> Self;
     fn keep(&self) -> u32;
@@ -171,7 +171,11 @@ fn edit<H: Hunk>(base: &[H::Item], hunks: &[H], list: &'static str) -> Result<Ve
 }
 
 /// Where each hunk applies in `base_len` items: (start, end) of the items it replaces.
-fn spans<H: Hunk>(base_len: usize, hunks: &[H], list: &'static str) -> Result<Vec<(usize, usize)>, DeltaError> {
+pub(crate) fn spans<H: Hunk>(
+    base_len: usize,
+    hunks: &[H],
+    list: &'static str,
+) -> Result<Vec<(usize, usize)>, DeltaError> {
     let mut at = 0usize;
     let mut spans = Vec::with_capacity(hunks.len());
     for hunk in hunks {

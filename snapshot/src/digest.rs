@@ -15,7 +15,7 @@
 use prost::Message;
 use sha2::{Digest as _, Sha256};
 
-use crate::delta::{DeltaError, listener_header};
+use crate::delta::{DeltaError, Hunk, listener_header, spans};
 use crate::{Snapshot, SnapshotDelta};
 
 /// SHA-256 of one item's encoding.
@@ -44,33 +44,16 @@ pub struct Digests {
     listeners: Vec<ListenerDigests>,
 }
 
-/// `list` with the delta's hunks applied, inserted items digested.
-fn edit(
-    list: &mut Vec<Digest>,
-    hunks: impl Iterator<Item = (u32, u32, Vec<Digest>)>,
-    list_name: &'static str,
-) -> Result<(), DeltaError> {
-    let past_end = DeltaError::PastEnd { list: list_name };
-    let mut spans = Vec::new();
-    let mut at = 0usize;
-    for (keep, skip, inserted) in hunks {
-        let start = at.checked_add(keep as usize).ok_or(past_end.clone())?;
-        at = start.checked_add(skip as usize).ok_or(past_end.clone())?;
-        if at > list.len() {
-            return Err(past_end);
-        }
-        spans.push((start, at, inserted));
-    }
-    for (start, end, inserted) in spans.into_iter().rev() {
-        list.splice(start..end, inserted);
+/// `list` with the delta's hunks applied (where [`spans`] says), inserted items digested.
+fn edit<H: Hunk>(list: &mut Vec<Digest>, hunks: &[H], name: &'static str) -> Result<(), DeltaError>
+where
+    H::Item: Message,
+{
+    let spans = spans(list.len(), hunks, name)?;
+    for (hunk, (start, end)) in hunks.iter().zip(spans).rev() {
+        list.splice(start..end, hunk.insert().iter().map(digest));
     }
     Ok(())
-}
-
-macro_rules! hunks {
-    ($hunks:expr) => {
-        $hunks.iter().map(|h| (h.keep, h.skip, h.insert.iter().map(digest).collect::<Vec<_>>()))
-    };
 }
 
 impl Digests {
@@ -122,25 +105,24 @@ impl Digests {
             list(&listener.tls);
         }
         list(&[]);
-        let digest = hasher.finalize();
-        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+        crate::hash::hex(&hasher.finalize())
     }
 
     /// The digests of the snapshot `delta` makes of the one these are of, digesting only
     /// the items it inserts.
     pub fn after(&self, delta: &SnapshotDelta) -> Result<Digests, DeltaError> {
         let mut next = self.clone_shallow_for(delta)?;
-        edit(&mut next.clusters, hunks!(delta.clusters), "clusters")?;
-        edit(&mut next.certificates, hunks!(delta.certificates), "certificates")?;
-        edit(&mut next.client_validations, hunks!(delta.client_validations), "client_validations")?;
+        edit(&mut next.clusters, &delta.clusters, "clusters")?;
+        edit(&mut next.certificates, &delta.certificates, "certificates")?;
+        edit(&mut next.client_validations, &delta.client_validations, "client_validations")?;
         for (listener, change) in next.listeners.iter_mut().zip(&delta.listeners) {
             if let Some(header) = &change.header {
                 listener.header = digest(&listener_header(header));
             }
-            edit(&mut listener.http, hunks!(change.http_routes), "http_routes")?;
-            edit(&mut listener.tcp, hunks!(change.tcp_routes), "tcp_routes")?;
-            edit(&mut listener.udp, hunks!(change.udp_routes), "udp_routes")?;
-            edit(&mut listener.tls, hunks!(change.tls_routes), "tls_routes")?;
+            edit(&mut listener.http, &change.http_routes, "http_routes")?;
+            edit(&mut listener.tcp, &change.tcp_routes, "tcp_routes")?;
+            edit(&mut listener.udp, &change.udp_routes, "udp_routes")?;
+            edit(&mut listener.tls, &change.tls_routes, "tls_routes")?;
         }
         Ok(next)
     }

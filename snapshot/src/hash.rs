@@ -16,7 +16,11 @@ pub fn content_hash(snapshot: &Snapshot) -> String {
 
 /// Hex SHA-256 of `bytes` (a saved snapshot's integrity check).
 pub fn hash_encoded(unversioned: &[u8]) -> String {
-    let digest = Sha256::digest(unversioned);
+    hex(&Sha256::digest(unversioned))
+}
+
+/// Lower-case hex of a digest.
+pub(crate) fn hex(digest: &[u8]) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

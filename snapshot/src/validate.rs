@@ -83,9 +83,9 @@ pub fn http_route_problems<'a>(route: &'a HttpRoute, known: &'a dyn Fn(&str) -> 
 /// Whether a cluster without backend TLS passes the checks [`problems`] makes of it on its
 /// own (its endpoints); uniqueness of its name is the caller's to check.
 pub fn plain_cluster_valid(cluster: &Cluster) -> bool {
-    cluster.tls.is_none()
-        && !cluster.name.is_empty()
-        && cluster.endpoints.iter().all(|e| e.address.parse::<IpAddr>().is_ok() && valid_port(e.port))
+    let mut check = Checker { piece: Piece::Snapshot, problems: Vec::new(), clusters: BTreeSet::new(), known: None };
+    check.endpoints(cluster);
+    cluster.tls.is_none() && !cluster.name.is_empty() && check.problems.is_empty()
 }
 
 struct Checker<'a> {
@@ -139,6 +139,17 @@ impl<'a> Checker<'a> {
         self.problems.push(Problem { piece: self.piece.clone(), at: at.to_string(), message: what.to_string() });
     }
 
+    fn endpoints(&mut self, cluster: &Cluster) {
+        for endpoint in &cluster.endpoints {
+            if endpoint.address.parse::<IpAddr>().is_err() {
+                self.problem(&cluster.name, format!("endpoint address {:?} is not an IP", endpoint.address));
+            }
+            if !valid_port(endpoint.port) {
+                self.problem(&cluster.name, format!("endpoint port {} out of range", endpoint.port));
+            }
+        }
+    }
+
     fn snapshot(&mut self, snapshot: &'a Snapshot) {
         if snapshot.gateway.is_empty() {
             self.problem("snapshot", "gateway is empty");
@@ -147,14 +158,7 @@ impl<'a> Checker<'a> {
             if !self.clusters.insert(&cluster.name) {
                 self.problem(&cluster.name, "duplicate cluster name");
             }
-            for endpoint in &cluster.endpoints {
-                if endpoint.address.parse::<IpAddr>().is_err() {
-                    self.problem(&cluster.name, format!("endpoint address {:?} is not an IP", endpoint.address));
-                }
-                if !valid_port(endpoint.port) {
-                    self.problem(&cluster.name, format!("endpoint port {} out of range", endpoint.port));
-                }
-            }
+            self.endpoints(cluster);
         }
         let mut certificates = BTreeSet::new();
         for certificate in &snapshot.certificates {
