@@ -12,6 +12,7 @@
 pub mod compile;
 pub mod delta;
 pub mod digest;
+pub mod edits;
 mod hash;
 mod origin;
 mod validate;

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use sluice_snapshot::edits::Edits;
 use sluice_snapshot::push::config_push_server::{ConfigPush, ConfigPushServer};
 use sluice_snapshot::push::{ControlPlaneMessage, DataPlaneMessage, Hello, control_plane_message, data_plane_message};
 use sluice_snapshot::{ListenerDelta, Snapshot, SnapshotDelta, Version, Versioner};
@@ -192,6 +193,10 @@ struct GatewayState {
     /// The Gateway object's UID, when known: credentials bound to another UID (an
     /// earlier Gateway of that name) are refused.
     uid: Option<String>,
+    /// A private copy of the current content (the address of which it is a copy, and
+    /// the copy): [`PushServer::publish_edited`] edits it in place and publishes it, and
+    /// the content it replaces, edited the same way, becomes the next copy.
+    spare: Option<(usize, Snapshot)>,
 }
 
 #[derive(Default)]
@@ -203,7 +208,13 @@ struct PodState {
 
 impl GatewayState {
     fn new() -> Self {
-        Self { versioner: Versioner::default(), current: watch::Sender::new(None), pods: BTreeMap::new(), uid: None }
+        Self {
+            versioner: Versioner::default(),
+            current: watch::Sender::new(None),
+            pods: BTreeMap::new(),
+            uid: None,
+            spare: None,
+        }
     }
 
     fn progress(&self) -> GatewayProgress {
@@ -294,6 +305,7 @@ impl PushServer {
         let mut gateways = self.gateways();
         let state = gateways.entry(gateway.to_string()).or_insert_with(GatewayState::new);
         let version = state.versioner.stamp_hash(hash)?;
+        state.spare = None;
         let mut published = Published::new(version.clone(), content, digests);
         let base = state.current.borrow().clone();
         if let (Some(mut delta), Some(before), Some(base)) = (delta, before, base)
@@ -308,6 +320,81 @@ impl PushServer {
         drop(gateways);
         drop_elsewhere(old);
         self.progress_changed();
+        Some(version)
+    }
+
+    /// Publishes a Gateway's snapshot edited in place from the content published now:
+    /// `edit` edits a copy of it and says where (`Edits`), which gives the delta without
+    /// comparing the two; the content it replaces, edited the same way, is the next copy.
+    /// So publishing costs what changed, not the snapshot's size (a copy is made only when
+    /// there is none: the first time, or while a stream still held the old content).
+    /// Nothing is published when `gateway` has no content yet or the edit changed nothing;
+    /// returns the new version.
+    pub fn publish_edited(&self, gateway: &str, edit: impl FnOnce(&mut Snapshot) -> Edits) -> Option<Version> {
+        let (before, spare) = {
+            let mut gateways = self.gateways();
+            let state = gateways.get_mut(gateway)?;
+            let before = state.current.borrow().clone()?;
+            let spare = state.spare.take().filter(|(of, _)| *of == address(&before.content));
+            (before, spare)
+        };
+        let mut edited = match spare {
+            Some((_, spare)) => spare,
+            None => before.content.as_ref().clone(),
+        };
+        let edits = edit(&mut edited);
+        let Some(mut delta) = edits.delta(&edited) else {
+            // Edits that do not describe the result (a bug): compared as any snapshot.
+            tracing::warn!(gateway, "an in-place edit did not record its changes; publishing by comparison");
+            return self.publish(gateway, edited);
+        };
+        let digests = before.digests.after(&delta).unwrap_or_else(|_| sluice_snapshot::digest::Digests::of(&edited));
+        let hash = digests.hash(&edited.gateway);
+        let mut gateways = self.gateways();
+        let state = gateways.get_mut(gateway)?;
+        if hash == before.version.content_hash {
+            state.spare = Some((address(&before.content), edited));
+            return None;
+        }
+        let version = state.versioner.stamp_hash(hash)?;
+        let content = Arc::new(edited);
+        let new_address = address(&content);
+        let mut published = Published::new(version.clone(), content, Arc::new(digests));
+        let base = state.current.borrow().clone();
+        let same_base = base.as_ref().is_some_and(|base| Arc::ptr_eq(&base.content, &before.content));
+        if let (true, Some(base)) = (same_base, base) {
+            delta.base = Some(base.version.clone());
+            delta.version = Some(version.clone());
+            let encoded = Bytes::from(prost::Message::encode_to_vec(&delta));
+            published.delta = Some((base.version.content_hash.clone(), encoded));
+        }
+        let old = state.current.send_replace(Some(Arc::new(published)));
+        drop(gateways);
+        self.progress_changed();
+        // The replaced content becomes the next copy, if no one else holds it any more.
+        drop(before);
+        let old_content = old.and_then(|old| Arc::try_unwrap(old).ok()).map(|old| old.content);
+        let next = match old_content.map(Arc::try_unwrap) {
+            Some(Ok(next)) => Some(next),
+            Some(Err(shared)) => {
+                drop_elsewhere(shared);
+                None
+            }
+            None => None,
+        };
+        if let Some(mut next) = next {
+            if same_base && sluice_snapshot::delta::apply_in_place(&mut next, delta).is_ok() {
+                next.version = None;
+                let mut gateways = self.gateways();
+                if let Some(state) = gateways.get_mut(gateway)
+                    && state.current.borrow().as_ref().is_some_and(|p| address(&p.content) == new_address)
+                {
+                    state.spare = Some((new_address, next));
+                }
+            } else {
+                drop_elsewhere(next);
+            }
+        }
         Some(version)
     }
 
@@ -563,6 +650,12 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The highest generation a data plane may report (2^53: a million changes a second for
 /// 285 years); above it a report is ignored.
 const MAX_REPORTED_GENERATION: u64 = 1 << 53;
+
+/// Where a content lives: tells whether a spare copy is a copy of the current content
+/// (while that content is current it is alive, so no other content has its address).
+fn address(content: &Arc<Snapshot>) -> usize {
+    Arc::as_ptr(content) as usize
+}
 
 /// Frees a value on a background thread when inside a runtime: a large snapshot takes
 /// milliseconds to free, which should not delay pushing the next one.
@@ -982,6 +1075,66 @@ mod tests {
         assert_eq!(kind, MessageKind::Delta);
         assert_eq!(applied(&c, &message), a);
         assert_eq!(message_for(&again, Some(&at_b.version)).0, MessageKind::Snapshot);
+    }
+
+    /// Replaces route 7 of `snapshot` (as `routes_snapshot` makes it) with `tag`'s, noting
+    /// the edit.
+    fn replace_route_7(snapshot: &mut Snapshot, tag: &str) -> Edits {
+        let mut edits = Edits::new(snapshot);
+        let routes = &mut snapshot.listeners[0].http_routes;
+        edits.listeners[0].http_routes.splice(routes.len(), 7, 1);
+        routes[7] = routes_snapshot(8, tag).listeners[0].http_routes[7].clone();
+        edits
+    }
+
+    fn spare(server: &PushServer) -> Option<Snapshot> {
+        server.gateways()["ns/gw"].spare.as_ref().map(|(_, spare)| spare.clone())
+    }
+
+    #[test]
+    fn an_edited_snapshot_travels_as_the_delta_a_comparison_gives_and_leaves_a_copy() {
+        let server = PushServer::new();
+        assert_eq!(server.publish_edited("ns/gw", |_| unreachable!("nothing to edit yet")), None);
+        let (a, b, c) = (routes_snapshot(100, "a"), routes_snapshot(100, "b"), routes_snapshot(100, "c"));
+        let a_version = server.publish("ns/gw", a.clone()).unwrap();
+        assert!(spare(&server).is_none(), "no copy before the first edit");
+
+        let version = server.publish_edited("ns/gw", |snapshot| replace_route_7(snapshot, "b")).unwrap();
+        let at_b = published(&server);
+        assert_eq!(at_b.version, version);
+        assert!(*at_b.content == b);
+        assert_eq!(at_b.version.content_hash, sluice_snapshot::content_hash(&b), "the hash of the whole");
+        let (kind, message) = message_for(&at_b, Some(&a_version));
+        assert_eq!(kind, MessageKind::Delta);
+        assert_eq!(applied(&a, &message), b);
+        let Some(control_plane_message::Message::Delta(bytes)) = &message.message else { panic!("not a delta") };
+        let sent: SnapshotDelta = prost::Message::decode(bytes.clone()).unwrap();
+        let mut compared = sluice_snapshot::delta::diff(&a, &b);
+        (compared.base, compared.version) = (Some(a_version.clone()), Some(version.clone()));
+        assert!(sent == compared, "the edits give the delta a comparison would");
+        assert!(spare(&server) == Some(b.clone()), "the replaced content, edited the same way, is the next copy");
+
+        // The next edit starts from that copy (no clone), and an edit that changes nothing
+        // publishes nothing and keeps the copy.
+        drop(at_b);
+        server.publish_edited("ns/gw", |snapshot| replace_route_7(snapshot, "c")).unwrap();
+        assert!(*published(&server).content == c);
+        assert!(spare(&server) == Some(c.clone()));
+        assert_eq!(server.publish_edited("ns/gw", |snapshot| replace_route_7(snapshot, "c")), None);
+        assert!(spare(&server) == Some(c.clone()), "an edit that changed nothing leaves the copy");
+
+        // A stream holding the content being replaced: no copy, the next edit clones.
+        let held = published(&server);
+        server.publish_edited("ns/gw", |snapshot| replace_route_7(snapshot, "a")).unwrap();
+        assert!(spare(&server).is_none());
+        drop(held);
+        server.publish_edited("ns/gw", |snapshot| replace_route_7(snapshot, "b")).unwrap();
+        assert!(*published(&server).content == b);
+        assert!(spare(&server).is_some());
+
+        // A whole publish makes any copy stale.
+        server.publish("ns/gw", a.clone()).unwrap();
+        assert!(spare(&server).is_none());
     }
 
     #[test]

@@ -168,14 +168,11 @@ impl Reconciler {
         let started = Instant::now();
         self.route_patches += 1;
         let Some(last) = self.last.as_mut() else { return };
-        let snapshots = patch
-            .gateways()
-            .into_iter()
-            .filter_map(|key| self.push.content(&key.to_string()).map(|content| (key, content.as_ref().clone())))
-            .collect();
-        for (key, snapshot) in patch.patch_snapshots(&mut last.output, snapshots) {
+        for key in patch.gateways() {
             let name = key.to_string();
-            if let Some(version) = self.push.publish(&name, snapshot) {
+            let output = &mut last.output;
+            let published = self.push.publish_edited(&name, |snapshot| patch.patch_snapshot(output, &key, snapshot));
+            if let Some(version) = published {
                 tracing::debug!(
                     gateway = name,
                     generation = version.generation,

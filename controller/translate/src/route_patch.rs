@@ -5,8 +5,9 @@
 //!                                    │ Some(RoutePatch): per changed route, the fragment it
 //!                                    │ contributed (old) and contributes now (new)
 //!                                    ▼
-//!  snapshots of patch.gateways() ─► patch_snapshots: old entries out, new ones in at their
-//!                                   order key, cluster use counts, a cluster in or out
+//!  snapshot of each of          ─► patch_snapshot (in place): old entries out, new ones in at
+//!  patch.gateways()                their order key, cluster use counts, a cluster in or out;
+//!                                  returns the Edits it made (their delta: Edits::delta)
 //!  Status                        ─► patch_status: the routes' status, attachedRoutes
 //! ```
 //!
@@ -27,7 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use sluice_snapshot::{Cluster, Protocol, Snapshot, TcpRoute, UdpRoute};
+use sluice_snapshot::edits::{Edits, ListEdits};
+use sluice_snapshot::{Protocol, Snapshot, TcpRoute, UdpRoute};
 
 use crate::gateways::GatewayPlan;
 use crate::incremental::{differing, same_but_routes_and_slices, same_objects};
@@ -230,22 +232,22 @@ impl RoutePatch {
         gateways
     }
 
-    /// Patches the snapshots of [`RoutePatch::gateways`] (in `snapshots`, as the last
-    /// output had them) and the order keys kept in `output`; returns the snapshots.
-    pub fn patch_snapshots(
-        &self,
-        output: &mut Output,
-        mut snapshots: BTreeMap<ObjectKey, Snapshot>,
-    ) -> BTreeMap<ObjectKey, Snapshot> {
+    /// Patches `gateway`'s snapshot (as the last output had it; one of
+    /// [`RoutePatch::gateways`]) in place, and the order keys kept in `output`; returns
+    /// where the snapshot's lists were edited (`Edits::delta` makes the delta of them).
+    pub fn patch_snapshot(&self, output: &mut Output, gateway: &ObjectKey, snapshot: &mut Snapshot) -> Edits {
+        let mut edits = Edits::new(snapshot);
+        let Some(orders) = output.orders.get_mut(gateway) else { return edits };
+        let mut at = Patching { listeners: self.listeners.get(gateway), orders, snapshot, edits: &mut edits, gateway };
         for change in &self.changes {
             if let Some(old) = &change.old {
-                self.remove(old, output, &mut snapshots);
+                at.remove(old);
             }
             if let Some(new) = &change.new {
-                self.add(new, output, &mut snapshots);
+                at.add(new);
             }
         }
-        snapshots
+        edits
     }
 
     /// Patches the status: the changed routes' own and the listeners' `attachedRoutes`.
@@ -279,106 +281,120 @@ impl RoutePatch {
         };
         Some(&mut listener.attached_routes)
     }
+}
 
-    fn snapshot_listener<'s>(
-        &self,
-        snapshots: &'s mut BTreeMap<ObjectKey, Snapshot>,
-        gateway: &ObjectKey,
-        listener: usize,
-    ) -> Option<&'s mut sluice_snapshot::Listener> {
-        let at = self.listeners.get(gateway)?.get(listener)?.snapshot?;
-        snapshots.get_mut(gateway)?.listeners.get_mut(at)
+/// One Gateway's snapshot being patched, with its order keys and the edits made so far.
+struct Patching<'p> {
+    gateway: &'p ObjectKey,
+    listeners: Option<&'p Vec<ListenerAt>>,
+    orders: &'p mut Orders,
+    snapshot: &'p mut Snapshot,
+    edits: &'p mut Edits,
+}
+
+impl Patching<'_> {
+    /// The index of plan listener `listener` among the snapshot's listeners, if served.
+    fn served(&self, listener: usize) -> Option<usize> {
+        let at = self.listeners?.get(listener)?.snapshot?;
+        (at < self.snapshot.listeners.len() && at < self.edits.listeners.len()).then_some(at)
     }
 
     /// Takes a route's old contribution out.
-    fn remove(&self, fragment: &Fragment, output: &mut Output, snapshots: &mut BTreeMap<ObjectKey, Snapshot>) {
-        for (gateway, clusters) in &fragment.clusters {
-            let (Some(orders), Some(snapshot)) = (output.orders.get_mut(gateway), snapshots.get_mut(gateway)) else {
-                continue;
-            };
-            for cluster in clusters {
-                let Some(uses) = orders.cluster_uses.get_mut(&cluster.name) else { continue };
-                *uses -= 1;
-                if *uses == 0 {
-                    orders.cluster_uses.remove(&cluster.name);
-                    if let Ok(at) = snapshot.clusters.binary_search_by(|c| c.name.as_str().cmp(&cluster.name)) {
-                        snapshot.clusters.remove(at);
-                    }
+    fn remove(&mut self, fragment: &Fragment) {
+        for cluster in fragment.clusters.iter().filter(|(g, _)| g == self.gateway).flat_map(|(_, c)| c) {
+            let Some(uses) = self.orders.cluster_uses.get_mut(&cluster.name) else { continue };
+            *uses -= 1;
+            if *uses == 0 {
+                self.orders.cluster_uses.remove(&cluster.name);
+                let clusters = &mut self.snapshot.clusters;
+                if let Ok(at) = clusters.binary_search_by(|c| c.name.as_str().cmp(&cluster.name)) {
+                    self.edits.clusters.splice(clusters.len(), at, 1);
+                    clusters.remove(at);
                 }
             }
         }
-        for ((gateway, listener), entries) in &fragment.placements.http {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            remove_entries(&mut orders.http, *listener, &mut served.http_routes, entries);
+        for ((_, listener), entries) in fragment.placements.http.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            remove_entries(&mut self.orders.http, *listener, &mut served.http_routes, &mut edits.http_routes, entries);
         }
-        for ((gateway, listener), entries) in &fragment.placements.l4 {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let Some(keys) = orders.l4.get_mut(listener) else { continue };
+        for ((_, listener), entries) in fragment.placements.l4.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            let Some(keys) = self.orders.l4.get_mut(listener) else { continue };
             for (age, rules) in entries {
                 let start = keys.partition_point(|k| k < age);
                 let end = (start + rules.len()).min(keys.len());
                 keys.drain(start..end);
                 if served.protocol == Protocol::Udp as i32 {
-                    served.udp_routes.drain(start..end.min(served.udp_routes.len()));
+                    let list = &mut served.udp_routes;
+                    let end = end.min(list.len());
+                    edits.udp_routes.splice(list.len(), start, end.saturating_sub(start));
+                    list.drain(start.min(end)..end);
                 } else {
-                    served.tcp_routes.drain(start..end.min(served.tcp_routes.len()));
+                    let list = &mut served.tcp_routes;
+                    let end = end.min(list.len());
+                    edits.tcp_routes.splice(list.len(), start, end.saturating_sub(start));
+                    list.drain(start.min(end)..end);
                 }
             }
             if keys.is_empty() {
-                orders.l4.remove(listener);
+                self.orders.l4.remove(listener);
             }
         }
-        for ((gateway, listener), entries) in &fragment.placements.tls {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            remove_entries(&mut orders.tls, *listener, &mut served.tls_routes, entries);
+        for ((_, listener), entries) in fragment.placements.tls.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            remove_entries(&mut self.orders.tls, *listener, &mut served.tls_routes, &mut edits.tls_routes, entries);
         }
     }
 
     /// Puts a route's new contribution in, each entry after those with an equal or lower
     /// order key (where a stable sort of every entry would put it).
-    fn add(&self, fragment: &Fragment, output: &mut Output, snapshots: &mut BTreeMap<ObjectKey, Snapshot>) {
-        for (gateway, clusters) in &fragment.clusters {
-            let (Some(orders), Some(snapshot)) = (output.orders.get_mut(gateway), snapshots.get_mut(gateway)) else {
-                continue;
-            };
-            for cluster in clusters {
-                add_cluster(orders, snapshot, cluster);
+    fn add(&mut self, fragment: &Fragment) {
+        for cluster in fragment.clusters.iter().filter(|(g, _)| g == self.gateway).flat_map(|(_, c)| c) {
+            let uses = self.orders.cluster_uses.entry(cluster.name.clone()).or_default();
+            *uses += 1;
+            let clusters = &mut self.snapshot.clusters;
+            if *uses == 1
+                && let Err(at) = clusters.binary_search_by(|c| c.name.as_str().cmp(&cluster.name))
+            {
+                self.edits.clusters.splice(clusters.len(), at, 0);
+                clusters.insert(at, cluster.as_ref().clone());
             }
         }
-        for ((gateway, listener), entries) in &fragment.placements.http {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            insert_entries(orders.http.entry(*listener).or_default(), &mut served.http_routes, entries);
+        for ((_, listener), entries) in fragment.placements.http.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            let keys = self.orders.http.entry(*listener).or_default();
+            insert_entries(keys, &mut served.http_routes, &mut edits.http_routes, entries);
         }
-        for ((gateway, listener), entries) in &fragment.placements.l4 {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            let keys = orders.l4.entry(*listener).or_default();
+        for ((_, listener), entries) in fragment.placements.l4.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            let keys = self.orders.l4.entry(*listener).or_default();
             for (age, rules) in entries {
                 let at = keys.partition_point(|k| k <= age);
                 keys.splice(at..at, std::iter::repeat_n(age.clone(), rules.len()));
-                let udp = served.protocol == Protocol::Udp as i32;
                 let rules = rules.iter().cloned();
-                if udp {
-                    let at = at.min(served.udp_routes.len());
-                    served
-                        .udp_routes
-                        .splice(at..at, rules.map(|L4Rule { name, backends }| UdpRoute { name, backends }));
+                if served.protocol == Protocol::Udp as i32 {
+                    let list = &mut served.udp_routes;
+                    let at = at.min(list.len());
+                    edits.udp_routes.splice(list.len(), at, 0);
+                    list.splice(at..at, rules.map(|L4Rule { name, backends }| UdpRoute { name, backends }));
                 } else {
-                    let at = at.min(served.tcp_routes.len());
-                    served
-                        .tcp_routes
-                        .splice(at..at, rules.map(|L4Rule { name, backends }| TcpRoute { name, backends }));
+                    let list = &mut served.tcp_routes;
+                    let at = at.min(list.len());
+                    edits.tcp_routes.splice(list.len(), at, 0);
+                    list.splice(at..at, rules.map(|L4Rule { name, backends }| TcpRoute { name, backends }));
                 }
             }
         }
-        for ((gateway, listener), entries) in &fragment.placements.tls {
-            let Some(orders) = output.orders.get_mut(gateway) else { continue };
-            let Some(served) = self.snapshot_listener(snapshots, gateway, *listener) else { continue };
-            insert_entries(orders.tls.entry(*listener).or_default(), &mut served.tls_routes, entries);
+        for ((_, listener), entries) in fragment.placements.tls.iter().filter(|((g, _), _)| g == self.gateway) {
+            let Some(at) = self.served(*listener) else { continue };
+            let (served, edits) = (&mut self.snapshot.listeners[at], &mut self.edits.listeners[at]);
+            let keys = self.orders.tls.entry(*listener).or_default();
+            insert_entries(keys, &mut served.tls_routes, &mut edits.tls_routes, entries);
         }
     }
 }
@@ -389,6 +405,7 @@ fn remove_entries<O: Ord, R: PartialEq>(
     orders: &mut BTreeMap<usize, Vec<O>>,
     listener: usize,
     routes: &mut Vec<R>,
+    edits: &mut ListEdits,
     entries: &[(O, R)],
 ) {
     let Some(keys) = orders.get_mut(&listener) else { return };
@@ -397,6 +414,7 @@ fn remove_entries<O: Ord, R: PartialEq>(
         let found = (start..keys.len()).take_while(|&i| keys[i] == *order).find(|&i| routes.get(i) == Some(route));
         if let Some(at) = found {
             keys.remove(at);
+            edits.splice(routes.len(), at, 1);
             routes.remove(at);
         }
     }
@@ -407,21 +425,17 @@ fn remove_entries<O: Ord, R: PartialEq>(
 
 /// Puts `entries` into a listener's list (`routes`, parallel to `keys`), each after those
 /// with an equal or lower order key.
-fn insert_entries<O: Ord + Clone, R: Clone>(keys: &mut Vec<O>, routes: &mut Vec<R>, entries: &[(O, R)]) {
+fn insert_entries<O: Ord + Clone, R: Clone>(
+    keys: &mut Vec<O>,
+    routes: &mut Vec<R>,
+    edits: &mut ListEdits,
+    entries: &[(O, R)],
+) {
     for (order, route) in entries {
         let at = keys.partition_point(|k| k <= order);
         keys.insert(at, order.clone());
-        routes.insert(at.min(routes.len()), route.clone());
-    }
-}
-
-/// Counts one more use of `cluster`; the first puts it in the snapshot (sorted by name).
-fn add_cluster(orders: &mut Orders, snapshot: &mut Snapshot, cluster: &Arc<Cluster>) {
-    let uses = orders.cluster_uses.entry(cluster.name.clone()).or_default();
-    *uses += 1;
-    if *uses == 1
-        && let Err(at) = snapshot.clusters.binary_search_by(|c| c.name.as_str().cmp(&cluster.name))
-    {
-        snapshot.clusters.insert(at, cluster.as_ref().clone());
+        let at = at.min(routes.len());
+        edits.splice(routes.len(), at, 0);
+        routes.insert(at, route.clone());
     }
 }

@@ -316,12 +316,15 @@ fn step(last: &mut Option<(World, Output)>, world: World) -> Path {
             return Path::Endpoints;
         }
         if let Some(patch) = routes_only(before, &world, output) {
-            let snapshots = patch
-                .gateways()
-                .into_iter()
-                .filter_map(|key| output.gateways.get_mut(&key).map(|g| (key, std::mem::take(&mut g.snapshot))))
-                .collect();
-            for (key, snapshot) in patch.patch_snapshots(output, snapshots) {
+            for key in patch.gateways() {
+                let Some(mut snapshot) = output.gateways.get_mut(&key).map(|g| std::mem::take(&mut g.snapshot)) else {
+                    continue;
+                };
+                let before = snapshot.clone();
+                let edits = patch.patch_snapshot(output, &key, &mut snapshot);
+                // The delta from the recorded edits makes the patched snapshot of the last.
+                let delta = edits.delta(&snapshot).expect("the edits describe the patched snapshot");
+                assert_eq!(sluice_snapshot::delta::apply(&before, &delta).unwrap(), snapshot, "{key}");
                 output.gateways.get_mut(&key).unwrap().snapshot = snapshot;
             }
             patch.patch_status(&mut output.status);
