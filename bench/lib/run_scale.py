@@ -2,6 +2,11 @@
 """Scale figures in standalone mode: controller and data-plane memory with N routes present,
 and the size of the snapshot the controller pushes.
 
+The data plane is the `sluice-dataplane` binary, as deployed in a cluster (its image runs
+that binary); DATAPLANE=sluice measures `sluice dataplane` instead, the one binary that
+standalone mode runs by default, whose resident code pages include the controller's
+(about 4 MB more).
+
 For each N: `sluice run` on a fresh directory with the Gateway, echo Service and N
 HTTPRoutes of bench/lib/run_propagation.py. Once the last route answers and SETTLE ms have
 passed, the resident memory (VmRSS) of the controller (`sluice run` itself) and of its data
@@ -19,6 +24,16 @@ COUNTS = [int(n) for n in os.environ.get("ROUTES", "5000 10000").split()]
 SETTLE = float(os.environ.get("SETTLE_MS", "3000")) / 1000
 CHANGES = int(os.environ.get("CHANGES", "10"))
 READY_LIMIT = float(os.environ.get("READY_LIMIT", "600"))
+DATAPLANE_BINARY = os.path.join(os.path.dirname(SLUICE), "sluice-dataplane")
+STANDALONE_BINARY = os.environ.get("DATAPLANE", "sluice-dataplane") == "sluice"
+
+
+DATAPLANE_LABEL = "sluice dataplane" if STANDALONE_BINARY else "sluice-dataplane"
+
+
+def dataplane_command():
+    """The data plane's command line start, without its arguments."""
+    return f'"{SLUICE}" dataplane' if STANDALONE_BINARY else f'"{DATAPLANE_BINARY}"'
 
 
 def snapshot_bytes(state):
@@ -39,7 +54,7 @@ def run(routes):
     # The data plane `sluice run` starts, plus --state-dir (the snapshot it keeps on disk).
     wrapper = os.path.join(work, "dataplane")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nexec "{SLUICE}" dataplane "$@" --state-dir "{state}"\n')
+        f.write(f'#!/bin/sh\nexec {dataplane_command()} "$@" --state-dir "{state}"\n')
     os.chmod(wrapper, stat.S_IRWXU)
     log = open(os.path.join(work, "sluice.log"), "w")
     started = time.perf_counter()
@@ -69,10 +84,11 @@ def run(routes):
 
 
 def main():
-    if not os.access(SLUICE, os.X_OK):
-        sys.exit(f"{SLUICE} is missing: cargo build --release -p sluice")
+    for binary in (SLUICE, DATAPLANE_BINARY):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"{binary} is missing: cargo build --release -p sluice -p sluice-dataplane")
     print(f"method: standalone `sluice run DIR --quiet` with N HTTPRoutes (one host, one PathPrefix rule, one "
-          f"Service backend each); VmRSS of the controller and its data plane {SETTLE * 1000:g} ms after the "
+          f"Service backend each); VmRSS of the controller and its data plane ({DATAPLANE_LABEL}) {SETTLE * 1000:g} ms after the "
           f"last route serves, and again after {CHANGES} more routes were added one at a time; snapshot = "
           f"protobuf the data plane applied (its --state-dir copy, header excluded)", flush=True)
     results = [run(n) for n in COUNTS]
