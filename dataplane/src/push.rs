@@ -206,7 +206,7 @@ struct Applier {
     snapshot: Option<Snapshot>,
     /// What the served tables were compiled with, position by position (see [`Layout`]).
     layout: Option<Layout>,
-    /// The digests of `snapshot`'s items (made when the first delta needs them): a
+    /// The digests of `snapshot`'s items (made once a whole snapshot is answered): a
     /// delta's result is hashed at the cost of its changes.
     digests: Option<Digests>,
     first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
@@ -294,6 +294,16 @@ impl Applier {
             "compiled"
         );
         Ok(version)
+    }
+
+    /// Digests the served snapshot if it has no digests yet (a whole snapshot was just
+    /// applied), so that hashing the next delta's result digests only what it inserts.
+    fn digest_served(&mut self) {
+        if self.digests.is_none()
+            && let Some(snapshot) = &self.snapshot
+        {
+            self.digests = Some(Digests::of(snapshot));
+        }
     }
 
     /// Applies a delta to the served snapshot. Returns the new version and the new
@@ -579,6 +589,8 @@ async fn session(
             }
         };
         sender.send(message(reply)).await?;
+        // Once answered: the first delta after a whole snapshot then costs its changes too.
+        applier.digest_served();
     }
 }
 
