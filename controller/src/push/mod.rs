@@ -308,8 +308,7 @@ impl PushServer {
         if let Some((_, stale)) = state.spare.take() {
             drop_elsewhere(stale);
         }
-        let new_address = address(&content);
-        let mut published = Published::new(version.clone(), content, digests);
+        let mut published = Published::new(version.clone(), content.clone(), digests);
         let base = state.current.borrow().clone();
         let mut sent = None;
         if let (Some(mut delta), Some(before), Some(base)) = (delta, &before, base)
@@ -325,31 +324,56 @@ impl PushServer {
         drop(gateways);
         self.progress_changed();
         drop(before);
-        self.keep_spare(gateway, old, sent, new_address);
+        self.keep_spare(gateway, old, sent, &content);
         Some(version)
     }
 
     /// Turns the content a publish replaced (`old`) into the next private copy of the new
-    /// content (at `new_address`) by applying the delta that was sent (made from `old`'s
-    /// content), if no stream holds it any more and that content is still current; else
-    /// frees it on another thread. O(the delta), where a copy would be O(the snapshot).
-    fn keep_spare(&self, gateway: &str, old: Option<Arc<Published>>, sent: Option<SnapshotDelta>, new_address: usize) {
+    /// content (`new`) by applying the delta that was sent (made from `old`'s content),
+    /// if no stream holds it any more: O(the delta). Otherwise (the first publish, a
+    /// stream still sending the old content) the copy is made on another thread, so that
+    /// the next edit need not wait for it.
+    fn keep_spare(&self, gateway: &str, old: Option<Arc<Published>>, sent: Option<SnapshotDelta>, new: &Arc<Snapshot>) {
         // Held elsewhere (a stream sending it): only a reference goes.
         let old_content = old.and_then(|old| Arc::try_unwrap(old).ok()).map(|old| old.content);
-        let Some(mut next) = old_content.and_then(|content| Arc::try_unwrap(content).ok()) else { return };
-        let Some(delta) = sent else { return drop_elsewhere(next) };
+        let next = old_content.and_then(|content| Arc::try_unwrap(content).ok());
+        let (Some(mut next), Some(delta)) = (next, sent) else {
+            return self.copy_elsewhere(gateway, new);
+        };
         if sluice_snapshot::delta::apply_in_place(&mut next, delta).is_err() {
-            return drop_elsewhere(next);
+            drop_elsewhere(next);
+            return self.copy_elsewhere(gateway, new);
         }
         next.version = None;
+        self.set_spare(gateway, address(new), next);
+    }
+
+    /// Makes the private copy of `content` on a blocking thread (when inside a runtime).
+    fn copy_elsewhere(&self, gateway: &str, content: &Arc<Snapshot>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (server, gateway, content) = (self.clone(), gateway.to_string(), content.clone());
+        drop(runtime.spawn_blocking(move || {
+            let copy = content.as_ref().clone();
+            let at = address(&content);
+            drop(content);
+            server.set_spare(&gateway, at, copy);
+        }));
+    }
+
+    /// Keeps `copy` as the private copy of the content at `at`, if that is still current
+    /// and has none.
+    fn set_spare(&self, gateway: &str, at: usize, copy: Snapshot) {
         let mut gateways = self.gateways();
         match gateways.get_mut(gateway) {
-            Some(state) if state.current.borrow().as_ref().is_some_and(|p| address(&p.content) == new_address) => {
-                state.spare = Some((new_address, next));
+            Some(state)
+                if state.spare.is_none()
+                    && state.current.borrow().as_ref().is_some_and(|p| address(&p.content) == at) =>
+            {
+                state.spare = Some((at, copy));
             }
             _ => {
                 drop(gateways);
-                drop_elsewhere(next);
+                drop_elsewhere(copy);
             }
         }
     }
@@ -389,8 +413,7 @@ impl PushServer {
         }
         let version = state.versioner.stamp_hash(hash)?;
         let content = Arc::new(edited);
-        let new_address = address(&content);
-        let mut published = Published::new(version.clone(), content, Arc::new(digests));
+        let mut published = Published::new(version.clone(), content.clone(), Arc::new(digests));
         let base = state.current.borrow().clone();
         let mut sent = None;
         if let Some(base) = base
@@ -406,7 +429,7 @@ impl PushServer {
         drop(gateways);
         self.progress_changed();
         drop(before);
-        self.keep_spare(gateway, old, sent, new_address);
+        self.keep_spare(gateway, old, sent, &content);
         Some(version)
     }
 
@@ -1147,6 +1170,20 @@ mod tests {
         // A whole publish makes its copy the same way, from the delta a comparison gave.
         server.publish("ns/gw", a.clone()).unwrap();
         assert!(spare(&server) == Some(a.clone()));
+    }
+
+    #[tokio::test]
+    async fn the_first_publish_makes_its_copy_on_another_thread() {
+        let server = PushServer::new();
+        let a = routes_snapshot(100, "a");
+        server.publish("ns/gw", a.clone()).unwrap();
+        for _ in 0..500 {
+            if spare(&server).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(spare(&server) == Some(a), "the copy of the first content");
     }
 
     #[test]
