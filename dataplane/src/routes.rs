@@ -604,7 +604,9 @@ pub fn compile_reusing(
         let table = ports.entry(port).or_default();
         table.protocol = Some(listener.protocol());
         let mut slots = Vec::with_capacity(listener.http_routes.len());
-        for (route, order) in listener.http_routes.iter().zip((1..).map(|i: u64| i * crate::host_index::ORDER_STEP)) {
+        for (route, order) in
+            listener.http_routes.iter().zip((1..).map(|i: u64| i.saturating_mul(crate::host_index::ORDER_STEP)))
+        {
             let broken_route = broken.get(&Piece::Route(route.name.clone()));
             if broken_route.is_none()
                 && let Some(reused) = reusable.as_ref().and_then(|r| r.route(&listener.name, route, &clusters))
