@@ -413,14 +413,16 @@ impl Applier {
     }
 }
 
-/// The snapshot with its long lists in allocations of their length. Decoding grows them by
+/// The snapshot with its long lists in allocations of about their length
+/// ([`crate::routes::with_room`]). Decoding grows them by
 /// doubling (8192 routes' room for 5000 routes: ~0.8 MB of the ~264-byte routes), and the
 /// snapshot is kept while it is served. Fresh allocations, as allocators keep a block in
 /// place when it shrinks by less than half.
 fn compact(mut snapshot: Snapshot) -> Snapshot {
     fn exact<T>(list: &mut Vec<T>) {
-        if list.capacity() > list.len() {
-            let mut fitted = Vec::with_capacity(list.len());
+        let room = crate::routes::with_room(list.len());
+        if list.capacity() > room {
+            let mut fitted = Vec::with_capacity(room);
             fitted.append(list);
             *list = fitted;
         }
