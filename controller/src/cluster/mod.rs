@@ -168,6 +168,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let addresses = apply::addresses(&last.output, &last.world, &stores.nodes.state());
         let progress_now = push.progress();
         let holds = reconciler.holds(&progress_now, |key| address_hold(last, &addresses, key));
+        let overlaid = std::time::Instant::now();
         let desired = status::Desired { status: reconcile::overlay(&last.status, &holds, &progress_now), addresses };
         // A new leader writes even an unchanged status (another may have written since).
         // So does any change of the watched objects, a status-only one included: the
@@ -182,6 +183,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
             }
             modified
         });
+        tracing::debug!(ms = overlaid.elapsed().as_secs_f64() * 1e3, "status overlaid");
     }
     tracing::info!("shutting down");
     stop_tx.send_replace(true);

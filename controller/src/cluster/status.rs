@@ -136,6 +136,11 @@ pub trait StatusCache {
     fn watched(&self, kind: Kind) -> bool;
     /// The object as the cache holds it; None if the cache does not have it.
     fn get(&self, id: &ObjectId) -> Option<Cached>;
+    /// Only the object's `resourceVersion` (cheaper than [`StatusCache::get`]); None if
+    /// the cache does not have the object.
+    fn version(&self, id: &ObjectId) -> Option<Option<String>> {
+        self.get(id).map(|c| c.resource_version)
+    }
 }
 
 /// Why a write failed.
@@ -215,12 +220,15 @@ impl StatusApi for KubeStatusApi {
     }
 }
 
+/// The cached object's status (as JSON, unless `with_status` is false: then null) and
+/// `resourceVersion`.
 fn cached<K: Resource, S: serde::Serialize>(
     object: Option<Arc<K>>,
+    with_status: bool,
     status: impl Fn(&K) -> Option<&S>,
 ) -> Option<Cached> {
     object.map(|o| Cached {
-        status: status(&o).and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null),
+        status: status(&o).filter(|_| with_status).and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null),
         resource_version: o.meta().resource_version.clone(),
     })
 }
@@ -239,19 +247,33 @@ impl StatusCache for Stores {
     }
 
     fn get(&self, id: &ObjectId) -> Option<Cached> {
+        self.cached(id, true)
+    }
+
+    fn version(&self, id: &ObjectId) -> Option<Option<String>> {
+        self.cached(id, false).map(|c| c.resource_version)
+    }
+}
+
+impl Stores {
+    fn cached(&self, id: &ObjectId, with_status: bool) -> Option<Cached> {
         use kube::runtime::reflector::ObjectRef;
         let key = &id.key;
         match id.kind {
-            Kind::GatewayClass => cached(self.gateway_classes.get(&ObjectRef::new(&key.name)), |o| o.status.as_ref()),
-            Kind::Gateway => cached(self.gateways.get(&within(key)), |o| o.status.as_ref()),
-            Kind::ListenerSet => cached(self.listener_sets.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
-            Kind::HttpRoute => cached(self.http_routes.get(&within(key)), |o| o.status.as_ref()),
-            Kind::GrpcRoute => cached(self.grpc_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
-            Kind::TcpRoute => cached(self.tcp_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
-            Kind::UdpRoute => cached(self.udp_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
-            Kind::TlsRoute => cached(self.tls_routes.as_ref()?.get(&within(key)), |o| o.status.as_ref()),
+            Kind::GatewayClass => {
+                cached(self.gateway_classes.get(&ObjectRef::new(&key.name)), with_status, |o| o.status.as_ref())
+            }
+            Kind::Gateway => cached(self.gateways.get(&within(key)), with_status, |o| o.status.as_ref()),
+            Kind::ListenerSet => {
+                cached(self.listener_sets.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref())
+            }
+            Kind::HttpRoute => cached(self.http_routes.get(&within(key)), with_status, |o| o.status.as_ref()),
+            Kind::GrpcRoute => cached(self.grpc_routes.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref()),
+            Kind::TcpRoute => cached(self.tcp_routes.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref()),
+            Kind::UdpRoute => cached(self.udp_routes.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref()),
+            Kind::TlsRoute => cached(self.tls_routes.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref()),
             Kind::BackendTlsPolicy => {
-                cached(self.backend_tls_policies.as_ref()?.get(&within(key)), |o| o.status.as_ref())
+                cached(self.backend_tls_policies.as_ref()?.get(&within(key)), with_status, |o| o.status.as_ref())
             }
         }
     }
@@ -312,6 +334,26 @@ fn desired_value(desired: &Desired, id: &ObjectId, base: &Value, now: &str) -> O
     })
 }
 
+/// Whether `a` and `b` want the same status on `id` (its entry, and for a Gateway its
+/// addresses).
+fn same_entry(a: &Desired, b: &Desired, id: &ObjectId) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
+    let (s, t, key) = (&a.status, &b.status, &id.key);
+    match id.kind {
+        Kind::GatewayClass => s.gateway_classes.get(&key.name) == t.gateway_classes.get(&key.name),
+        Kind::Gateway => s.gateways.get(key) == t.gateways.get(key) && a.addresses.get(key) == b.addresses.get(key),
+        Kind::ListenerSet => s.listener_sets.get(key) == t.listener_sets.get(key),
+        Kind::HttpRoute => s.http_routes.get(key) == t.http_routes.get(key),
+        Kind::GrpcRoute => s.grpc_routes.get(key) == t.grpc_routes.get(key),
+        Kind::TcpRoute => s.tcp_routes.get(key) == t.tcp_routes.get(key),
+        Kind::UdpRoute => s.udp_routes.get(key) == t.udp_routes.get(key),
+        Kind::TlsRoute => s.tls_routes.get(key) == t.tls_routes.get(key),
+        Kind::BackendTlsPolicy => s.backend_tls_policies.get(key) == t.backend_tls_policies.get(key),
+    }
+}
+
 /// True if resourceVersion `a` is older than `b`. The API server's are integers that
 /// grow (comparable since Kubernetes 1.35); anything else is not known to be older.
 fn older(a: Option<&str>, b: &str) -> bool {
@@ -364,7 +406,10 @@ pub struct WriterStats {
 /// (older `resourceVersion`), or what is being written if a write is in flight. An object
 /// that differs is marked dirty; a dirty object is written as soon as it has no write in
 /// flight and a slot is free, with the status computed then from the latest desired
-/// status, so a burst of changes becomes one write per object.
+/// status, so a burst of changes becomes one write per object. Only objects whose desired
+/// entry or cached `resourceVersion` changed since their last comparison (or that this
+/// writer is writing) are compared again: a route change among thousands costs one
+/// comparison, not thousands.
 pub struct Writer<A: StatusApi, C: StatusCache> {
     api: A,
     cache: C,
@@ -377,6 +422,13 @@ pub struct Writer<A: StatusApi, C: StatusCache> {
     /// on: written again after [`RETRY`], or as soon as the cache shows another version
     /// (after a conflict, the watch event of the change that caused it).
     failed: BTreeMap<ObjectId, Option<String>>,
+    /// Per object, the cache's `resourceVersion` when it was last compared, against the
+    /// entry it has in `compared_with`: an object whose entry and version are as they
+    /// were, and that has no write of this writer in flight, pending in the cache or
+    /// failed, keeps its verdict without being compared again (a comparison serializes
+    /// the cached status and renders the desired one).
+    compared: HashMap<ObjectId, Option<String>>,
+    compared_with: Option<Arc<Desired>>,
     retry_at: Option<tokio::time::Instant>,
     tasks: tokio::task::JoinSet<Done>,
     pub stats: WriterStats,
@@ -396,6 +448,8 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
             in_flight: HashMap::new(),
             wrote: HashMap::new(),
             failed: BTreeMap::new(),
+            compared: HashMap::new(),
+            compared_with: None,
             retry_at: None,
             tasks: tokio::task::JoinSet::new(),
             stats: WriterStats::default(),
@@ -419,6 +473,8 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         self.dirty.clear();
         self.failed.clear();
         self.wrote.clear();
+        self.compared.clear();
+        self.compared_with = None;
         self.desired = None;
         self.retry_at = None;
     }
@@ -472,20 +528,32 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         let Some(desired) = self.desired.clone() else {
             return;
         };
+        let started = std::time::Instant::now();
         let now = now();
+        let previous = self.compared_with.replace(desired.clone());
         let mut named = HashSet::new();
+        let mut compared = 0usize;
         for id in ids(&desired) {
             if !self.cache.watched(id.kind) {
                 continue;
             }
             named.insert(id.clone());
-            if let Some(version) = self.failed.get(&id) {
-                let now_cached = self.cache.get(&id).and_then(|c| c.resource_version);
-                if now_cached == *version {
+            let version = self.cache.version(&id).flatten();
+            if let Some(failed_at) = self.failed.get(&id) {
+                if version == *failed_at {
                     continue;
                 }
                 self.failed.remove(&id);
             }
+            let settled = !self.in_flight.contains_key(&id) && !self.wrote.contains_key(&id);
+            if settled
+                && self.compared.get(&id) == Some(&version)
+                && previous.as_ref().is_some_and(|previous| same_entry(previous, &desired, &id))
+            {
+                continue;
+            }
+            self.compared.insert(id.clone(), version);
+            compared += 1;
             let differs = match self.in_flight.get(&id) {
                 // Compared with what is being written.
                 Some(writing) => desired_value(&desired, &id, writing, &now).is_some_and(|v| !covers(writing, &v)),
@@ -503,6 +571,14 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         // Objects the desired status no longer names (deleted, no longer ours).
         self.dirty.retain(|id| named.contains(id));
         self.wrote.retain(|id, _| named.contains(id));
+        self.compared.retain(|id, _| named.contains(id));
+        tracing::debug!(
+            objects = named.len(),
+            compared,
+            dirty = self.dirty.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "status compared"
+        );
     }
 
     /// Starts writes of dirty objects while slots are free.
@@ -554,6 +630,8 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
     /// Records a finished write.
     pub fn complete(&mut self, done: Done) {
         self.in_flight.remove(&done.id);
+        // Compared again at the next comparison, whatever the write's outcome.
+        self.compared.remove(&done.id);
         self.stats.latency_total += done.took;
         self.stats.latency_max = self.stats.latency_max.max(done.took);
         match done.result {
@@ -907,6 +985,26 @@ mod tests {
         }
     }
 
+    /// A cache that counts the statuses read from it (not the versions).
+    #[derive(Clone)]
+    struct CountingCache {
+        inner: FakeCache,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl StatusCache for CountingCache {
+        fn watched(&self, _: Kind) -> bool {
+            true
+        }
+        fn get(&self, id: &ObjectId) -> Option<Cached> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.get(id)
+        }
+        fn version(&self, id: &ObjectId) -> Option<Option<String>> {
+            self.inner.get(id).map(|c| c.resource_version)
+        }
+    }
+
     impl FakeApi {
         fn bump(&self) -> String {
             (self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 100).to_string()
@@ -1003,6 +1101,49 @@ mod tests {
         settle(&mut writer).await;
         assert_eq!(api.writes().len(), 100);
         assert_eq!(writer.stats.writes, 100);
+    }
+
+    #[tokio::test]
+    async fn only_objects_whose_entry_or_cached_version_changed_are_compared_again() {
+        let api = FakeApi::default();
+        let cache = CountingCache { inner: api.cache.clone(), reads: Default::default() };
+        let mut writer = Writer::new(api.clone(), cache.clone(), 8);
+        writer.set_desired(desired(50, true));
+        settle(&mut writer).await;
+        // Every write's completion makes its object compared once more.
+        writer.set_desired(desired(50, true));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 50);
+        let reads = |cache: &CountingCache| cache.reads.swap(0, std::sync::atomic::Ordering::SeqCst);
+        reads(&cache);
+        // The same status again: nothing is read from the cache or written.
+        writer.set_desired(desired(50, true));
+        settle(&mut writer).await;
+        assert_eq!(reads(&cache), 0);
+        // One route's entry changed: that route alone is read (compared, then written).
+        let mut changed = (*desired(50, true)).clone();
+        let key = route("r7").key;
+        changed.status.http_routes.insert(key.clone(), desired(8, false).status.http_routes[&key].clone());
+        writer.set_desired(Arc::new(changed.clone()));
+        settle(&mut writer).await;
+        assert_eq!(reads(&cache), 2, "compared, then read for its write");
+        assert_eq!(api.writes().len(), 51);
+        assert_eq!(api.writes()[50].0, route("r7"));
+        // Someone else changed another route's status: its new version makes it compared
+        // and written back.
+        writer.set_desired(Arc::new(changed.clone()));
+        settle(&mut writer).await;
+        reads(&cache);
+        api.cache
+            .objects
+            .lock()
+            .unwrap()
+            .insert(route("r3"), Cached { status: json!({}), resource_version: Some("1".into()) });
+        writer.set_desired(Arc::new(changed));
+        settle(&mut writer).await;
+        assert_eq!(reads(&cache), 2);
+        assert_eq!(api.writes().len(), 52);
+        assert_eq!(api.writes()[51].0, route("r3"));
     }
 
     #[tokio::test]
