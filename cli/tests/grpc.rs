@@ -116,7 +116,7 @@ fn grpc_routes_route_calls_and_pass_statuses_trailers_and_streams() {
     let (world, skipped) = sluice_translate::World::from_manifests(&manifests(port, a, b));
     assert!(skipped.is_empty(), "{skipped:?}");
     let output = sluice_translate::translate(&world);
-    let route = &output.status.grpc_routes[&sluice_translate::ObjectKey::new("default", "echo")];
+    let route = output.status.grpc_routes.get(&sluice_translate::ObjectKey::new("default", "echo")).unwrap();
     assert!(route.parents[0].conditions.iter().all(|c| c.status == sluice_translate::ConditionStatus::True));
     let gateway = "default/gw";
     let snapshot = output.gateways.values().next().unwrap().snapshot.clone();

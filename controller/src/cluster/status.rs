@@ -286,21 +286,21 @@ fn within<K: Resource<DynamicType = ()>>(key: &ObjectKey) -> kube::runtime::refl
 
 /// Every object the desired status names.
 fn ids(desired: &Desired) -> Vec<ObjectId> {
-    fn of<'a, V: 'a>(kind: Kind, map: &'a BTreeMap<ObjectKey, V>) -> impl Iterator<Item = ObjectId> + 'a {
-        map.keys().map(move |key| ObjectId { kind, key: key.clone() })
+    fn of<'a>(kind: Kind, keys: impl Iterator<Item = &'a ObjectKey> + 'a) -> impl Iterator<Item = ObjectId> + 'a {
+        keys.map(move |key| ObjectId { kind, key: key.clone() })
     }
     let s = &desired.status;
     let classes =
         s.gateway_classes.keys().map(|n| ObjectId { kind: Kind::GatewayClass, key: ObjectKey::new("", n.clone()) });
     classes
-        .chain(of(Kind::Gateway, &s.gateways))
-        .chain(of(Kind::ListenerSet, &s.listener_sets))
-        .chain(of(Kind::HttpRoute, &s.http_routes))
-        .chain(of(Kind::GrpcRoute, &s.grpc_routes))
-        .chain(of(Kind::TcpRoute, &s.tcp_routes))
-        .chain(of(Kind::UdpRoute, &s.udp_routes))
-        .chain(of(Kind::TlsRoute, &s.tls_routes))
-        .chain(of(Kind::BackendTlsPolicy, &s.backend_tls_policies))
+        .chain(of(Kind::Gateway, s.gateways.keys()))
+        .chain(of(Kind::ListenerSet, s.listener_sets.keys()))
+        .chain(of(Kind::HttpRoute, s.http_routes.keys()))
+        .chain(of(Kind::GrpcRoute, s.grpc_routes.keys()))
+        .chain(of(Kind::TcpRoute, s.tcp_routes.keys()))
+        .chain(of(Kind::UdpRoute, s.udp_routes.keys()))
+        .chain(of(Kind::TlsRoute, s.tls_routes.keys()))
+        .chain(of(Kind::BackendTlsPolicy, s.backend_tls_policies.keys()))
         .collect()
 }
 
@@ -1123,7 +1123,7 @@ mod tests {
         // One route's entry changed: that route alone is read (compared, then written).
         let mut changed = (*desired(50, true)).clone();
         let key = route("r7").key;
-        changed.status.http_routes.insert(key.clone(), desired(8, false).status.http_routes[&key].clone());
+        changed.status.http_routes.insert(key.clone(), desired(8, false).status.http_routes.get(&key).unwrap().clone());
         writer.set_desired(Arc::new(changed.clone()));
         settle(&mut writer).await;
         assert_eq!(reads(&cache), 2, "compared, then read for its write");

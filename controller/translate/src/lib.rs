@@ -84,6 +84,7 @@ mod problems;
 mod route_patch;
 mod routes;
 mod rule_problems;
+mod shared_map;
 pub mod status;
 mod tlsroutes;
 mod translation;
@@ -100,6 +101,7 @@ pub use incremental::{endpoints_only, refresh_endpoints};
 pub use index::ObjectKey;
 pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use route_patch::{MAX_CHANGED, RoutePatch, routes_only};
+pub use shared_map::SharedMap;
 pub use status::{
     CONTROLLER_NAME, Condition, ConditionStatus, GatewayClassStatus, GatewayStatus, ListenerSetStatus, ListenerStatus,
     ParentRef, RouteGroupKind, RouteParentStatus, RouteStatus,
@@ -163,12 +165,12 @@ pub struct Status {
     /// ListenerSets whose parentRef names one of our Gateways.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub listener_sets: BTreeMap<ObjectKey, ListenerSetStatus>,
-    pub http_routes: BTreeMap<ObjectKey, RouteStatus>,
-    pub grpc_routes: BTreeMap<ObjectKey, RouteStatus>,
-    pub tcp_routes: BTreeMap<ObjectKey, RouteStatus>,
-    pub udp_routes: BTreeMap<ObjectKey, RouteStatus>,
-    pub tls_routes: BTreeMap<ObjectKey, RouteStatus>,
+    pub http_routes: SharedMap<ObjectKey, RouteStatus>,
+    pub grpc_routes: SharedMap<ObjectKey, RouteStatus>,
+    pub tcp_routes: SharedMap<ObjectKey, RouteStatus>,
+    pub udp_routes: SharedMap<ObjectKey, RouteStatus>,
+    pub tls_routes: SharedMap<ObjectKey, RouteStatus>,
     /// Every BackendTLSPolicy targeting a Service: Sluice's ancestors (none when no
     /// Gateway of Sluice's uses a targeted port).
-    pub backend_tls_policies: BTreeMap<ObjectKey, PolicyStatus>,
+    pub backend_tls_policies: SharedMap<ObjectKey, PolicyStatus>,
 }

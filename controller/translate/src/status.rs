@@ -386,15 +386,19 @@ mod tests {
         let set_listeners = &status.listener_sets[&set].listeners;
         assert_eq!(set_listeners[0].conditions[0].status, ConditionStatus::False);
         assert_eq!(set_listeners[1], before.listener_sets[&set].listeners[1]);
-        let bad = &status.http_routes[&ObjectKey::new("team-a", "bad")];
+        let bad = &status.http_routes.get(&ObjectKey::new("team-a", "bad")).unwrap();
         let partially = &bad.parents[0].conditions[1];
         assert_eq!((partially.type_.as_str(), partially.reason.as_str()), ("PartiallyInvalid", "UnsupportedValue"));
         assert_eq!(partially.message, "the data plane dropped rule 1: invalid regular expression; rule 2: bad path");
         assert_eq!(partially.observed_generation, 3);
-        assert_eq!(bad.parents[1], before.http_routes[&ObjectKey::new("team-a", "bad")].parents[1], "other Gateway");
         assert_eq!(
-            status.http_routes[&ObjectKey::new("team-b", "good")],
-            before.http_routes[&ObjectKey::new("team-b", "good")]
+            bad.parents[1],
+            before.http_routes.get(&ObjectKey::new("team-a", "bad")).unwrap().parents[1],
+            "other Gateway"
+        );
+        assert_eq!(
+            status.http_routes.get(&ObjectKey::new("team-b", "good")).unwrap(),
+            before.http_routes.get(&ObjectKey::new("team-b", "good")).unwrap()
         );
     }
 }

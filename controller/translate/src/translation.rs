@@ -48,11 +48,15 @@ pub(crate) struct Placements {
 pub fn translate(world: &World) -> Output {
     let mut output = Output::default();
     let mut pass = Translation::new(world, &mut output.status.gateway_classes);
-    pass.attach_routes(&world.http_routes, &mut output.status.http_routes);
-    pass.attach_routes(&world.grpc_routes, &mut output.status.grpc_routes);
-    pass.attach_routes(&world.tcp_routes, &mut output.status.tcp_routes);
-    pass.attach_routes(&world.udp_routes, &mut output.status.udp_routes);
-    pass.attach_routes(&world.tls_routes, &mut output.status.tls_routes);
+    let [mut http, mut grpc, mut tcp, mut udp, mut tls] = <[BTreeMap<ObjectKey, crate::RouteStatus>; 5]>::default();
+    pass.attach_routes(&world.http_routes, &mut http);
+    pass.attach_routes(&world.grpc_routes, &mut grpc);
+    pass.attach_routes(&world.tcp_routes, &mut tcp);
+    pass.attach_routes(&world.udp_routes, &mut udp);
+    pass.attach_routes(&world.tls_routes, &mut tls);
+    let status = &mut output.status;
+    (status.http_routes, status.grpc_routes, status.tcp_routes) = (http.into(), grpc.into(), tcp.into());
+    (status.udp_routes, status.tls_routes) = (udp.into(), tls.into());
     output.next_change_at = pass.index.next_change.get();
     pass.finish(&mut output);
     output
@@ -135,7 +139,7 @@ impl<'w> Translation<'w> {
 
     /// Orders every listener's routes and emits status and outputs per Gateway.
     fn finish(mut self, output: &mut Output) {
-        output.status.backend_tls_policies = self.cache.policies.status();
+        output.status.backend_tls_policies = self.cache.policies.status().into();
         let Placements { http, l4, tls } = std::mem::take(&mut self.placements);
         let mut orders: BTreeMap<ObjectKey, Orders> = BTreeMap::new();
         for ((gateway, listener), placed) in in_order(http) {
