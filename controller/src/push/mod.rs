@@ -84,6 +84,14 @@ impl GatewayProgress {
     /// `Ok(())` when every connected pod applied the current version (and at least one
     /// is connected); else why not, for the Gateway's `Programmed` condition message.
     pub fn programmed(&self) -> Result<(), String> {
+        self.programmed_from(None)
+    }
+
+    /// As [`GatewayProgress::programmed`], but a pod that applied `floor` or a later
+    /// version counts as programmed: the versions after `floor` changed only routes or
+    /// endpoints, which do not make a Gateway unprogrammed while they travel (a pod that
+    /// rejected one still does).
+    pub fn programmed_from(&self, floor: Option<u64>) -> Result<(), String> {
         let Some(version) = self.version else {
             return Err("no configuration has been published yet".into());
         };
@@ -96,8 +104,12 @@ impl GatewayProgress {
         {
             return Err(format!("data plane {pod} rejected version {rejected} and serves the previous one: {error}"));
         }
-        let behind: Vec<&str> =
-            connected.iter().filter(|(_, pod)| pod.applied != Some(version)).map(|(name, _)| name.as_str()).collect();
+        let needed = floor.map_or(version, |floor| floor.min(version));
+        let behind: Vec<&str> = connected
+            .iter()
+            .filter(|(_, pod)| pod.applied != Some(version) && pod.applied.is_none_or(|applied| applied < needed))
+            .map(|(name, _)| name.as_str())
+            .collect();
         if behind.is_empty() {
             Ok(())
         } else {
@@ -974,6 +986,19 @@ mod tests {
         let mut rejected = progress(Some(3), &[("a", Some(2), true)]);
         rejected.pods.get_mut("a").unwrap().rejected = Some((3, "bad regex".into()));
         assert!(rejected.programmed().unwrap_err().contains("rejected version 3"));
+    }
+
+    #[test]
+    fn versions_after_the_floor_do_not_unprogram_a_pod_that_applied_it() {
+        let travelling = progress(Some(5), &[("a", Some(3), true), ("b", Some(5), true)]);
+        assert!(travelling.programmed().is_err());
+        assert!(travelling.programmed_from(Some(3)).is_ok());
+        assert!(
+            travelling.programmed_from(Some(4)).unwrap_err().contains("waiting for data planes a to apply version 5")
+        );
+        let mut rejected = progress(Some(5), &[("a", Some(3), true)]);
+        rejected.pods.get_mut("a").unwrap().rejected = Some((5, "bad regex".into()));
+        assert!(rejected.programmed_from(Some(3)).unwrap_err().contains("rejected version 5"));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Reconciler {
     last: Option<Translated>,
     /// The Gateways published by the last translation.
     published: BTreeSet<String>,
+    /// Per Gateway, the generation its last translation published: later versions only
+    /// patched routes or endpoints, and a data plane that applied this one keeps the
+    /// Gateway `Programmed` while they travel (no flip to `Pending` per route change).
+    translated_at: BTreeMap<String, u64>,
     translations: u64,
     endpoint_refreshes: u64,
     route_patches: u64,
@@ -86,6 +90,7 @@ impl Reconciler {
             push,
             last: None,
             published: BTreeSet::new(),
+            translated_at: BTreeMap::new(),
             translations: 0,
             endpoint_refreshes: 0,
             route_patches: 0,
@@ -225,6 +230,7 @@ impl Reconciler {
             }
             // The snapshot moves to the push server; sinks need only the status.
             if let Some(version) = self.push.publish(&name, std::mem::take(&mut gateway.snapshot)) {
+                self.translated_at.insert(name.clone(), version.generation);
                 tracing::debug!(
                     gateway = name,
                     generation = version.generation,
@@ -237,6 +243,7 @@ impl Reconciler {
         }
         for gone in self.published.difference(&current) {
             self.push.remove(gone);
+            self.translated_at.remove(gone);
         }
         self.published = current;
         self.last = Some(Translated { world, output, status });
@@ -244,7 +251,8 @@ impl Reconciler {
 
     /// Per Gateway of the last translation, why its `Programmed` is held: the mode's own
     /// `precondition` first (no address yet, a data-plane process exited), then the
-    /// data planes' progress on the current version.
+    /// data planes' progress: on the version the last translation published (route and
+    /// endpoint patches published since do not hold it while they travel).
     pub fn holds(
         &self,
         progress: &BTreeMap<String, GatewayProgress>,
@@ -253,7 +261,9 @@ impl Reconciler {
         let mut holds = BTreeMap::new();
         for key in self.last.iter().flat_map(|t| t.output.gateways.keys()) {
             let hold = precondition(key).or_else(|| match progress.get(&key.to_string()) {
-                Some(progress) => progress.programmed().err().map(Hold::pending),
+                Some(progress) => {
+                    progress.programmed_from(self.translated_at.get(&key.to_string()).copied()).err().map(Hold::pending)
+                }
                 None => Some(Hold::pending("no configuration has been published yet")),
             });
             if let Some(hold) = hold {
@@ -492,6 +502,16 @@ spec:
             snapshot.version = push.content("infra/web").unwrap().version.clone();
             snapshot
         });
+
+        // A data plane that applied the translated version keeps the Gateway programmed
+        // while the patch travels; one that applied nothing yet does not.
+        let mut progress = push.progress();
+        let gateway = progress.get_mut("infra/web").unwrap();
+        let pod = |applied| PodProgress { applied, rejected: None, connected: true, dropped: Vec::new() };
+        gateway.pods.insert("pod".into(), pod(version));
+        assert!(reconciler.holds(&progress, |_| None).is_empty());
+        progress.get_mut("infra/web").unwrap().pods.insert("new".into(), pod(None));
+        assert_eq!(reconciler.holds(&progress, |_| None)[&ObjectKey::new("infra", "web")].reason, reason::PENDING);
 
         // And back: the route's entries and status are gone.
         assert_eq!(reconciler.refresh(true, || first.clone()), Refreshed::Routes);
