@@ -458,7 +458,8 @@ fn until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
 }
 
 /// Hostile clients: a ClientHello trickling in is cut at the deadline, garbage and an
-/// oversized ClientHello are refused at once; none gets a byte back.
+/// oversized ClientHello are refused at once; none gets a byte back. The deadline is 3 s so
+/// that "at once" (under 1.5 s) and "at the deadline" stay apart on a loaded CI machine.
 #[test]
 fn slow_garbage_and_oversized_client_hellos_are_cut_without_an_answer() {
     let backend = greeting_backend("plain");
@@ -469,9 +470,9 @@ fn slow_garbage_and_oversized_client_hellos_are_cut_without_an_answer() {
         clusters: vec![cluster("plain", &[backend])],
         ..Default::default()
     };
-    let plane = DataPlane::start_with(&snapshot, &["--tls-handshake-timeout-secs", "1"]);
+    let plane = DataPlane::start_with(&snapshot, &["--tls-handshake-timeout-secs", "3"]);
 
-    // A byte every 200 ms: the whole ClientHello would take far longer than 1 s.
+    // A byte every 200 ms: the whole ClientHello would take far longer than 3 s.
     let hello = client_hello("slow.example.com");
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let started = Instant::now();
@@ -489,7 +490,7 @@ fn slow_garbage_and_oversized_client_hellos_are_cut_without_an_answer() {
     let (received, closed) = until_closed(&mut slow);
     let took = closed - started;
     assert!(received.is_empty(), "{received:?}");
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(6000), "{took:?}");
     writer.join().unwrap();
 
     // Not TLS at all.
@@ -497,7 +498,7 @@ fn slow_garbage_and_oversized_client_hellos_are_cut_without_an_answer() {
     garbage.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
     let started = Instant::now();
     let (received, closed) = until_closed(&mut garbage);
-    assert!(received.is_empty() && closed - started < Duration::from_millis(500), "{received:?}");
+    assert!(received.is_empty() && closed - started < Duration::from_millis(1500), "{received:?}");
 
     // A handshake message announcing 48 KiB, in full records: refused at the size cap,
     // long before it is all sent.
@@ -516,7 +517,7 @@ fn slow_garbage_and_oversized_client_hellos_are_cut_without_an_answer() {
         }
     }
     let (received, closed) = if refused_while_sending { (Vec::new(), Instant::now()) } else { until_closed(&mut huge) };
-    assert!(received.is_empty() && closed - started < Duration::from_millis(500), "{received:?}");
+    assert!(received.is_empty() && closed - started < Duration::from_millis(1500), "{received:?}");
 
     // A well-behaved client is still served.
     let mut good = TcpStream::connect(("127.0.0.1", port)).unwrap();
