@@ -107,7 +107,7 @@ impl GatewayProgress {
         let needed = floor.map_or(version, |floor| floor.min(version));
         let behind: Vec<&str> = connected
             .iter()
-            .filter(|(_, pod)| pod.applied != Some(version) && pod.applied.is_none_or(|applied| applied < needed))
+            .filter(|(_, pod)| pod.applied.is_none_or(|applied| applied < needed))
             .map(|(name, _)| name.as_str())
             .collect();
         if behind.is_empty() {

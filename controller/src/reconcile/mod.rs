@@ -260,9 +260,10 @@ impl Reconciler {
     ) -> BTreeMap<ObjectKey, Hold> {
         let mut holds = BTreeMap::new();
         for key in self.last.iter().flat_map(|t| t.output.gateways.keys()) {
-            let hold = precondition(key).or_else(|| match progress.get(&key.to_string()) {
+            let name = key.to_string();
+            let hold = precondition(key).or_else(|| match progress.get(&name) {
                 Some(progress) => {
-                    progress.programmed_from(self.translated_at.get(&key.to_string()).copied()).err().map(Hold::pending)
+                    progress.programmed_from(self.translated_at.get(&name).copied()).err().map(Hold::pending)
                 }
                 None => Some(Hold::pending("no configuration has been published yet")),
             });
