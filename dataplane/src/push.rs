@@ -413,28 +413,12 @@ impl Applier {
     }
 }
 
-/// The snapshot with its long lists in allocations of about their length
-/// ([`crate::routes::with_room`]). Decoding grows them by
-/// doubling (8192 routes' room for 5000 routes: ~0.8 MB of the ~264-byte routes), and the
-/// snapshot is kept while it is served. Fresh allocations, as allocators keep a block in
-/// place when it shrinks by less than half.
+/// The snapshot with its long lists in allocations of about their length, with room for
+/// the next deltas ([`sluice_snapshot::room::fit_room`]): decoding grows them by doubling
+/// (8192 routes' room for 5000 routes: ~0.8 MB of the ~264-byte routes), and the snapshot
+/// is kept while it is served.
 fn compact(mut snapshot: Snapshot) -> Snapshot {
-    fn exact<T>(list: &mut Vec<T>) {
-        let room = crate::routes::with_room(list.len());
-        if list.capacity() > room {
-            let mut fitted = Vec::with_capacity(room);
-            fitted.append(list);
-            *list = fitted;
-        }
-    }
-    exact(&mut snapshot.listeners);
-    for listener in &mut snapshot.listeners {
-        exact(&mut listener.http_routes);
-        exact(&mut listener.tls_routes);
-        exact(&mut listener.tcp_routes);
-        exact(&mut listener.udp_routes);
-    }
-    exact(&mut snapshot.clusters);
+    sluice_snapshot::room::fit_room(&mut snapshot);
     snapshot
 }
 

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod edits;
 mod hash;
 mod origin;
+pub mod room;
 mod validate;
 
 pub use delta::DeltaError;

@@ -304,6 +304,8 @@ impl PushServer {
         // whose digests the delta edits (only changed items are digested). The delta is
         // kept only if that is still the one published when the new one is stamped.
         snapshot.version = None;
+        // Edited in place once it is replaced (the next private copy): room for insertions.
+        sluice_snapshot::room::make_room(&mut snapshot);
         let content = Arc::new(snapshot);
         let before = self.gateways().get(gateway).and_then(|state| state.current.borrow().clone());
         let delta = before.as_ref().map(|before| sluice_snapshot::delta::diff(&before.content, &content));
@@ -365,7 +367,7 @@ impl PushServer {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (server, gateway, content) = (self.clone(), gateway.to_string(), content.clone());
         drop(runtime.spawn_blocking(move || {
-            let copy = content.as_ref().clone();
+            let copy = sluice_snapshot::room::copy_with_room(&content);
             let at = address(&content);
             drop(content);
             server.set_spare(&gateway, at, copy);
@@ -407,7 +409,7 @@ impl PushServer {
         };
         let mut edited = match spare {
             Some((_, spare)) => spare,
-            None => before.content.as_ref().clone(),
+            None => sluice_snapshot::room::copy_with_room(&before.content),
         };
         let edits = edit(&mut edited);
         let Some(mut delta) = edits.delta(&edited) else {

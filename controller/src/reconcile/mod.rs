@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use sluice_snapshot::Snapshot;
 use sluice_translate::status::reason;
 use sluice_translate::{ObjectKey, Output, Status, World};
 
@@ -198,9 +199,13 @@ impl Reconciler {
         let started = Instant::now();
         self.endpoint_refreshes += 1;
         for name in &self.published {
-            let Some(content) = self.push.content(name) else { continue };
-            let Some(snapshot) = sluice_translate::refresh_endpoints(&world, services, &content) else { continue };
-            if let Some(version) = self.push.publish(name, snapshot) {
+            // A look at the clusters' names first: an edit needs a copy when none is kept.
+            let concerned = self.push.content(name).is_some_and(|c| sluice_translate::endpoints_concern(services, &c));
+            if !concerned {
+                continue;
+            }
+            let refresh = |snapshot: &mut Snapshot| sluice_translate::refresh_endpoints(&world, services, snapshot);
+            if let Some(version) = self.push.publish_edited(name, refresh) {
                 tracing::debug!(
                     gateway = name,
                     generation = version.generation,

@@ -6,8 +6,9 @@
 //!  before, after ─► endpoints_only ── None ─► translate(after)   (anything else changed)
 //!                        │ Some(Services whose slices changed)
 //!                        ▼
-//!  each published Snapshot ─► refresh_endpoints ─► the same Snapshot, those clusters'
-//!                                                  endpoints recomputed
+//!  each published Snapshot ─► refresh_endpoints ─► the same Snapshot edited in place:
+//!                                                  those clusters' endpoints recomputed
+//!                                                  (Edits say which, for the delta)
 //! ```
 //!
 //! The result equals a full translation of `after` (a property test drives random
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_snapshot::Snapshot;
+use sluice_snapshot::edits::Edits;
 
 use crate::World;
 use crate::backends::{endpoints, find_port};
@@ -47,13 +49,22 @@ pub fn endpoints_only(before: &World, after: &World, next_change_at: Option<i64>
     Some(services)
 }
 
-/// `snapshot` with the endpoints of the clusters of `services` recomputed from `world`'s
-/// EndpointSlices; None when no endpoint changed (then nothing is copied).
-pub fn refresh_endpoints(world: &World, services: &BTreeSet<ObjectKey>, snapshot: &Snapshot) -> Option<Snapshot> {
-    let concerned = |name: &str| cluster_service(name).filter(|(service, ..)| services.contains(service));
-    if !snapshot.clusters.iter().any(|c| concerned(&c.name).is_some()) {
-        return None;
+/// Whether `snapshot` has a cluster of one of `services` (whose endpoints
+/// [`refresh_endpoints`] would recompute): a look at its clusters' names, no copy.
+pub fn endpoints_concern(services: &BTreeSet<ObjectKey>, snapshot: &Snapshot) -> bool {
+    snapshot.clusters.iter().any(|c| cluster_service(&c.name).is_some_and(|(service, ..)| services.contains(&service)))
+}
+
+/// Recomputes, in place, the endpoints of `snapshot`'s clusters of `services` from
+/// `world`'s EndpointSlices, and says which clusters it replaced (none when no endpoint
+/// changed): the delta follows from the edits, as for a route patch. Only the clusters of
+/// `services` are looked at beyond their names.
+pub fn refresh_endpoints(world: &World, services: &BTreeSet<ObjectKey>, snapshot: &mut Snapshot) -> Edits {
+    let mut edits = Edits::new(snapshot);
+    if !endpoints_concern(services, snapshot) {
+        return edits;
     }
+    let concerned = |name: &str| cluster_service(name).filter(|(service, ..)| services.contains(service));
     let mut slices: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
     for slice in &world.endpoint_slices {
         if let Some(service) = service_of(slice).filter(|s| services.contains(s)) {
@@ -66,27 +77,19 @@ pub fn refresh_endpoints(world: &World, services: &BTreeSet<ObjectKey>, snapshot
         .map(|s| (ObjectKey::of(s.as_ref()), s.as_ref()))
         .filter(|(key, _)| services.contains(key))
         .collect();
-    let mut fresh = Vec::new();
-    for (at, cluster) in snapshot.clusters.iter().enumerate() {
+    let len = snapshot.clusters.len();
+    for (at, cluster) in snapshot.clusters.iter_mut().enumerate() {
         let Some((service, port, udp)) = concerned(&cluster.name) else { continue };
         // The Service is unchanged, so the port the cluster was built from is still there.
         let Some(service_port) = found.get(&service).and_then(|s| find_port(s, port, udp)) else { continue };
         let port_name = service_port.name.as_deref().unwrap_or_default();
         let endpoints = endpoints(slices.get(&service).map(Vec::as_slice).unwrap_or_default(), port_name);
         if endpoints != cluster.endpoints {
-            fresh.push((at, endpoints));
-        }
-    }
-    if fresh.is_empty() {
-        return None;
-    }
-    let mut snapshot = snapshot.clone();
-    for (at, endpoints) in fresh {
-        if let Some(cluster) = snapshot.clusters.get_mut(at) {
             cluster.endpoints = endpoints;
+            edits.clusters.splice(len, at, 1);
         }
     }
-    Some(snapshot)
+    edits
 }
 
 /// The Service of an EndpointSlice (label `kubernetes.io/service-name`).

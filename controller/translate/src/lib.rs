@@ -97,7 +97,7 @@ use sluice_snapshot::Snapshot;
 
 pub use classes::SUPPORTED_BUNDLE_VERSIONS;
 pub use features::SUPPORTED_FEATURES;
-pub use incremental::{endpoints_only, refresh_endpoints};
+pub use incremental::{endpoints_concern, endpoints_only, refresh_endpoints};
 pub use index::ObjectKey;
 pub use policies::{PolicyAncestorStatus, PolicyStatus};
 pub use route_patch::{MAX_CHANGED, RoutePatch, routes_only};

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use sluice_translate::{Output, World, endpoints_only, refresh_endpoints, routes_only, translate};
+use sluice_translate::{Output, World, endpoints_concern, endpoints_only, refresh_endpoints, routes_only, translate};
 
 const SERVICES: [(&str, &str); 4] = [("apps", "s0"), ("apps", "s1"), ("apps", "s2"), ("other", "s3")];
 
@@ -308,9 +308,15 @@ fn step(last: &mut Option<(World, Output)>, world: World) -> Path {
     if let Some((before, output)) = last.as_mut() {
         if let Some(services) = endpoints_only(before, &world, output.next_change_at) {
             for gateway in output.gateways.values_mut() {
-                if let Some(snapshot) = refresh_endpoints(&world, &services, &gateway.snapshot) {
-                    gateway.snapshot = snapshot;
-                }
+                let before = gateway.snapshot.clone();
+                let edits = refresh_endpoints(&world, &services, &mut gateway.snapshot);
+                assert!(
+                    endpoints_concern(&services, &before) || gateway.snapshot == before,
+                    "a snapshot no Service concerns was edited"
+                );
+                // The delta from the recorded edits makes the refreshed snapshot of the last.
+                let delta = edits.delta(&gateway.snapshot).expect("the edits describe the refreshed snapshot");
+                assert_eq!(sluice_snapshot::delta::apply(&before, &delta).unwrap(), gateway.snapshot);
             }
             *before = world;
             return Path::Endpoints;
