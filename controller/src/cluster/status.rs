@@ -141,6 +141,73 @@ pub trait StatusCache {
     fn version(&self, id: &ObjectId) -> Option<Option<String>> {
         self.get(id).map(|c| c.resource_version)
     }
+    /// The objects the cache saw change since the last call (see [`Journal::take`]); None
+    /// when that is not known and every object is to be compared.
+    fn touched(&self) -> Option<HashSet<ObjectId>> {
+        None
+    }
+}
+
+/// The objects whose watch events came since the status writer last looked, for kinds
+/// whose status Sluice writes: what the writer must compare again besides the entries of
+/// the desired status that changed. Bounded: past [`Journal::LIMIT`] objects, or after a
+/// relist, it says "everything".
+#[derive(Clone)]
+pub struct Journal {
+    state: Arc<std::sync::Mutex<JournalState>>,
+}
+
+struct JournalState {
+    ids: HashSet<ObjectId>,
+    /// Everything changed (the start, a relist, too many objects to name).
+    all: bool,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal { state: Arc::new(std::sync::Mutex::new(JournalState { ids: HashSet::new(), all: true })) }
+    }
+}
+
+impl Journal {
+    /// More objects than this since the writer last looked are recorded as "everything"
+    /// (a standby replica's writer never looks).
+    pub const LIMIT: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a watch event of `id`.
+    pub fn touch(&self, id: ObjectId) {
+        let mut state = self.lock();
+        if state.all {
+            return;
+        }
+        state.ids.insert(id);
+        if state.ids.len() > Self::LIMIT {
+            state.touch_all();
+        }
+    }
+
+    /// Records that any object may have changed (a relist).
+    pub fn touch_all(&self) {
+        self.lock().touch_all();
+    }
+
+    /// The objects recorded since the last call; None for "everything". Starts empty.
+    pub fn take(&self) -> Option<HashSet<ObjectId>> {
+        let mut state = self.lock();
+        let ids = std::mem::take(&mut state.ids);
+        (!std::mem::replace(&mut state.all, false)).then_some(ids)
+    }
+}
+
+impl JournalState {
+    fn touch_all(&mut self) {
+        self.all = true;
+        self.ids = HashSet::new();
+    }
 }
 
 /// Why a write failed.
@@ -253,6 +320,10 @@ impl StatusCache for Stores {
     fn version(&self, id: &ObjectId) -> Option<Option<String>> {
         self.cached(id, false).map(|c| c.resource_version)
     }
+
+    fn touched(&self) -> Option<HashSet<ObjectId>> {
+        self.journal.take()
+    }
 }
 
 impl Stores {
@@ -354,6 +425,52 @@ fn same_entry(a: &Desired, b: &Desired, id: &ObjectId) -> bool {
     }
 }
 
+/// Whether the desired status names `id`.
+fn names(desired: &Desired, id: &ObjectId) -> bool {
+    let (s, key) = (&desired.status, &id.key);
+    match id.kind {
+        Kind::GatewayClass => s.gateway_classes.contains_key(&key.name),
+        Kind::Gateway => s.gateways.contains_key(key),
+        Kind::ListenerSet => s.listener_sets.contains_key(key),
+        Kind::HttpRoute => s.http_routes.contains_key(key),
+        Kind::GrpcRoute => s.grpc_routes.contains_key(key),
+        Kind::TcpRoute => s.tcp_routes.contains_key(key),
+        Kind::UdpRoute => s.udp_routes.contains_key(key),
+        Kind::TlsRoute => s.tls_routes.contains_key(key),
+        Kind::BackendTlsPolicy => s.backend_tls_policies.contains_key(key),
+    }
+}
+
+/// The objects whose entries may differ between `a` and `b` (a superset): the keys of
+/// the small maps (GatewayClasses, Gateways and their addresses, ListenerSets) whose
+/// entries differ, and the route and policy entries either changed since the base they
+/// share. None when a route or policy map does not share its base with the other's (a
+/// translation, or changes folded into a new base): then everything is compared.
+fn changed_entries(a: &Desired, b: &Desired) -> Option<Vec<ObjectId>> {
+    fn differing<'a, K: Ord, V: PartialEq>(
+        a: &'a BTreeMap<K, V>,
+        b: &'a BTreeMap<K, V>,
+    ) -> impl Iterator<Item = &'a K> + 'a {
+        let only_b = b.keys().filter(|key| !a.contains_key(*key));
+        a.iter().filter(|(key, value)| b.get(*key) != Some(*value)).map(|(key, _)| key).chain(only_b)
+    }
+    let (s, t) = (&a.status, &b.status);
+    let id = |kind: Kind| move |key: &ObjectKey| ObjectId { kind, key: key.clone() };
+    let mut ids: Vec<ObjectId> = differing(&s.gateway_classes, &t.gateway_classes)
+        .map(|name| ObjectId { kind: Kind::GatewayClass, key: ObjectKey::new("", name.clone()) })
+        .collect();
+    ids.extend(differing(&s.gateways, &t.gateways).map(id(Kind::Gateway)));
+    ids.extend(differing(&a.addresses, &b.addresses).map(id(Kind::Gateway)));
+    ids.extend(differing(&s.listener_sets, &t.listener_sets).map(id(Kind::ListenerSet)));
+    ids.extend(s.http_routes.changed_keys(&t.http_routes)?.map(id(Kind::HttpRoute)));
+    ids.extend(s.grpc_routes.changed_keys(&t.grpc_routes)?.map(id(Kind::GrpcRoute)));
+    ids.extend(s.tcp_routes.changed_keys(&t.tcp_routes)?.map(id(Kind::TcpRoute)));
+    ids.extend(s.udp_routes.changed_keys(&t.udp_routes)?.map(id(Kind::UdpRoute)));
+    ids.extend(s.tls_routes.changed_keys(&t.tls_routes)?.map(id(Kind::TlsRoute)));
+    ids.extend(s.backend_tls_policies.changed_keys(&t.backend_tls_policies)?.map(id(Kind::BackendTlsPolicy)));
+    Some(ids)
+}
+
 /// True if resourceVersion `a` is older than `b`. The API server's are integers that
 /// grow (comparable since Kubernetes 1.35); anything else is not known to be older.
 fn older(a: Option<&str>, b: &str) -> bool {
@@ -386,6 +503,8 @@ pub struct Done {
 pub struct WriterStats {
     /// Successful writes.
     pub writes: u64,
+    /// Objects compared (their cached status read and the desired one rendered).
+    pub compared: u64,
     /// Writes refused because the object changed meanwhile (written again).
     pub conflicts: u64,
     /// Other failed writes (retried).
@@ -409,7 +528,9 @@ pub struct WriterStats {
 /// status, so a burst of changes becomes one write per object. Only objects whose desired
 /// entry or cached `resourceVersion` changed since their last comparison (or that this
 /// writer is writing) are compared again: a route change among thousands costs one
-/// comparison, not thousands.
+/// comparison, not thousands. Nor are the others looked at, when the cache names the
+/// objects its watch saw change ([`Journal`]) and the desired statuses share their route
+/// maps' base (see [`changed_entries`]): a pass then costs the change, not the objects.
 pub struct Writer<A: StatusApi, C: StatusCache> {
     api: A,
     cache: C,
@@ -429,6 +550,9 @@ pub struct Writer<A: StatusApi, C: StatusCache> {
     /// the cached status and renders the desired one).
     compared: HashMap<ObjectId, Option<String>>,
     compared_with: Option<Arc<Desired>>,
+    /// Objects to compare at the next comparison whatever else changed (a write finished,
+    /// a retry is due).
+    recheck: HashSet<ObjectId>,
     retry_at: Option<tokio::time::Instant>,
     tasks: tokio::task::JoinSet<Done>,
     pub stats: WriterStats,
@@ -450,6 +574,7 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
             failed: BTreeMap::new(),
             compared: HashMap::new(),
             compared_with: None,
+            recheck: HashSet::new(),
             retry_at: None,
             tasks: tokio::task::JoinSet::new(),
             stats: WriterStats::default(),
@@ -475,6 +600,7 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         self.wrote.clear();
         self.compared.clear();
         self.compared_with = None;
+        self.recheck.clear();
         self.desired = None;
         self.retry_at = None;
     }
@@ -487,7 +613,7 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
     /// The retry time came: compare again (failed writes included).
     pub fn retry(&mut self) {
         self.retry_at = None;
-        self.failed.clear();
+        self.recheck.extend(std::mem::take(&mut self.failed).into_keys());
         self.compare_all();
     }
 
@@ -523,7 +649,10 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         cached.map_or((Value::Null, None), |c| (c.status, c.resource_version))
     }
 
-    /// Marks dirty every object whose status differs from the desired one.
+    /// Marks dirty every object whose status differs from the desired one. Looks only at
+    /// the objects that can have changed since the last comparison when that is known (the
+    /// entries the desired status changed, the objects the watch saw change, and the ones
+    /// this writer is writing or wrote); otherwise at every object the desired status names.
     fn compare_all(&mut self) {
         let Some(desired) = self.desired.clone() else {
             return;
@@ -531,54 +660,98 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         let started = std::time::Instant::now();
         let now = now();
         let previous = self.compared_with.replace(desired.clone());
-        let mut named = HashSet::new();
+        let touched = self.cache.touched();
+        let recheck = std::mem::take(&mut self.recheck);
+        let candidates = match (touched, &previous) {
+            (Some(touched), Some(previous)) => changed_entries(previous, &desired).map(|changed| {
+                let mut candidates: HashSet<ObjectId> = touched;
+                candidates.extend(changed);
+                candidates.extend(recheck);
+                candidates.extend(self.in_flight.keys().cloned());
+                candidates.extend(self.wrote.keys().cloned());
+                candidates
+            }),
+            _ => None,
+        };
         let mut compared = 0usize;
-        for id in ids(&desired) {
-            if !self.cache.watched(id.kind) {
-                continue;
-            }
-            named.insert(id.clone());
-            let version = self.cache.version(&id).flatten();
-            if let Some(failed_at) = self.failed.get(&id) {
-                if version == *failed_at {
-                    continue;
+        let objects = match candidates {
+            Some(candidates) => {
+                let looked = candidates.len();
+                for id in candidates {
+                    if !names(&desired, &id) || !self.cache.watched(id.kind) {
+                        self.forget(&id);
+                        continue;
+                    }
+                    compared += usize::from(self.compare_one(id, &desired, previous.as_deref(), &now));
                 }
-                self.failed.remove(&id);
+                looked
             }
-            let settled = !self.in_flight.contains_key(&id) && !self.wrote.contains_key(&id);
-            if settled
-                && self.compared.get(&id) == Some(&version)
-                && previous.as_ref().is_some_and(|previous| same_entry(previous, &desired, &id))
-            {
-                continue;
-            }
-            self.compared.insert(id.clone(), version);
-            compared += 1;
-            let differs = match self.in_flight.get(&id) {
-                // Compared with what is being written.
-                Some(writing) => desired_value(&desired, &id, writing, &now).is_some_and(|v| !covers(writing, &v)),
-                None => {
-                    let (base, _) = self.base(&id);
-                    desired_value(&desired, &id, &base, &now).is_some_and(|v| !covers(&base, &v))
+            None => {
+                let mut named = HashSet::new();
+                for id in ids(&desired) {
+                    if !self.cache.watched(id.kind) {
+                        continue;
+                    }
+                    named.insert(id.clone());
+                    compared += usize::from(self.compare_one(id, &desired, previous.as_deref(), &now));
                 }
-            };
-            if differs {
-                self.dirty.insert(id);
-            } else {
-                self.dirty.remove(&id);
+                // Objects the desired status no longer names (deleted, no longer ours).
+                self.dirty.retain(|id| named.contains(id));
+                self.wrote.retain(|id, _| named.contains(id));
+                self.compared.retain(|id, _| named.contains(id));
+                named.len()
             }
-        }
-        // Objects the desired status no longer names (deleted, no longer ours).
-        self.dirty.retain(|id| named.contains(id));
-        self.wrote.retain(|id, _| named.contains(id));
-        self.compared.retain(|id, _| named.contains(id));
+        };
+        self.stats.compared += compared as u64;
         tracing::debug!(
-            objects = named.len(),
+            objects,
             compared,
             dirty = self.dirty.len(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "status compared"
         );
+    }
+
+    /// Compares one object the desired status names, unless its entry and cached version
+    /// are as they were at its last comparison and this writer has nothing of its own in
+    /// flight or pending for it; says whether it compared.
+    fn compare_one(&mut self, id: ObjectId, desired: &Desired, previous: Option<&Desired>, now: &str) -> bool {
+        let version = self.cache.version(&id).flatten();
+        if let Some(failed_at) = self.failed.get(&id) {
+            if version == *failed_at {
+                return false;
+            }
+            self.failed.remove(&id);
+        }
+        let settled = !self.in_flight.contains_key(&id) && !self.wrote.contains_key(&id);
+        if settled
+            && self.compared.get(&id) == Some(&version)
+            && previous.is_some_and(|previous| same_entry(previous, desired, &id))
+        {
+            return false;
+        }
+        self.compared.insert(id.clone(), version);
+        let differs = match self.in_flight.get(&id) {
+            // Compared with what is being written.
+            Some(writing) => desired_value(desired, &id, writing, now).is_some_and(|v| !covers(writing, &v)),
+            None => {
+                let (base, _) = self.base(&id);
+                desired_value(desired, &id, &base, now).is_some_and(|v| !covers(&base, &v))
+            }
+        };
+        if differs {
+            self.dirty.insert(id);
+        } else {
+            self.dirty.remove(&id);
+        }
+        true
+    }
+
+    /// Forgets an object the desired status no longer names (deleted, no longer ours).
+    fn forget(&mut self, id: &ObjectId) {
+        self.dirty.remove(id);
+        self.wrote.remove(id);
+        self.compared.remove(id);
     }
 
     /// Starts writes of dirty objects while slots are free.
@@ -632,6 +805,7 @@ impl<A: StatusApi, C: StatusCache> Writer<A, C> {
         self.in_flight.remove(&done.id);
         // Compared again at the next comparison, whatever the write's outcome.
         self.compared.remove(&done.id);
+        self.recheck.insert(done.id.clone());
         self.stats.latency_total += done.took;
         self.stats.latency_max = self.stats.latency_max.max(done.took);
         match done.result {
@@ -974,6 +1148,18 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeCache {
         objects: Arc<std::sync::Mutex<HashMap<ObjectId, Cached>>>,
+        /// When set, the cache names the objects that changed, as the watch does.
+        journal: Option<Journal>,
+    }
+
+    impl FakeCache {
+        /// Puts an object as a watch event would.
+        fn put(&self, id: ObjectId, cached: Cached) {
+            self.objects.lock().unwrap().insert(id.clone(), cached);
+            if let Some(journal) = &self.journal {
+                journal.touch(id);
+            }
+        }
     }
 
     impl StatusCache for FakeCache {
@@ -983,13 +1169,23 @@ mod tests {
         fn get(&self, id: &ObjectId) -> Option<Cached> {
             self.objects.lock().unwrap().get(id).cloned()
         }
+        fn touched(&self) -> Option<HashSet<ObjectId>> {
+            self.journal.as_ref().and_then(Journal::take)
+        }
     }
 
-    /// A cache that counts the statuses read from it (not the versions).
+    /// A cache that counts the statuses and the versions read from it.
     #[derive(Clone)]
     struct CountingCache {
         inner: FakeCache,
         reads: Arc<std::sync::atomic::AtomicUsize>,
+        versions: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl CountingCache {
+        fn new(inner: FakeCache) -> Self {
+            CountingCache { inner, reads: Default::default(), versions: Default::default() }
+        }
     }
 
     impl StatusCache for CountingCache {
@@ -1001,11 +1197,22 @@ mod tests {
             self.inner.get(id)
         }
         fn version(&self, id: &ObjectId) -> Option<Option<String>> {
+            self.versions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.get(id).map(|c| c.resource_version)
+        }
+        fn touched(&self) -> Option<HashSet<ObjectId>> {
+            self.inner.touched()
         }
     }
 
     impl FakeApi {
+        /// An API server whose cache names the objects that changed.
+        fn journaled() -> Self {
+            FakeApi {
+                cache: FakeCache { journal: Some(Journal::default()), ..FakeCache::default() },
+                ..Self::default()
+            }
+        }
         fn bump(&self) -> String {
             (self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 100).to_string()
         }
@@ -1030,14 +1237,13 @@ mod tests {
                 api.in_flight.fetch_sub(1, SeqCst);
                 let version = api.bump();
                 if api.conflicts.lock().unwrap().remove(&id) {
-                    let mut objects = api.cache.objects.lock().unwrap();
-                    let entry = objects.entry(id).or_insert(Cached { status: Value::Null, resource_version: None });
-                    entry.resource_version = Some(version);
+                    let status = api.cache.get(&id).map_or(Value::Null, |c| c.status);
+                    api.cache.put(id, Cached { status, resource_version: Some(version) });
                     return Err(WriteError::Conflict);
                 }
                 if !api.lagging {
                     let cached = Cached { status: body["status"].clone(), resource_version: Some(version.clone()) };
-                    api.cache.objects.lock().unwrap().insert(id, cached);
+                    api.cache.put(id, cached);
                 }
                 Ok(Some(version))
             }
@@ -1106,7 +1312,7 @@ mod tests {
     #[tokio::test]
     async fn only_objects_whose_entry_or_cached_version_changed_are_compared_again() {
         let api = FakeApi::default();
-        let cache = CountingCache { inner: api.cache.clone(), reads: Default::default() };
+        let cache = CountingCache::new(api.cache.clone());
         let mut writer = Writer::new(api.clone(), cache.clone(), 8);
         writer.set_desired(desired(50, true));
         settle(&mut writer).await;
@@ -1227,5 +1433,123 @@ mod tests {
         writer.stop();
         settle(&mut writer).await;
         assert!(api.writes().is_empty());
+    }
+
+    /// `desired` with route `name`'s entry Accepted (or not): a copy sharing the base.
+    fn with_route(desired: &Desired, name: &str, accepted: bool) -> Arc<Desired> {
+        let mut changed = desired.clone();
+        let key = route(name).key;
+        let entry = self::desired(1, accepted).status.http_routes.get(&route("r0").key).cloned().unwrap();
+        changed.status.http_routes.insert(key, entry);
+        Arc::new(changed)
+    }
+
+    #[tokio::test]
+    async fn with_a_journal_a_pass_looks_only_at_changed_entries_and_touched_objects() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let api = FakeApi::journaled();
+        let cache = CountingCache::new(api.cache.clone());
+        let mut writer = Writer::new(api.clone(), cache.clone(), 8);
+        let first = desired(1000, true);
+        writer.set_desired(first.clone());
+        settle(&mut writer).await;
+        writer.set_desired(first.clone());
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 1000);
+        let looked = |cache: &CountingCache| cache.versions.swap(0, SeqCst);
+        looked(&cache);
+        // The same status again (a watch event of some other object): nothing is looked at.
+        writer.set_desired(first.clone());
+        settle(&mut writer).await;
+        assert_eq!(looked(&cache), 0);
+        // One route's entry changed: that route alone is looked at and written.
+        let second = with_route(&first, "r7", false);
+        writer.set_desired(second.clone());
+        settle(&mut writer).await;
+        assert_eq!(looked(&cache), 1);
+        assert_eq!(api.writes().len(), 1001);
+        assert_eq!(api.writes()[1000].0, route("r7"));
+        // Its write's watch event: r7 is looked at again, and found written.
+        writer.set_desired(second.clone());
+        settle(&mut writer).await;
+        assert_eq!(looked(&cache), 1);
+        assert_eq!(api.writes().len(), 1001);
+        // Someone else changed r3's status: the watch names it, it is written back.
+        api.cache.put(route("r3"), Cached { status: json!({}), resource_version: Some("1".into()) });
+        writer.set_desired(second.clone());
+        settle(&mut writer).await;
+        assert_eq!(looked(&cache), 1);
+        assert_eq!(api.writes().len(), 1002);
+        assert_eq!(api.writes()[1001].0, route("r3"));
+        writer.set_desired(second.clone());
+        settle(&mut writer).await;
+        // A route no longer named is forgotten, not written; a watch event of an object the
+        // desired status does not name writes nothing either.
+        let mut third = (*second).clone();
+        third.status.http_routes.remove(&route("r5").key);
+        api.cache.put(route("elsewhere"), Cached { status: json!({}), resource_version: Some("2".into()) });
+        writer.set_desired(Arc::new(third.clone()));
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 1002);
+        assert!(!writer.compared.contains_key(&route("r5")));
+        // Many changes, folded into new bases along the way (then one whole pass each):
+        // every change is written once, and the passes look at far fewer than all objects.
+        looked(&cache);
+        let mut current = Arc::new(third);
+        for i in 0..200 {
+            current = with_route(&current, &format!("r{}", 10 + i % 50), (i / 50) % 2 == 1);
+            writer.set_desired(current.clone());
+            settle(&mut writer).await;
+        }
+        assert_eq!(api.writes().len(), 1002 + 200);
+        let looked_at = looked(&cache);
+        assert!(looked_at < 10 * 1000, "{looked_at} objects looked at for 200 changes of 1000");
+    }
+
+    #[tokio::test]
+    async fn with_a_journal_a_failed_write_is_retried_and_a_stopped_writer_compares_all_again() {
+        let api = FakeApi::journaled();
+        let mut writer = Writer::new(api.clone(), api.cache.clone(), 4);
+        let first = desired(3, true);
+        writer.set_desired(first.clone());
+        settle(&mut writer).await;
+        let changed = with_route(&first, "r1", false);
+        writer.set_desired(changed.clone());
+        writer.start();
+        let before = api.cache.get(&route("r1")).unwrap();
+        let done = writer.next_done().await.unwrap();
+        // As if the API server had refused it: the cache keeps what it had.
+        api.cache.objects.lock().unwrap().insert(route("r1"), before);
+        writer.complete(Done { result: Err(WriteError::Other("refused".into())), ..done });
+        writer.set_desired(changed.clone());
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 4, "waits for the retry time");
+        writer.retry();
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 5, "written at the retry, though nothing else changed");
+        // Stopped (no longer leading) and started again: everything is compared.
+        writer.stop();
+        api.cache.objects.lock().unwrap().clear();
+        writer.set_desired(changed);
+        settle(&mut writer).await;
+        assert_eq!(api.writes().len(), 8);
+    }
+
+    #[test]
+    fn a_journal_names_what_was_touched_and_past_its_limit_everything() {
+        let journal = Journal::default();
+        assert_eq!(journal.take(), None, "everything at the start");
+        assert_eq!(journal.take(), Some(HashSet::new()));
+        journal.touch(route("a"));
+        journal.touch(route("a"));
+        assert_eq!(journal.take(), Some(HashSet::from([route("a")])));
+        for i in 0..=Journal::LIMIT {
+            journal.touch(route(&format!("r{i}")));
+        }
+        assert_eq!(journal.take(), None);
+        journal.touch(route("b"));
+        journal.touch_all();
+        assert_eq!(journal.take(), None, "a relist");
+        assert_eq!(journal.take(), Some(HashSet::new()));
     }
 }

@@ -33,8 +33,10 @@ use sluice_gateway_api::referencegrants::ReferenceGrant;
 use sluice_gateway_api::tcproutes::TcpRoute;
 use sluice_gateway_api::tlsroutes::TlsRoute;
 use sluice_gateway_api::udproutes::UdpRoute;
-use sluice_translate::World;
+use sluice_translate::{ObjectKey, World};
 use tokio::sync::Notify;
+
+use super::status::{Journal, Kind, ObjectId};
 
 /// How watch events wake the reconcile loop.
 #[derive(Clone, Default)]
@@ -73,6 +75,9 @@ pub struct Stores {
     pub crd_bundle_version: Option<String>,
     /// What the translator reads of the kinds whose status Sluice writes.
     pub views: Views,
+    /// The objects of those kinds whose watch events came since the status writer last
+    /// compared.
+    pub journal: Journal,
 }
 
 /// The [`View`] of each kind whose status Sluice writes (None: its CRD is not installed).
@@ -114,6 +119,7 @@ impl Stores {
     /// only if their CRD is installed.
     pub async fn start(client: &Client, signals: Signals) -> Result<Stores> {
         let changed = signals.changed.clone();
+        let journal = Journal::default();
         let crd_bundle_version = bundle_version(client).await;
         tracing::info!(
             found = crd_bundle_version.as_deref().unwrap_or("(unknown)"),
@@ -121,7 +127,7 @@ impl Stores {
             "Gateway API CRDs"
         );
         let listener_sets = if installed::<ListenerSet>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!(
                 "the ListenerSet v1 CRD (Gateway API v1.5 or later) is not installed: ListenerSets are not served"
@@ -129,19 +135,19 @@ impl Stores {
             None
         };
         let grpc_routes = if installed::<GrpcRoute>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!("the GRPCRoute v1 CRD is not installed: GRPCRoutes are not served");
             None
         };
         let backend_tls_policies = if installed::<BackendTlsPolicy>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!("the BackendTLSPolicy v1 CRD is not installed: backends are reached without TLS");
             None
         };
         let tcp_routes = if installed::<TcpRoute>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!(
                 "the TCPRoute v1 CRD (Gateway API v1.6 or later) is not installed: TCPRoutes are not served"
@@ -149,7 +155,7 @@ impl Stores {
             None
         };
         let udp_routes = if installed::<UdpRoute>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!(
                 "the UDPRoute v1 CRD (Gateway API v1.6 or later) is not installed: UDPRoutes are not served"
@@ -157,7 +163,7 @@ impl Stores {
             None
         };
         let tls_routes = if installed::<TlsRoute>(client).await {
-            Some(watch_status(client, &signals))
+            Some(watch_status(client, &signals, &journal))
         } else {
             tracing::warn!(
                 "the TLSRoute v1 CRD (Gateway API v1.5 or later) is not installed: TLSRoutes are not served"
@@ -170,9 +176,9 @@ impl Stores {
             tracing::warn!("the ProxyConfig CRD is not installed: GatewayClass/Gateway parametersRefs cannot resolve");
             None
         };
-        let (gateway_classes, gateway_class_view) = watch_status(client, &signals);
-        let (gateways, gateway_view) = watch_status(client, &signals);
-        let (http_routes, http_route_view) = watch_status(client, &signals);
+        let (gateway_classes, gateway_class_view) = watch_status(client, &signals, &journal);
+        let (gateways, gateway_view) = watch_status(client, &signals, &journal);
+        let (http_routes, http_route_view) = watch_status(client, &signals, &journal);
         let views = Views {
             gateway_classes: gateway_class_view,
             gateways: gateway_view,
@@ -207,6 +213,7 @@ impl Stores {
             nodes: watch(client, watcher::Config::default(), &changed),
             crd_bundle_version,
             views,
+            journal,
         };
         let ready = async {
             stores.gateway_classes.wait_until_ready().await?;
@@ -352,16 +359,57 @@ where
 /// A reflector for a kind whose status Sluice writes, and its [`View`]: events that change
 /// only the status (see [`fingerprint`]) wake [`Signals::observed`], the others
 /// [`Signals::changed`].
-fn watch_status<K>(client: &Client, signals: &Signals) -> (Store<K>, View<K>)
+/// Each event is also recorded in `journal` for the status writer.
+fn watch_status<K>(client: &Client, signals: &Signals, journal: &Journal) -> (Store<K>, View<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Trim + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + StatusKind
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Trim
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let view = View::default();
     let events = view.clone();
-    let store =
-        reflect(client, watcher::Config::default(), signals.clone(), |_: &mut K| {}, move |event| events.event(event));
+    let journal = journal.clone();
+    let classify = move |event: &watcher::Event<K>| {
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                let (namespace, name) = identity(object);
+                journal.touch(ObjectId { kind: K::KIND, key: ObjectKey::new(namespace, name) });
+            }
+            // The store swaps in the relisted objects at its end.
+            watcher::Event::InitDone => journal.touch_all(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+        events.event(event)
+    };
+    let store = reflect(client, watcher::Config::default(), signals.clone(), |_: &mut K| {}, classify);
     (store, view)
 }
+
+/// The [`Kind`] of the status writer for a watched type.
+pub trait StatusKind {
+    const KIND: Kind;
+}
+
+macro_rules! status_kind {
+    ($($type:ty => $kind:ident),*) => {
+        $(impl StatusKind for $type {
+            const KIND: Kind = Kind::$kind;
+        })*
+    };
+}
+
+status_kind!(
+    GatewayClass => GatewayClass, Gateway => Gateway, ListenerSet => ListenerSet, HttpRoute => HttpRoute,
+    GrpcRoute => GrpcRoute, TcpRoute => TcpRoute, UdpRoute => UdpRoute, TlsRoute => TlsRoute,
+    BackendTlsPolicy => BackendTlsPolicy
+);
 
 /// What a watch event wakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,19 @@ impl<K: Ord + Clone, V: Clone> SharedMap<K, V> {
         Arc::ptr_eq(&self.base, &other.base)
     }
 
+    /// The keys whose entries differ between `self` and `other` when they share their
+    /// base (found among the changes each made since: O(those changes)); None when they
+    /// do not.
+    pub fn changed_keys<'a>(&'a self, other: &'a Self) -> Option<impl Iterator<Item = &'a K> + 'a>
+    where
+        V: PartialEq,
+    {
+        let differs = |key: &&K| self.get(*key) != other.get(*key);
+        let ours = self.recent.keys().filter(differs);
+        let theirs = other.recent.keys().filter(|key| !self.recent.contains_key(*key)).filter(differs);
+        self.shares_base_with(other).then(|| ours.chain(theirs))
+    }
+
     fn fold_if_due(&mut self) {
         if self.recent.len() <= self.max_recent() {
             return;
@@ -268,6 +281,23 @@ mod tests {
                 prop_assert!(copy.iter().eq(model.iter()));
                 prop_assert_eq!(copy.len(), model.len());
                 prop_assert_eq!(copy == &map, model == &map.iter().map(|(k, v)| (*k, *v)).collect::<BTreeMap<_, _>>());
+                // Copies sharing the base name every key whose entry differs, and no other.
+                if let Some(changed) = copy.changed_keys(&map) {
+                    let changed: Vec<u16> = changed.copied().collect();
+                    let differing: Vec<u16> = model
+                        .keys()
+                        .chain(map.keys())
+                        .copied()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .filter(|key| copy.get(key) != map.get(key))
+                        .collect();
+                    let named: std::collections::BTreeSet<u16> = changed.iter().copied().collect();
+                    prop_assert_eq!(named.len(), changed.len(), "a key named twice");
+                    prop_assert_eq!(named.into_iter().collect::<Vec<_>>(), differing);
+                } else {
+                    prop_assert!(!copy.shares_base_with(&map));
+                }
             }
         }
     }
