@@ -1,7 +1,7 @@
 //! Kubernetes mode: the controller as it runs in a cluster.
 //!
 //! ```text
-//!  reflectors (watch.rs) ──input change──► debounce ──► World ──► reconcile::Reconciler
+//!  reflectors (watch.rs) ──input change──► intake ──► World ──► reconcile::Reconciler
 //!                        (a status-only change: no translation, the writer compares again)
 //!                                                                │ translate, publish
 //!     every replica:  push server (TLS, tokens.rs) ─► data-plane pods ─► progress
@@ -106,6 +106,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
     let mut progress = push.watch_progress();
     let mut deploy_retry: Option<tokio::time::Instant> = None;
     let mut was_leading = false;
+    let mut intake = Intake::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // When the clock alone changes the translation (a certificate expires).
@@ -120,7 +121,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
         let mut observed = false;
         tokio::select! {
             _ = signals.changed.notified() => {
-                settle(&signals.changed, options.debounce).await;
+                intake.take(&signals.changed, options.debounce).await;
                 inputs_changed = true;
             }
             _ = signals.observed.notified() => {
@@ -128,7 +129,7 @@ pub async fn run(mut options: Options, shutdown: impl std::future::Future<Output
                 tokio::select! {
                     _ = tokio::time::sleep(options.debounce) => observed = true,
                     _ = signals.changed.notified() => {
-                        settle(&signals.changed, options.debounce).await;
+                        intake.take(&signals.changed, options.debounce).await;
                         inputs_changed = true;
                     }
                 }
@@ -214,9 +215,32 @@ fn address_hold(
     })
 }
 
-/// How long the inputs must be quiet after a change before it is taken in: the objects of
-/// one `kubectl apply` arrive a few milliseconds apart.
+/// How long the inputs must be quiet after a change within a burst before it is taken in:
+/// concurrent writers' objects arrive a few milliseconds apart.
 const QUIET: Duration = Duration::from_millis(2);
+
+/// A change this long after the last one taken in starts no burst: it is taken in at once.
+/// (One `kubectl apply` sends its objects one request after another, each some
+/// milliseconds long: a quiet period shorter than that would not gather them anyway.)
+const IDLE: Duration = Duration::from_millis(50);
+
+/// When the loop takes in a change of the inputs: a lone change (none taken in for
+/// [`IDLE`]) at once, the changes of a burst together once the inputs are quiet
+/// ([`settle`]).
+#[derive(Default)]
+struct Intake {
+    last: Option<tokio::time::Instant>,
+}
+
+impl Intake {
+    async fn take(&mut self, changed: &tokio::sync::Notify, longest: Duration) {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < IDLE) {
+            settle(changed, longest).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
+}
 
 /// Waits after a change of the inputs until no other change came for [`QUIET`], or
 /// `longest` (`--debounce-ms`) passed since the first: a steady stream of changes is
@@ -247,5 +271,24 @@ mod tests {
         // Far longer than the quiet time: a lone change must not wait for it.
         settle(&changed, Duration::from_secs(30)).await;
         assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_change_is_taken_in_at_once_and_a_burst_once_quiet() {
+        let changed = tokio::sync::Notify::new();
+        let mut intake = Intake::default();
+        let started = tokio::time::Instant::now();
+        intake.take(&changed, Duration::from_secs(1)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "the first change waits for nothing");
+        // The next change soon after: part of a burst, taken in once the inputs are quiet.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let second = tokio::time::Instant::now();
+        intake.take(&changed, Duration::from_secs(1)).await;
+        assert!(second.elapsed() >= QUIET, "took {:?}", second.elapsed());
+        // After a quiet spell, a lone change again.
+        tokio::time::advance(IDLE).await;
+        let third = tokio::time::Instant::now();
+        intake.take(&changed, Duration::from_secs(1)).await;
+        assert_eq!(third.elapsed(), Duration::ZERO);
     }
 }
