@@ -213,7 +213,7 @@ def propagation(address):
             present = preload
         time.sleep(settle)
         latencies, errors, problems = [], 0, []
-        names, applies = [], []
+        names, applies, after_apply = [], [], []
         for i in range(probes):
             name = f"probe-{preload}-{i}"
             names.append(name)
@@ -226,6 +226,8 @@ def propagation(address):
             api.apply(ROUTES, obj)
             applies.append((time.perf_counter() - started) * 1000)
             seconds, bad, what = probe(address, host, started, limit)
+            if seconds is not None:
+                after_apply.append(seconds * 1000 - applies[-1])
             errors += bad
             problems += what
             if seconds is not None:
@@ -236,7 +238,8 @@ def propagation(address):
         # The apply request is part of each latency: the API server's share of the floor.
         print(f"  preloaded={preload} min_ms={min(latencies or [0]):.1f} mean_ms={statistics.mean(latencies or [0]):.1f} "
               f"answered={len(latencies)}/{probes} apply_request_p50_ms={percentile(applies, 0.5):.1f} "
-              f"apply_request_p99_ms={percentile(applies, 0.99):.1f}", flush=True)
+              f"apply_request_p99_ms={percentile(applies, 0.99):.1f} after_apply_p50_ms={percentile(after_apply, 0.5):.1f} "
+              f"after_apply_p99_ms={percentile(after_apply, 0.99):.1f}", flush=True)
         if os.environ.get("VERBOSE"):
             print("  latencies_ms (in probe order): " + " ".join(f"{v:.0f}" for v in latencies), flush=True)
         print(f"propagation-cluster preloaded={preload} p50_ms={percentile(latencies, 0.5):.1f} "

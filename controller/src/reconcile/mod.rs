@@ -138,6 +138,7 @@ impl Reconciler {
         if !self.needs_translation(inputs_changed, now) {
             return Refreshed::Nothing;
         }
+        let started = Instant::now();
         let mut world = world();
         world.now = Some(now);
         let endpoints_only = self
@@ -146,7 +147,7 @@ impl Reconciler {
             .and_then(|last| sluice_translate::endpoints_only(&last.world, &world, last.output.next_change_at));
         match endpoints_only {
             Some(services) => {
-                self.refresh_endpoints(world, &services);
+                self.refresh_endpoints(world, &services, started);
                 Refreshed::Endpoints
             }
             None => {
@@ -156,7 +157,7 @@ impl Reconciler {
                     .and_then(|last| sluice_translate::routes_only(&last.world, &world, &last.output));
                 match patch {
                     Some(patch) => {
-                        self.patch_routes(world, &patch);
+                        self.patch_routes(world, &patch, started);
                         Refreshed::Routes
                     }
                     None => {
@@ -169,9 +170,11 @@ impl Reconciler {
     }
 
     /// Patches the last output with a route change and republishes the Gateways it
-    /// concerns; `world` differs from the last one only in those routes.
-    fn patch_routes(&mut self, world: World, patch: &sluice_translate::RoutePatch) {
-        let started = Instant::now();
+    /// concerns; `world` differs from the last one only in those routes. (`started`: when
+    /// the refresh began, before the World was taken: the logged `published_ms` counts
+    /// from there.)
+    fn patch_routes(&mut self, world: World, patch: &sluice_translate::RoutePatch, started: Instant) {
+        let found_ms = started.elapsed().as_secs_f64() * 1e3;
         self.route_patches += 1;
         let Some(last) = self.last.as_mut() else { return };
         for key in patch.gateways() {
@@ -183,6 +186,7 @@ impl Reconciler {
                     gateway = name,
                     generation = version.generation,
                     routes = patch.len(),
+                    found_ms,
                     published_ms = started.elapsed().as_secs_f64() * 1e3,
                     "published routes"
                 );
@@ -195,8 +199,8 @@ impl Reconciler {
 
     /// Republishes the snapshots whose clusters use `services`, their endpoints
     /// recomputed from `world` (which differs from the last one only in EndpointSlices).
-    fn refresh_endpoints(&mut self, world: World, services: &BTreeSet<ObjectKey>) {
-        let started = Instant::now();
+    fn refresh_endpoints(&mut self, world: World, services: &BTreeSet<ObjectKey>, started: Instant) {
+        let found_ms = started.elapsed().as_secs_f64() * 1e3;
         self.endpoint_refreshes += 1;
         for name in &self.published {
             // A look at the clusters' names first: an edit needs a copy when none is kept.
@@ -210,6 +214,7 @@ impl Reconciler {
                     gateway = name,
                     generation = version.generation,
                     services = services.len(),
+                    found_ms,
                     published_ms = started.elapsed().as_secs_f64() * 1e3,
                     "published endpoints"
                 );
