@@ -36,7 +36,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use sluice_snapshot::{AppProtocol, HttpFilter, http_filter};
+use sluice_snapshot::{HttpFilter, http_filter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -526,6 +526,9 @@ impl Connection {
             || route.request_timeout_ms > 0
             || route.backend_timeout_ms > 0
             || route.retry.is_some()
+            // HTTP/2 and TLS to a backend are Pingora's: decided before the pick, which
+            // only one of the two paths may make.
+            || route.backends.pingora_only()
         {
             return Plan::HandOver;
         }
@@ -534,10 +537,6 @@ impl Connection {
         };
         let cluster = match target {
             Target::Status(status) => return answer(*status, Some(route.clone()), &path),
-            // HTTP/2 and TLS to the backend are Pingora's.
-            Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c || cluster.tls.is_some() => {
-                return Plan::HandOver;
-            }
             Target::Cluster(cluster) => cluster,
         };
         let Some((endpoint, in_flight)) = cluster.pick() else {

@@ -215,6 +215,10 @@ pub struct Backends {
     targets: Vec<(u32, Target, Vec<HttpFilter>)>,
     total_weight: u64,
     counter: AtomicUsize,
+    /// Some target is a cluster only Pingora's path reaches (HTTP/2 or TLS to the
+    /// backend), decided when the route is compiled: the HTTP/1.1 fast path hands the
+    /// route's requests over before picking, so each request is picked once.
+    pingora_only: bool,
 }
 
 /// One weighted backend of a route.
@@ -318,7 +322,16 @@ impl Backends {
 
     pub(crate) fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
         let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
-        Backends { targets, total_weight, counter: AtomicUsize::new(0) }
+        let pingora_only = targets.iter().any(|(_, target, _)| {
+            matches!(target, Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c || cluster.tls.is_some())
+        });
+        Backends { targets, total_weight, counter: AtomicUsize::new(0), pingora_only }
+    }
+
+    /// Whether some target is a cluster that only Pingora's path reaches (HTTP/2 or TLS
+    /// to the backend).
+    pub fn pingora_only(&self) -> bool {
+        self.pingora_only
     }
 
     /// Picks a target by smooth weighted rotation over the integer weights: deterministic,

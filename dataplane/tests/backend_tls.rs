@@ -12,7 +12,7 @@ use sluice_snapshot::{
     Certificate, HttpFilter, HttpMatch, HttpRoute, PathMatch, PathMatchType, RequestMirror, Snapshot, SubjectAltName,
     UpstreamTls, http_filter, subject_alt_name,
 };
-use support::{DataPlane, cluster, free_port, get, to};
+use support::{DataPlane, Echo, cluster, free_port, get, to};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Pki {
@@ -221,4 +221,50 @@ fn backends_are_reached_over_verified_tls_or_not_at_all() {
     // Every mirrored copy arrived over TLS (the backend only speaks TLS): a connection
     // per mirrored request at least, besides the proxied ones.
     assert!(connections.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+}
+
+/// A route split 1:1 between a TLS backend and a plain one keeps its weights for requests
+/// on new connections: the HTTP/1.1 fast path hands such a route over to Pingora before
+/// picking a backend, so each request is picked once (a pick on each path sent every
+/// first request of a connection to the same backend).
+#[test]
+fn a_route_split_between_a_tls_and_a_plain_backend_keeps_its_weights() {
+    let pki = pki();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let secure = tls_backend(&pki, &runtime, Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+    let plain = Echo::start("plain");
+    let port = free_port();
+    let mut split = route("/split", "secure");
+    split.backends = vec![to("secure", 1), to("plain", 1)];
+    let snapshot = Snapshot {
+        gateway: "test/gw".into(),
+        listeners: vec![sluice_snapshot::Listener {
+            name: "gateway/test/gw/listener/http".into(),
+            port: u32::from(port),
+            protocol: sluice_snapshot::Protocol::Http as i32,
+            http_routes: vec![split],
+            ..Default::default()
+        }],
+        clusters: vec![
+            cluster("plain", &[plain.port]),
+            sluice_snapshot::Cluster {
+                tls: Some(tls("secure", "abc.example.com", &pki.ca_pem, vec![], "")),
+                ..cluster("secure", &[secure])
+            },
+        ],
+        ..Default::default()
+    };
+    let _plane = DataPlane::start(&snapshot);
+    let (mut to_secure, mut to_plain) = (0, 0);
+    // Each request on its own connection (`connection: close`).
+    for _ in 0..40 {
+        let response = get(port, "x", "/split", &[]);
+        assert_eq!(response.status, 200, "{}", response.body);
+        if response.body.starts_with("sni=abc.example.com") {
+            to_secure += 1;
+        } else if response.echo("backend") == Some("plain") {
+            to_plain += 1;
+        }
+    }
+    assert_eq!((to_secure, to_plain), (20, 20));
 }
