@@ -27,7 +27,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sluice_snapshot::{ClientValidation, ClientValidationMode};
 
-use crate::proxy::Tables;
+use crate::routes::Tables;
 
 /// The client certificate validation of one HTTPS port, compiled.
 #[derive(Debug)]

@@ -45,10 +45,10 @@ use crate::deadline::DeadlineStream;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{
-    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, Tables, UNTRUSTED_FORWARDING, forwarded_for,
+    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, UNTRUSTED_FORWARDING, forwarded_for,
     host_of, rewrite_path,
 };
-use crate::routes::{Headers, InFlight, RequestView, Route, Target};
+use crate::routes::{Headers, InFlight, RequestView, Route, Tables, Target};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);

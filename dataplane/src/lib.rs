@@ -45,7 +45,8 @@ use pingora_core::server::Server;
 use sluice_snapshot::{Protocol, Snapshot};
 
 use crate::metrics::Metrics;
-use crate::proxy::{SluiceProxy, Tables};
+use crate::proxy::SluiceProxy;
+use crate::routes::Tables;
 use crate::routes::compile;
 
 #[derive(Parser, Debug)]

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::protocols::ALPN;
@@ -29,7 +28,7 @@ use crate::cors;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::retry;
-use crate::routes::{Compiled, Headers, RequestView, Route, Target, terminal_filter};
+use crate::routes::{Headers, RequestView, Route, Tables, Target, terminal_filter};
 
 /// Applies a header modifier (set, then add, then remove) to a request or response head;
 /// the two Pingora types share these methods but no trait.
@@ -46,9 +45,6 @@ macro_rules! modify_headers {
         }
     };
 }
-
-/// Shared, atomically swapped routing tables.
-pub type Tables = Arc<ArcSwap<Compiled>>;
 
 /// The Sluice HTTP proxy.
 pub struct SluiceProxy {

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::metrics::Metrics;
-use crate::proxy::Tables;
+use crate::routes::Tables;
 use crate::routes::{Layout, Previous, compile_reusing};
 
 /// Longest pause between two connection attempts.

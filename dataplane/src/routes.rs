@@ -208,6 +208,10 @@ enum ValueMatcher {
     Regex(Regex),
 }
 
+/// Shared, atomically swapped routing tables: the request paths load them once per
+/// request, the config sources swap them.
+pub type Tables = Arc<arc_swap::ArcSwap<Compiled>>;
+
 /// Where a route's traffic goes: weighted targets.
 #[derive(Debug, Default)]
 pub struct Backends {

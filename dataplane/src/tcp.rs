@@ -9,7 +9,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
-use crate::proxy::Tables;
+use crate::routes::Tables;
 use crate::routes::Target;
 
 /// Proxies the connections of one TCP port.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pingora_rustls::sign::CertifiedKey;
 use pingora_rustls::{ClientHello, ResolvesServerCert};
 
-use crate::proxy::Tables;
+use crate::routes::Tables;
 
 /// Picks the certificate for one TLS port by SNI.
 pub struct SniResolver {

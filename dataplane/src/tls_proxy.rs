@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::client_hello::{MAX_CLIENT_HELLO_BYTES, Replayed, read_client_hello};
 use crate::metrics::{TlsMetrics, TlsOutcome};
-use crate::proxy::Tables;
+use crate::routes::Tables;
 use crate::routes::Target;
 
 /// How long connecting to a backend may take.

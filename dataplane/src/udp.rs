@@ -25,7 +25,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::net::UdpSocket;
 
 use crate::metrics::UdpMetrics;
-use crate::proxy::Tables;
+use crate::routes::Tables;
 use crate::routes::{InFlight, Target};
 
 /// The largest UDP payload; every datagram is forwarded whole.
