@@ -1030,6 +1030,11 @@ fn upstream_head<'a>(
             incoming.get_or_insert_with(|| value.clone());
             continue;
         }
+        // The data plane's own goes out below (one set by a filter is replaced, as on
+        // Pingora's path).
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            continue;
+        }
         push_field(out, name, value);
     }
     let incoming = incoming.as_deref().map(String::from_utf8_lossy);

@@ -188,6 +188,28 @@ Forwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r
     }
 }
 
+/// A route filter that sets X-Forwarded-Proto does not make the field travel twice: the
+/// data plane's own value replaces it, on the fast path as on Pingora's.
+#[test]
+fn a_filter_set_x_forwarded_proto_is_replaced_not_doubled() {
+    use sluice_snapshot::{Header, HeaderModifier, HttpFilter, http_filter};
+    let a = Echo::start("a");
+    let port = free_port();
+    let mut snapshot = catch_all(port, a.port);
+    snapshot.listeners[0].http_routes[0].filters.push(HttpFilter {
+        kind: Some(http_filter::Kind::RequestHeaderModifier(HeaderModifier {
+            set: vec![Header { name: "X-Forwarded-Proto".into(), value: "https".into() }],
+            ..Default::default()
+        })),
+    });
+    let _plane = DataPlane::start(&snapshot);
+    let (response, _) =
+        exchange(port, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(3));
+    assert_eq!(response.status, 200, "{response:?}");
+    let sent: Vec<&str> = response.body.lines().filter(|line| line.starts_with("x-forwarded-proto:")).collect();
+    assert_eq!(sent, ["x-forwarded-proto: http"], "{}", response.body);
+}
+
 /// Sends `bytes`, then reads (and discards) until the server closes; returns how long it
 /// held the connection. Fails the test if that exceeds `limit`.
 fn held_for(port: u16, bytes: &[u8], limit: Duration) -> Duration {
