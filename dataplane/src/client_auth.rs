@@ -3,7 +3,7 @@
 //! CA bundle or mode applies to the next handshake and established connections stay.
 //!
 //! ```text
-//!  handshake ──► PortVerifier (the port's ClientAuth, loaded from the tables per call)
+//!  handshake ──► tls::PortVerifier (the port's ClientAuth, loaded from the tables per call)
 //!                  none ─────────────────► no CertificateRequest
 //!                  AllowValidOnly ───────► certificate required; one that does not chain
 //!                                          to the CA bundle fails the handshake
@@ -21,13 +21,9 @@
 
 use std::sync::Arc;
 
-use pingora_rustls::{ClientCertVerified, ClientCertVerifier, DigitallySignedStruct, SignatureScheme};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
+use pingora_rustls::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sluice_snapshot::{ClientValidation, ClientValidationMode};
-
-use crate::routes::Tables;
 
 /// The client certificate validation of one HTTPS port, compiled.
 #[derive(Debug)]
@@ -51,8 +47,14 @@ impl ClientAuth {
         Ok(ClientAuth { name: validation.name.clone(), mode, verifier: bundle.verifier })
     }
 
-    fn required(&self) -> bool {
+    /// Whether a valid client certificate is required (AllowValidOnly).
+    pub(crate) fn required(&self) -> bool {
         self.mode == ClientValidationMode::AllowValidOnly
+    }
+
+    /// The verifier of the CA bundle.
+    pub(crate) fn verifier(&self) -> &dyn ClientCertVerifier {
+        self.verifier.as_ref()
     }
 
     /// Whether a connection whose client presented `chain` (leaf first; None: no
@@ -68,85 +70,6 @@ impl ClientAuth {
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())
             .map_err(|error| format!("the client certificate is not valid: {error}"))
-    }
-}
-
-/// Asks for and checks client certificates on one port, by the port's current
-/// [`ClientAuth`].
-pub struct PortVerifier {
-    tables: Tables,
-    port: u16,
-    provider: Arc<CryptoProvider>,
-}
-
-impl PortVerifier {
-    pub fn new(tables: Tables, port: u16) -> PortVerifier {
-        PortVerifier { tables, port, provider: Arc::new(rustls::crypto::ring::default_provider()) }
-    }
-
-    fn current(&self) -> Option<Arc<ClientAuth>> {
-        self.tables.load().client_auth.get(&self.port).cloned()
-    }
-}
-
-impl std::fmt::Debug for PortVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortVerifier").field("port", &self.port).finish()
-    }
-}
-
-impl ClientCertVerifier for PortVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.current().is_some()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.current().is_some_and(|auth| auth.required())
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        // The hints would have to outlive the tables they come from; an empty list lets
-        // clients send any certificate they have.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Without a validation now (a snapshot removed it during this handshake) there
-        // is nothing to check the certificate against.
-        let Some(auth) = self.current() else { return Ok(ClientCertVerified::assertion()) };
-        match auth.verifier.verify_client_cert(end_entity, intermediates, now) {
-            Ok(verified) => Ok(verified),
-            Err(_) if !auth.required() => Ok(ClientCertVerified::assertion()),
-            Err(error) => Err(error),
-        }
-    }
-
-    // The client proves it holds the certificate's key in every mode.
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

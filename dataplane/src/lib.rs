@@ -282,7 +282,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(check))
                 .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
             settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
-            settings.set_client_cert_verifier(Arc::new(client_auth::PortVerifier::new(tables.clone(), *port)));
+            settings.set_client_cert_verifier(Arc::new(tls::PortVerifier::new(tables.clone(), *port)));
             settings.enable_h2();
             service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
         }
