@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::ALPN;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -46,7 +47,7 @@ use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{
     AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, UNTRUSTED_FORWARDING, forwarded_for,
-    host_of, rewrite_path,
+    host_of, misdirected, rewrite_path,
 };
 use crate::routes::{Headers, InFlight, RequestView, Route, Tables, Target};
 
@@ -96,6 +97,9 @@ pub struct Front {
     /// The longest a read from a backend or a write to a client may wait (a backend that
     /// stops answering, a client that stops reading); Pingora's path uses the same bound.
     pub io_timeout: Duration,
+    /// The longest a request body may take to arrive, from the request's start (as
+    /// `SluiceProxy::request_body_timeout`).
+    pub request_body_timeout: Duration,
 }
 
 #[async_trait]
@@ -118,13 +122,13 @@ impl ServerApp for Front {
             tracing::debug!(port = ?local, refused, "closing a TLS connection before its first request");
             return None;
         }
-        // TLS connections (HTTP/1.1 or ALPN h2, whose preface the head deadline also
-        // times) and everything when the fast path is off go to Pingora.
-        if !self.fast_path || stream.get_ssl_digest().is_some() {
+        // HTTP/2 (TLS with ALPN h2, whose preface the head deadline also times) and
+        // everything when the fast path is off go to Pingora; HTTP/1.x over TLS and
+        // cleartext try the fast path first.
+        if !self.fast_path || stream.selected_alpn_proto() == Some(ALPN::H2) {
             return self.hand_over(stream, Vec::new(), shutdown).await;
         }
-        let port = stream.get_socket_digest().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
-        let Some(port) = port else {
+        let Some(port) = local else {
             return self.hand_over(stream, Vec::new(), shutdown).await;
         };
         let mut connection = Connection::new(stream, port, self.io_timeout);
@@ -214,6 +218,9 @@ struct Connection {
     buf: Vec<u8>,
     filled: usize,
     port: u16,
+    /// The connection came in over TLS, with this SNI (if the client sent one).
+    tls: bool,
+    sni: Option<String>,
     client: Option<SocketAddr>,
     /// The client's IP, as X-Forwarded-For carries it.
     client_ip: String,
@@ -259,8 +266,10 @@ struct Exchange {
     /// A HEAD request: the response has no body, whatever its headers say.
     head_request: bool,
     /// An idempotent method (RFC 9110 §9.2.2): may be sent again on a new connection
-    /// when a pooled one turns out closed.
+    /// when a pooled one turns out closed (if its body, if any, is still at hand).
     idempotent: bool,
+    /// The request body still to come after the head.
+    body: RequestBody,
     log: Option<LogFields>,
     /// CORS fields for the response (the route's policy decided them on the request).
     cors: Vec<cors::Field>,
@@ -273,22 +282,37 @@ struct LogFields {
     path: String,
 }
 
-/// Why an exchange with the upstream failed before a response reached the client.
+/// Why an exchange failed before a response reached the client.
 enum UpstreamError {
     ConnectRefused,
     ConnectTimeout,
     /// The backend sent nothing for `Front::io_timeout` (as on Pingora's path: 504).
     Timeout,
     Other,
+    /// The client's body stopped: its deadline passed (408) or the client went away
+    /// (no answer).
+    BodyTimeout,
+    ClientGone,
+    /// A malformed chunked request body (400).
+    BadBody,
 }
 
 impl UpstreamError {
+    /// The answer to the client; 0: none.
     fn status(&self) -> u16 {
         match self {
             UpstreamError::ConnectRefused => 503,
             UpstreamError::ConnectTimeout | UpstreamError::Timeout => 504,
             UpstreamError::Other => 502,
+            UpstreamError::BodyTimeout => 408,
+            UpstreamError::ClientGone => 0,
+            UpstreamError::BadBody => 400,
         }
+    }
+
+    /// Whether the backend failed (counted in the route's upstream errors).
+    fn upstream(&self) -> bool {
+        !matches!(self, UpstreamError::BodyTimeout | UpstreamError::ClientGone | UpstreamError::BadBody)
     }
 
     /// A failed read from the backend.
@@ -309,10 +333,66 @@ enum Framing {
     UntilClose,
 }
 
+/// What is left of a request body on its way to the upstream.
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedScanner, bool),
+}
+
+/// Why passing a request body stopped.
+enum BodyError {
+    /// The client's side (deadline, gone, malformed).
+    Client(UpstreamError),
+    /// The upstream stopped taking it.
+    Upstream,
+}
+
+impl BodyLeft {
+    fn new(body: RequestBody) -> BodyLeft {
+        match body {
+            RequestBody::None => BodyLeft::Length(0),
+            RequestBody::Length(length) => BodyLeft::Length(length),
+            RequestBody::Chunked => BodyLeft::Chunked(ChunkedScanner::default(), false),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            BodyLeft::Length(left) => *left == 0,
+            BodyLeft::Chunked(_, done) => *done,
+        }
+    }
+
+    /// How many of `bytes` (the next ones from the client) belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+        match self {
+            BodyLeft::Length(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(bytes.len());
+                *left -= take as u64;
+                Ok(take)
+            }
+            BodyLeft::Chunked(_, true) => Ok(0),
+            BodyLeft::Chunked(scanner, done) => match scanner.feed(bytes)? {
+                Some(end) => {
+                    *done = true;
+                    Ok(end)
+                }
+                None => Ok(bytes.len()),
+            },
+        }
+    }
+}
+
 impl Connection {
     fn new(stream: Stream, port: u16, io_timeout: Duration) -> Connection {
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = stream.get_ssl_digest();
+        let sni = tls.as_ref().and_then(|tls| {
+            tls.extension.get::<crate::tls::Handshake>().and_then(|handshake| handshake.server_name.clone())
+        });
         Connection {
+            tls: tls.is_some(),
+            sni,
             stream,
             buf: vec![0; HEAD_BUFFER],
             filled: 0,
@@ -390,12 +470,17 @@ impl Connection {
                     let (status, close) = match self.exchange(front, &exchange, close_requested).await {
                         Ok(outcome) => outcome,
                         Err((error, answered)) => {
-                            exchange.route.metrics.upstream_error();
+                            if error.upstream() {
+                                exchange.route.metrics.upstream_error();
+                            }
                             match answered {
                                 Some(status) => (status, true),
                                 None => {
-                                    let _ = self.respond(error.status(), true, &[]).await;
-                                    (error.status(), true)
+                                    let status = error.status();
+                                    if status > 0 {
+                                        let _ = self.respond(status, true, &[]).await;
+                                    }
+                                    (status, true)
                                 }
                             }
                         }
@@ -478,7 +563,9 @@ impl Connection {
             return Plan::HandOver;
         };
         let tables = front.tables.load();
-        if tables.tls.contains_key(&self.port) {
+        if tables.tls.contains_key(&self.port) != self.tls {
+            // TLS on a port without certificates or the reverse (a configuration being
+            // swapped): Pingora's path decides.
             return Plan::HandOver;
         }
         let log = |path: &str| {
@@ -503,6 +590,9 @@ impl Connection {
         let Some(listener) = port_table.listener(&host) else {
             return answer(404, None, &path);
         };
+        if self.tls && misdirected(self.sni.as_deref(), port_table, listener) {
+            return answer(421, None, &path);
+        }
         let view = RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) };
         let Some(route) = listener.find(&view) else {
             return answer(404, None, &path);
@@ -543,7 +633,8 @@ impl Connection {
             return answer(503, Some(route.clone()), &path);
         };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
-        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &self.client_ip, front.trusted_hops);
+        let client = Client { ip: &self.client_ip, tls: self.tls, trusted_hops: front.trusted_hops };
+        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &client);
         let log = log(&path);
         Plan::Proxy(Box::new(Exchange {
             route: route.clone(),
@@ -554,6 +645,7 @@ impl Connection {
             close: head.close,
             head_request: method == "HEAD",
             idempotent: head.method.is_idempotent(),
+            body: head.body,
             log,
             cors,
         }))
@@ -573,12 +665,31 @@ impl Connection {
         if self.upstream_buf.len() < READ_CHUNK {
             self.upstream_buf.resize(READ_CHUNK, 0);
         }
+        // The body bytes that came with the head go out in the same write.
+        let body_deadline = tokio::time::Instant::now() + front.request_body_timeout;
+        let mut body = BodyLeft::new(exchange.body);
+        let first =
+            body.take(self.buf.get(..self.filled).unwrap_or_default()).map_err(|()| (UpstreamError::BadBody, None))?;
+        self.out.extend_from_slice(self.buf.get(..first).unwrap_or_default());
+        self.consume(first);
+        // A request whose whole body is in `out` can be sent again.
+        let resendable = exchange.idempotent && body.done();
+        // The backend stopped taking the body: its answer (if any) ends the client
+        // connection, whose unsent body bytes are still unread.
+        let mut body_cut = false;
         for _attempt in 0..2 {
-            let (mut stream, reused) = match front.pool.take(exchange.endpoint, !exchange.idempotent) {
+            let (mut stream, reused) = match front.pool.take(exchange.endpoint, !resendable) {
                 Some(stream) => (stream, true),
                 None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
             };
             let sent = within(self.io_timeout, stream.write_all(&self.out)).await.is_ok();
+            if sent && !body.done() {
+                match self.send_body(&mut stream, &mut body, body_deadline).await {
+                    Ok(()) => {}
+                    Err(BodyError::Upstream) => body_cut = true,
+                    Err(BodyError::Client(error)) => return Err((error, None)),
+                }
+            }
             read = if sent {
                 match within(self.io_timeout, stream.read(&mut self.upstream_buf)).await {
                     Ok(n) => n,
@@ -593,12 +704,13 @@ impl Connection {
                 upstream = Some(stream);
                 break;
             }
-            if !reused || !exchange.idempotent {
+            if !reused || !resendable || body_cut {
                 return Err((UpstreamError::Other, None));
             }
             // A pooled connection the backend had closed: once more on a new one.
         }
         let Some(mut stream) = upstream else { return Err((UpstreamError::Other, None)) };
+        let close_requested = close_requested || body_cut;
         loop {
             let head = match self.response_head(exchange, read, close_requested) {
                 Ok(Some(head)) => head,
@@ -643,11 +755,45 @@ impl Connection {
                 .pass_body(&mut stream, &head, read)
                 .await
                 .map_err(|()| (UpstreamError::Other, Some(head.status)))?;
-            if reusable {
+            if reusable && !body_cut {
                 front.pool.put(exchange.endpoint, stream);
             }
             return Ok((head.status, client_close));
         }
+    }
+
+    /// Passes the rest of the request body from the client to the upstream, as it
+    /// arrives; bytes after it (a pipelined request) stay in the buffer.
+    async fn send_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        body: &mut BodyLeft,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BodyError> {
+        if self.buf.len() < READ_CHUNK {
+            self.buf.resize(READ_CHUNK, 0);
+        }
+        while !body.done() {
+            if self.filled == 0 {
+                let limit = deadline.min(tokio::time::Instant::now() + self.io_timeout);
+                match self.read_client(limit, Duration::ZERO).await {
+                    Ok(0) => return Err(BodyError::Client(UpstreamError::ClientGone)),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        return Err(BodyError::Client(UpstreamError::BodyTimeout));
+                    }
+                    Err(_) => return Err(BodyError::Client(UpstreamError::ClientGone)),
+                }
+            }
+            let take = body
+                .take(self.buf.get(..self.filled).unwrap_or_default())
+                .map_err(|()| BodyError::Client(UpstreamError::BadBody))?;
+            within(self.io_timeout, upstream.write_all(self.buf.get(..take).unwrap_or_default()))
+                .await
+                .map_err(|_| BodyError::Upstream)?;
+            self.consume(take);
+        }
+        Ok(())
     }
 
     /// Parses the response head in `upstream_buf[..read]`; when complete, writes the
@@ -777,6 +923,10 @@ impl Connection {
             self.out.extend_from_slice(body);
         }
         within(self.io_timeout, self.stream.write_all(&self.out)).await.map_err(|_| ())?;
+        if !done {
+            // The head goes out before the rest of the body is waited for.
+            within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
+        }
         while !done {
             let n = within(self.io_timeout, upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
             if n == 0 {
@@ -790,6 +940,9 @@ impl Connection {
                 self.out.clear();
                 push_chunk(&mut self.out, self.upstream_buf.get(..n).unwrap_or_default());
                 within(self.io_timeout, self.stream.write_all(&self.out)).await.map_err(|_| ())?;
+                // What the backend sent goes out now (a stream of events is not held
+                // in the connection's write buffer).
+                within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
                 continue;
             }
             let data = self.upstream_buf.get(..n).unwrap_or_default();
@@ -818,6 +971,7 @@ impl Connection {
                 return Ok(false);
             }
             within(self.io_timeout, self.stream.write_all(data)).await.map_err(|_| ())?;
+            within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
         }
         within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
         Ok(done && !extra && head.upstream_keep && head.framing != Framing::UntilClose)
@@ -888,9 +1042,23 @@ pub(crate) struct RequestHead<'b> {
     host: &'b str,
     method: http::Method,
     close: bool,
+    body: RequestBody,
+}
+
+/// How a request body is delimited (RFC 9112 §6); it passes through as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 impl<'b> RequestHead<'b> {
+    /// How the request's body is delimited.
+    pub(crate) fn body(&self) -> RequestBody {
+        self.body
+    }
+
     pub(crate) fn read(method: &str, target: &str, fields: &[httparse::Header<'b>]) -> Option<RequestHead<'b>> {
         if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
             return None;
@@ -898,6 +1066,8 @@ impl<'b> RequestHead<'b> {
         let method = http::Method::from_bytes(method.as_bytes()).ok()?;
         let mut host = None;
         let mut close = false;
+        let mut length = None;
+        let mut chunked = false;
         let mut bytes = 0;
         for field in fields {
             bytes += field.name.len() + field.value.len();
@@ -908,10 +1078,18 @@ impl<'b> RequestHead<'b> {
                 }
                 host = Some(std::str::from_utf8(field.value).ok()?);
             } else if name.eq_ignore_ascii_case("content-length") {
-                // Only requests without a body.
-                if field.value != b"0" {
+                // Values that do not parse or disagree are Pingora's to refuse.
+                let value = parse_length(field.value)?;
+                if length.is_some_and(|l| l != value) {
                     return None;
                 }
+                length = Some(value);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Exactly one field saying `chunked`; other codings are Pingora's.
+                if chunked || !field.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return None;
+                }
+                chunked = true;
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -928,12 +1106,19 @@ impl<'b> RequestHead<'b> {
         if bytes > MAX_REQUEST_HEADER_BYTES || fields.len() > MAX_REQUEST_HEADERS {
             return None;
         }
-        Some(RequestHead { host: host?, method, close })
+        let body = match (length, chunked) {
+            // Both framings: a smuggling shape, answered 400 on Pingora's path.
+            (Some(_), true) => return None,
+            (None, true) => RequestBody::Chunked,
+            (Some(0) | None, false) => RequestBody::None,
+            (Some(length), false) => RequestBody::Length(length),
+        };
+        Some(RequestHead { host: host?, method, close, body })
     }
 }
 
-/// Request fields that send the request to Pingora: bodies, upgrades, expectations.
-const HANDED_OVER: [&str; 4] = ["transfer-encoding", "upgrade", "expect", "http2-settings"];
+/// Request fields that send the request to Pingora: upgrades, expectations.
+const HANDED_OVER: [&str; 3] = ["upgrade", "expect", "http2-settings"];
 
 /// Request fields that never reach a backend (RFC 9110 §7.6.1; `connection` itself is
 /// handled with its tokens). X-Forwarded-For/-Proto are rewritten.
@@ -979,6 +1164,13 @@ fn plain_target_byte(byte: u8) -> bool {
         )
 }
 
+/// What the forwarding fields say of the client connection.
+struct Client<'a> {
+    ip: &'a str,
+    tls: bool,
+    trusted_hops: usize,
+}
+
 /// Writes the upstream request head: the routed (normalized, maybe rewritten) target,
 /// the client's fields without hop-by-hop ones, the filters' changes, X-Forwarded-*.
 #[allow(clippy::too_many_arguments)]
@@ -990,10 +1182,10 @@ fn upstream_head<'a>(
     route: &Route,
     filters: impl Iterator<Item = &'a HttpFilter>,
     fields: &[httparse::Header<'_>],
-    client_ip: &str,
-    trusted_hops: usize,
+    client: &Client<'_>,
 ) {
-    let untrusted = |name: &str| trusted_hops == 0 && UNTRUSTED_FORWARDING.iter().any(|h| name.eq_ignore_ascii_case(h));
+    let untrusted =
+        |name: &str| client.trusted_hops == 0 && UNTRUSTED_FORWARDING.iter().any(|h| name.eq_ignore_ascii_case(h));
     let mut headers: FieldList<'_> = fields
         .iter()
         .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) && !untrusted(f.name))
@@ -1038,11 +1230,11 @@ fn upstream_head<'a>(
         push_field(out, name, value);
     }
     let incoming = incoming.as_deref().map(String::from_utf8_lossy);
-    let forwarded = forwarded_for(incoming.as_deref(), client_ip, trusted_hops);
+    let forwarded = forwarded_for(incoming.as_deref(), client.ip, client.trusted_hops);
     if !forwarded.is_empty() {
         push_field(out, b"x-forwarded-for", forwarded.as_bytes());
     }
-    push_field(out, b"x-forwarded-proto", b"http");
+    push_field(out, b"x-forwarded-proto", if client.tls { b"https" } else { b"http" });
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1301,11 +1493,42 @@ mod tests {
     }
 
     fn head(text: &'static str) -> Option<(http::Method, bool)> {
+        read_head(text).map(|(method, close, _)| (method, close))
+    }
+
+    fn read_head(text: &'static str) -> Option<(http::Method, bool, RequestBody)> {
         let fields = Box::leak(Box::new([httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS]));
         let mut request = httparse::Request::new(fields);
         request.parse(text.as_bytes()).unwrap();
         let (method, target) = (request.method.unwrap(), request.path.unwrap());
-        RequestHead::read(method, target, request.headers).map(|h| (h.method, h.close))
+        RequestHead::read(method, target, request.headers).map(|h| (h.method, h.close, h.body))
+    }
+
+    #[test]
+    fn request_bodies_are_framed_by_length_or_chunked_and_never_both() {
+        let body = |text| read_head(text).map(|(_, _, body)| body);
+        assert_eq!(body("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(RequestBody::None));
+        assert_eq!(body("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"), Some(RequestBody::None));
+        assert_eq!(body("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"), Some(RequestBody::Length(5)));
+        assert_eq!(
+            body("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Some(RequestBody::Length(5))
+        );
+        assert_eq!(
+            body("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(RequestBody::Chunked)
+        );
+        // Left to Pingora's answers (400 and the like).
+        for text in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: five\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            assert_eq!(body(text), None, "{text}");
+        }
     }
 
     #[test]
@@ -1319,8 +1542,6 @@ mod tests {
         for text in [
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-private\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",

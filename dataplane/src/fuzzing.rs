@@ -15,7 +15,7 @@
 use prost::Message;
 use sluice_snapshot::Snapshot;
 
-use crate::fast::{ChunkedScanner, RequestHead, head_end_after, parse_length};
+use crate::fast::{ChunkedScanner, RequestBody, RequestHead, head_end_after, parse_length};
 use crate::metrics::Metrics;
 use crate::proxy::MAX_REQUEST_HEADERS;
 
@@ -68,9 +68,18 @@ pub fn http1_head(data: &[u8]) {
         }
     }
     let (Some(method), Some(target)) = (request.method, request.path) else { return };
-    if RequestHead::read(method, target, request.headers).is_some() {
+    if let Some(head) = RequestHead::read(method, target, request.headers) {
         assert!(target.starts_with('/'), "{target:?} taken by the fast path");
         assert_ne!(method, "CONNECT");
+        // One framing for a body the fast path passes on, never both (smuggling).
+        let count = |name: &str| request.headers.iter().filter(|f| f.name.eq_ignore_ascii_case(name)).count();
+        let (lengths, codings) = (count("content-length"), count("transfer-encoding"));
+        assert!(lengths == 0 || codings == 0, "both framings taken");
+        match head.body() {
+            RequestBody::Chunked => assert_eq!(codings, 1),
+            RequestBody::Length(n) => assert!(n > 0 && lengths > 0 && codings == 0),
+            RequestBody::None => assert_eq!(codings, 0),
+        }
     }
 }
 

@@ -272,6 +272,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             max_connections: cli.max_connections_per_listener.max(1),
             trusted_hops: cli.trusted_hops,
             io_timeout: Duration::from_secs(cli.idle_timeout_secs),
+            request_body_timeout: Duration::from_secs(cli.request_body_timeout_secs),
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {

@@ -173,7 +173,7 @@ impl ProxyHttp for SluiceProxy {
         let Some(listener) = port_table.listener(&host) else {
             return respond(session, 404, None).await;
         };
-        if ctx.tls && misdirected(session, port_table, listener) {
+        if ctx.tls && misdirected(connection_sni(session), port_table, listener) {
             // The connection's SNI chose another listener (and certificate) on this port
             // than the Host does: the client must open a connection for that host.
             return respond(session, 421, None).await;
@@ -792,21 +792,24 @@ async fn answer(session: &mut Session, status: u16, fields: &[cors::Field]) -> R
     Ok(true)
 }
 
-/// Whether a TLS request's Host belongs to another listener than the one its
-/// connection's SNI selected (requests without SNI are never misdirected).
-fn misdirected(
-    session: &Session,
-    port_table: &crate::routes::PortTable,
-    listener: &crate::routes::ListenerTable,
-) -> bool {
-    let Some(sni) = session
+/// The SNI of a TLS connection's handshake.
+fn connection_sni(session: &Session) -> Option<&str> {
+    session
         .digest()
         .and_then(|digest| digest.ssl_digest.as_ref())
         .and_then(|tls| tls.extension.get::<crate::tls::Handshake>())
         .and_then(|handshake| handshake.server_name.as_deref())
-    else {
-        return false;
-    };
+}
+
+/// Whether a TLS request's Host belongs to another listener than the one its
+/// connection's SNI selected (requests without SNI are never misdirected); both request
+/// paths answer it 421.
+pub(crate) fn misdirected(
+    sni: Option<&str>,
+    port_table: &crate::routes::PortTable,
+    listener: &crate::routes::ListenerTable,
+) -> bool {
+    let Some(sni) = sni else { return false };
     !port_table.listener(sni).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
 }
 
