@@ -43,11 +43,12 @@ use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::deadline::DeadlineStream;
+use crate::decide::misdirected;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{
     AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, UNTRUSTED_FORWARDING, forwarded_for,
-    host_of, misdirected, rewrite_path,
+    host_of, rewrite_path,
 };
 use crate::routes::{Headers, InFlight, RequestView, Route, Tables, Target};
 

@@ -13,6 +13,7 @@ mod client_auth;
 mod client_hello;
 mod cors;
 mod deadline;
+mod decide;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -22,13 +22,14 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use sluice_snapshot::{AppProtocol, HeaderModifier, RequestRedirect, http_filter, path_modifier};
+use sluice_snapshot::{AppProtocol, HeaderModifier, http_filter, path_modifier};
 
 use crate::cors;
+use crate::decide;
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::retry;
-use crate::routes::{Headers, RequestView, Route, Tables, Target, terminal_filter};
+use crate::routes::{Headers, RequestView, Route, Tables};
 
 /// Applies a header modifier (set, then add, then remove) to a request or response head;
 /// the two Pingora types share these methods but no trait.
@@ -152,9 +153,9 @@ impl ProxyHttp for SluiceProxy {
         }
         let tables = self.tables.load();
         let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
-        let Some(port_table) = tables.ports.get(&port) else {
+        if !tables.ports.contains_key(&port) {
             return respond(session, 404, None).await;
-        };
+        }
         ctx.tls = tables.tls.contains_key(&port);
         let header = session.req_header();
         let raw_path = header.uri.path();
@@ -170,78 +171,37 @@ impl ProxyHttp for SluiceProxy {
         }
         let header = session.req_header();
         let host = request_host(header);
-        let Some(listener) = port_table.listener(&host) else {
-            return respond(session, 404, None).await;
-        };
-        if ctx.tls && misdirected(connection_sni(session), port_table, listener) {
-            // The connection's SNI chose another listener (and certificate) on this port
-            // than the Host does: the client must open a connection for that host.
-            return respond(session, 421, None).await;
-        }
-        let view = RequestView {
-            host: &host,
-            path: header.uri.path(),
-            query: header.uri.query(),
-            method: &header.method,
-            headers: Headers::Map(&header.headers),
-        };
-        let Some(route) = listener.find(&view).cloned() else {
-            tracing::debug!(listener = listener.name, %host, path = header.uri.path(), "no route matches");
-            return respond(session, 404, None).await;
-        };
-        tracing::debug!(route = route.name, "matched");
-        ctx.route = Some(route.clone());
-        if let Some(policy) = &route.cors {
-            match policy.decide(&header.method, Headers::Map(&header.headers)) {
-                cors::Decision::Preflight(fields) => return answer(session, 200, &fields).await,
-                cors::Decision::Actual(fields) => ctx.cors = fields,
-            }
-        }
-        if let Some(kind) = terminal_filter(&route.filters) {
-            match kind {
-                http_filter::Kind::RequestRedirect(redirect) => {
-                    let location = redirect_location(
-                        redirect,
-                        &route,
-                        ctx.tls,
-                        &host,
-                        port,
-                        header.uri.path(),
-                        header.uri.query(),
-                    );
-                    let status = u16::try_from(redirect.status_code).unwrap_or(302);
-                    return respond(session, status, Some(location)).await;
-                }
-                http_filter::Kind::DirectResponse(direct) => {
-                    return respond(session, u16::try_from(direct.status).unwrap_or(500), None).await;
-                }
-                _ => {}
-            }
-        }
-        let Some((index, target)) = route.backends.pick() else {
-            // No backend, or every weight is zero.
-            return respond(session, 500, None).await;
-        };
-        match target {
-            Target::Status(status) => respond(session, *status, None).await,
-            Target::Cluster(cluster) => match cluster.pick() {
-                None => {
-                    tracing::debug!(cluster = cluster.name, "no endpoint");
-                    respond(session, 503, None).await
-                }
-                Some((endpoint, in_flight)) => {
-                    ctx.endpoint = Some((endpoint, cluster.app_protocol));
-                    ctx.in_flight = in_flight;
-                    ctx.backend = Some(index);
-                    ctx.cluster = Some(cluster.clone());
-                    if route.retry.is_some() {
-                        // Keep the request body (up to Pingora's retry buffer) so that a
-                        // retry can send it again; a longer body is never resent.
-                        session.enable_retry_buffering();
-                    }
-                    Ok(false)
-                }
+        let request = decide::Request {
+            port,
+            sni: connection_sni(session),
+            view: RequestView {
+                host: &host,
+                path: header.uri.path(),
+                query: header.uri.query(),
+                method: &header.method,
+                headers: Headers::Map(&header.headers),
             },
+        };
+        let forward = decide::route(&tables, &request).and_then(decide::pick);
+        match forward {
+            Err(answered) => {
+                ctx.route = answered.route;
+                answer(session, answered.status, &answered.fields).await
+            }
+            Ok(forward) => {
+                ctx.endpoint = Some((forward.endpoint, forward.cluster.app_protocol));
+                ctx.in_flight = forward.in_flight;
+                ctx.backend = Some(forward.backend);
+                ctx.cluster = Some(forward.cluster);
+                ctx.cors = forward.cors;
+                if forward.route.retry.is_some() {
+                    // Keep the request body (up to Pingora's retry buffer) so that a
+                    // retry can send it again; a longer body is never resent.
+                    session.enable_retry_buffering();
+                }
+                ctx.route = Some(forward.route);
+                Ok(false)
+            }
         }
     }
 
@@ -726,38 +686,6 @@ pub(crate) fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&s
     }
 }
 
-/// The Location of a RequestRedirect, as Gateway API defines it.
-fn redirect_location(
-    redirect: &RequestRedirect,
-    route: &Route,
-    listener_tls: bool,
-    host: &str,
-    listener_port: u16,
-    path: &str,
-    query: Option<&str>,
-) -> String {
-    let scheme =
-        if redirect.scheme.is_empty() { if listener_tls { "https" } else { "http" } } else { redirect.scheme.as_str() };
-    let port = if redirect.port != 0 {
-        u16::try_from(redirect.port).unwrap_or(listener_port)
-    } else if !redirect.scheme.is_empty() {
-        if scheme == "https" { 443 } else { 80 }
-    } else {
-        listener_port
-    };
-    let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-    let hostname = if redirect.hostname.is_empty() { host } else { redirect.hostname.as_str() };
-    let new_path = match redirect.path.as_ref().and_then(|p| p.kind.as_ref()) {
-        Some(kind) => rewrite_path(kind, route.path_prefix.as_deref(), path),
-        None => path.to_string(),
-    };
-    let authority = if default_port { hostname.to_string() } else { format!("{hostname}:{port}") };
-    match query {
-        Some(q) => format!("{scheme}://{authority}{new_path}?{q}"),
-        None => format!("{scheme}://{authority}{new_path}"),
-    }
-}
-
 impl cors::ResponseFields<'_> for ResponseHeader {
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
@@ -799,18 +727,6 @@ fn connection_sni(session: &Session) -> Option<&str> {
         .and_then(|digest| digest.ssl_digest.as_ref())
         .and_then(|tls| tls.extension.get::<crate::tls::Handshake>())
         .and_then(|handshake| handshake.server_name.as_deref())
-}
-
-/// Whether a TLS request's Host belongs to another listener than the one its
-/// connection's SNI selected (requests without SNI are never misdirected); both request
-/// paths answer it 421.
-pub(crate) fn misdirected(
-    sni: Option<&str>,
-    port_table: &crate::routes::PortTable,
-    listener: &crate::routes::ListenerTable,
-) -> bool {
-    let Some(sni) = sni else { return false };
-    !port_table.listener(sni).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
 }
 
 #[cfg(test)]
