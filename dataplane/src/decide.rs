@@ -10,7 +10,7 @@
 //!
 //! Between the two halves the fast path checks whether the route is one it serves
 //! (`Route::fast`, decided when the route was compiled) and hands the request to
-//! Pingora's path otherwise.
+//! Pingora's path otherwise; the answers it writes itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,7 +126,7 @@ pub(crate) fn pick(matched: Matched) -> Result<Forward, Answer> {
 
 /// Whether a TLS request's Host belongs to another listener than the one its
 /// connection's SNI selected (requests without SNI are never misdirected).
-pub(crate) fn misdirected(sni: Option<&str>, port_table: &PortTable, listener: &ListenerTable) -> bool {
+fn misdirected(sni: Option<&str>, port_table: &PortTable, listener: &ListenerTable) -> bool {
     let Some(sni) = sni else { return false };
     !port_table.listener(sni).is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
 }

@@ -1,18 +1,20 @@
 //! The HTTP/1.1 fast path, in front of Pingora's proxy.
 //!
-//! Most requests are plain HTTP/1.1 requests without a body to routes that only modify
-//! headers or rewrite URLs. This path serves them straight from the connection's bytes:
-//! it parses the head in place (httparse, no header map), routes with the same tables,
-//! writes the upstream request with one write, and passes the response through with its
-//! own framing, on upstream connections kept in a small pool. Everything else — bodies,
-//! upgrades, TLS, HTTP/2, mirrors, redirects, direct responses, timeouts, anything odd —
-//! goes to Pingora's proxy: the bytes read so far are handed over with the connection,
-//! which stays with Pingora from then on.
+//! Most requests are HTTP/1.1 requests (cleartext or over TLS) to routes that only
+//! modify headers or rewrite URLs, redirect, or answer directly. This path serves them
+//! straight from the connection's bytes: it parses the head in place (httparse, no header
+//! map), lets `crate::decide` route it as Pingora's path does, writes the upstream head
+//! (and the first body bytes) with one write, streams the rest of the body, and passes the
+//! response through with its own framing, on upstream connections kept in a small pool.
+//! Everything else — upgrades, `Expect`, HTTP/2, routes with mirrors, timeouts, retries or
+//! HTTP/2 or TLS backends (`Route::fast`), anything odd — goes to Pingora's proxy: the
+//! bytes read so far are handed over with the connection, which stays with Pingora from
+//! then on.
 //!
 //! ```text
-//!  accept ─► read head ─► plan (parse, route, pick) ─┬─ Proxy ──► upstream (pooled) ─► response ─┐
-//!               ▲                                    ├─ Respond (404/500/503/invalid backend,    │
-//!               │                                    │   CORS preflight)                         │
+//!  accept ─► read head ─► plan (parse, decide) ──────┬─ Proxy ──► upstream (pooled) ─► response ─┐
+//!               ▲                                    ├─ Respond (404/421/500/503, redirect,      │
+//!               │                                    │   direct response, CORS preflight)        │
 //!               └──────────── keep-alive ◄───────────┴───────────────────────────────────────────┘
 //!                                                    └─ HandOver ─► Pingora (rest of connection)
 //! ```
@@ -43,14 +45,14 @@ use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::deadline::DeadlineStream;
-use crate::decide::misdirected;
+use crate::decide::{self, Forward};
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{
     AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, UNTRUSTED_FORWARDING, forwarded_for,
     host_of, rewrite_path,
 };
-use crate::routes::{Headers, InFlight, RequestView, Route, Tables, Target};
+use crate::routes::{Headers, InFlight, RequestView, Route, Tables};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -244,15 +246,13 @@ enum Plan {
     Proxy(Box<Exchange>),
 }
 
-/// A response from the proxy itself (no route, no endpoint, an invalid backend).
+/// A response from the proxy itself (no route, no endpoint, an invalid backend, a
+/// redirect, a direct response, a CORS preflight), to a request of `head_len` bytes.
 struct Answer {
-    status: u16,
-    route: Option<Arc<Route>>,
+    answer: decide::Answer,
     head_len: usize,
     close: bool,
     log: Option<LogFields>,
-    /// Fields of the answer (a CORS preflight's).
-    fields: Vec<cors::Field>,
 }
 
 /// A request on its way to an endpoint; its upstream head is in `Connection::out`.
@@ -457,8 +457,9 @@ impl Connection {
                     let started = Instant::now();
                     let close = answer.close || *shutdown.borrow();
                     self.consume(answer.head_len);
-                    let written = self.respond(answer.status, close, &answer.fields).await;
-                    front.record(answer.route.as_ref(), answer.status, started, self.client, None, answer.log);
+                    let decide::Answer { status, route, fields } = answer.answer;
+                    let written = self.respond(status, close, &fields).await;
+                    front.record(route.as_ref(), status, started, self.client, None, answer.log);
                     if written.is_err() {
                         return Next::Close;
                     }
@@ -569,76 +570,42 @@ impl Connection {
             // swapped): Pingora's path decides.
             return Plan::HandOver;
         }
-        let log = |path: &str| {
-            front.access_log.then(|| LogFields {
-                method: method.to_string(),
-                host: host_of(head.host).into_owned(),
-                path: path.to_string(),
-            })
-        };
-        let answer = |status, route, path: &str| {
-            Plan::Respond(Answer { status, route, head_len, close: head.close, log: log(path), fields: Vec::new() })
-        };
         let (raw_path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (target, None),
         };
         let path = normalize(raw_path);
-        let Some(port_table) = tables.ports.get(&self.port) else {
-            return answer(404, None, &path);
-        };
         let host = host_of(head.host);
-        let Some(listener) = port_table.listener(&host) else {
-            return answer(404, None, &path);
+        let log = || {
+            front.access_log.then(|| LogFields {
+                method: method.to_string(),
+                host: host.clone().into_owned(),
+                path: path.to_string(),
+            })
         };
-        if self.tls && misdirected(self.sni.as_deref(), port_table, listener) {
-            return answer(421, None, &path);
-        }
-        let view = RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) };
-        let Some(route) = listener.find(&view) else {
-            return answer(404, None, &path);
+        let answer = |answer| Plan::Respond(Answer { answer, head_len, close: head.close, log: log() });
+        let request = decide::Request {
+            port: self.port,
+            sni: self.sni.as_deref(),
+            view: RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) },
         };
-        let cors = match route.cors.as_ref().map(|policy| policy.decide(&head.method, Headers::Raw(fields))) {
-            None => Vec::new(),
-            Some(cors::Decision::Actual(fields)) => fields,
-            Some(cors::Decision::Preflight(fields)) => {
-                return Plan::Respond(Answer {
-                    status: 200,
-                    route: Some(route.clone()),
-                    head_len,
-                    close: head.close,
-                    log: log(&path),
-                    fields,
-                });
-            }
+        let matched = match decide::route(&tables, &request) {
+            Ok(matched) => matched,
+            Err(answered) => return answer(answered),
         };
-        if crate::routes::terminal_filter(&route.filters).is_some()
-            || !route.mirrors.is_empty()
-            || route.request_timeout_ms > 0
-            || route.backend_timeout_ms > 0
-            || route.retry.is_some()
-            // HTTP/2 and TLS to a backend are Pingora's: decided before the pick, which
-            // only one of the two paths may make.
-            || route.backends.pingora_only()
-        {
+        if !matched.route.fast {
             return Plan::HandOver;
         }
-        let Some((backend, target)) = route.backends.pick() else {
-            return answer(500, Some(route.clone()), &path);
-        };
-        let cluster = match target {
-            Target::Status(status) => return answer(*status, Some(route.clone()), &path),
-            Target::Cluster(cluster) => cluster,
-        };
-        let Some((endpoint, in_flight)) = cluster.pick() else {
-            return answer(503, Some(route.clone()), &path);
+        let Forward { route, backend, endpoint, in_flight, cors, .. } = match decide::pick(matched) {
+            Ok(forward) => forward,
+            Err(answered) => return answer(answered),
         };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
         let client = Client { ip: &self.client_ip, tls: self.tls, trusted_hops: front.trusted_hops };
-        upstream_head(&mut self.out, method, &path, query, route, filters, fields, &client);
-        let log = log(&path);
+        upstream_head(&mut self.out, method, &path, query, &route, filters, fields, &client);
+        let log = log();
         Plan::Proxy(Box::new(Exchange {
-            route: route.clone(),
+            route,
             backend,
             endpoint,
             _in_flight: in_flight,

@@ -190,6 +190,10 @@ pub struct Route {
     pub retry: Option<sluice_snapshot::Retry>,
     /// The rule's CORS policy (HTTPRoute filter `CORS`).
     pub cors: Option<Box<crate::cors::Policy>>,
+    /// The HTTP/1.1 fast path forwards its requests: no mirrors, timeouts or retries,
+    /// and no backend reached over HTTP/2 or TLS (those are Pingora's). Decided here,
+    /// before any request, so that a weighted pick is made by one path only.
+    pub fast: bool,
 }
 
 #[derive(Debug)]
@@ -801,7 +805,14 @@ pub(crate) fn compile_route(
         })
         .transpose()?;
     let timeouts = route.timeouts.unwrap_or_default();
+    let backends = Backends::new(targets);
+    let fast = mirrors.is_empty()
+        && timeouts.request_ms == 0
+        && timeouts.backend_request_ms == 0
+        && route.retry.is_none()
+        && !backends.pingora_only();
     Ok(Route {
+        fast,
         cors,
         mirrors,
         name: route.name.clone(),
@@ -811,7 +822,7 @@ pub(crate) fn compile_route(
         method,
         path_prefix,
         filters: route.filters.clone(),
-        backends: Backends::new(targets),
+        backends,
         metrics: metrics.route(&route.name),
         request_timeout_ms: timeouts.request_ms,
         backend_timeout_ms: timeouts.backend_request_ms,
@@ -844,6 +855,7 @@ fn failed_route(route: &HttpRoute, metrics: &crate::metrics::Metrics) -> Route {
         backend_timeout_ms: 0,
         retry: None,
         cors: None,
+        fast: true,
     }
 }
 
