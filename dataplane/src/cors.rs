@@ -15,6 +15,7 @@
 
 use sluice_snapshot::compile::{OriginPattern, origin_pattern};
 
+use crate::edits::HeaderEdits;
 use crate::routes::Headers;
 
 /// A response header field the policy adds.
@@ -24,18 +25,9 @@ pub type Field = (&'static str, String);
 const OWNED: [&str; 3] =
     ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers"];
 
-/// A response head on its way to the client, as each request path holds it (Pingora's
-/// `ResponseHeader`, the fast path's field list).
-pub trait ResponseFields<'v> {
-    /// Removes every field `name` (lower case; compared case-insensitively).
-    fn remove(&mut self, name: &str);
-    /// Appends a field (after any of the same name).
-    fn append(&mut self, name: &'static str, value: &'v str);
-}
-
 /// Applies an `Actual` decision's fields to a backend's response: the backend's own
 /// CORS fields go, the policy's are appended (`Vary` beside the backend's).
-pub fn edit_response<'v>(fields: &'v [Field], response: &mut impl ResponseFields<'v>) {
+pub fn edit_response<'v>(fields: &'v [Field], response: &mut impl HeaderEdits<'v>) {
     for name in OWNED {
         response.remove(name);
     }
@@ -304,7 +296,7 @@ mod tests {
     #[test]
     fn responses_lose_the_backends_cors_fields_and_keep_its_vary() {
         struct Head(Vec<(String, String)>);
-        impl ResponseFields<'_> for Head {
+        impl HeaderEdits<'_> for Head {
             fn remove(&mut self, name: &str) {
                 self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
             }

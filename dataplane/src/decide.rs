@@ -153,7 +153,7 @@ fn redirect_location(
     let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
     let hostname = if redirect.hostname.is_empty() { host } else { redirect.hostname.as_str() };
     let new_path = match redirect.path.as_ref().and_then(|p| p.kind.as_ref()) {
-        Some(kind) => crate::proxy::rewrite_path(kind, route.path_prefix.as_deref(), path),
+        Some(kind) => crate::edits::rewrite_path(kind, route.path_prefix.as_deref(), path),
         None => path.to_string(),
     };
     let authority = if default_port { hostname.to_string() } else { format!("{hostname}:{port}") };

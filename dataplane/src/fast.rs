@@ -46,12 +46,10 @@ use tokio::net::TcpStream;
 use crate::cors;
 use crate::deadline::DeadlineStream;
 use crate::decide::{self, Forward};
+use crate::edits::{HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for, rewrite_path};
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
-use crate::proxy::{
-    AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, UNTRUSTED_FORWARDING, forwarded_for,
-    host_of, rewrite_path,
-};
+use crate::proxy::{AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
 use crate::routes::{Headers, InFlight, RequestView, Route, Tables};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
@@ -1209,7 +1207,7 @@ fn upstream_head<'a>(
 /// Header fields on their way through: (name, value), in order.
 type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
 
-impl<'v> cors::ResponseFields<'v> for FieldList<'v> {
+impl<'v> HeaderEdits<'v> for FieldList<'v> {
     fn remove(&mut self, name: &str) {
         self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
     }

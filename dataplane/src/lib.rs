@@ -14,6 +14,7 @@ mod client_hello;
 mod cors;
 mod deadline;
 mod decide;
+mod edits;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -22,10 +22,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use sluice_snapshot::{AppProtocol, HeaderModifier, http_filter, path_modifier};
+use sluice_snapshot::{AppProtocol, HeaderModifier, http_filter};
 
 use crate::cors;
 use crate::decide;
+use crate::edits::{HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for, rewrite_path};
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::retry;
@@ -61,26 +62,6 @@ pub struct SluiceProxy {
     pub io_timeout: Duration,
     /// The longest a request body may take to arrive, from the request's start.
     pub request_body_timeout: Duration,
-}
-
-/// Client-supplied fields about earlier hops that are dropped unless hops are trusted
-/// (X-Forwarded-For is trimmed instead, X-Forwarded-Proto always replaced).
-pub(crate) const UNTRUSTED_FORWARDING: [&str; 4] = ["forwarded", "x-forwarded-host", "x-forwarded-port", "x-real-ip"];
-
-/// The X-Forwarded-For a backend gets: the last `trusted_hops` entries of the one that
-/// came in (written by proxies in front of the data plane), then the client's address.
-/// With no trusted hops a client cannot make up its address.
-pub(crate) fn forwarded_for(incoming: Option<&str>, client: &str, trusted_hops: usize) -> String {
-    let entries: Vec<&str> = incoming.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-    let kept = entries.get(entries.len().saturating_sub(trusted_hops)..).unwrap_or_default();
-    let mut out = kept.join(", ");
-    if !client.is_empty() {
-        if !out.is_empty() {
-            out.push_str(", ");
-        }
-        out.push_str(client);
-    }
-    out
 }
 
 /// Per-request state.
@@ -672,21 +653,7 @@ pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
     }
 }
 
-/// Applies a path modifier to `path` (the normalized request path).
-pub(crate) fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&str>, path: &str) -> String {
-    match kind {
-        path_modifier::Kind::ReplaceFullPath(full) => full.clone(),
-        path_modifier::Kind::ReplacePrefixMatch(replacement) => {
-            let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
-            let rest = path.get(prefix.len()..).unwrap_or_default();
-            let base = replacement.trim_end_matches('/');
-            let joined = format!("{base}{rest}");
-            if joined.is_empty() { "/".to_string() } else { joined }
-        }
-    }
-}
-
-impl cors::ResponseFields<'_> for ResponseHeader {
+impl HeaderEdits<'_> for ResponseHeader {
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
     }
@@ -727,31 +694,4 @@ fn connection_sni(session: &Session) -> Option<&str> {
         .and_then(|digest| digest.ssl_digest.as_ref())
         .and_then(|tls| tls.extension.get::<crate::tls::Handshake>())
         .and_then(|handshake| handshake.server_name.as_deref())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_keeps_only_trusted_hops() {
-        assert_eq!(forwarded_for(Some("1.1.1.1, 2.2.2.2"), "10.0.0.1", 0), "10.0.0.1");
-        assert_eq!(forwarded_for(Some("1.1.1.1, 2.2.2.2"), "10.0.0.1", 1), "2.2.2.2, 10.0.0.1");
-        assert_eq!(forwarded_for(Some("1.1.1.1,2.2.2.2"), "10.0.0.1", 5), "1.1.1.1, 2.2.2.2, 10.0.0.1");
-        assert_eq!(forwarded_for(None, "10.0.0.1", 2), "10.0.0.1");
-        assert_eq!(forwarded_for(Some(" , "), "", 2), "");
-    }
-
-    #[test]
-    fn prefix_rewrites() {
-        let replace = |replacement: &str, prefix: &str, path: &str| {
-            rewrite_path(&path_modifier::Kind::ReplacePrefixMatch(replacement.into()), Some(prefix), path)
-        };
-        assert_eq!(replace("/bar", "/foo", "/foo/baz"), "/bar/baz");
-        assert_eq!(replace("/bar", "/foo", "/foo"), "/bar");
-        assert_eq!(replace("/", "/foo", "/foo/baz"), "/baz");
-        assert_eq!(replace("/", "/foo", "/foo"), "/");
-        assert_eq!(replace("/bar/", "/foo/", "/foo/baz"), "/bar/baz");
-        assert_eq!(replace("/new", "/", "/x/y"), "/new/x/y");
-    }
 }
