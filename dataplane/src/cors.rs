@@ -300,7 +300,7 @@ mod tests {
             fn remove(&mut self, name: &str) {
                 self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
             }
-            fn append(&mut self, name: &'static str, value: &str) {
+            fn append(&mut self, name: &str, value: &str) {
                 self.0.push((name.to_string(), value.to_string()));
             }
         }

@@ -2,15 +2,84 @@
 //! `HeaderEdits`, which both paths' heads implement), the forwarding fields
 //! (X-Forwarded-For and the fields about earlier hops) and URL rewrites.
 
-use sluice_snapshot::path_modifier;
+use sluice_snapshot::{HeaderModifier, HttpFilter, http_filter, path_modifier};
+
+use crate::cors;
+use crate::routes::Route;
 
 /// A head on its way through, as each request path holds it (Pingora's `RequestHeader`
-/// and `ResponseHeader`, the fast path's field list).
+/// and `ResponseHeader`, the fast path's field list). Names and values are valid: the
+/// snapshot's were checked when it was loaded, CORS values are visible ASCII.
 pub(crate) trait HeaderEdits<'v> {
-    /// Removes every field `name` (lower case; compared case-insensitively).
+    /// Removes every field `name` (compared case-insensitively).
     fn remove(&mut self, name: &str);
     /// Appends a field (after any of the same name).
-    fn append(&mut self, name: &'static str, value: &'v str);
+    fn append(&mut self, name: &'v str, value: &'v str);
+    /// Replaces every field `name` with this one.
+    fn set(&mut self, name: &'v str, value: &'v str) {
+        self.remove(name);
+        self.append(name, value);
+    }
+}
+
+/// Applies a header modifier: set, then add, then remove.
+pub(crate) fn modify<'v>(head: &mut impl HeaderEdits<'v>, modifier: &'v HeaderModifier) {
+    for header in &modifier.set {
+        head.set(&header.name, &header.value);
+    }
+    for header in &modifier.add {
+        head.append(&header.name, &header.value);
+    }
+    for name in &modifier.remove {
+        head.remove(name);
+    }
+}
+
+/// The request edits of `filters` (a rule's, then its chosen backend's), in order:
+/// header modifiers and URL rewrites. Returns the rewritten path, if a rewrite changes
+/// it (`routed_path`: the normalized path the route matched, `path_prefix` its prefix).
+pub(crate) fn request<'v>(
+    head: &mut impl HeaderEdits<'v>,
+    filters: impl Iterator<Item = &'v HttpFilter>,
+    path_prefix: Option<&str>,
+    routed_path: &str,
+) -> Option<String> {
+    let mut new_path = None;
+    for filter in filters {
+        match &filter.kind {
+            Some(http_filter::Kind::RequestHeaderModifier(modifier)) => modify(head, modifier),
+            Some(http_filter::Kind::UrlRewrite(rewrite)) => {
+                if !rewrite.hostname.is_empty() {
+                    head.set("host", &rewrite.hostname);
+                }
+                if let Some(kind) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
+                    new_path = Some(rewrite_path(kind, path_prefix, routed_path));
+                }
+            }
+            _ => {}
+        }
+    }
+    new_path
+}
+
+/// The response edits of a route (`backend`: the index of the weighted backend that
+/// answered): its CORS fields (`cors`, decided on the request), then the response header
+/// modifiers of the rule and of that backend.
+pub(crate) fn response<'v>(
+    head: &mut impl HeaderEdits<'v>,
+    route: &'v Route,
+    backend: Option<usize>,
+    cors: &'v [cors::Field],
+) {
+    if route.cors.is_some() {
+        cors::edit_response(cors, head);
+    }
+    let backend_filters = backend.map(|i| route.backends.filters(i)).unwrap_or_default();
+    for filter in route.filters.iter().chain(backend_filters) {
+        if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
+            modify(head, modifier);
+        }
+    }
 }
 
 /// Client-supplied fields about earlier hops that are dropped unless hops are trusted
@@ -50,6 +119,62 @@ pub(crate) fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_snapshot::{Header, PathModifier, UrlRewrite};
+
+    /// A head as a list of (name, value).
+    #[derive(Default)]
+    struct Head(Vec<(String, String)>);
+
+    impl HeaderEdits<'_> for Head {
+        fn remove(&mut self, name: &str) {
+            self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        }
+        fn append(&mut self, name: &str, value: &str) {
+            self.0.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    fn filter(kind: http_filter::Kind) -> HttpFilter {
+        HttpFilter { kind: Some(kind) }
+    }
+
+    #[test]
+    fn request_edits_apply_in_order_and_return_the_rewritten_path() {
+        let header = |name: &str, value: &str| Header { name: name.into(), value: value.into() };
+        let modifier = HeaderModifier {
+            set: vec![header("X-Set", "set")],
+            add: vec![header("x-add", "one"), header("x-gone", "added")],
+            remove: vec!["X-GONE".into()],
+        };
+        let filters = [
+            filter(http_filter::Kind::RequestHeaderModifier(modifier)),
+            filter(http_filter::Kind::UrlRewrite(UrlRewrite {
+                hostname: "internal.example".into(),
+                path: Some(PathModifier { kind: Some(path_modifier::Kind::ReplacePrefixMatch("/v2".into())) }),
+            })),
+            // A later (backend) filter sees the rule's edits.
+            filter(http_filter::Kind::RequestHeaderModifier(HeaderModifier {
+                set: vec![],
+                add: vec![header("x-add", "two")],
+                remove: vec![],
+            })),
+        ];
+        let mut head = Head(
+            [("Host", "a.example"), ("x-set", "old"), ("x-add", "zero"), ("x-gone", "client")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+        let path = request(&mut head, filters.iter(), Some("/v1"), "/v1/items");
+        assert_eq!(path.as_deref(), Some("/v2/items"));
+        let fields: Vec<(&str, &str)> = head.0.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            fields,
+            [("x-add", "zero"), ("X-Set", "set"), ("x-add", "one"), ("host", "internal.example"), ("x-add", "two")]
+        );
+        // No rewrite of the path: none returned.
+        assert_eq!(request(&mut Head::default(), filters[..1].iter(), None, "/x"), None);
+    }
 
     #[test]
     fn forwarded_for_keeps_only_trusted_hops() {

@@ -39,14 +39,14 @@ use pingora_core::protocols::ALPN;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use sluice_snapshot::{HttpFilter, http_filter};
+use sluice_snapshot::HttpFilter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cors;
 use crate::deadline::DeadlineStream;
 use crate::decide::{self, Forward};
-use crate::edits::{HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for, rewrite_path};
+use crate::edits::{self, HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for};
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::proxy::{AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
@@ -843,15 +843,7 @@ impl Connection {
             // The client's connection stays open: the body goes to it in chunks.
             headers.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
         }
-        if exchange.route.cors.is_some() {
-            cors::edit_response(&exchange.cors, &mut headers);
-        }
-        let filters = exchange.route.filters.iter().chain(exchange.route.backends.filters(exchange.backend));
-        for filter in filters {
-            if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
-                apply_modifier(&mut headers, modifier);
-            }
-        }
+        edits::response(&mut headers, &exchange.route, Some(exchange.backend), &exchange.cors);
         for (name, value) in &headers {
             push_field(out, name, value);
         }
@@ -1147,7 +1139,7 @@ fn upstream_head<'a>(
     query: Option<&str>,
     route: &Route,
     filters: impl Iterator<Item = &'a HttpFilter>,
-    fields: &[httparse::Header<'_>],
+    fields: &'a [httparse::Header<'a>],
     client: &Client<'_>,
 ) {
     let untrusted =
@@ -1157,22 +1149,7 @@ fn upstream_head<'a>(
         .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) && !untrusted(f.name))
         .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
         .collect();
-    let mut new_path: Option<String> = None;
-    for filter in filters {
-        match &filter.kind {
-            Some(http_filter::Kind::RequestHeaderModifier(modifier)) => apply_modifier(&mut headers, modifier),
-            Some(http_filter::Kind::UrlRewrite(rewrite)) => {
-                if !rewrite.hostname.is_empty() {
-                    headers.retain(|(name, _)| !name.eq_ignore_ascii_case(b"host"));
-                    headers.push((Cow::Borrowed(b"host"), Cow::Owned(rewrite.hostname.as_bytes().to_vec())));
-                }
-                if let Some(kind) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
-                    new_path = Some(rewrite_path(kind, route.path_prefix.as_deref(), path));
-                }
-            }
-            _ => {}
-        }
-    }
+    let new_path = edits::request(&mut headers, filters, route.path_prefix.as_deref(), path);
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -1212,22 +1189,8 @@ impl<'v> HeaderEdits<'v> for FieldList<'v> {
         self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
     }
 
-    fn append(&mut self, name: &'static str, value: &'v str) {
+    fn append(&mut self, name: &'v str, value: &'v str) {
         self.push((Cow::Borrowed(name.as_bytes()), Cow::Borrowed(value.as_bytes())));
-    }
-}
-
-/// Applies a header modifier (set, then add, then remove) to a list of fields.
-fn apply_modifier(headers: &mut FieldList<'_>, modifier: &sluice_snapshot::HeaderModifier) {
-    for header in &modifier.set {
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(header.name.as_bytes()));
-        headers.push((Cow::Owned(header.name.as_bytes().to_vec()), Cow::Owned(header.value.as_bytes().to_vec())));
-    }
-    for header in &modifier.add {
-        headers.push((Cow::Owned(header.name.as_bytes().to_vec()), Cow::Owned(header.value.as_bytes().to_vec())));
-    }
-    for name in &modifier.remove {
-        headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name.as_bytes()));
     }
 }
 

@@ -22,31 +22,15 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use sluice_snapshot::{AppProtocol, HeaderModifier, http_filter};
+use sluice_snapshot::AppProtocol;
 
 use crate::cors;
 use crate::decide;
-use crate::edits::{HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for, rewrite_path};
+use crate::edits::{self, HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for};
 use crate::metrics::RouteMetrics;
 use crate::path::normalize;
 use crate::retry;
 use crate::routes::{Headers, RequestView, Route, Tables};
-
-/// Applies a header modifier (set, then add, then remove) to a request or response head;
-/// the two Pingora types share these methods but no trait.
-macro_rules! modify_headers {
-    ($head:expr, $modifier:expr) => {
-        for header in &$modifier.set {
-            $head.insert_header(header.name.clone(), header.value.as_str())?;
-        }
-        for header in &$modifier.add {
-            $head.append_header(header.name.clone(), header.value.as_str())?;
-        }
-        for name in &$modifier.remove {
-            $head.remove_header(name.as_str());
-        }
-    };
-}
 
 /// The Sluice HTTP proxy.
 pub struct SluiceProxy {
@@ -258,29 +242,16 @@ impl ProxyHttp for SluiceProxy {
             }
         }
         let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
-        for filter in route.filters.iter().chain(backend_filters) {
-            match &filter.kind {
-                Some(http_filter::Kind::RequestHeaderModifier(modifier)) => modify_request(upstream_request, modifier)?,
-                Some(http_filter::Kind::UrlRewrite(rewrite)) => {
-                    if !rewrite.hostname.is_empty() {
-                        upstream_request.insert_header(http::header::HOST, rewrite.hostname.as_str())?;
-                    }
-                    if let Some(path) = rewrite.path.as_ref().and_then(|p| p.kind.as_ref()) {
-                        // The routed (normalized) path of the downstream request.
-                        let routed_path = session.req_header().uri.path();
-                        let new_path = rewrite_path(path, route.path_prefix.as_deref(), routed_path);
-                        let uri = match upstream_request.uri.query() {
-                            Some(q) => format!("{new_path}?{q}"),
-                            None => new_path,
-                        };
-                        let uri = uri
-                            .parse::<http::Uri>()
-                            .map_err(|e| Error::because(ErrorType::InternalError, "rewrite", e))?;
-                        upstream_request.set_uri(uri);
-                    }
-                }
-                _ => {}
-            }
+        let filters = route.filters.iter().chain(backend_filters);
+        // The routed (normalized) path of the downstream request.
+        let routed_path = session.req_header().uri.path();
+        if let Some(new_path) = edits::request(upstream_request, filters, route.path_prefix.as_deref(), routed_path) {
+            let uri = match upstream_request.uri.query() {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            let uri = uri.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "rewrite", e))?;
+            upstream_request.set_uri(uri);
         }
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
         let incoming = upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
@@ -503,15 +474,8 @@ impl ProxyHttp for SluiceProxy {
         if let Some(code) = grpc_status(&upstream_response.headers) {
             ctx.grpc_status = Some(code);
         }
-        let Some(route) = &ctx.route else { return Ok(()) };
-        if route.cors.is_some() {
-            cors::edit_response(&ctx.cors, upstream_response);
-        }
-        let backend_filters = ctx.backend.map(|i| route.backends.filters(i)).unwrap_or_default();
-        for filter in route.filters.iter().chain(backend_filters) {
-            if let Some(http_filter::Kind::ResponseHeaderModifier(modifier)) = &filter.kind {
-                modify_headers!(upstream_response, modifier);
-            }
+        if let Some(route) = &ctx.route {
+            edits::response(upstream_response, route, ctx.backend, &ctx.cors);
         }
         Ok(())
     }
@@ -550,11 +514,6 @@ impl AccessLog<'_> {
         });
         println!("{line}");
     }
-}
-
-fn modify_request(request: &mut RequestHeader, modifier: &HeaderModifier) -> Result<()> {
-    modify_headers!(request, modifier);
-    Ok(())
 }
 
 /// Limits on request headers, answered with 431: at most this many header fields...
@@ -653,19 +612,31 @@ pub(crate) fn host_of(raw: &str) -> Cow<'_, str> {
     }
 }
 
-impl HeaderEdits<'_> for ResponseHeader {
-    fn remove(&mut self, name: &str) {
-        self.remove_header(name);
-    }
+/// Pingora's request and response heads share these methods but no trait. Names keep
+/// their case on the wire (as the fast path's do).
+macro_rules! header_edits {
+    ($head:ty) => {
+        impl HeaderEdits<'_> for $head {
+            fn remove(&mut self, name: &str) {
+                self.remove_header(name);
+            }
 
-    fn append(&mut self, name: &'static str, value: &str) {
-        // The values are visible ASCII (names and origins checked, requested values
-        // taken only when visible ASCII), which a header value always accepts.
-        if let Err(error) = self.append_header(name, value) {
-            tracing::debug!(name, %error, "CORS field not added");
+            fn append(&mut self, name: &str, value: &str) {
+                if let Err(error) = self.append_header(name.to_owned(), value) {
+                    tracing::debug!(name, %error, "header field not added");
+                }
+            }
+
+            fn set(&mut self, name: &str, value: &str) {
+                if let Err(error) = self.insert_header(name.to_owned(), value) {
+                    tracing::debug!(name, %error, "header field not set");
+                }
+            }
         }
-    }
+    };
 }
+header_edits!(RequestHeader);
+header_edits!(ResponseHeader);
 
 /// Answers the request directly: an empty body, `Location` when redirecting.
 async fn respond(session: &mut Session, status: u16, location: Option<String>) -> Result<bool> {
