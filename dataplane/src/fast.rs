@@ -48,8 +48,9 @@ use crate::deadline::DeadlineStream;
 use crate::decide::{self, Forward};
 use crate::edits::{self, HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for};
 use crate::metrics::RouteMetrics;
+use crate::outcome::{AccessLog, Failure, Finished};
 use crate::path::normalize;
-use crate::proxy::{AccessLog, MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
+use crate::proxy::{MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
 use crate::routes::{Headers, InFlight, RequestView, Route, Tables};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
@@ -281,45 +282,11 @@ struct LogFields {
     path: String,
 }
 
-/// Why an exchange failed before a response reached the client.
-enum UpstreamError {
-    ConnectRefused,
-    ConnectTimeout,
-    /// The backend sent nothing for `Front::io_timeout` (as on Pingora's path: 504).
-    Timeout,
-    Other,
-    /// The client's body stopped: its deadline passed (408) or the client went away
-    /// (no answer).
-    BodyTimeout,
-    ClientGone,
-    /// A malformed chunked request body (400).
-    BadBody,
-}
-
-impl UpstreamError {
-    /// The answer to the client; 0: none.
-    fn status(&self) -> u16 {
-        match self {
-            UpstreamError::ConnectRefused => 503,
-            UpstreamError::ConnectTimeout | UpstreamError::Timeout => 504,
-            UpstreamError::Other => 502,
-            UpstreamError::BodyTimeout => 408,
-            UpstreamError::ClientGone => 0,
-            UpstreamError::BadBody => 400,
-        }
-    }
-
-    /// Whether the backend failed (counted in the route's upstream errors).
-    fn upstream(&self) -> bool {
-        !matches!(self, UpstreamError::BodyTimeout | UpstreamError::ClientGone | UpstreamError::BadBody)
-    }
-
-    /// A failed read from the backend.
-    fn of_read(error: &std::io::Error) -> (UpstreamError, Option<u16>) {
-        let kind =
-            if error.kind() == std::io::ErrorKind::TimedOut { UpstreamError::Timeout } else { UpstreamError::Other };
-        (kind, None)
-    }
+/// A failed read from the backend: a timeout answers 504, anything else 502.
+fn read_failure(error: &std::io::Error) -> (Failure, Option<u16>) {
+    let failure =
+        if error.kind() == std::io::ErrorKind::TimedOut { Failure::UpstreamTimeout } else { Failure::Upstream };
+    (failure, None)
 }
 
 /// How a response body is delimited.
@@ -341,7 +308,7 @@ enum BodyLeft {
 /// Why passing a request body stopped.
 enum BodyError {
     /// The client's side (deadline, gone, malformed).
-    Client(UpstreamError),
+    Client(Failure),
     /// The upstream stopped taking it.
     Upstream,
 }
@@ -421,10 +388,18 @@ impl Connection {
             // Bytes already searched for the end of the head: a head arriving in many
             // small pieces is parsed once, not once per piece.
             let mut scanned = 0;
+            // A request's clock starts when its head is complete (as Pingora's path's
+            // context is made after the head is read): routing counts in its duration.
+            let mut started = Instant::now();
             let plan = loop {
                 let complete = head_end_after(self.buf.get(..self.filled).unwrap_or_default(), scanned);
                 scanned = self.filled;
-                let plan = if complete { self.plan(front) } else { Plan::Partial };
+                let plan = if complete {
+                    started = Instant::now();
+                    self.plan(front)
+                } else {
+                    Plan::Partial
+                };
                 if !matches!(plan, Plan::Partial) {
                     break plan;
                 }
@@ -452,7 +427,6 @@ impl Connection {
             let close = match plan {
                 Plan::Partial | Plan::HandOver => return Next::HandOver,
                 Plan::Respond(answer) => {
-                    let started = Instant::now();
                     let close = answer.close || *shutdown.borrow();
                     self.consume(answer.head_len);
                     let decide::Answer { status, route, fields } = answer.answer;
@@ -464,7 +438,6 @@ impl Connection {
                     close
                 }
                 Plan::Proxy(exchange) => {
-                    let started = Instant::now();
                     self.consume(exchange.head_len);
                     let close_requested = exchange.close || *shutdown.borrow();
                     let (status, close) = match self.exchange(front, &exchange, close_requested).await {
@@ -625,7 +598,7 @@ impl Connection {
         front: &Front,
         exchange: &Exchange,
         close_requested: bool,
-    ) -> Result<(u16, bool), (UpstreamError, Option<u16>)> {
+    ) -> Result<(u16, bool), (Failure, Option<u16>)> {
         let mut upstream = None;
         let mut read = 0;
         if self.upstream_buf.len() < READ_CHUNK {
@@ -635,7 +608,7 @@ impl Connection {
         let body_deadline = tokio::time::Instant::now() + front.request_body_timeout;
         let mut body = BodyLeft::new(exchange.body);
         let first =
-            body.take(self.buf.get(..self.filled).unwrap_or_default()).map_err(|()| (UpstreamError::BadBody, None))?;
+            body.take(self.buf.get(..self.filled).unwrap_or_default()).map_err(|()| (Failure::BadRequest, None))?;
         self.out.extend_from_slice(self.buf.get(..first).unwrap_or_default());
         self.consume(first);
         // A request whose whole body is in `out` can be sent again.
@@ -660,7 +633,7 @@ impl Connection {
                 match within(self.io_timeout, stream.read(&mut self.upstream_buf)).await {
                     Ok(n) => n,
                     // The backend has the request and is silent: never sent twice.
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(UpstreamError::of_read(&e)),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
                     Err(_) => 0,
                 }
             } else {
@@ -671,56 +644,54 @@ impl Connection {
                 break;
             }
             if !reused || !resendable || body_cut {
-                return Err((UpstreamError::Other, None));
+                return Err((Failure::Upstream, None));
             }
             // A pooled connection the backend had closed: once more on a new one.
         }
-        let Some(mut stream) = upstream else { return Err((UpstreamError::Other, None)) };
+        let Some(mut stream) = upstream else { return Err((Failure::Upstream, None)) };
         let close_requested = close_requested || body_cut;
         loop {
             let head = match self.response_head(exchange, read, close_requested) {
                 Ok(Some(head)) => head,
                 Ok(None) => {
                     if read >= MAX_RESPONSE_HEAD_BYTES {
-                        return Err((UpstreamError::Other, None));
+                        return Err((Failure::Upstream, None));
                     }
                     if read == self.upstream_buf.len() {
                         self.upstream_buf.resize(read + READ_CHUNK, 0);
                     }
                     let n = within(self.io_timeout, stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
                         .await
-                        .map_err(|e| UpstreamError::of_read(&e))?;
+                        .map_err(|e| read_failure(&e))?;
                     if n == 0 {
-                        return Err((UpstreamError::Other, None));
+                        return Err((Failure::Upstream, None));
                     }
                     read += n;
                     continue;
                 }
-                Err(()) => return Err((UpstreamError::Other, None)),
+                Err(()) => return Err((Failure::Upstream, None)),
             };
             if head.interim {
                 // 1xx (not 101): forward it and read on for the final response.
                 within(self.io_timeout, self.stream.write_all(&self.out))
                     .await
-                    .map_err(|_| (UpstreamError::Other, None))?;
-                within(self.io_timeout, self.stream.flush()).await.map_err(|_| (UpstreamError::Other, None))?;
+                    .map_err(|_| (Failure::Upstream, None))?;
+                within(self.io_timeout, self.stream.flush()).await.map_err(|_| (Failure::Upstream, None))?;
                 self.upstream_buf.copy_within(head.len..read, 0);
                 read -= head.len;
                 if read == 0 {
                     read = within(self.io_timeout, stream.read(&mut self.upstream_buf))
                         .await
-                        .map_err(|e| UpstreamError::of_read(&e))?;
+                        .map_err(|e| read_failure(&e))?;
                     if read == 0 {
-                        return Err((UpstreamError::Other, None));
+                        return Err((Failure::Upstream, None));
                     }
                 }
                 continue;
             }
             let client_close = head.client_close;
-            let reusable = self
-                .pass_body(&mut stream, &head, read)
-                .await
-                .map_err(|()| (UpstreamError::Other, Some(head.status)))?;
+            let reusable =
+                self.pass_body(&mut stream, &head, read).await.map_err(|()| (Failure::Upstream, Some(head.status)))?;
             if reusable && !body_cut {
                 front.pool.put(exchange.endpoint, stream);
             }
@@ -743,17 +714,17 @@ impl Connection {
             if self.filled == 0 {
                 let limit = deadline.min(tokio::time::Instant::now() + self.io_timeout);
                 match self.read_client(limit, Duration::ZERO).await {
-                    Ok(0) => return Err(BodyError::Client(UpstreamError::ClientGone)),
+                    Ok(0) => return Err(BodyError::Client(Failure::ClientGone)),
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        return Err(BodyError::Client(UpstreamError::BodyTimeout));
+                        return Err(BodyError::Client(Failure::ClientTimeout));
                     }
-                    Err(_) => return Err(BodyError::Client(UpstreamError::ClientGone)),
+                    Err(_) => return Err(BodyError::Client(Failure::ClientGone)),
                 }
             }
             let take = body
                 .take(self.buf.get(..self.filled).unwrap_or_default())
-                .map_err(|()| BodyError::Client(UpstreamError::BadBody))?;
+                .map_err(|()| BodyError::Client(Failure::BadRequest))?;
             within(self.io_timeout, upstream.write_all(self.buf.get(..take).unwrap_or_default()))
                 .await
                 .map_err(|_| BodyError::Upstream)?;
@@ -965,21 +936,16 @@ impl Front {
         upstream: Option<SocketAddr>,
         log: Option<LogFields>,
     ) {
-        let elapsed = started.elapsed();
-        route.map_or(&self.unmatched, |route| &route.metrics).record(status, elapsed);
-        if let Some(log) = log {
-            AccessLog {
-                client: client.map(|a| a.to_string()),
-                method: &log.method,
-                host: &log.host,
-                path: &log.path,
-                status,
-                route: route.map(|r| &**r),
-                upstream,
-                elapsed,
-            }
-            .print();
-        }
+        // HTTP/1.1 carries no gRPC (its status is only read on Pingora's HTTP/2 path).
+        let finished = Finished { route: route.map(|r| &**r), status, elapsed: started.elapsed(), grpc_status: None };
+        let log = log.as_ref().map(|log| AccessLog {
+            client,
+            method: &log.method,
+            host: &log.host,
+            path: &log.path,
+            upstream,
+        });
+        finished.record(&self.unmatched, log);
     }
 }
 
@@ -1255,10 +1221,10 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-async fn connect(endpoint: SocketAddr) -> Result<TcpStream, UpstreamError> {
+async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(Err(_)) => Err(UpstreamError::ConnectRefused),
+        Err(_) => Err(Failure::UpstreamTimeout),
+        Ok(Err(_)) => Err(Failure::ConnectRefused),
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)

@@ -22,6 +22,7 @@ mod host_index;
 mod incremental;
 mod metrics;
 mod mirror;
+mod outcome;
 mod path;
 mod proxy;
 pub mod push;

@@ -28,6 +28,7 @@ use crate::cors;
 use crate::decide;
 use crate::edits::{self, HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for};
 use crate::metrics::RouteMetrics;
+use crate::outcome::{AccessLog, Failure, Finished};
 use crate::path::normalize;
 use crate::retry;
 use crate::routes::{Headers, RequestView, Route, Tables};
@@ -410,27 +411,8 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut Self::CTX) -> FailToProxy {
-        use pingora_core::ErrorSource;
-        let code = match error.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            // Gateway API timeouts answer 504; a backend that cannot be reached, 503.
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if error.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
-            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 503,
-            _ => match error.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match error.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    ErrorType::ReadTimedout => 408,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
-        if error.esource() == &ErrorSource::Upstream
+        let code = Failure::of_pingora(error).status();
+        if error.esource() == &pingora_core::ErrorSource::Upstream
             && let Some(route) = &ctx.route
         {
             route.metrics.upstream_error();
@@ -442,27 +424,22 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut Self::CTX) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
-        let metrics = ctx.route.as_ref().map_or(&self.unmatched, |route| &route.metrics);
-        metrics.record(status, elapsed);
-        if let Some(code) = ctx.grpc_status {
-            metrics.record_grpc(code);
-        }
-        if self.access_log {
-            let header = session.req_header();
-            AccessLog {
-                client: session.client_addr().map(|a| a.to_string()),
-                method: header.method.as_str(),
-                host: &request_host(header),
-                path: header.uri.path(),
-                status,
-                route: ctx.route.as_deref(),
-                upstream: ctx.endpoint.map(|(a, _)| a),
-                elapsed,
-            }
-            .print();
-        }
+        let finished = Finished {
+            route: ctx.route.as_deref(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            elapsed: ctx.started.elapsed(),
+            grpc_status: ctx.grpc_status,
+        };
+        let header = session.req_header();
+        let host = request_host(header);
+        let log = self.access_log.then(|| AccessLog {
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: header.method.as_str(),
+            host: &host,
+            path: header.uri.path(),
+            upstream: ctx.endpoint.map(|(a, _)| a),
+        });
+        finished.record(&self.unmatched, log);
     }
 
     async fn response_filter(
@@ -485,35 +462,6 @@ impl ProxyHttp for SluiceProxy {
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
     let value = headers.get("grpc-status")?.to_str().ok()?;
     value.parse().ok().filter(|code| *code <= 16)
-}
-
-/// One request's access-log line (both the fast path and Pingora's path print these).
-pub(crate) struct AccessLog<'a> {
-    pub client: Option<String>,
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub route: Option<&'a Route>,
-    pub upstream: Option<SocketAddr>,
-    pub elapsed: Duration,
-}
-
-impl AccessLog<'_> {
-    /// Prints the line as JSON on stdout.
-    pub(crate) fn print(&self) {
-        let line = serde_json::json!({
-            "client": self.client,
-            "method": self.method,
-            "host": self.host,
-            "path": self.path,
-            "status": self.status,
-            "route": self.route.map(|r| r.name.as_str()),
-            "upstream": self.upstream.map(|a| a.to_string()),
-            "duration_ms": self.elapsed.as_secs_f64() * 1000.0,
-        });
-        println!("{line}");
-    }
 }
 
 /// Limits on request headers, answered with 431: at most this many header fields...
