@@ -9,6 +9,7 @@
 //! ```
 
 mod admin;
+mod apply;
 mod client_auth;
 mod client_hello;
 mod cors;
