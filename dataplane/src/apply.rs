@@ -86,6 +86,14 @@ impl Applier {
                 return Ok(version);
             }
         }
+        self.install(snapshot)?;
+        Ok(version)
+    }
+
+    /// Compiles `snapshot` (reusing the pieces the served tables share with it) and serves
+    /// it, without looking at its version: what a `--snapshot` file says is served as it
+    /// is, and `apply` has checked a pushed snapshot's.
+    pub(crate) fn install(&mut self, snapshot: Snapshot) -> Result<(), String> {
         let started = Instant::now();
         let served = self.tables.as_ref().map(|tables| tables.load_full());
         let previous = match (&self.snapshot, &served, &self.layout) {
@@ -98,7 +106,8 @@ impl Applier {
         let compiled_at = started.elapsed();
         self.dropped =
             compiled.dropped.iter().map(|d| Dropped { name: d.name.clone(), problem: d.problem.clone() }).collect();
-        self.metrics.generation.store(version.generation, Ordering::Relaxed);
+        self.metrics.generation.store(compiled.generation, Ordering::Relaxed);
+        self.metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
         let mut ports: Vec<(u32, bool)> =
             snapshot.listeners.iter().map(|l| (l.port, l.protocol() == sluice_snapshot::Protocol::Udp)).collect();
         ports.sort_unstable();
@@ -124,9 +133,11 @@ impl Applier {
             }
         }
         let swapped_at = started.elapsed();
-        self.current = Some(version.clone());
+        self.current = snapshot.version.clone();
         self.snapshot = Some(compact(snapshot));
         self.layout = Some(layout);
+        // Only now does nothing hold the counters of routes gone (the old layout did).
+        self.metrics.prune_routes();
         self.digests = None;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
@@ -135,7 +146,7 @@ impl Applier {
             keep_ms = ms(started.elapsed() - swapped_at),
             "compiled"
         );
-        Ok(version)
+        Ok(())
     }
 
     /// Digests the served snapshot if it has no digests yet (a whole snapshot was just
@@ -241,6 +252,7 @@ impl Applier {
         base.version = Some(version.clone());
         self.metrics.generation.store(version.generation, Ordering::Relaxed);
         swap_in(tables, compiled, &self.metrics);
+        self.metrics.prune_routes();
         self.current = Some(version.clone());
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::debug!(
@@ -264,10 +276,10 @@ fn compact(mut snapshot: Snapshot) -> Snapshot {
     snapshot
 }
 
-/// Serves `compiled` from now on (requests in flight finish on the tables they hold).
+/// Serves `compiled` from now on (requests in flight finish on the tables they hold);
+/// the caller prunes the counters of routes gone once it holds none of them itself.
 fn swap_in(tables: &Tables, compiled: crate::routes::Compiled, metrics: &Metrics) {
     tables.store(Arc::new(compiled));
-    metrics.prune_routes();
     metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -43,11 +43,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use arc_swap::ArcSwap;
 use clap::Parser;
 use pingora_core::server::Server;
 use sluice_snapshot::{Protocol, Snapshot};
 
+use crate::apply::Applier;
 use crate::metrics::Metrics;
 use crate::proxy::SluiceProxy;
 use crate::routes::Tables;
@@ -134,11 +134,10 @@ pub struct Cli {
     http2_idle_timeout_secs: u64,
 }
 
-fn load(path: &Path, metrics: &Metrics) -> Result<(String, Snapshot, routes::Compiled)> {
+fn load(path: &Path) -> Result<(String, Snapshot)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let snapshot = Snapshot::from_text(&text)?;
-    let compiled = compile(&snapshot, metrics)?;
-    Ok((text, snapshot, compiled))
+    Ok((text, snapshot))
 }
 
 /// Parses the command line and runs the data plane (the `sluice-dataplane` binary).
@@ -161,21 +160,18 @@ pub fn run(cli: Cli) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (snapshot, tables) = match (&cli.snapshot, &cli.control_plane) {
         (Some(path), _) => {
-            let (text, snapshot, compiled) = load(path, &metrics)?;
-            metrics.generation.store(compiled.generation, Ordering::Relaxed);
-            metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
+            let (text, snapshot) = load(path)?;
             if cli.check {
+                compile(&snapshot, &metrics)?;
                 print_summary(&snapshot);
                 return Ok(());
             }
-            let tables: Tables = Arc::new(ArcSwap::from_pointee(compiled));
-            spawn_file_watcher(
-                path.clone(),
-                tables.clone(),
-                metrics.clone(),
-                Duration::from_millis(cli.poll_interval_ms.max(1)),
-                &text,
-            );
+            // The same applier as the push client's: the file's changes are compiled
+            // reusing what did not change, and swapped in alike.
+            let mut applier = Applier::new(metrics.clone(), None, None);
+            applier.install(snapshot.clone()).map_err(anyhow::Error::msg)?;
+            let tables = applier.tables.clone().context("no tables after the first snapshot")?;
+            spawn_file_watcher(path.clone(), applier, Duration::from_millis(cli.poll_interval_ms.max(1)), &text);
             (snapshot, tables)
         }
         (None, Some(url)) => push::start(url.clone(), cli.push.clone(), metrics.clone())?,
@@ -337,7 +333,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
 /// file timestamps are. Replace the file atomically (write another file, rename it over)
 /// so that no half-written file is read. A snapshot that does not parse, validate or
 /// compile is logged and the last good one keeps serving.
-fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, interval: Duration, initial: &str) {
+fn spawn_file_watcher(path: PathBuf, mut applier: Applier, interval: Duration, initial: &str) {
     let mut last = content_hash(initial.as_bytes());
     std::thread::spawn(move || {
         loop {
@@ -348,21 +344,18 @@ fn spawn_file_watcher(path: PathBuf, tables: Tables, metrics: Arc<Metrics>, inte
                 continue;
             }
             last = hash;
-            let parsed = std::str::from_utf8(&bytes)
+            let applied = std::str::from_utf8(&bytes)
                 .map_err(anyhow::Error::from)
                 .and_then(|text| Ok(Snapshot::from_text(text)?))
-                .and_then(|snapshot| Ok((compile(&snapshot, &metrics)?, snapshot)));
-            match parsed {
-                Ok((compiled, snapshot)) => {
-                    metrics.generation.store(compiled.generation, Ordering::Relaxed);
-                    metrics.dropped_pieces.store(compiled.dropped.len() as u64, Ordering::Relaxed);
-                    metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                    tables.store(Arc::new(compiled));
-                    metrics.prune_routes();
-                    tracing::info!(gateway = snapshot.gateway, "applied new snapshot");
-                }
+                .and_then(|snapshot| {
+                    let gateway = snapshot.gateway.clone();
+                    applier.install(snapshot).map_err(anyhow::Error::msg)?;
+                    Ok(gateway)
+                });
+            match applied {
+                Ok(gateway) => tracing::info!(gateway, "applied new snapshot"),
                 Err(error) => {
-                    metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                    applier.metrics.reloads_rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("keeping the last good snapshot: {error:#}");
                 }
             }

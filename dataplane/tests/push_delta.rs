@@ -98,9 +98,10 @@ fn deltas_apply_and_a_mismatch_asks_for_the_whole_snapshot() {
 
     let dir = TempDir(std::env::temp_dir().join(format!("sluice-dp-delta-{}-{port}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
+    let admin = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
         .args(["--control-plane", &format!("http://{address}"), "--gateway", "test/gw", "--pod", "p"])
-        .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{admin}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -192,6 +193,36 @@ fn deltas_apply_and_a_mismatch_asks_for_the_whole_snapshot() {
     send(delta(&sluice_snapshot::delta::diff(&v3, &v4)));
     assert_eq!(acked(next("Ack v4")), 4);
     wait_for_backend(port, "a");
+
+    // A snapshot with a piece that cannot be served (a route whose regex does not
+    // compile once anchored): the Ack names it, and so does the metrics' gauge, as for
+    // a snapshot file.
+    let dropped_pieces = || {
+        let metrics = get(admin, "admin", "/metrics", &[]).body;
+        metrics.lines().find_map(|l| l.strip_prefix("sluice_snapshot_dropped_pieces ").map(str::to_string))
+    };
+    assert_eq!(dropped_pieces().as_deref(), Some("0"));
+    let mut v5 = v4.clone();
+    let mut broken = v5.listeners[0].http_routes[0].clone();
+    broken.name = "httproute/test/broken/rule/0/match/0".into();
+    broken.r#match = Some(sluice_snapshot::HttpMatch {
+        path: Some(sluice_snapshot::PathMatch {
+            r#type: sluice_snapshot::PathMatchType::RegularExpression as i32,
+            value: "(?x)/r#".into(),
+        }),
+        ..Default::default()
+    });
+    v5.listeners[0].http_routes.insert(0, broken);
+    let v5 = stamped(v5, 5);
+    send(whole(&v5));
+    match next("Ack v5") {
+        data_plane_message::Message::Ack(ack) => {
+            assert_eq!(ack.version.unwrap().generation, 5);
+            assert_eq!(ack.dropped.len(), 1, "{:?}", ack.dropped);
+        }
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+    assert_eq!(dropped_pieces().as_deref(), Some("1"));
 }
 
 struct KillOnDrop(std::process::Child);
