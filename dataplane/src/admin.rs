@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics::Metrics;
-use crate::routes::Tables;
+use crate::tables::Tables;
 
 /// How long a client may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -141,7 +141,7 @@ impl Admin {
 /// `/config/endpoints`: the served tables' generation and build time, then one line per
 /// cluster with its endpoints (what the endpoint-churn benchmark polls to see when an
 /// EndpointSlice change reached the data plane).
-fn endpoints_text(tables: &crate::routes::Compiled) -> String {
+fn endpoints_text(tables: &crate::tables::Compiled) -> String {
     use std::fmt::Write as _;
     let mut text = format!(
         "gateway={} generation={} compiled_unix_ms={}\n",

@@ -12,8 +12,8 @@ use sluice_snapshot::push::Dropped;
 use sluice_snapshot::{Snapshot, SnapshotDelta, Version};
 
 use crate::metrics::Metrics;
-use crate::routes::Tables;
-use crate::routes::{Layout, Previous, compile_reusing};
+use crate::tables::Tables;
+use crate::tables::{Layout, Previous, compile_reusing};
 
 impl Applier {
     /// An applier with nothing served yet; `first` gets the first snapshot applied and
@@ -278,7 +278,7 @@ fn compact(mut snapshot: Snapshot) -> Snapshot {
 
 /// Serves `compiled` from now on (requests in flight finish on the tables they hold);
 /// the caller prunes the counters of routes gone once it holds none of them itself.
-fn swap_in(tables: &Tables, compiled: crate::routes::Compiled, metrics: &Metrics) {
+fn swap_in(tables: &Tables, compiled: crate::tables::Compiled, metrics: &Metrics) {
     tables.store(Arc::new(compiled));
     metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
 }

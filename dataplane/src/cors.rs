@@ -4,7 +4,7 @@
 //! ```text
 //!  route's Policy + request (method, Origin, Access-Control-Request-Method/-Headers)
 //!     ── decide ─┬─► Preflight(fields): answered 200 by the data plane, never forwarded
-//!                └─► Actual(fields):    forwarded; edit_response: the response loses the
+//!                └─► Actual(fields):    forwarded; edits::response: the response loses the
 //!                                       backend's Access-Control-Allow-Origin/-Credentials/
 //!                                       -Expose-Headers and gets `fields` (Vary appended)
 //! ```
@@ -15,26 +15,16 @@
 
 use sluice_snapshot::compile::{OriginPattern, origin_pattern};
 
-use crate::edits::HeaderEdits;
-use crate::routes::Headers;
+use crate::view::Headers;
 
 /// A response header field the policy adds.
 pub type Field = (&'static str, String);
 
-/// Response fields that belong to the route's policy: the backend's are removed.
-const OWNED: [&str; 3] =
+/// Response fields that belong to the route's policy: the backend's are removed before
+/// an `Actual` decision's fields are appended (`edits::response`; `Vary` is appended
+/// beside the backend's).
+pub(crate) const OWNED: [&str; 3] =
     ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers"];
-
-/// Applies an `Actual` decision's fields to a backend's response: the backend's own
-/// CORS fields go, the policy's are appended (`Vary` beside the backend's).
-pub fn edit_response<'v>(fields: &'v [Field], response: &mut impl HeaderEdits<'v>) {
-    for name in OWNED {
-        response.remove(name);
-    }
-    for (name, value) in fields {
-        response.append(name, value);
-    }
-}
 
 /// `Vary` of responses to requests that are not preflights: the answer depends on Origin.
 const VARY_ACTUAL: &str = "Origin";
@@ -88,7 +78,7 @@ impl Allowed {
 pub enum Decision {
     /// A preflight: answer it (200, empty body) with these fields.
     Preflight(Vec<Field>),
-    /// Any other request: forward it, then `edit_response` with these.
+    /// Any other request: forward it, then edit its response with these (`edits::response`).
     Actual(Vec<Field>),
 }
 
@@ -291,32 +281,6 @@ mod tests {
                 ("access-control-expose-headers", "*"),
             ]))
         );
-    }
-
-    #[test]
-    fn responses_lose_the_backends_cors_fields_and_keep_its_vary() {
-        struct Head(Vec<(String, String)>);
-        impl HeaderEdits<'_> for Head {
-            fn remove(&mut self, name: &str) {
-                self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            }
-            fn append(&mut self, name: &str, value: &str) {
-                self.0.push((name.to_string(), value.to_string()));
-            }
-        }
-        let mut head = Head(
-            [("Access-Control-Allow-Origin", "*"), ("access-control-allow-credentials", "true"), ("vary", "accept")]
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        );
-        edit_response(&fields(&[("vary", VARY_ACTUAL), ("access-control-allow-origin", "https://a.com")]), &mut head);
-        let expected: Vec<(String, String)> =
-            [("vary", "accept"), ("vary", "Origin"), ("access-control-allow-origin", "https://a.com")]
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect();
-        assert_eq!(head.0, expected);
     }
 
     #[test]

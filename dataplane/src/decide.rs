@@ -18,7 +18,8 @@ use std::sync::Arc;
 use sluice_snapshot::{RequestRedirect, http_filter};
 
 use crate::cors;
-use crate::routes::{ClusterTable, Compiled, InFlight, ListenerTable, PortTable, RequestView, Route, Target};
+use crate::tables::{ClusterTable, Compiled, InFlight, ListenerTable, PortTable, Route, Target};
+use crate::view::RequestView;
 
 /// A request as the decision sees it.
 pub(crate) struct Request<'a> {
@@ -93,7 +94,7 @@ pub(crate) fn route(tables: &Compiled, request: &Request<'_>) -> Result<Matched,
             cors::Decision::Actual(fields) => cors = fields,
         }
     }
-    match crate::routes::terminal_filter(&route.filters) {
+    match crate::tables::terminal_filter(&route.filters) {
         Some(http_filter::Kind::RequestRedirect(redirect)) => {
             let location = redirect_location(redirect, route, tls, view.host, request.port, view.path, view.query);
             let status = u16::try_from(redirect.status_code).unwrap_or(302);

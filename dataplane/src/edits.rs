@@ -5,7 +5,7 @@
 use sluice_snapshot::{HeaderModifier, HttpFilter, http_filter, path_modifier};
 
 use crate::cors;
-use crate::routes::Route;
+use crate::tables::Route;
 
 /// A head on its way through, as each request path holds it (Pingora's `RequestHeader`
 /// and `ResponseHeader`, the fast path's field list). Names and values are valid: the
@@ -62,6 +62,17 @@ pub(crate) fn request<'v>(
     new_path
 }
 
+/// An `Actual` CORS decision's fields on a backend's response: the backend's own CORS
+/// fields go, the policy's are appended (`Vary` beside the backend's).
+fn cors_fields<'v>(head: &mut impl HeaderEdits<'v>, fields: &'v [cors::Field]) {
+    for name in cors::OWNED {
+        head.remove(name);
+    }
+    for (name, value) in fields {
+        head.append(name, value);
+    }
+}
+
 /// The response edits of a route (`backend`: the index of the weighted backend that
 /// answered): its CORS fields (`cors`, decided on the request), then the response header
 /// modifiers of the rule and of that backend.
@@ -72,7 +83,7 @@ pub(crate) fn response<'v>(
     cors: &'v [cors::Field],
 ) {
     if route.cors.is_some() {
-        cors::edit_response(cors, head);
+        cors_fields(head, cors);
     }
     let backend_filters = backend.map(|i| route.backends.filters(i)).unwrap_or_default();
     for filter in route.filters.iter().chain(backend_filters) {
@@ -136,6 +147,24 @@ mod tests {
 
     fn filter(kind: http_filter::Kind) -> HttpFilter {
         HttpFilter { kind: Some(kind) }
+    }
+
+    #[test]
+    fn responses_lose_the_backends_cors_fields_and_keep_its_vary() {
+        let mut head = Head(
+            [("Access-Control-Allow-Origin", "*"), ("access-control-allow-credentials", "true"), ("vary", "accept")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+        let fields = [("vary", "Origin".to_string()), ("access-control-allow-origin", "https://a.com".to_string())];
+        cors_fields(&mut head, &fields);
+        let expected: Vec<(String, String)> =
+            [("vary", "accept"), ("vary", "Origin"), ("access-control-allow-origin", "https://a.com")]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(head.0, expected);
     }
 
     #[test]

@@ -51,7 +51,8 @@ use crate::metrics::RouteMetrics;
 use crate::outcome::{AccessLog, Failure, Finished};
 use crate::path::normalize;
 use crate::proxy::{MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
-use crate::routes::{Headers, InFlight, RequestView, Route, Tables};
+use crate::tables::{InFlight, Route, Tables};
+use crate::view::{Headers, RequestView};
 
 /// How long an idle client connection is kept open between requests (as Pingora does).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);

@@ -119,7 +119,7 @@ pub fn chunked(data: &[u8]) {
 pub fn snapshot(data: &[u8]) {
     let Ok(snapshot) = Snapshot::decode(data) else { return };
     let structural = sluice_snapshot::problems(&snapshot).iter().any(|p| p.piece == sluice_snapshot::Piece::Snapshot);
-    match crate::routes::compile(&snapshot, &Metrics::default()) {
+    match crate::tables::compile(&snapshot, &Metrics::default()) {
         Ok(compiled) => {
             assert!(!structural, "a structurally invalid snapshot compiled\n{snapshot:?}");
             if sluice_snapshot::validate(&snapshot).is_ok() {
@@ -138,7 +138,7 @@ pub fn snapshot(data: &[u8]) {
 /// Panics unless the data plane compiles `snapshot` whole, dropping nothing (what the
 /// translator emits).
 pub fn assert_compiles(snapshot: &Snapshot) {
-    match crate::routes::compile(snapshot, &Metrics::default()) {
+    match crate::tables::compile(snapshot, &Metrics::default()) {
         Ok(compiled) => {
             assert!(compiled.dropped.is_empty(), "the data plane dropped {:?}\n{snapshot:?}", compiled.dropped)
         }

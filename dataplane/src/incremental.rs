@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use sluice_snapshot::{HttpRoute, HttpRouteHunk, Protocol, Snapshot, SnapshotDelta};
 
-use crate::host_index::{Entry, between};
-use crate::routes::{ClusterTable, Compiled, Layout, ListenerTable, Slot, cluster_table, compile_route};
+use crate::tables::host_index::{Entry, between};
+use crate::tables::{ClusterTable, Compiled, Layout, ListenerTable, Slot, cluster_table, compile_route};
 
 /// (start, end, new slots) in base positions, in order.
 type SlotEdits = Vec<(usize, usize, Vec<Slot>)>;
@@ -118,7 +118,7 @@ pub fn patch(
         tls_ports: served.tls_ports.clone(),
         dropped: served.dropped.clone(),
         clusters,
-        compiled_unix_ms: crate::routes::now_unix_ms(),
+        compiled_unix_ms: crate::tables::now_unix_ms(),
     };
     Some(Patched { compiled, edits, uses })
 }
@@ -169,7 +169,7 @@ fn patch_clusters(base: &Snapshot, served: &Compiled, delta: &SnapshotDelta) -> 
 /// Whether a TCP, UDP or TLS route of `snapshot` points at one of `names` (their tables
 /// are only built by the full compile).
 fn l4_uses_any(snapshot: &Snapshot, names: &HashSet<String>) -> bool {
-    snapshot.listeners.iter().flat_map(crate::routes::l4_route_clusters).any(|name| names.contains(name))
+    snapshot.listeners.iter().flat_map(crate::tables::l4_route_clusters).any(|name| names.contains(name))
 }
 
 /// One edit of a listener's routes, in base positions: `start..end` replaced by `insert`.
@@ -198,7 +198,7 @@ fn spans<'a>(routes: &'a [HttpRoute], hunks: &'a [HttpRouteHunk], changed: &Hash
     let replaced = |i: usize| spans.iter().any(|s| s.start <= i && i < s.end);
     let mut again = Vec::new();
     for (i, route) in routes.iter().enumerate() {
-        if crate::routes::http_route_clusters(route).any(|name| changed.contains(name)) && !replaced(i) {
+        if crate::tables::http_route_clusters(route).any(|name| changed.contains(name)) && !replaced(i) {
             again.push(Span { start: i, end: i + 1, insert: std::slice::from_ref(route), again: true });
         }
     }
@@ -210,7 +210,7 @@ fn spans<'a>(routes: &'a [HttpRoute], hunks: &'a [HttpRouteHunk], changed: &Hash
     Some(spans)
 }
 
-type ListenerEdit = (crate::host_index::HostIndex, SlotEdits);
+type ListenerEdit = (crate::tables::host_index::HostIndex, SlotEdits);
 
 /// One listener's index with its route hunks applied, and the layout edits.
 fn patch_listener(
@@ -227,7 +227,7 @@ fn patch_listener(
     let mut at = 0usize;
     // The order key of the last route placed so far (0: none yet).
     let mut last = 0u64;
-    let known = |name: &str| crate::routes::ClusterLookup::cluster(clusters, name).is_some();
+    let known = |name: &str| crate::tables::ClusterLookup::cluster(clusters, name).is_some();
     for span in spans {
         let (start, end) = (span.start, span.end);
         if start < at || end < start {
@@ -241,7 +241,7 @@ fn patch_listener(
                 return None;
             }
             index.remove(&route.hostnames, slot.order);
-            for name in crate::routes::http_route_clusters(route) {
+            for name in crate::tables::http_route_clusters(route) {
                 *uses.entry(name.to_string()).or_default() -= 1;
             }
         }
@@ -257,7 +257,7 @@ fn patch_listener(
             }
             let compiled = Arc::new(compile_route(route, clusters, metrics).ok()?);
             index.insert(&route.hostnames, &Entry { order, route: compiled.clone() });
-            for name in crate::routes::http_route_clusters(route) {
+            for name in crate::tables::http_route_clusters(route) {
                 *uses.entry(name.to_string()).or_default() += 1;
             }
             new.push(Slot { order, route: compiled, dropped: false });

@@ -19,7 +19,6 @@ mod edits;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;
-mod host_index;
 mod incremental;
 mod metrics;
 mod mirror;
@@ -28,13 +27,13 @@ mod path;
 mod proxy;
 pub mod push;
 mod retry;
-mod routes;
+mod tables;
 mod tcp;
 mod tls;
 mod tls_proxy;
-mod tls_routes;
 mod udp;
 pub mod upstream_tls;
+mod view;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,8 +49,8 @@ use sluice_snapshot::{Protocol, Snapshot};
 use crate::apply::Applier;
 use crate::metrics::Metrics;
 use crate::proxy::SluiceProxy;
-use crate::routes::Tables;
-use crate::routes::compile;
+use crate::tables::Tables;
+use crate::tables::compile;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice-dataplane", version, about = "The Sluice data plane")]

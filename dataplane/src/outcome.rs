@@ -7,7 +7,7 @@ use std::time::Duration;
 use pingora_core::{Error, ErrorSource, ErrorType};
 
 use crate::metrics::RouteMetrics;
-use crate::routes::Route;
+use crate::tables::Route;
 
 /// Why a request failed before a response from its backend reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,8 @@ use crate::metrics::RouteMetrics;
 use crate::outcome::{AccessLog, Failure, Finished};
 use crate::path::normalize;
 use crate::retry;
-use crate::routes::{Headers, RequestView, Route, Tables};
+use crate::tables::{Route, Tables};
+use crate::view::{Headers, RequestView};
 
 /// The Sluice HTTP proxy.
 pub struct SluiceProxy {
@@ -57,13 +58,13 @@ pub struct RequestContext {
     backend: Option<usize>,
     endpoint: Option<(SocketAddr, AppProtocol)>,
     /// Counts this request against its endpoint (least-request clusters) until it ends.
-    in_flight: Option<crate::routes::InFlight>,
+    in_flight: Option<crate::tables::InFlight>,
     /// Whether the request came in over TLS.
     tls: bool,
     /// Body feeds of this request's mirrors: each chunk is offered to them as it passes.
     mirror_bodies: Vec<tokio::sync::mpsc::Sender<crate::mirror::Chunk>>,
     /// The cluster the endpoint came from, for retries to pick another endpoint.
-    cluster: Option<Arc<crate::routes::ClusterTable>>,
+    cluster: Option<Arc<crate::tables::ClusterTable>>,
     /// Retries made so far (HTTPRoute `retry`).
     retries: u32,
     /// The current error is a retry the route's rule asked for (a listed answer code).

@@ -31,7 +31,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::apply::{Applier, Unapplied};
 use crate::metrics::Metrics;
-use crate::routes::Tables;
+use crate::tables::Tables;
 
 /// Longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

@@ -9,8 +9,8 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
-use crate::routes::Tables;
-use crate::routes::Target;
+use crate::tables::Tables;
+use crate::tables::Target;
 
 /// Proxies the connections of one TCP port.
 pub struct TcpProxy {

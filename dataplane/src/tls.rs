@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::client_auth::ClientAuth;
-use crate::routes::Tables;
+use crate::tables::Tables;
 
 /// Picks the certificate for one TLS port by SNI.
 pub struct SniResolver {

@@ -25,8 +25,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::client_hello::{MAX_CLIENT_HELLO_BYTES, Replayed, read_client_hello};
 use crate::metrics::{TlsMetrics, TlsOutcome};
-use crate::routes::Tables;
-use crate::routes::Target;
+use crate::tables::Tables;
+use crate::tables::Target;
 
 /// How long connecting to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

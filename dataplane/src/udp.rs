@@ -25,8 +25,8 @@ use pingora_core::services::background::BackgroundService;
 use tokio::net::UdpSocket;
 
 use crate::metrics::UdpMetrics;
-use crate::routes::Tables;
-use crate::routes::{InFlight, Target};
+use crate::tables::Tables;
+use crate::tables::{InFlight, Target};
 
 /// The largest UDP payload; every datagram is forwarded whole.
 const MAX_DATAGRAM: usize = 65535;

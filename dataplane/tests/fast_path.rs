@@ -389,9 +389,9 @@ fn a_malformed_chunked_request_body_is_refused_and_the_connection_closed() {
     let port = free_port();
     let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
-    stream
-        .write_all(b"POST /bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
-        .unwrap();
+    // Nothing after the bad size line: bytes left unread when the proxy closes would make
+    // the kernel reset the connection, maybe before the answer is read.
+    stream.write_all(b"POST /bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").unwrap();
     let reply = read_reply(&mut reader, false);
     assert_eq!(reply.status, 400, "{}", reply.head);
     let mut rest = Vec::new();

@@ -5,7 +5,11 @@
 
 use super::*;
 use crate::metrics::Metrics;
-use sluice_snapshot::{Endpoint, HttpMatch, Listener, PathMatch, ValueMatch, Version};
+use crate::view::Headers;
+use sluice_snapshot::{
+    Endpoint, HttpMatch, Listener, LoadBalancing, PathMatch, PathMatchType, ValueMatch, ValueMatchType, Version,
+    weighted_backend,
+};
 
 struct Rng(u64);
 

@@ -18,7 +18,9 @@ use pingora_rustls::ServerConfig;
 use pingora_rustls::sign::CertifiedKey;
 use sluice_snapshot::{Listener, Piece, TlsMode};
 
-use crate::routes::{Backends, Dropped, backend_target, longest_wildcard_suffix};
+use super::clusters::{Backends, ClusterLookup, backend_target};
+use super::dropped::Dropped;
+use super::host_index::longest_wildcard_suffix;
 
 /// The TLS listeners sharing one port.
 #[derive(Debug, Default)]
@@ -103,7 +105,7 @@ impl TlsPortTable {
         &mut self,
         listener: &Listener,
         key: Option<Arc<CertifiedKey>>,
-        clusters: &(impl crate::routes::ClusterLookup + ?Sized),
+        clusters: &(impl ClusterLookup + ?Sized),
         broken: &HashMap<Piece, String>,
         dropped: &mut Vec<Dropped>,
     ) -> Result<(), String> {

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::routes::Route;
+use super::http_routes::Route;
 
 /// The distance between the order keys of consecutive routes in a full compile: room for
 /// 40 routes inserted one after another at one place before the listener is compiled
@@ -232,6 +232,19 @@ fn with(entries: &[Entry], entry: &Entry) -> Entries {
 /// `entries` without those of key `order`.
 fn without(entries: &[Entry], order: u64) -> Entries {
     entries.iter().filter(|e| e.order != order).cloned().collect::<Vec<_>>().into()
+}
+
+/// The longest `.suffix` of `host` (at least one label removed) accepted by `known`.
+pub(crate) fn longest_wildcard_suffix(host: &str, known: impl Fn(&str) -> bool) -> Option<&str> {
+    let mut rest = host;
+    while let Some(dot) = rest.find('.') {
+        let suffix = &rest[dot..];
+        if known(suffix) {
+            return Some(suffix);
+        }
+        rest = &rest[dot + 1..];
+    }
+    None
 }
 
 #[cfg(test)]
