@@ -165,9 +165,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 print_summary(&snapshot);
                 return Ok(());
             }
-            // The same applier as the push client's: the file's changes are compiled
-            // reusing what did not change, and swapped in alike.
-            let mut applier = Applier::new(metrics.clone(), None, None);
+            // The same applier as the push client's (swap, metrics, dropped pieces),
+            // keeping nothing but the tables: a file's snapshot is compiled whole.
+            let mut applier = Applier::new(metrics.clone(), None, None, false);
             applier.install(snapshot.clone()).map_err(anyhow::Error::msg)?;
             let tables = applier.tables.clone().context("no tables after the first snapshot")?;
             spawn_file_watcher(path.clone(), applier, Duration::from_millis(cli.poll_interval_ms.max(1)), &text);

@@ -128,7 +128,7 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snap
                 return;
             }
         };
-        let mut applier = Applier::new(metrics, Some(first_sender), args.state_dir.clone());
+        let mut applier = Applier::new(metrics, Some(first_sender), args.state_dir.clone(), true);
         if let Some(dir) = &args.state_dir {
             match load_saved(dir, &gateway) {
                 Ok(Some(saved)) => {

@@ -45,13 +45,8 @@ pub const PUSH_AUDIENCE: &str = "sluice.dev/push";
 const PUSH_TOKEN_SECONDS: i64 = 3600;
 /// The environment variable that carries the push trust bundle (CA certificates, PEM).
 pub const PUSH_CA_ENV: &str = "SLUICE_PUSH_CA";
-/// glibc allocator settings for the data plane (`sluice-dataplane` uses the system
-/// allocator): two arenas instead of eight per core, and fixed mmap/trim thresholds of
-/// 128 KiB instead of ones that grow with the largest block freed (a decoded snapshot), so
-/// freed memory goes back to the system. 5000 routes: 25.9 → 23.1 MB resident
-/// (bench/scale.sh).
-pub const DATA_PLANE_GLIBC_TUNABLES: &str =
-    "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
+/// glibc allocator settings for the data plane (see the constant's own documentation).
+pub const DATA_PLANE_GLIBC_TUNABLES: &str = sluice_snapshot::DATA_PLANE_GLIBC_TUNABLES;
 /// The data plane's `--state-dir` (an emptyDir): the last applied snapshot, so that a
 /// restarted container serves while its controller is unreachable.
 pub const STATE_DIR: &str = "/var/lib/sluice";

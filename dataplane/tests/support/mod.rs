@@ -213,6 +213,8 @@ impl DataPlane {
                     .unwrap_or_default(),
             )
             .env("RUST_LOG", "warn")
+            // The binary's own allocator settings apply (a test can pass its own).
+            .env_remove("GLIBC_TUNABLES")
             .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap()))
             .spawn()
             .unwrap();
@@ -235,6 +237,12 @@ impl DataPlane {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("data plane did not become ready");
+    }
+
+    /// The data plane's process id.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Replaces the snapshot file atomically (write then rename).
