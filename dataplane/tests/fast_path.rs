@@ -105,6 +105,18 @@ fn read_chunks(reader: &mut impl BufRead) -> Vec<u8> {
     }
 }
 
+/// A backend serving each connection with `serve`, on a thread of its own; its port.
+fn raw_backend(serve: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    port
+}
+
 /// The request path of a head.
 fn target(head: &str) -> &str {
     head.split_whitespace().nth(1).unwrap_or_default()
@@ -402,19 +414,12 @@ fn a_malformed_chunked_request_body_is_refused_and_the_connection_closed() {
 #[test]
 fn a_response_reaches_the_client_as_the_backend_sends_it() {
     // The backend sends the head and a first chunk, then the rest a second later.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n");
-                std::thread::sleep(Duration::from_millis(1500));
-                let _ = stream.write_all(b"5\r\nlast\n\r\n0\r\n\r\n");
-            });
-        }
+    let backend_port = raw_backend(|mut stream| {
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n");
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = stream.write_all(b"5\r\nlast\n\r\n0\r\n\r\n");
     });
     let port = free_port();
     let _plane = DataPlane::start(&catch_all(port, backend_port));
@@ -437,22 +442,14 @@ fn a_response_reaches_the_client_as_the_backend_sends_it() {
 #[test]
 fn a_backend_answering_before_the_whole_body_has_its_answer_passed_on() {
     // The backend reads only the head, refuses the upload and closes.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                std::thread::sleep(Duration::from_millis(200));
-            });
+    let backend_port = raw_backend(|mut stream| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
         }
+        let _ = stream.write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(200));
     });
     let port = free_port();
     let _plane = DataPlane::start(&catch_all(port, backend_port));
