@@ -288,8 +288,9 @@ impl Metrics {
 
     /// Drops the counters of routes that no table holds any more: a route gone from the
     /// config loses its series (and its memory) once the tables that served it are
-    /// released. Counters a request in flight still holds (through an older table) stay
-    /// until a later call. Called after each swap of the served tables.
+    /// released. Counters something still held at a call (a request in flight through an
+    /// older table, a scrape rendering them) stay until a later call. Called after each
+    /// swap of the served tables and before each scrape.
     pub fn prune_routes(&self) {
         let mut routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // The map's own reference is the only one left when no table (and no request)
@@ -332,6 +333,9 @@ struct MetricsCollector(Arc<Metrics>);
 impl Collector for MetricsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metrics = &self.0;
+        // Routes no table serves any more are not rendered (a swap may have found them
+        // still held).
+        metrics.prune_routes();
         let routes: Vec<(String, Arc<RouteMetrics>)> = {
             let routes = metrics.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut list: Vec<_> = routes.iter().map(|(name, m)| (name.clone(), m.clone())).collect();
