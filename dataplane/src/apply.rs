@@ -144,9 +144,6 @@ impl Applier {
         if self.keep {
             self.snapshot = Some(compact(snapshot));
             self.layout = Some(layout);
-        } else {
-            drop(snapshot);
-            self.layout = None;
         }
         // Only now does nothing hold the counters of routes gone (the old layout did).
         self.metrics.prune_routes();

@@ -104,24 +104,24 @@ impl ProxyHttp for SluiceProxy {
         session.set_read_timeout(Some(self.io_timeout));
         if headers_too_large(&session.req_header().headers) {
             session.set_keepalive(None);
-            return respond(session, 431, None).await;
+            return answer(session, 431, &[]).await;
         }
         if let Some(problem) = host_problem(session.req_header()) {
             // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more
             // than one, is answered 400 and the connection closed.
             tracing::debug!(problem, "bad request");
             session.set_keepalive(None);
-            return respond(session, 400, None).await;
+            return answer(session, 400, &[]).await;
         }
         if ambiguous_framing(&session.req_header().headers) || stripped_content_length(session) {
             // Request smuggling shapes: answer 400 and close, never forward.
             session.set_keepalive(None);
-            return respond(session, 400, None).await;
+            return answer(session, 400, &[]).await;
         }
         let tables = self.tables.load();
         let port = session.as_downstream().server_addr().and_then(|a| a.as_inet()).map(|a| a.port()).unwrap_or(0);
         if !tables.ports.contains_key(&port) {
-            return respond(session, 404, None).await;
+            return answer(session, 404, &[]).await;
         }
         ctx.tls = tables.tls.contains_key(&port);
         let header = session.req_header();
@@ -586,14 +586,6 @@ macro_rules! header_edits {
 }
 header_edits!(RequestHeader);
 header_edits!(ResponseHeader);
-
-/// Answers the request directly: an empty body, `Location` when redirecting.
-async fn respond(session: &mut Session, status: u16, location: Option<String>) -> Result<bool> {
-    match location {
-        Some(location) => answer(session, status, &[("location", location)]).await,
-        None => answer(session, status, &[]).await,
-    }
-}
 
 /// Answers the request directly with `fields` and an empty body.
 async fn answer(session: &mut Session, status: u16, fields: &[cors::Field]) -> Result<bool> {

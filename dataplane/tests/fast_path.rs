@@ -83,6 +83,12 @@ fn serve(stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
     }
 }
 
+/// Answers each request with its path as the body, keeping the connection.
+fn echo_path(head: &str) -> (Vec<u8>, bool) {
+    let body = target(head);
+    (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
+}
+
 /// A chunked body's data (its trailers read and dropped).
 fn read_chunks(reader: &mut impl BufRead) -> Vec<u8> {
     let mut body = Vec::new();
@@ -232,10 +238,7 @@ fn answers_pipelined_requests_in_order() {
         // whose request has further requests pipelined behind it, without answering.
         return;
     }
-    let backend = Scripted::start(|head| {
-        let body = target(head).to_string();
-        (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
-    });
+    let backend = Scripted::start(echo_path);
     let port = free_port();
     let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);
@@ -353,10 +356,7 @@ fn reads_large_heads_arriving_in_pieces() {
 
 #[test]
 fn passes_request_bodies_as_they_arrive_in_either_framing() {
-    let backend = Scripted::start(|head| {
-        let body = target(head).to_string();
-        (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
-    });
+    let backend = Scripted::start(echo_path);
     let port = free_port();
     let _plane = DataPlane::start(&catch_all(port, backend.port));
     let (mut stream, mut reader) = connect(port);

@@ -43,10 +43,6 @@ pub struct Backends {
     targets: Vec<(u32, Target, Vec<HttpFilter>)>,
     total_weight: u64,
     counter: AtomicUsize,
-    /// Some target is a cluster only Pingora's path reaches (HTTP/2 or TLS to the
-    /// backend), decided when the route is compiled: the HTTP/1.1 fast path hands the
-    /// route's requests over before picking, so each request is picked once.
-    pingora_only: bool,
 }
 
 /// One weighted backend of a route.
@@ -148,16 +144,17 @@ impl Backends {
 
     pub(crate) fn new(targets: Vec<(u32, Target, Vec<HttpFilter>)>) -> Self {
         let total_weight = targets.iter().map(|(w, _, _)| u64::from(*w)).sum();
-        let pingora_only = targets.iter().any(|(_, target, _)| {
-            matches!(target, Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c || cluster.tls.is_some())
-        });
-        Backends { targets, total_weight, counter: AtomicUsize::new(0), pingora_only }
+        Backends { targets, total_weight, counter: AtomicUsize::new(0) }
     }
 
     /// Whether some target is a cluster that only Pingora's path reaches (HTTP/2 or TLS
-    /// to the backend).
+    /// to the backend): asked when the route is compiled (`Route::fast`), so that the
+    /// HTTP/1.1 fast path hands the route's requests over before picking and each request
+    /// is picked once.
     pub fn pingora_only(&self) -> bool {
-        self.pingora_only
+        self.targets.iter().any(|(_, target, _)| {
+            matches!(target, Target::Cluster(cluster) if cluster.app_protocol == AppProtocol::H2c || cluster.tls.is_some())
+        })
     }
 
     /// Picks a target by smooth weighted rotation over the integer weights: deterministic,
