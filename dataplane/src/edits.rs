@@ -127,6 +127,21 @@ pub(crate) fn rewrite_path(kind: &path_modifier::Kind, matched_prefix: Option<&s
     }
 }
 
+/// An h2 client's Cookie fields as one (RFC 9113 §8.2.3: joined with "; " for an
+/// HTTP/1.1 hop); `None` for at most one field.
+pub(crate) fn joined_cookies(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    let mut cookies = headers.get_all(http::header::COOKIE).iter();
+    let first = cookies.next()?;
+    let mut rest = cookies.peekable();
+    rest.peek()?;
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in rest {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    Some(joined)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +240,15 @@ mod tests {
         assert_eq!(replace("/", "/foo", "/foo"), "/");
         assert_eq!(replace("/bar/", "/foo/", "/foo/baz"), "/bar/baz");
         assert_eq!(replace("/new", "/", "/x/y"), "/new/x/y");
+    }
+
+    #[test]
+    fn an_h2_clients_cookie_fields_are_joined_for_http1() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(joined_cookies(&headers), None);
+        headers.append(http::header::COOKIE, http::HeaderValue::from_static("a=1"));
+        assert_eq!(joined_cookies(&headers), None, "one field passes as it is");
+        headers.append(http::header::COOKIE, http::HeaderValue::from_static("b=2"));
+        assert_eq!(joined_cookies(&headers).as_deref(), Some(&b"a=1; b=2"[..]));
     }
 }

@@ -64,21 +64,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_PER_ENDPOINT: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Limits of a backend's response head (beyond them: 502).
-const MAX_RESPONSE_HEADERS: usize = 128;
-const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// `io` within `limit` (`Front::io_timeout`); a timeout is an error like any other I/O
 /// error.
-async fn within<T>(limit: Duration, io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
     match tokio::time::timeout(limit, io).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
+/// The first line of a cleartext HTTP/2 connection's preface (RFC 9113 §3.4); the
+/// HTTP/2 handshake reads (and checks) the rest, under the head deadline.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
 /// Buffer sizes: request heads start in a small buffer that grows as needed; the
 /// upstream buffer (response heads and bodies) is allocated with the first exchange.
 const HEAD_BUFFER: usize = 4 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// The HTTP app of the plain and TLS listeners: the fast path, then Pingora.
 pub struct Front {
@@ -128,17 +135,23 @@ impl ServerApp for Front {
         // HTTP/2 (TLS with ALPN h2, whose preface the head deadline also times) and
         // everything when the fast path is off go to Pingora; HTTP/1.x over TLS and
         // cleartext try the fast path first.
-        if !self.fast_path || stream.selected_alpn_proto() == Some(ALPN::H2) {
-            return self.hand_over(stream, Vec::new(), shutdown).await;
-        }
-        let Some(port) = local else {
+        let (true, Some(port)) = (self.fast_path, local) else {
             return self.hand_over(stream, Vec::new(), shutdown).await;
         };
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            self.serve_h2(self.wrap(stream, Vec::new()), port, shutdown).await;
+            return None;
+        }
         let mut connection = Connection::new(stream, port, self.io_timeout);
         match connection.serve(self, shutdown).await {
             Next::Close => None,
             Next::HandOver => {
                 let unread = connection.unread();
+                if unread.starts_with(H2_PREFACE_LINE) {
+                    // Cleartext HTTP/2 with prior knowledge (h2c).
+                    self.serve_h2(self.wrap(connection.stream, unread), port, shutdown).await;
+                    return None;
+                }
                 self.hand_over(connection.stream, unread, shutdown).await
             }
         }
@@ -152,13 +165,18 @@ impl ServerApp for Front {
 impl Front {
     /// Pingora serves the rest of the connection, starting with `unread`.
     async fn hand_over(self: &Arc<Self>, stream: Stream, unread: Vec<u8>, shutdown: &ShutdownWatch) -> Option<Stream> {
-        // Cleartext connections are always wrapped: Pingora's h2c check peeks through the
-        // wrapper, which never waits for the preface's 24 bytes after a shorter HTTP/1.x head.
+        self.proxy.process_new(self.wrap(stream, unread), shutdown).await
+    }
+
+    /// The connection with the bytes read so far put back in front, under the head
+    /// deadline. Cleartext connections are always wrapped: Pingora's h2c check peeks
+    /// through the wrapper, which never waits for the preface's 24 bytes after a shorter
+    /// HTTP/1.x head.
+    fn wrap(&self, stream: Stream, unread: Vec<u8>) -> Stream {
         if self.head_timeout.is_none() && unread.is_empty() && stream.get_ssl_digest().is_some() {
-            return self.proxy.process_new(stream, shutdown).await;
+            return stream;
         }
-        let wrapped: Stream = Box::new(DeadlineStream::new(stream, self.head_timeout, unread));
-        self.proxy.process_new(wrapped, shutdown).await
+        Box::new(DeadlineStream::new(stream, self.head_timeout, unread))
     }
 }
 
@@ -177,7 +195,7 @@ struct Pool {
 impl UpstreamPool {
     /// An idle connection to `endpoint`. With `verify`, one the backend has closed (or
     /// sent unexpected bytes on) is skipped: for requests that must not be sent twice.
-    fn take(&self, endpoint: SocketAddr, verify: bool) -> Option<TcpStream> {
+    pub(crate) fn take(&self, endpoint: SocketAddr, verify: bool) -> Option<TcpStream> {
         let mut pool = self.idle.lock().ok()?;
         let idle = pool.by_endpoint.get_mut(&endpoint)?;
         while let Some((stream, since)) = idle.pop() {
@@ -190,7 +208,7 @@ impl UpstreamPool {
         None
     }
 
-    fn put(&self, endpoint: SocketAddr, stream: TcpStream) {
+    pub(crate) fn put(&self, endpoint: SocketAddr, stream: TcpStream) {
         let Ok(mut pool) = self.idle.lock() else { return };
         let now = Instant::now();
         // Now and then, drop connections idle for too long (e.g. to endpoints gone).
@@ -277,14 +295,14 @@ struct Exchange {
 }
 
 /// What the access log needs of the request (only collected when it is on).
-struct LogFields {
-    method: String,
-    host: String,
-    path: String,
+pub(crate) struct LogFields {
+    pub method: String,
+    pub host: String,
+    pub path: String,
 }
 
 /// A failed read from the backend: a timeout answers 504, anything else 502.
-fn read_failure(error: &std::io::Error) -> (Failure, Option<u16>) {
+pub(crate) fn read_failure(error: &std::io::Error) -> (Failure, Option<u16>) {
     let failure =
         if error.kind() == std::io::ErrorKind::TimedOut { Failure::UpstreamTimeout } else { Failure::Upstream };
     (failure, None)
@@ -292,7 +310,7 @@ fn read_failure(error: &std::io::Error) -> (Failure, Option<u16>) {
 
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,
@@ -307,7 +325,7 @@ enum BodyLeft {
 }
 
 /// Why passing a request body stopped.
-enum BodyError {
+pub(crate) enum BodyError {
     /// The client's side (deadline, gone, malformed).
     Client(Failure),
     /// The upstream stopped taking it.
@@ -574,7 +592,8 @@ impl Connection {
         };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
         let client = Client { ip: &self.client_ip, tls: self.tls, trusted_hops: front.trusted_hops };
-        upstream_head(&mut self.out, method, &path, query, &route, filters, fields, &client);
+        let headers = forwarded_fields(fields.iter().map(|f| (f.name.as_bytes(), f.value)), front.trusted_hops);
+        upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client);
         let log = log();
         Plan::Proxy(Box::new(Exchange {
             route,
@@ -742,88 +761,31 @@ impl Connection {
         read: usize,
         close_requested: bool,
     ) -> Result<Option<ResponseHead>, ()> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let len = match response.parse(self.upstream_buf.get(..read).unwrap_or_default()) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(()),
-        };
-        let (Some(status), Some(version)) = (response.code, response.version) else { return Err(()) };
-        self.out.clear();
-        if (100..200).contains(&status) {
-            if status == 101 {
-                // Nothing asked to switch protocols.
-                return Err(());
-            }
-            self.out.extend_from_slice(self.upstream_buf.get(..len).unwrap_or_default());
-            return Ok(Some(ResponseHead {
-                status,
-                len,
-                framing: Framing::Empty,
-                upstream_keep: true,
-                client_close: false,
-                interim: true,
-            }));
-        }
-        let mut length: Option<u64> = None;
-        // Some(whether chunked is the last coding)
-        let mut transfer_chunked: Option<bool> = None;
-        let mut upstream_close = version == 0;
-        for field in response.headers.iter() {
-            if field.name.eq_ignore_ascii_case("content-length") {
-                let value = parse_length(field.value).ok_or(())?;
-                if length.is_some_and(|l| l != value) {
-                    return Err(());
-                }
-                length = Some(value);
-            } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
-                transfer_chunked = Some(last_token(field.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
-            } else if field.name.eq_ignore_ascii_case("connection") {
-                if has_token(field.value, b"close") {
-                    upstream_close = true;
-                } else if version == 0 && has_token(field.value, b"keep-alive") {
-                    upstream_close = false;
-                }
-            }
-        }
-        // Both framings: Transfer-Encoding wins and Content-Length is not forwarded
-        // (RFC 9112 §6.3), as Pingora does.
-        let drop_length = transfer_chunked.is_some();
-        let framing = if exchange.head_request || status == 204 || status == 304 {
-            Framing::Empty
-        } else {
-            match (transfer_chunked, length) {
-                (Some(true), _) => Framing::Chunked,
-                (Some(false), _) | (None, None) => Framing::UntilClose,
-                (None, Some(length)) => Framing::Length(length),
-            }
-        };
-        let client_close = close_requested;
-        let reason = response.reason.unwrap_or("");
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let bytes = self.upstream_buf.get(..read).unwrap_or_default();
+        let Some(parsed) = parse_response(bytes, &mut storage, exchange.head_request)? else { return Ok(None) };
         let out = &mut self.out;
+        out.clear();
+        let Parsed { status, reason, len, framing, upstream_keep, interim, mut fields } = parsed;
+        if interim {
+            out.extend_from_slice(bytes.get(..len).unwrap_or_default());
+            return Ok(Some(ResponseHead { status, len, framing, upstream_keep, client_close: false, interim }));
+        }
+        let client_close = close_requested;
         push_status_line(out, status, reason);
-        let mut headers: FieldList<'_> = response
-            .headers
-            .iter()
-            .filter(|f| !RESPONSE_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
-            .filter(|f| !(drop_length && f.name.eq_ignore_ascii_case("content-length")))
-            .filter(|f| !(framing == Framing::UntilClose && f.name.eq_ignore_ascii_case("transfer-encoding")))
-            .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
-            .collect();
         if framing == Framing::UntilClose {
             // The client's connection stays open: the body goes to it in chunks.
-            headers.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
+            fields.push((Cow::Borrowed(b"transfer-encoding"), Cow::Borrowed(b"chunked")));
         }
-        edits::response(&mut headers, &exchange.route, Some(exchange.backend), &exchange.cors);
-        for (name, value) in &headers {
+        edits::response(&mut fields, &exchange.route, Some(exchange.backend), &exchange.cors);
+        for (name, value) in &fields {
             push_field(out, name, value);
         }
         let date = pingora_core::protocols::http::date::get_cached_date();
         push_field(out, b"date", date.as_bytes());
         push_field(out, b"connection", if client_close { b"close" } else { b"keep-alive" });
         out.extend_from_slice(b"\r\n");
-        Ok(Some(ResponseHead { status, len, framing, upstream_keep: !upstream_close, client_close, interim: false }))
+        Ok(Some(ResponseHead { status, len, framing, upstream_keep, client_close, interim: false }))
     }
 
     /// Writes the response head (in `out`) and the body to the client. Returns whether
@@ -928,7 +890,7 @@ impl Connection {
 
 impl Front {
     /// Metrics and the access-log line of one request (as `SluiceProxy::logging`).
-    fn record(
+    pub(crate) fn record(
         &self,
         route: Option<&Arc<Route>>,
         status: u16,
@@ -948,6 +910,98 @@ impl Front {
         });
         finished.record(&self.unmatched, log);
     }
+}
+
+/// A backend's response head as both client protocols need it.
+pub(crate) struct Parsed<'b> {
+    pub status: u16,
+    pub reason: &'b str,
+    /// The head's length in bytes.
+    pub len: usize,
+    pub framing: Framing,
+    /// The backend keeps the connection open after the response.
+    pub upstream_keep: bool,
+    /// A 1xx response (not 101): the final one follows.
+    pub interim: bool,
+    /// The fields that go on to the client: not hop-by-hop ones (the proxy writes its own
+    /// `Date` and `Connection`), no Content-Length beside Transfer-Encoding, and no
+    /// Transfer-Encoding on a body delimited by the connection's close.
+    pub fields: FieldList<'b>,
+}
+
+/// Parses a backend's response head from `bytes`; `Ok(None)`: incomplete; `Err`: not a
+/// response the proxy passes on (malformed, conflicting lengths, an unasked 101).
+pub(crate) fn parse_response<'b>(
+    bytes: &'b [u8],
+    storage: &mut [httparse::Header<'b>],
+    head_request: bool,
+) -> Result<Option<Parsed<'b>>, ()> {
+    let mut response = httparse::Response::new(storage);
+    let len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(status), Some(version)) = (response.code, response.version) else { return Err(()) };
+    let reason = response.reason.unwrap_or("");
+    if (100..200).contains(&status) {
+        if status == 101 {
+            // Nothing asked to switch protocols.
+            return Err(());
+        }
+        let framing = Framing::Empty;
+        return Ok(Some(Parsed {
+            status,
+            reason,
+            len,
+            framing,
+            upstream_keep: true,
+            interim: true,
+            fields: Vec::new(),
+        }));
+    }
+    let mut length: Option<u64> = None;
+    // Some(whether chunked is the last coding)
+    let mut transfer_chunked: Option<bool> = None;
+    let mut upstream_close = version == 0;
+    for field in response.headers.iter() {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            let value = parse_length(field.value).ok_or(())?;
+            if length.is_some_and(|l| l != value) {
+                return Err(());
+            }
+            length = Some(value);
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_chunked = Some(last_token(field.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+        } else if field.name.eq_ignore_ascii_case("connection") {
+            if has_token(field.value, b"close") {
+                upstream_close = true;
+            } else if version == 0 && has_token(field.value, b"keep-alive") {
+                upstream_close = false;
+            }
+        }
+    }
+    // Both framings: Transfer-Encoding wins and Content-Length is not forwarded
+    // (RFC 9112 §6.3), as Pingora does.
+    let drop_length = transfer_chunked.is_some();
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (transfer_chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(length)) => Framing::Length(length),
+        }
+    };
+    let fields = response
+        .headers
+        .iter()
+        .filter(|f| !RESPONSE_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
+        .filter(|f| !(drop_length && f.name.eq_ignore_ascii_case("content-length")))
+        .filter(|f| !(framing == Framing::UntilClose && f.name.eq_ignore_ascii_case("transfer-encoding")))
+        .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
+        .collect();
+    Ok(Some(Parsed { status, reason, len, framing, upstream_keep: !upstream_close, interim: false, fields }))
 }
 
 /// A parsed response head, and what it means for both connections.
@@ -1043,7 +1097,7 @@ impl<'b> RequestHead<'b> {
 }
 
 /// Request fields that send the request to Pingora: upgrades, expectations.
-const HANDED_OVER: [&str; 3] = ["upgrade", "expect", "http2-settings"];
+pub(crate) const HANDED_OVER: [&str; 3] = ["upgrade", "expect", "http2-settings"];
 
 /// Request fields that never reach a backend (RFC 9110 §7.6.1; `connection` itself is
 /// handled with its tokens). X-Forwarded-For/-Proto are rewritten.
@@ -1063,7 +1117,7 @@ const RESPONSE_HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-conne
 
 /// Bytes of an origin-form request target the fast path takes (RFC 3986 `pchar`, `/`,
 /// `?`, `%`); anything else is left to Pingora's URI parser and its answer.
-fn plain_target_byte(byte: u8) -> bool {
+pub(crate) fn plain_target_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
         || matches!(
             byte,
@@ -1090,32 +1144,26 @@ fn plain_target_byte(byte: u8) -> bool {
 }
 
 /// What the forwarding fields say of the client connection.
-struct Client<'a> {
-    ip: &'a str,
-    tls: bool,
-    trusted_hops: usize,
+pub(crate) struct Client<'a> {
+    pub ip: &'a str,
+    pub tls: bool,
+    pub trusted_hops: usize,
 }
 
 /// Writes the upstream request head: the routed (normalized, maybe rewritten) target,
 /// the client's fields without hop-by-hop ones, the filters' changes, X-Forwarded-*.
+/// `fields` are the client's, as `forwarded_fields` leaves them.
 #[allow(clippy::too_many_arguments)]
-fn upstream_head<'a>(
+pub(crate) fn upstream_head<'a>(
     out: &mut Vec<u8>,
     method: &str,
     path: &str,
     query: Option<&str>,
     route: &Route,
     filters: impl Iterator<Item = &'a HttpFilter>,
-    fields: &'a [httparse::Header<'a>],
+    mut headers: FieldList<'a>,
     client: &Client<'_>,
 ) {
-    let untrusted =
-        |name: &str| client.trusted_hops == 0 && UNTRUSTED_FORWARDING.iter().any(|h| name.eq_ignore_ascii_case(h));
-    let mut headers: FieldList<'_> = fields
-        .iter()
-        .filter(|f| !REQUEST_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) && !untrusted(f.name))
-        .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
-        .collect();
     let new_path = edits::request(&mut headers, filters, route.path_prefix.as_deref(), path);
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -1148,8 +1196,24 @@ fn upstream_head<'a>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// The client's request fields that go on to the backend: not the hop-by-hop ones, nor
+/// forwarding fields from an untrusted client.
+pub(crate) fn forwarded_fields<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    trusted_hops: usize,
+) -> FieldList<'a> {
+    let untrusted =
+        |name: &[u8]| trusted_hops == 0 && UNTRUSTED_FORWARDING.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+    fields
+        .filter(|(name, _)| {
+            !REQUEST_HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) && !untrusted(name)
+        })
+        .map(|(name, value)| (Cow::Borrowed(name), Cow::Borrowed(value)))
+        .collect()
+}
+
 /// Header fields on their way through: (name, value), in order.
-type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
+pub(crate) type FieldList<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
 
 impl<'v> HeaderEdits<'v> for FieldList<'v> {
     fn remove(&mut self, name: &str) {
@@ -1222,7 +1286,7 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {
+pub(crate) async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
         Err(_) => Err(Failure::UpstreamTimeout),
         Ok(Err(_)) => Err(Failure::ConnectRefused),
@@ -1261,6 +1325,11 @@ enum ChunkState {
 impl ChunkedScanner {
     /// Follows `bytes`; `Some(n)`: the body ends after the first `n` of them.
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+        self.feed_data(bytes, |_| {})
+    }
+
+    /// As `feed`, and passes the chunks' data (without the chunked framing) to `data`.
+    pub(crate) fn feed_data(&mut self, bytes: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, ()> {
         let mut i = 0;
         while i < bytes.len() {
             let byte = bytes[i];
@@ -1292,7 +1361,9 @@ impl ChunkedScanner {
                 ChunkState::Data(left) => {
                     let available = (bytes.len() - i) as u64;
                     let step = left.min(available);
-                    i += usize::try_from(step).map_err(|_| ())?;
+                    let end = i + usize::try_from(step).map_err(|_| ())?;
+                    data(bytes.get(i..end).unwrap_or_default());
+                    i = end;
                     self.state = if step == left { ChunkState::DataCr } else { ChunkState::Data(left - step) };
                     continue;
                 }

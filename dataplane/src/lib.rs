@@ -17,6 +17,7 @@ mod deadline;
 mod decide;
 mod edits;
 mod fast;
+mod fast_h2;
 #[doc(hidden)]
 pub mod fuzzing;
 mod incremental;

@@ -255,6 +255,12 @@ impl ProxyHttp for SluiceProxy {
             let uri = uri.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "rewrite", e))?;
             upstream_request.set_uri(uri);
         }
+        if session.req_header().version == http::Version::HTTP_2
+            && let Some(cookies) = edits::joined_cookies(&upstream_request.headers)
+        {
+            // RFC 9113 §8.2.3: an HTTP/2 client's Cookie fields go to HTTP/1.1 as one.
+            upstream_request.insert_header(http::header::COOKIE, cookies)?;
+        }
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
         let incoming = upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let forwarded = forwarded_for(incoming, &client, self.trusted_hops);
@@ -470,7 +476,7 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 /// ...and at most this many bytes of names and values together.
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
-fn headers_too_large(headers: &http::HeaderMap) -> bool {
+pub(crate) fn headers_too_large(headers: &http::HeaderMap) -> bool {
     if headers.len() > MAX_REQUEST_HEADERS {
         return true;
     }
@@ -480,7 +486,7 @@ fn headers_too_large(headers: &http::HeaderMap) -> bool {
 
 /// Whether the request's body framing is ambiguous: Content-Length together with
 /// Transfer-Encoding, or Content-Length values that disagree or do not parse.
-fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+pub(crate) fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().peekable();
     if lengths.peek().is_none() {
         return false;
@@ -524,7 +530,7 @@ fn stripped_content_length(session: &Session) -> bool {
 /// request (whose absolute-form target does not make up for it: RFC 9112 §3.2 requires the
 /// field). HTTP/1.0 requests may come without Host; they are routed as for an empty host
 /// (routes and listeners without hostnames). HTTP/2 requests carry `:authority`.
-fn host_problem(header: &RequestHeader) -> Option<&'static str> {
+pub(crate) fn host_problem(header: &RequestHeader) -> Option<&'static str> {
     let hosts = header.headers.get_all(http::header::HOST).iter().count();
     if hosts > 1 {
         return Some("more than one Host header");
@@ -536,7 +542,7 @@ fn host_problem(header: &RequestHeader) -> Option<&'static str> {
 }
 
 /// The request's host: the Host header (or the URI authority), lower-cased, without port.
-fn request_host(header: &RequestHeader) -> Cow<'_, str> {
+pub(crate) fn request_host(header: &RequestHeader) -> Cow<'_, str> {
     let raw = header
         .headers
         .get(http::header::HOST)

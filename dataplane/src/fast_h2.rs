@@ -1,0 +1,585 @@
+//! HTTP/2 connections (TLS with ALPN h2, and cleartext h2c) on the fast path.
+//!
+//! Pingora's HTTP/2 server keeps the connection: the handshake, flow control, and its
+//! checks of every new stream (control bytes in the target, ambiguous authority or
+//! Content-Length: reset or answered 400, at most 32 such streams per connection). Each
+//! stream it accepts is then decided here, stream by stream:
+//!
+//! ```text
+//!  accept stream ─► plan (checks, decide::route) ─┬─ Proxy ──► upstream HTTP/1.1 (the fast path's pool)
+//!                                                 ├─ Respond (404/421/500/503, redirect, direct, preflight)
+//!                                                 └─ HandOver ─► Pingora's proxy (this stream only)
+//! ```
+//!
+//! A stream is handed over when its route is not one the fast path serves
+//! (`Route::fast`: mirrors, timeouts, retries, HTTP/2 or TLS backends such as gRPC's),
+//! for CONNECT (and extended CONNECT), `Expect`, and whatever Pingora's proxy answers
+//! itself (too many or too large header fields: 431; Host problems or ambiguous framing:
+//! 400). The answers are the same on both paths; the data-plane tests run with the fast
+//! path on and off.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora_core::apps::HttpServerApp;
+use pingora_core::protocols::Digest;
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::http::v2::server::{H2Accept, HttpSession, handshake};
+use pingora_core::server::ShutdownWatch;
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::cors;
+use crate::decide::{self, Forward};
+use crate::fast::{
+    BodyError, ChunkedScanner, Client, Framing, Front, HANDED_OVER, LogFields, MAX_RESPONSE_HEAD_BYTES,
+    MAX_RESPONSE_HEADERS, READ_CHUNK, RequestBody, connect, forwarded_fields, parse_length, parse_response,
+    plain_target_byte, read_failure, upstream_head, within,
+};
+use crate::outcome::Failure;
+use crate::path::normalize;
+use crate::proxy::{ambiguous_framing, headers_too_large, host_problem, request_host};
+use crate::tables::{InFlight, Route};
+use crate::view::{Headers, RequestView};
+
+/// Streams Pingora's checks refused on one connection before it is closed (as Pingora's
+/// own accept loop allows).
+const MAX_REFUSED_STREAMS: usize = 32;
+
+/// What every stream of one connection shares.
+struct Connection {
+    port: u16,
+    tls: bool,
+    sni: Option<String>,
+    client: Option<SocketAddr>,
+    /// The client's IP, as X-Forwarded-For carries it.
+    client_ip: String,
+}
+
+/// Streams in progress on a connection (its idle timeout starts when none is).
+#[derive(Default)]
+struct Active {
+    count: AtomicUsize,
+    ended: Notify,
+}
+
+/// Counts one stream as active until dropped.
+struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<Active>) -> ActiveGuard {
+        active.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
+}
+
+impl Active {
+    /// Returns once no stream has been active for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let ended = self.ended.notified();
+            if self.count.load(Ordering::Acquire) > 0 {
+                ended.await;
+                continue;
+            }
+            tokio::time::sleep(idle).await;
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// What to do with one stream.
+enum Plan {
+    HandOver,
+    Respond(decide::Answer, Option<LogFields>),
+    Proxy(Box<Exchange>),
+}
+
+/// A stream on its way to an endpoint.
+struct Exchange {
+    route: Arc<Route>,
+    backend: usize,
+    endpoint: SocketAddr,
+    _in_flight: Option<InFlight>,
+    head_request: bool,
+    idempotent: bool,
+    /// How the upstream request's body is delimited (`Chunked` when the client gave no
+    /// length).
+    body: RequestBody,
+    cors: Vec<cors::Field>,
+    log: Option<LogFields>,
+    /// The upstream request head.
+    head: Vec<u8>,
+}
+
+impl Front {
+    /// Serves an HTTP/2 connection: its streams go to the fast path or, one by one, to
+    /// Pingora's proxy.
+    pub(crate) async fn serve_h2(self: &Arc<Self>, stream: Stream, port: u16, shutdown: &ShutdownWatch) {
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = stream.get_ssl_digest();
+        let sni = tls.as_ref().and_then(|tls| {
+            tls.extension.get::<crate::tls::Handshake>().and_then(|handshake| handshake.server_name.clone())
+        });
+        let connection = Arc::new(Connection {
+            port,
+            tls: tls.is_some(),
+            sni,
+            client,
+            client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default(),
+        });
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let mut h2 = match handshake(stream, self.proxy.h2_options()).await {
+            Ok(h2) => h2,
+            Err(error) => {
+                tracing::debug!(%error, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let idle = self.proxy.server_options().and_then(|o| o.h2_idle_timeout);
+        let active = Arc::new(Active::default());
+        let mut shutdown_changed = shutdown.clone();
+        let mut closing = *shutdown.borrow();
+        if closing {
+            h2.graceful_shutdown();
+        }
+        let mut refused = 0;
+        loop {
+            let accepted = if closing {
+                HttpSession::from_h2_conn(&mut h2, digest.clone()).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown_changed.changed() => {
+                        h2.graceful_shutdown();
+                        closing = true;
+                        continue;
+                    }
+                    accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
+                    () = active.idle_for(idle.unwrap_or_default()), if idle.is_some() => return,
+                }
+            };
+            match accepted {
+                Err(error) => {
+                    tracing::debug!(%error, "HTTP/2 connection ends");
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(H2Accept::Rejected)) => {
+                    refused += 1;
+                    if refused >= MAX_REFUSED_STREAMS {
+                        tracing::debug!(refused, "closing an HTTP/2 connection after malformed streams");
+                        return;
+                    }
+                }
+                Ok(Some(H2Accept::Session(session))) => {
+                    let front = self.clone();
+                    let connection = connection.clone();
+                    let shutdown = shutdown.clone();
+                    let guard = ActiveGuard::new(&active);
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        front.serve_stream(session, &connection, &shutdown).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn serve_stream(
+        self: &Arc<Self>,
+        mut session: HttpSession,
+        connection: &Connection,
+        shutdown: &ShutdownWatch,
+    ) {
+        let started = Instant::now();
+        let body_done = session.is_body_done();
+        match self.plan_stream(session.req_header(), body_done, connection) {
+            Plan::HandOver => {
+                self.proxy.process_new_http(ServerSession::new_http2(session), shutdown).await;
+            }
+            Plan::Respond(answer, log) => {
+                let decide::Answer { status, route, fields } = answer;
+                if let Err(error) = respond(&mut session, status, &fields) {
+                    tracing::debug!(%error, "answer not written");
+                }
+                self.record(route.as_ref(), status, started, connection.client, None, log);
+            }
+            Plan::Proxy(mut exchange) => {
+                session.set_write_timeout(Some(self.io_timeout));
+                let status = match self.forward(&mut session, &mut exchange).await {
+                    Ok(status) => status,
+                    Err((error, answered)) => {
+                        if error.upstream() {
+                            exchange.route.metrics.upstream_error();
+                        }
+                        match answered {
+                            Some(status) => {
+                                // The response started: the stream ends in a reset.
+                                session.shutdown();
+                                status
+                            }
+                            None => {
+                                let status = error.status();
+                                if status > 0 {
+                                    let _ = respond(&mut session, status, &[]);
+                                } else {
+                                    session.shutdown();
+                                }
+                                status
+                            }
+                        }
+                    }
+                };
+                let _ = session.finish();
+                let log = exchange.log.take();
+                self.record(Some(&exchange.route), status, started, connection.client, Some(exchange.endpoint), log);
+            }
+        }
+    }
+
+    /// Decides a stream from its request head; on `Proxy`, the exchange holds the
+    /// upstream request head.
+    fn plan_stream(&self, request: &RequestHeader, body_done: bool, connection: &Connection) -> Plan {
+        if request.method == http::Method::CONNECT
+            || headers_too_large(&request.headers)
+            || host_problem(request).is_some()
+            || ambiguous_framing(&request.headers)
+            || HANDED_OVER.iter().any(|name| request.headers.contains_key(*name))
+        {
+            return Plan::HandOver;
+        }
+        let Ok(target) = std::str::from_utf8(request.raw_path()) else { return Plan::HandOver };
+        if !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+            return Plan::HandOver;
+        }
+        let body = if body_done {
+            RequestBody::None
+        } else {
+            match request.headers.get(http::header::CONTENT_LENGTH) {
+                Some(value) => match parse_length(value.as_bytes()) {
+                    Some(0) => RequestBody::None,
+                    Some(length) => RequestBody::Length(length),
+                    None => return Plan::HandOver,
+                },
+                None => RequestBody::Chunked,
+            }
+        };
+        let tables = self.tables.load();
+        if tables.tls.contains_key(&connection.port) != connection.tls {
+            return Plan::HandOver;
+        }
+        let (raw_path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let path = normalize(raw_path);
+        let host = request_host(request);
+        let log = || {
+            self.access_log.then(|| LogFields {
+                method: request.method.to_string(),
+                host: host.clone().into_owned(),
+                path: path.to_string(),
+            })
+        };
+        let decision = decide::Request {
+            port: connection.port,
+            sni: connection.sni.as_deref(),
+            view: RequestView {
+                host: &host,
+                path: &path,
+                query,
+                method: &request.method,
+                headers: Headers::Map(&request.headers),
+            },
+        };
+        let matched = match decide::route(&tables, &decision) {
+            Ok(matched) => matched,
+            Err(answer) => return Plan::Respond(answer, log()),
+        };
+        if !matched.route.fast {
+            return Plan::HandOver;
+        }
+        let Forward { route, backend, endpoint, in_flight, cors, .. } = match decide::pick(matched) {
+            Ok(forward) => forward,
+            Err(answer) => return Plan::Respond(answer, log()),
+        };
+        // HTTP/1.1 backends expect Host: the request's authority (as Pingora's path sets it).
+        let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
+        let cookies = crate::edits::joined_cookies(&request.headers);
+        let fields = authority
+            .map(|a| (&b"host"[..], a))
+            .into_iter()
+            .chain(
+                request
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| {
+                        let replaced_host = authority.is_some() && *name == http::header::HOST;
+                        let replaced_cookie = cookies.is_some() && *name == http::header::COOKIE;
+                        !(replaced_host || replaced_cookie)
+                    })
+                    .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+            )
+            .chain(cookies.as_deref().map(|c| (&b"cookie"[..], c)))
+            .chain((body == RequestBody::Chunked).then_some((&b"transfer-encoding"[..], &b"chunked"[..])));
+        let headers = forwarded_fields(fields, self.trusted_hops);
+        let client = Client { ip: &connection.client_ip, tls: connection.tls, trusted_hops: self.trusted_hops };
+        let filters = route.filters.iter().chain(route.backends.filters(backend));
+        let mut head = Vec::with_capacity(512);
+        upstream_head(&mut head, request.method.as_str(), &path, query, &route, filters, headers, &client);
+        let log = log();
+        Plan::Proxy(Box::new(Exchange {
+            route,
+            backend,
+            endpoint,
+            _in_flight: in_flight,
+            head_request: request.method == http::Method::HEAD,
+            idempotent: request.method.is_idempotent(),
+            body,
+            cors,
+            log,
+            head,
+        }))
+    }
+
+    /// Sends the stream's request to its endpoint and passes the response back. Returns
+    /// the status; on error, whether a response had been started already.
+    async fn forward(&self, session: &mut HttpSession, exchange: &mut Exchange) -> Result<u16, (Failure, Option<u16>)> {
+        let body_deadline = tokio::time::Instant::now() + self.request_body_timeout;
+        let resendable = exchange.idempotent && exchange.body == RequestBody::None;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut body_cut = false;
+        let mut upstream = None;
+        let mut read = 0;
+        for _attempt in 0..2 {
+            let (mut stream, reused) = match self.pool.take(exchange.endpoint, !resendable) {
+                Some(stream) => (stream, true),
+                None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
+            };
+            let sent = within(self.io_timeout, stream.write_all(&exchange.head)).await.is_ok();
+            if sent && exchange.body != RequestBody::None {
+                match self.send_body(session, &mut stream, exchange.body, body_deadline).await {
+                    Ok(()) => {}
+                    Err(BodyError::Upstream) => body_cut = true,
+                    Err(BodyError::Client(error)) => return Err((error, None)),
+                }
+            }
+            read = if sent {
+                match within(self.io_timeout, stream.read(&mut buf)).await {
+                    Ok(n) => n,
+                    // The backend has the request and is silent: never sent twice.
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
+                    Err(_) => 0,
+                }
+            } else {
+                0
+            };
+            if read > 0 {
+                upstream = Some(stream);
+                break;
+            }
+            if !reused || !resendable || body_cut {
+                return Err((Failure::Upstream, None));
+            }
+        }
+        let Some(mut stream) = upstream else { return Err((Failure::Upstream, None)) };
+        loop {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let parsed = parse_response(buf.get(..read).unwrap_or_default(), &mut storage, exchange.head_request)
+                .map_err(|()| (Failure::Upstream, None))?;
+            let Some(parsed) = parsed else {
+                if read >= MAX_RESPONSE_HEAD_BYTES {
+                    return Err((Failure::Upstream, None));
+                }
+                if read == buf.len() {
+                    buf.resize(read + READ_CHUNK, 0);
+                }
+                let n = within(self.io_timeout, stream.read(buf.get_mut(read..).unwrap_or_default()))
+                    .await
+                    .map_err(|e| read_failure(&e))?;
+                if n == 0 {
+                    return Err((Failure::Upstream, None));
+                }
+                read += n;
+                continue;
+            };
+            let len = parsed.len;
+            if parsed.interim {
+                // HTTP/2 responses carry no 1xx here (as on Pingora's path): read on.
+                buf.copy_within(len..read, 0);
+                read -= len;
+                continue;
+            }
+            let status = parsed.status;
+            let framing = parsed.framing;
+            let upstream_keep = parsed.upstream_keep;
+            let mut fields = parsed.fields;
+            crate::edits::response(&mut fields, &exchange.route, Some(exchange.backend), &exchange.cors);
+            let mut response =
+                ResponseHeader::build(status, Some(fields.len() + 1)).map_err(|_| (Failure::Upstream, None))?;
+            for (name, value) in &fields {
+                let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value))
+                else {
+                    return Err((Failure::Upstream, None));
+                };
+                response.append_header(name, value).map_err(|_| (Failure::Upstream, None))?;
+            }
+            let end = framing == Framing::Empty;
+            session.write_response_header(Box::new(response), end).map_err(|_| (Failure::ClientGone, Some(status)))?;
+            let reusable = self
+                .pass_body(session, &mut stream, &mut buf, len, read, framing)
+                .await
+                .map_err(|f| (f, Some(status)))?;
+            if reusable && upstream_keep && !body_cut {
+                self.pool.put(exchange.endpoint, stream);
+            }
+            return Ok(status);
+        }
+    }
+
+    /// Passes the client's request body to the upstream as it arrives (chunked when the
+    /// client gave no length).
+    async fn send_body(
+        &self,
+        session: &mut HttpSession,
+        upstream: &mut TcpStream,
+        body: RequestBody,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BodyError> {
+        let chunked = body == RequestBody::Chunked;
+        let mut out = Vec::new();
+        loop {
+            let limit = deadline.min(tokio::time::Instant::now() + self.io_timeout);
+            let data = match tokio::time::timeout_at(limit, session.read_body_bytes()).await {
+                Err(_) => return Err(BodyError::Client(Failure::ClientTimeout)),
+                Ok(Err(_)) => return Err(BodyError::Client(Failure::ClientGone)),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(data))) => data,
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let bytes: &[u8] = if chunked {
+                out.clear();
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                &out
+            } else {
+                &data
+            };
+            within(self.io_timeout, upstream.write_all(bytes)).await.map_err(|_| BodyError::Upstream)?;
+        }
+        if chunked {
+            within(self.io_timeout, upstream.write_all(b"0\r\n\r\n")).await.map_err(|_| BodyError::Upstream)?;
+        }
+        Ok(())
+    }
+
+    /// Passes the response body (`buf[start..read]` read already) to the client as DATA
+    /// frames, without HTTP/1.1 framing. Returns whether the upstream connection can be
+    /// reused.
+    async fn pass_body(
+        &self,
+        session: &mut HttpSession,
+        upstream: &mut TcpStream,
+        buf: &mut [u8],
+        start: usize,
+        read: usize,
+        framing: Framing,
+    ) -> Result<bool, Failure> {
+        let mut remaining = match framing {
+            Framing::Empty => return Ok(read == start),
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut chunks = ChunkedScanner::default();
+        let mut data = Vec::new();
+        let mut piece = buf.get(start..read).unwrap_or_default();
+        // The upstream closed (the end of a body delimited by the close).
+        let mut closed = false;
+        loop {
+            // What of `piece` belongs to the body, and whether the body is complete.
+            data.clear();
+            let (done, extra) = match framing {
+                Framing::Length(_) => {
+                    let take = usize::try_from(remaining).unwrap_or(usize::MAX).min(piece.len());
+                    remaining -= take as u64;
+                    data.extend_from_slice(piece.get(..take).unwrap_or_default());
+                    (remaining == 0, take < piece.len())
+                }
+                Framing::Chunked => match chunks.feed_data(piece, |d| data.extend_from_slice(d)) {
+                    Ok(Some(end)) => (true, end < piece.len()),
+                    Ok(None) => (false, false),
+                    Err(()) => return Err(Failure::Upstream),
+                },
+                _ => {
+                    data.extend_from_slice(piece);
+                    (closed, false)
+                }
+            };
+            if !data.is_empty() || done {
+                session.write_body(Bytes::copy_from_slice(&data), done).await.map_err(|_| Failure::ClientGone)?;
+            }
+            if done {
+                return Ok(!extra && framing != Framing::UntilClose);
+            }
+            let n = within(self.io_timeout, upstream.read(buf)).await.map_err(|e| read_failure(&e).0)?;
+            if n == 0 {
+                if framing != Framing::UntilClose {
+                    return Err(Failure::Upstream);
+                }
+                closed = true;
+            }
+            piece = buf.get(..n).unwrap_or_default();
+        }
+    }
+}
+
+/// Answers a stream with `fields` and no body, as `proxy::answer` does.
+fn respond(session: &mut HttpSession, status: u16, fields: &[cors::Field]) -> pingora_core::Result<()> {
+    let mut response = ResponseHeader::build(status, Some(2 + fields.len()))?;
+    for (name, value) in fields {
+        response.append_header(*name, value.as_str())?;
+    }
+    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(response), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_give_their_data_without_framing() {
+        let mut scanner = ChunkedScanner::default();
+        let mut data = Vec::new();
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
+        for byte in body.iter() {
+            let _ = scanner.feed_data(std::slice::from_ref(byte), |d| data.extend_from_slice(d)).unwrap();
+        }
+        assert_eq!(data, b"hello world");
+    }
+}
