@@ -619,8 +619,6 @@ impl Connection {
         exchange: &Exchange,
         close_requested: bool,
     ) -> Result<(u16, bool), (Failure, Option<u16>)> {
-        let mut upstream = None;
-        let mut read = 0;
         if self.upstream_buf.len() < READ_CHUNK {
             self.upstream_buf.resize(READ_CHUNK, 0);
         }
@@ -633,42 +631,15 @@ impl Connection {
         self.consume(first);
         // A request whose whole body is in `out` can be sent again.
         let resendable = exchange.idempotent && body.done();
-        // The backend stopped taking the body: its answer (if any) ends the client
-        // connection, whose unsent body bytes are still unread.
-        let mut body_cut = false;
-        for _attempt in 0..2 {
-            let (mut stream, reused) = match front.pool.take(exchange.endpoint, !resendable) {
-                Some(stream) => (stream, true),
-                None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
-            };
-            let sent = within(self.io_timeout, stream.write_all(&self.out)).await.is_ok();
-            if sent && !body.done() {
-                match self.send_body(&mut stream, &mut body, body_deadline).await {
-                    Ok(()) => {}
-                    Err(BodyError::Upstream) => body_cut = true,
-                    Err(BodyError::Client(error)) => return Err((error, None)),
-                }
-            }
-            read = if sent {
-                match within(self.io_timeout, stream.read(&mut self.upstream_buf)).await {
-                    Ok(n) => n,
-                    // The backend has the request and is silent: never sent twice.
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
-                    Err(_) => 0,
-                }
-            } else {
-                0
-            };
-            if read > 0 {
-                upstream = Some(stream);
-                break;
-            }
-            if !reused || !resendable || body_cut {
-                return Err((Failure::Upstream, None));
-            }
-            // A pooled connection the backend had closed: once more on a new one.
-        }
-        let Some(mut stream) = upstream else { return Err((Failure::Upstream, None)) };
+        let head = std::mem::take(&mut self.out);
+        let mut buf = std::mem::take(&mut self.upstream_buf);
+        let io_timeout = self.io_timeout;
+        let source = ClientBody { connection: self, body: &mut body, deadline: body_deadline };
+        let sent =
+            first_response_bytes(&front.pool, exchange.endpoint, io_timeout, &head, resendable, &mut buf, source).await;
+        self.out = head;
+        self.upstream_buf = buf;
+        let (mut stream, mut read, body_cut) = sent?;
         let close_requested = close_requested || body_cut;
         loop {
             let head = match self.response_head(exchange, read, close_requested) {
@@ -1284,6 +1255,78 @@ fn last_token(value: &[u8]) -> Option<&[u8]> {
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Where a fast-path request body comes from: an HTTP/1.1 connection or an HTTP/2 stream.
+pub(crate) trait RequestBodySource {
+    /// Passes the rest of the body to `upstream` (nothing when there is none).
+    fn send_to(&mut self, upstream: &mut TcpStream) -> impl std::future::Future<Output = Result<(), BodyError>> + Send;
+}
+
+/// The body of the request an HTTP/1.1 connection is reading.
+struct ClientBody<'a> {
+    connection: &'a mut Connection,
+    body: &'a mut BodyLeft,
+    deadline: tokio::time::Instant,
+}
+
+impl RequestBodySource for ClientBody<'_> {
+    async fn send_to(&mut self, upstream: &mut TcpStream) -> Result<(), BodyError> {
+        if self.body.done() {
+            return Ok(());
+        }
+        self.connection.send_body(upstream, self.body, self.deadline).await
+    }
+}
+
+/// The upstream exchange both fast paths share: sends `head` (then the body, by
+/// `body`) on a pooled or new connection to `endpoint` and reads the first response
+/// bytes into `buf`. A pooled connection the backend had closed is tried once more on a
+/// new one when the request is `resendable`. Returns the connection, the bytes read and
+/// whether the backend stopped taking the body (its answer, if any, then ends the client
+/// connection, whose unsent body bytes are still unread).
+pub(crate) async fn first_response_bytes(
+    pool: &UpstreamPool,
+    endpoint: SocketAddr,
+    io_timeout: Duration,
+    head: &[u8],
+    resendable: bool,
+    buf: &mut [u8],
+    mut body: impl RequestBodySource,
+) -> Result<(TcpStream, usize, bool), (Failure, Option<u16>)> {
+    let mut body_cut = false;
+    for _attempt in 0..2 {
+        let (mut stream, reused) = match pool.take(endpoint, !resendable) {
+            Some(stream) => (stream, true),
+            None => (connect(endpoint).await.map_err(|e| (e, None))?, false),
+        };
+        let sent = within(io_timeout, stream.write_all(head)).await.is_ok();
+        if sent {
+            match body.send_to(&mut stream).await {
+                Ok(()) => {}
+                Err(BodyError::Upstream) => body_cut = true,
+                Err(BodyError::Client(error)) => return Err((error, None)),
+            }
+        }
+        let read = if sent {
+            match within(io_timeout, stream.read(buf)).await {
+                Ok(n) => n,
+                // The backend has the request and is silent: never sent twice.
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
+                Err(_) => 0,
+            }
+        } else {
+            0
+        };
+        if read > 0 {
+            return Ok((stream, read, body_cut));
+        }
+        if !reused || !resendable || body_cut {
+            break;
+        }
+        // A pooled connection the backend had closed: once more on a new one.
+    }
+    Err((Failure::Upstream, None))
 }
 
 pub(crate) async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {

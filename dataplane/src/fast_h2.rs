@@ -39,8 +39,8 @@ use crate::cors;
 use crate::decide::{self, Forward};
 use crate::fast::{
     BodyError, ChunkedScanner, Client, Framing, Front, HANDED_OVER, LogFields, MAX_RESPONSE_HEAD_BYTES,
-    MAX_RESPONSE_HEADERS, READ_CHUNK, RequestBody, connect, forwarded_fields, parse_length, parse_response,
-    plain_target_byte, read_failure, upstream_head, within,
+    MAX_RESPONSE_HEADERS, READ_CHUNK, RequestBody, RequestBodySource, first_response_bytes, forwarded_fields,
+    parse_length, parse_response, plain_target_byte, read_failure, upstream_head, within,
 };
 use crate::outcome::Failure;
 use crate::path::normalize;
@@ -370,41 +370,17 @@ impl Front {
         let body_deadline = tokio::time::Instant::now() + self.request_body_timeout;
         let resendable = exchange.idempotent && exchange.body == RequestBody::None;
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut body_cut = false;
-        let mut upstream = None;
-        let mut read = 0;
-        for _attempt in 0..2 {
-            let (mut stream, reused) = match self.pool.take(exchange.endpoint, !resendable) {
-                Some(stream) => (stream, true),
-                None => (connect(exchange.endpoint).await.map_err(|e| (e, None))?, false),
-            };
-            let sent = within(self.io_timeout, stream.write_all(&exchange.head)).await.is_ok();
-            if sent && exchange.body != RequestBody::None {
-                match self.send_body(session, &mut stream, exchange.body, body_deadline).await {
-                    Ok(()) => {}
-                    Err(BodyError::Upstream) => body_cut = true,
-                    Err(BodyError::Client(error)) => return Err((error, None)),
-                }
-            }
-            read = if sent {
-                match within(self.io_timeout, stream.read(&mut buf)).await {
-                    Ok(n) => n,
-                    // The backend has the request and is silent: never sent twice.
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
-                    Err(_) => 0,
-                }
-            } else {
-                0
-            };
-            if read > 0 {
-                upstream = Some(stream);
-                break;
-            }
-            if !reused || !resendable || body_cut {
-                return Err((Failure::Upstream, None));
-            }
-        }
-        let Some(mut stream) = upstream else { return Err((Failure::Upstream, None)) };
+        let source = StreamBody { front: self, session, body: exchange.body, deadline: body_deadline };
+        let (mut stream, mut read, body_cut) = first_response_bytes(
+            &self.pool,
+            exchange.endpoint,
+            self.io_timeout,
+            &exchange.head,
+            resendable,
+            &mut buf,
+            source,
+        )
+        .await?;
         loop {
             let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
             let parsed = parse_response(buf.get(..read).unwrap_or_default(), &mut storage, exchange.head_request)
@@ -457,45 +433,6 @@ impl Front {
             }
             return Ok(status);
         }
-    }
-
-    /// Passes the client's request body to the upstream as it arrives (chunked when the
-    /// client gave no length).
-    async fn send_body(
-        &self,
-        session: &mut HttpSession,
-        upstream: &mut TcpStream,
-        body: RequestBody,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), BodyError> {
-        let chunked = body == RequestBody::Chunked;
-        let mut out = Vec::new();
-        loop {
-            let limit = deadline.min(tokio::time::Instant::now() + self.io_timeout);
-            let data = match tokio::time::timeout_at(limit, session.read_body_bytes()).await {
-                Err(_) => return Err(BodyError::Client(Failure::ClientTimeout)),
-                Ok(Err(_)) => return Err(BodyError::Client(Failure::ClientGone)),
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(data))) => data,
-            };
-            if data.is_empty() {
-                continue;
-            }
-            let bytes: &[u8] = if chunked {
-                out.clear();
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
-                &out
-            } else {
-                &data
-            };
-            within(self.io_timeout, upstream.write_all(bytes)).await.map_err(|_| BodyError::Upstream)?;
-        }
-        if chunked {
-            within(self.io_timeout, upstream.write_all(b"0\r\n\r\n")).await.map_err(|_| BodyError::Upstream)?;
-        }
-        Ok(())
     }
 
     /// Passes the response body (`buf[start..read]` read already) to the client as DATA
@@ -566,6 +503,52 @@ fn respond(session: &mut HttpSession, status: u16, fields: &[cors::Field]) -> pi
     }
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session.write_response_header(Box::new(response), true)
+}
+
+/// The request body of an HTTP/2 stream.
+struct StreamBody<'a> {
+    front: &'a Front,
+    session: &'a mut HttpSession,
+    body: RequestBody,
+    deadline: tokio::time::Instant,
+}
+
+impl RequestBodySource for StreamBody<'_> {
+    /// Passes the client's request body to the upstream as it arrives (chunked when the
+    /// client gave no length).
+    async fn send_to(&mut self, upstream: &mut TcpStream) -> Result<(), BodyError> {
+        let chunked = match self.body {
+            RequestBody::None => return Ok(()),
+            body => body == RequestBody::Chunked,
+        };
+        let mut out = Vec::new();
+        loop {
+            let limit = self.deadline.min(tokio::time::Instant::now() + self.front.io_timeout);
+            let data = match tokio::time::timeout_at(limit, self.session.read_body_bytes()).await {
+                Err(_) => return Err(BodyError::Client(Failure::ClientTimeout)),
+                Ok(Err(_)) => return Err(BodyError::Client(Failure::ClientGone)),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(data))) => data,
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let bytes: &[u8] = if chunked {
+                out.clear();
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                &out
+            } else {
+                &data
+            };
+            within(self.front.io_timeout, upstream.write_all(bytes)).await.map_err(|_| BodyError::Upstream)?;
+        }
+        if chunked {
+            within(self.front.io_timeout, upstream.write_all(b"0\r\n\r\n")).await.map_err(|_| BodyError::Upstream)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
