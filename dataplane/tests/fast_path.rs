@@ -12,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{DataPlane, catch_all, free_port};
+use support::{DataPlane, catch_all, free_port, read_chunks};
 
 /// A backend answering each request head with `answer(head)`: the bytes to send and
 /// whether to close the connection afterwards. Request heads (and bodies, by
@@ -87,28 +87,6 @@ fn serve(stream: TcpStream, answer: Answer, log: &Mutex<Vec<String>>) {
 fn echo_path(head: &str) -> (Vec<u8>, bool) {
     let body = target(head);
     (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
-}
-
-/// A chunked body's data (its trailers read and dropped).
-fn read_chunks(reader: &mut impl BufRead) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let mut size = String::new();
-        reader.read_line(&mut size).unwrap();
-        let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
-        if size == 0 {
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    return body;
-                }
-            }
-        }
-        let mut chunk = vec![0u8; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
-        body.extend_from_slice(&chunk[..size]);
-    }
 }
 
 /// A backend serving each connection with `serve`, on a thread of its own; its port.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sluice_snapshot::{HttpMatch, HttpRoute, PathMatch, PathMatchType, Snapshot, Timeouts, http_filter};
-use support::{DataPlane, catch_all, cluster, free_port, to};
+use support::{DataPlane, catch_all, cluster, free_port, read_chunks, to};
 
 /// A backend that logs every request (head, then the body: `[chunked]` and the decoded
 /// data for a chunked one) and answers by path.
@@ -108,27 +108,6 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
         if writer.write_all(&bytes).is_err() || close {
             return;
         }
-    }
-}
-
-fn read_chunks(reader: &mut impl BufRead) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let mut size = String::new();
-        reader.read_line(&mut size).unwrap();
-        let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
-        if size == 0 {
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    return body;
-                }
-            }
-        }
-        let mut chunk = vec![0u8; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
-        body.extend_from_slice(&chunk[..size]);
     }
 }
 

@@ -334,3 +334,25 @@ pub fn curl(args: &[&str]) -> String {
         .expect("curl (with HTTP/2) is needed for these tests; .ci/run installs it");
     String::from_utf8_lossy(&output.stdout).to_string()
 }
+
+/// A chunked body's data (its trailers read and dropped).
+pub fn read_chunks(reader: &mut impl std::io::BufRead) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+        if size == 0 {
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    return body;
+                }
+            }
+        }
+        let mut chunk = vec![0u8; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
