@@ -217,7 +217,9 @@ impl Front {
         let body_done = session.is_body_done();
         match self.plan_stream(session.req_header(), body_done, connection) {
             Plan::HandOver => {
-                self.proxy.process_new_http(ServerSession::new_http2(session), shutdown).await;
+                // Boxed: Pingora's proxy future is large, and every stream's task would
+                // otherwise carry (and copy) its room.
+                Box::pin(self.proxy.process_new_http(ServerSession::new_http2(session), shutdown)).await;
             }
             Plan::Respond(answer, log) => {
                 let decide::Answer { status, route, fields } = answer;
@@ -369,7 +371,7 @@ impl Front {
     async fn forward(&self, session: &mut HttpSession, exchange: &mut Exchange) -> Result<u16, (Failure, Option<u16>)> {
         let body_deadline = tokio::time::Instant::now() + self.request_body_timeout;
         let resendable = exchange.idempotent && exchange.body == RequestBody::None;
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = ReadBuffer::take();
         let source = StreamBody { front: self, session, body: exchange.body, deadline: body_deadline };
         let (mut stream, mut read, body_cut) = first_response_bytes(
             &self.pool,
@@ -382,56 +384,38 @@ impl Front {
         )
         .await?;
         loop {
-            let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let parsed = parse_response(buf.get(..read).unwrap_or_default(), &mut storage, exchange.head_request)
-                .map_err(|()| (Failure::Upstream, None))?;
-            let Some(parsed) = parsed else {
-                if read >= MAX_RESPONSE_HEAD_BYTES {
-                    return Err((Failure::Upstream, None));
+            match write_response_head(session, buf.get(..read).unwrap_or_default(), exchange)? {
+                Head::Incomplete => {
+                    if read >= MAX_RESPONSE_HEAD_BYTES {
+                        return Err((Failure::Upstream, None));
+                    }
+                    if read == buf.len() {
+                        buf.resize(read + READ_CHUNK, 0);
+                    }
+                    let n = within(self.io_timeout, stream.read(buf.get_mut(read..).unwrap_or_default()))
+                        .await
+                        .map_err(|e| read_failure(&e))?;
+                    if n == 0 {
+                        return Err((Failure::Upstream, None));
+                    }
+                    read += n;
                 }
-                if read == buf.len() {
-                    buf.resize(read + READ_CHUNK, 0);
+                Head::Interim(len) => {
+                    // HTTP/2 responses carry no 1xx here (as on Pingora's path): read on.
+                    buf.copy_within(len..read, 0);
+                    read -= len;
                 }
-                let n = within(self.io_timeout, stream.read(buf.get_mut(read..).unwrap_or_default()))
-                    .await
-                    .map_err(|e| read_failure(&e))?;
-                if n == 0 {
-                    return Err((Failure::Upstream, None));
+                Head::Written { status, len, framing, upstream_keep } => {
+                    let reusable = self
+                        .pass_body(session, &mut stream, &mut buf, len, read, framing)
+                        .await
+                        .map_err(|f| (f, Some(status)))?;
+                    if reusable && upstream_keep && !body_cut {
+                        self.pool.put(exchange.endpoint, stream);
+                    }
+                    return Ok(status);
                 }
-                read += n;
-                continue;
-            };
-            let len = parsed.len;
-            if parsed.interim {
-                // HTTP/2 responses carry no 1xx here (as on Pingora's path): read on.
-                buf.copy_within(len..read, 0);
-                read -= len;
-                continue;
             }
-            let status = parsed.status;
-            let framing = parsed.framing;
-            let upstream_keep = parsed.upstream_keep;
-            let mut fields = parsed.fields;
-            crate::edits::response(&mut fields, &exchange.route, Some(exchange.backend), &exchange.cors);
-            let mut response =
-                ResponseHeader::build(status, Some(fields.len() + 1)).map_err(|_| (Failure::Upstream, None))?;
-            for (name, value) in &fields {
-                let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value))
-                else {
-                    return Err((Failure::Upstream, None));
-                };
-                response.append_header(name, value).map_err(|_| (Failure::Upstream, None))?;
-            }
-            let end = framing == Framing::Empty;
-            session.write_response_header(Box::new(response), end).map_err(|_| (Failure::ClientGone, Some(status)))?;
-            let reusable = self
-                .pass_body(session, &mut stream, &mut buf, len, read, framing)
-                .await
-                .map_err(|f| (f, Some(status)))?;
-            if reusable && upstream_keep && !body_cut {
-                self.pool.put(exchange.endpoint, stream);
-            }
-            return Ok(status);
         }
     }
 
@@ -493,6 +477,97 @@ impl Front {
             piece = buf.get(..n).unwrap_or_default();
         }
     }
+}
+
+/// A `READ_CHUNK` buffer for one stream's upstream reads, taken from (and given back
+/// to) a small free list per thread: a stream does not pay for zeroing a new one.
+struct ReadBuffer(Vec<u8>);
+
+/// Buffers kept per thread for the next streams (1 MiB at most; a burst of streams
+/// beyond it allocates).
+const SPARE_READ_BUFFERS: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ReadBuffer {
+    fn take() -> ReadBuffer {
+        let spare = SPARE.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
+        ReadBuffer(spare.unwrap_or_else(|| vec![0u8; READ_CHUNK]))
+    }
+}
+
+impl std::ops::Deref for ReadBuffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ReadBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        // Grown buffers (long response heads) are not kept.
+        if self.0.len() == READ_CHUNK {
+            let buf = std::mem::take(&mut self.0);
+            // (Not at all while the thread ends.)
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_READ_BUFFERS {
+                    spare.push(buf);
+                }
+            });
+        }
+    }
+}
+
+/// What the upstream's bytes so far gave.
+enum Head {
+    Incomplete,
+    /// A 1xx response of this many bytes (not passed on).
+    Interim(usize),
+    /// The response head, edited, is written to the stream; its body starts at `len`.
+    Written {
+        status: u16,
+        len: usize,
+        framing: Framing,
+        upstream_keep: bool,
+    },
+}
+
+/// Parses the response head in `bytes` and, when complete, writes it (with the route's
+/// edits) to the stream. Not async: the parser's field storage stays off the stream's
+/// task.
+fn write_response_head(
+    session: &mut HttpSession,
+    bytes: &[u8],
+    exchange: &Exchange,
+) -> Result<Head, (Failure, Option<u16>)> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let parsed = parse_response(bytes, &mut storage, exchange.head_request).map_err(|()| (Failure::Upstream, None))?;
+    let Some(parsed) = parsed else { return Ok(Head::Incomplete) };
+    if parsed.interim {
+        return Ok(Head::Interim(parsed.len));
+    }
+    let status = parsed.status;
+    let mut fields = parsed.fields;
+    crate::edits::response(&mut fields, &exchange.route, Some(exchange.backend), &exchange.cors);
+    let mut response = ResponseHeader::build(status, Some(fields.len() + 1)).map_err(|_| (Failure::Upstream, None))?;
+    for (name, value) in &fields {
+        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) else {
+            return Err((Failure::Upstream, None));
+        };
+        response.append_header(name, value).map_err(|_| (Failure::Upstream, None))?;
+    }
+    let end = parsed.framing == Framing::Empty;
+    session.write_response_header(Box::new(response), end).map_err(|_| (Failure::ClientGone, Some(status)))?;
+    Ok(Head::Written { status, len: parsed.len, framing: parsed.framing, upstream_keep: parsed.upstream_keep })
 }
 
 /// Answers a stream with `fields` and no body, as `proxy::answer` does.
