@@ -60,8 +60,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const IDLE_SLACK: Duration = Duration::from_secs(5);
 /// Connecting to an endpoint (as the Pingora path's peers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle upstream connections kept per endpoint, and for how long.
-const POOL_PER_ENDPOINT: usize = 128;
+/// Idle upstream connections kept per endpoint, and for how long. Enough for the
+/// streams of many HTTP/2 connections at once (each in-flight stream holds one): below
+/// the concurrency, every burst would open and close connections.
+const POOL_PER_ENDPOINT: usize = 1024;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Limits of a backend's response head (beyond them: 502).
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
