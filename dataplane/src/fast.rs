@@ -234,6 +234,27 @@ enum Next {
     HandOver,
 }
 
+/// What the fast paths know of a client connection.
+pub(crate) struct Peer {
+    /// The connection came in over TLS, with this SNI (if the client sent one).
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub client: Option<SocketAddr>,
+    /// The client's IP, as X-Forwarded-For carries it.
+    pub client_ip: String,
+}
+
+impl Peer {
+    pub(crate) fn of(stream: &Stream) -> Peer {
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = stream.get_ssl_digest();
+        let sni = tls.as_ref().and_then(|tls| {
+            tls.extension.get::<crate::tls::Handshake>().and_then(|handshake| handshake.server_name.clone())
+        });
+        Peer { tls: tls.is_some(), sni, client, client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default() }
+    }
+}
+
 /// One client connection on the fast path.
 struct Connection {
     stream: Stream,
@@ -241,12 +262,7 @@ struct Connection {
     buf: Vec<u8>,
     filled: usize,
     port: u16,
-    /// The connection came in over TLS, with this SNI (if the client sent one).
-    tls: bool,
-    sni: Option<String>,
-    client: Option<SocketAddr>,
-    /// The client's IP, as X-Forwarded-For carries it.
-    client_ip: String,
+    peer: Peer,
     /// Outgoing bytes: the upstream request head, then the response head.
     out: Vec<u8>,
     /// Bytes read from the upstream.
@@ -372,20 +388,12 @@ impl BodyLeft {
 
 impl Connection {
     fn new(stream: Stream, port: u16, io_timeout: Duration) -> Connection {
-        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let tls = stream.get_ssl_digest();
-        let sni = tls.as_ref().and_then(|tls| {
-            tls.extension.get::<crate::tls::Handshake>().and_then(|handshake| handshake.server_name.clone())
-        });
         Connection {
-            tls: tls.is_some(),
-            sni,
+            peer: Peer::of(&stream),
             stream,
             buf: vec![0; HEAD_BUFFER],
             filled: 0,
             port,
-            client,
-            client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default(),
             out: Vec::with_capacity(1024),
             upstream_buf: Vec::new(),
             timer: None,
@@ -452,7 +460,7 @@ impl Connection {
                     self.consume(answer.head_len);
                     let decide::Answer { status, route, fields } = answer.answer;
                     let written = self.respond(status, close, &fields).await;
-                    front.record(route.as_ref(), status, started, self.client, None, answer.log);
+                    front.record(route.as_ref(), status, started, self.peer.client, None, answer.log);
                     if written.is_err() {
                         return Next::Close;
                     }
@@ -483,7 +491,7 @@ impl Connection {
                         Some(&exchange.route),
                         status,
                         started,
-                        self.client,
+                        self.peer.client,
                         Some(exchange.endpoint),
                         exchange.log,
                     );
@@ -557,16 +565,12 @@ impl Connection {
             return Plan::HandOver;
         };
         let tables = front.tables.load();
-        if tables.tls.contains_key(&self.port) != self.tls {
+        if tables.tls.contains_key(&self.port) != self.peer.tls {
             // TLS on a port without certificates or the reverse (a configuration being
             // swapped): Pingora's path decides.
             return Plan::HandOver;
         }
-        let (raw_path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
-        let path = normalize(raw_path);
+        let (path, query) = routed_target(target);
         let host = host_of(head.host);
         let log = || {
             front.access_log.then(|| LogFields {
@@ -578,7 +582,7 @@ impl Connection {
         let answer = |answer| Plan::Respond(Answer { answer, head_len, close: head.close, log: log() });
         let request = decide::Request {
             port: self.port,
-            sni: self.sni.as_deref(),
+            sni: self.peer.sni.as_deref(),
             view: RequestView { host: &host, path: &path, query, method: &head.method, headers: Headers::Raw(fields) },
         };
         let matched = match decide::route(&tables, &request) {
@@ -593,7 +597,7 @@ impl Connection {
             Err(answered) => return answer(answered),
         };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
-        let client = Client { ip: &self.client_ip, tls: self.tls, trusted_hops: front.trusted_hops };
+        let client = Client { ip: &self.peer.client_ip, tls: self.peer.tls, trusted_hops: front.trusted_hops };
         let headers = forwarded_fields(fields.iter().map(|f| (f.name.as_bytes(), f.value)), front.trusted_hops);
         upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client);
         let log = log();
@@ -1012,7 +1016,7 @@ impl<'b> RequestHead<'b> {
     }
 
     pub(crate) fn read(method: &str, target: &str, fields: &[httparse::Header<'b>]) -> Option<RequestHead<'b>> {
-        if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+        if method == "CONNECT" || !plain_target(target) {
             return None;
         }
         let method = http::Method::from_bytes(method.as_bytes()).ok()?;
@@ -1088,9 +1092,23 @@ const REQUEST_HOP_BY_HOP: [&str; 8] = [
 /// Response fields the proxy replaces (`connection`, `date`) or drops.
 const RESPONSE_HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "date"];
 
+/// Whether the fast path takes a request target: origin-form, of plain bytes only.
+pub(crate) fn plain_target(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(plain_target_byte)
+}
+
+/// The path a request is routed by (normalized) and its query.
+pub(crate) fn routed_target(target: &str) -> (Cow<'_, str>, Option<&str>) {
+    let (raw_path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    (normalize(raw_path), query)
+}
+
 /// Bytes of an origin-form request target the fast path takes (RFC 3986 `pchar`, `/`,
 /// `?`, `%`); anything else is left to Pingora's URI parser and its answer.
-pub(crate) fn plain_target_byte(byte: u8) -> bool {
+fn plain_target_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
         || matches!(
             byte,

@@ -39,12 +39,11 @@ use crate::cors;
 use crate::decide::{self, Forward};
 use crate::fast::{
     BodyError, ChunkedScanner, Client, Framing, Front, HANDED_OVER, LogFields, MAX_RESPONSE_HEAD_BYTES,
-    MAX_RESPONSE_HEADERS, READ_CHUNK, RequestBody, RequestBodySource, first_response_bytes, forwarded_fields,
-    parse_length, parse_response, plain_target_byte, read_failure, upstream_head, within,
+    MAX_RESPONSE_HEADERS, Peer, READ_CHUNK, RequestBody, RequestBodySource, first_response_bytes, forwarded_fields,
+    parse_length, parse_response, plain_target, read_failure, routed_target, upstream_head, within,
 };
 use crate::outcome::Failure;
-use crate::path::normalize;
-use crate::proxy::{ambiguous_framing, headers_too_large, host_problem, request_host};
+use crate::proxy::{ambiguous_framing, answer_head, headers_too_large, host_problem, request_host};
 use crate::tables::{InFlight, Route};
 use crate::view::{Headers, RequestView};
 
@@ -55,11 +54,7 @@ const MAX_REFUSED_STREAMS: usize = 32;
 /// What every stream of one connection shares.
 struct Connection {
     port: u16,
-    tls: bool,
-    sni: Option<String>,
-    client: Option<SocketAddr>,
-    /// The client's IP, as X-Forwarded-For carries it.
-    client_ip: String,
+    peer: Peer,
 }
 
 /// Streams in progress on a connection (its idle timeout starts when none is).
@@ -132,18 +127,7 @@ impl Front {
     /// Serves an HTTP/2 connection: its streams go to the fast path or, one by one, to
     /// Pingora's proxy.
     pub(crate) async fn serve_h2(self: &Arc<Self>, stream: Stream, port: u16, shutdown: &ShutdownWatch) {
-        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let tls = stream.get_ssl_digest();
-        let sni = tls.as_ref().and_then(|tls| {
-            tls.extension.get::<crate::tls::Handshake>().and_then(|handshake| handshake.server_name.clone())
-        });
-        let connection = Arc::new(Connection {
-            port,
-            tls: tls.is_some(),
-            sni,
-            client,
-            client_ip: client.map(|c| c.ip().to_string()).unwrap_or_default(),
-        });
+        let connection = Arc::new(Connection { port, peer: Peer::of(&stream) });
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
             timing_digest: stream.get_timing_digest(),
@@ -226,7 +210,7 @@ impl Front {
                 if let Err(error) = respond(&mut session, status, &fields) {
                     tracing::debug!(%error, "answer not written");
                 }
-                self.record(route.as_ref(), status, started, connection.client, None, log);
+                self.record(route.as_ref(), status, started, connection.peer.client, None, log);
             }
             Plan::Proxy(mut exchange) => {
                 session.set_write_timeout(Some(self.io_timeout));
@@ -256,7 +240,14 @@ impl Front {
                 };
                 let _ = session.finish();
                 let log = exchange.log.take();
-                self.record(Some(&exchange.route), status, started, connection.client, Some(exchange.endpoint), log);
+                self.record(
+                    Some(&exchange.route),
+                    status,
+                    started,
+                    connection.peer.client,
+                    Some(exchange.endpoint),
+                    log,
+                );
             }
         }
     }
@@ -273,7 +264,7 @@ impl Front {
             return Plan::HandOver;
         }
         let Ok(target) = std::str::from_utf8(request.raw_path()) else { return Plan::HandOver };
-        if !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+        if !plain_target(target) {
             return Plan::HandOver;
         }
         let body = if body_done {
@@ -289,14 +280,10 @@ impl Front {
             }
         };
         let tables = self.tables.load();
-        if tables.tls.contains_key(&connection.port) != connection.tls {
+        if tables.tls.contains_key(&connection.port) != connection.peer.tls {
             return Plan::HandOver;
         }
-        let (raw_path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
-        let path = normalize(raw_path);
+        let (path, query) = routed_target(target);
         let host = request_host(request);
         let log = || {
             self.access_log.then(|| LogFields {
@@ -307,7 +294,7 @@ impl Front {
         };
         let decision = decide::Request {
             port: connection.port,
-            sni: connection.sni.as_deref(),
+            sni: connection.peer.sni.as_deref(),
             view: RequestView {
                 host: &host,
                 path: &path,
@@ -347,7 +334,8 @@ impl Front {
             .chain(cookies.as_deref().map(|c| (&b"cookie"[..], c)))
             .chain((body == RequestBody::Chunked).then_some((&b"transfer-encoding"[..], &b"chunked"[..])));
         let headers = forwarded_fields(fields, self.trusted_hops);
-        let client = Client { ip: &connection.client_ip, tls: connection.tls, trusted_hops: self.trusted_hops };
+        let client =
+            Client { ip: &connection.peer.client_ip, tls: connection.peer.tls, trusted_hops: self.trusted_hops };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
         let mut head = Vec::with_capacity(512);
         upstream_head(&mut head, request.method.as_str(), &path, query, &route, filters, headers, &client);
@@ -572,12 +560,7 @@ fn write_response_head(
 
 /// Answers a stream with `fields` and no body, as `proxy::answer` does.
 fn respond(session: &mut HttpSession, status: u16, fields: &[cors::Field]) -> pingora_core::Result<()> {
-    let mut response = ResponseHeader::build(status, Some(2 + fields.len()))?;
-    for (name, value) in fields {
-        response.append_header(*name, value.as_str())?;
-    }
-    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    session.write_response_header(Box::new(response), true)
+    session.write_response_header(Box::new(answer_head(status, fields)?), true)
 }
 
 /// The request body of an HTTP/2 stream.

@@ -593,14 +593,19 @@ macro_rules! header_edits {
 header_edits!(RequestHeader);
 header_edits!(ResponseHeader);
 
-/// Answers the request directly with `fields` and an empty body.
-async fn answer(session: &mut Session, status: u16, fields: &[cors::Field]) -> Result<bool> {
+/// The head of an answer of the proxy's own: `fields` and no body.
+pub(crate) fn answer_head(status: u16, fields: &[cors::Field]) -> Result<ResponseHeader> {
     let mut response = ResponseHeader::build(status, Some(2 + fields.len()))?;
     for (name, value) in fields {
         response.append_header(*name, value.as_str())?;
     }
     response.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    session.write_response_header(Box::new(response), false).await?;
+    Ok(response)
+}
+
+/// Answers the request directly with `fields` and an empty body.
+async fn answer(session: &mut Session, status: u16, fields: &[cors::Field]) -> Result<bool> {
+    session.write_response_header(Box::new(answer_head(status, fields)?), false).await?;
     session.write_response_body(Some(Bytes::new()), true).await?;
     Ok(true)
 }
