@@ -1311,7 +1311,7 @@ pub(crate) async fn first_response_bytes(
     io_timeout: Duration,
     head: &[u8],
     resendable: bool,
-    buf: &mut [u8],
+    buf: &mut impl ResponseBuffer,
     mut body: impl RequestBodySource,
 ) -> Result<(TcpStream, usize, bool), (Failure, Option<u16>)> {
     let mut body_cut = false;
@@ -1329,7 +1329,7 @@ pub(crate) async fn first_response_bytes(
             }
         }
         let read = if sent {
-            match within(io_timeout, stream.read(buf)).await {
+            match within(io_timeout, read_when_ready(&mut stream, buf)).await {
                 Ok(n) => n,
                 // The backend has the request and is silent: never sent twice.
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
@@ -1347,6 +1347,30 @@ pub(crate) async fn first_response_bytes(
         // A pooled connection the backend had closed: once more on a new one.
     }
     Err((Failure::Upstream, None))
+}
+
+/// Where the first response bytes go: a connection's own buffer, or (HTTP/2 streams) one
+/// taken only once the backend has answered, so that waiting streams hold none.
+pub(crate) trait ResponseBuffer {
+    /// One non-blocking read from `stream` (`WouldBlock` when there is nothing yet).
+    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize>;
+}
+
+impl ResponseBuffer for Vec<u8> {
+    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
+        stream.try_read(self)
+    }
+}
+
+/// One read of what the backend has sent.
+async fn read_when_ready(stream: &mut TcpStream, buf: &mut impl ResponseBuffer) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match buf.try_read_from(stream) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            read => return read,
+        }
+    }
 }
 
 pub(crate) async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {

@@ -39,8 +39,8 @@ use crate::cors;
 use crate::decide::{self, Forward};
 use crate::fast::{
     BodyError, ChunkedScanner, Client, Framing, Front, HANDED_OVER, LogFields, MAX_RESPONSE_HEAD_BYTES,
-    MAX_RESPONSE_HEADERS, Peer, READ_CHUNK, RequestBody, RequestBodySource, first_response_bytes, forwarded_fields,
-    parse_length, parse_response, plain_target, read_failure, routed_target, upstream_head, within,
+    MAX_RESPONSE_HEADERS, Peer, READ_CHUNK, RequestBody, RequestBodySource, ResponseBuffer, first_response_bytes,
+    forwarded_fields, parse_length, parse_response, plain_target, read_failure, routed_target, upstream_head, within,
 };
 use crate::outcome::Failure;
 use crate::proxy::{ambiguous_framing, answer_head, headers_too_large, host_problem, request_host};
@@ -359,7 +359,7 @@ impl Front {
     async fn forward(&self, session: &mut HttpSession, exchange: &mut Exchange) -> Result<u16, (Failure, Option<u16>)> {
         let body_deadline = tokio::time::Instant::now() + self.request_body_timeout;
         let resendable = exchange.idempotent && exchange.body == RequestBody::None;
-        let mut buf = ReadBuffer::take();
+        let mut lazy = LazyReadBuffer(None);
         let source = StreamBody { front: self, session, body: exchange.body, deadline: body_deadline };
         let (mut stream, mut read, body_cut) = first_response_bytes(
             &self.pool,
@@ -367,10 +367,11 @@ impl Front {
             self.io_timeout,
             &exchange.head,
             resendable,
-            &mut buf,
+            &mut lazy,
             source,
         )
         .await?;
+        let mut buf = lazy.0.unwrap_or_else(ReadBuffer::take);
         loop {
             match write_response_head(session, buf.get(..read).unwrap_or_default(), exchange)? {
                 Head::Incomplete => {
@@ -483,6 +484,29 @@ impl ReadBuffer {
     fn take() -> ReadBuffer {
         let spare = SPARE.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
         ReadBuffer(spare.unwrap_or_else(|| vec![0u8; READ_CHUNK]))
+    }
+}
+
+/// A [`ReadBuffer`] taken when the backend's first bytes have been read: the streams
+/// waiting on their backends hold none. (A pooled connection can report itself readable
+/// with nothing to read, so the first read goes to the stack.)
+struct LazyReadBuffer(Option<ReadBuffer>);
+
+/// The first read's size: a typical response head with a small body.
+const FIRST_READ: usize = 4096;
+
+impl ResponseBuffer for LazyReadBuffer {
+    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
+        if let Some(buf) = &mut self.0 {
+            return stream.try_read(buf);
+        }
+        let mut first = [0u8; FIRST_READ];
+        let n = stream.try_read(&mut first)?;
+        let buf = self.0.insert(ReadBuffer::take());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), first.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        Ok(n)
     }
 }
 
@@ -612,6 +636,29 @@ impl RequestBodySource for StreamBody<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_stream_takes_its_read_buffer_only_with_bytes_to_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut backend, _) = listener.accept().await.unwrap();
+        let mut lazy = LazyReadBuffer(None);
+        let nothing = lazy.try_read_from(&upstream).unwrap_err();
+        assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(lazy.0.is_none(), "a stream with nothing to read holds no buffer");
+        backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+        let read = loop {
+            upstream.readable().await.unwrap();
+            match lazy.try_read_from(&upstream) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                read => break read.unwrap(),
+            }
+        };
+        let buf = lazy.0.expect("taken with the first bytes");
+        assert_eq!(buf.len(), READ_CHUNK);
+        assert_eq!(&buf[..read], b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    }
 
     #[test]
     fn chunked_bodies_give_their_data_without_framing() {

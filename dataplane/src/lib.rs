@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::Server;
 use sluice_snapshot::{Protocol, Snapshot};
 
@@ -276,7 +277,7 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {
-            service.add_tcp(&format!("{}:{port}", cli.bind));
+            service.add_listener(ListenerConfig::tcp(format!("{}:{port}", cli.bind)).l4_buffer(http_l4_buffer()));
         }
         for port in &https_ports {
             let check = tls::HandshakeCheck { tables: tables.clone(), port: *port };
@@ -285,7 +286,9 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
             settings.set_cert_resolver(Arc::new(tls::SniResolver { tables: tables.clone(), port: *port }));
             settings.set_client_cert_verifier(Arc::new(tls::PortVerifier::new(tables.clone(), *port)));
             settings.enable_h2();
-            service.add_tls_with_settings(&format!("{}:{port}", cli.bind), None, settings);
+            service.add_listener(
+                ListenerConfig::tcp(format!("{}:{port}", cli.bind)).tls(settings).l4_buffer(http_l4_buffer()),
+            );
         }
         server.add_service(service);
     }
@@ -326,6 +329,15 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     }
     tracing::info!(http = ?http_ports, https = ?https_ports, tls = ?tls_ports, tcp = ?tcp_ports, udp = ?udp_ports, "serving");
     server.run_forever()
+}
+
+/// HTTP and HTTPS connections read straight from the socket: Pingora's default puts a
+/// 64 KiB read buffer (zeroed, kept for the connection's life) under every accepted
+/// connection, which the fast path's own buffers, Pingora's HTTP sessions and rustls
+/// (whose reads take what one TLS record needs) only copy out of. Writes keep Pingora's
+/// small write buffer.
+fn http_l4_buffer() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
 /// Reloads the snapshot file when its content changes. The watcher hashes the bytes it
