@@ -15,15 +15,33 @@ use crate::metrics::Metrics;
 use crate::tables::Tables;
 use crate::tables::{Layout, Previous, compile_reusing};
 
+/// What serving needs of the first snapshot applied: its Gateway and listeners (the
+/// ports are fixed for the life of the process). Not the snapshot itself, which the
+/// applier keeps or drops.
+pub struct Listening {
+    pub gateway: String,
+    /// (protocol, port) of every listener.
+    pub listeners: Vec<(sluice_snapshot::Protocol, u32)>,
+}
+
+impl Listening {
+    pub(crate) fn of(snapshot: &Snapshot) -> Listening {
+        Listening {
+            gateway: snapshot.gateway.clone(),
+            listeners: snapshot.listeners.iter().map(|l| (l.protocol(), l.port)).collect(),
+        }
+    }
+}
+
 impl Applier {
-    /// An applier with nothing served yet; `first` gets the first snapshot applied and
-    /// its tables. With `keep`, the snapshot served and what its tables were compiled
+    /// An applier with nothing served yet; `first` gets what serving needs of the first
+    /// snapshot applied, and its tables. With `keep`, the snapshot served and what its tables were compiled
     /// with are kept, so that deltas apply and the next compile reuses what did not
     /// change (the push client); without, every snapshot is compiled whole and nothing
     /// but the tables is held (a snapshot file: a few MB less at 5000 routes).
     pub(crate) fn new(
         metrics: Arc<Metrics>,
-        first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
+        first: Option<std::sync::mpsc::Sender<(Listening, Tables)>>,
         state_dir: Option<PathBuf>,
         keep: bool,
     ) -> Applier {
@@ -56,7 +74,7 @@ pub(crate) struct Applier {
     /// The digests of `snapshot`'s items (made once a whole snapshot is answered): a
     /// delta's result is hashed at the cost of its changes.
     pub(crate) digests: Option<Digests>,
-    pub(crate) first: Option<std::sync::mpsc::Sender<(Snapshot, Tables)>>,
+    pub(crate) first: Option<std::sync::mpsc::Sender<(Listening, Tables)>>,
     /// The listening sockets as (port, UDP?): a port moving between TCP and UDP needs a
     /// restart as much as a new port does.
     pub(crate) ports: Vec<(u32, bool)>,
@@ -135,7 +153,7 @@ impl Applier {
                 self.tables = Some(tables.clone());
                 self.ports = ports;
                 if let Some(first) = self.first.take() {
-                    let _ = first.send((snapshot.clone(), tables));
+                    let _ = first.send((Listening::of(&snapshot), tables));
                 }
             }
         }

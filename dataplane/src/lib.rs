@@ -48,7 +48,7 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::Server;
 use sluice_snapshot::{Protocol, Snapshot};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Listening};
 use crate::metrics::Metrics;
 use crate::proxy::SluiceProxy;
 use crate::tables::Tables;
@@ -159,7 +159,7 @@ pub fn run(cli: Cli) -> Result<()> {
         });
     }
     let metrics = Arc::new(Metrics::default());
-    let (snapshot, tables) = match (&cli.snapshot, &cli.control_plane) {
+    let (listening, tables) = match (&cli.snapshot, &cli.control_plane) {
         (Some(path), _) => {
             let (text, snapshot) = load(path)?;
             if cli.check {
@@ -169,16 +169,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             // The same applier as the push client's (swap, metrics, dropped pieces),
             // keeping nothing but the tables: a file's snapshot is compiled whole.
+            // (Not a copy of the snapshot kept for `serve`: its listeners are enough.)
+            let listening = Listening::of(&snapshot);
             let mut applier = Applier::new(metrics.clone(), None, None, false);
-            applier.install(snapshot.clone()).map_err(anyhow::Error::msg)?;
+            applier.install(snapshot).map_err(anyhow::Error::msg)?;
             let tables = applier.tables.clone().context("no tables after the first snapshot")?;
             spawn_file_watcher(path.clone(), applier, Duration::from_millis(cli.poll_interval_ms.max(1)), &text);
-            (snapshot, tables)
+            (listening, tables)
         }
         (None, Some(url)) => push::start(url.clone(), cli.push.clone(), metrics.clone())?,
         (None, None) => bail!("either --snapshot or --control-plane is required"),
     };
-    serve(&cli, snapshot, tables, metrics)
+    serve(&cli, listening, tables, metrics)
 }
 
 fn print_summary(snapshot: &Snapshot) {
@@ -196,16 +198,16 @@ fn print_summary(snapshot: &Snapshot) {
     );
 }
 
-/// Serves the listeners of `snapshot` (the first one applied) from `tables`. Listener
-/// ports are fixed for the life of the process: a later snapshot with other ports
-/// needs a restart (the deployer rolls the pods).
-fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -> Result<()> {
+/// Serves the listeners of the first snapshot applied from `tables`. Listener ports are
+/// fixed for the life of the process: a later snapshot with other ports needs a restart
+/// (the deployer rolls the pods).
+fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>) -> Result<()> {
     let ports_of = |protocol: Protocol| -> Vec<u16> {
-        let mut ports: Vec<u16> = snapshot
+        let mut ports: Vec<u16> = listening
             .listeners
             .iter()
-            .filter(|l| l.protocol() == protocol)
-            .filter_map(|l| u16::try_from(l.port).ok())
+            .filter(|(listener, _)| *listener == protocol)
+            .filter_map(|(_, port)| u16::try_from(*port).ok())
             .collect();
         ports.sort_unstable();
         ports.dedup();
@@ -223,11 +225,8 @@ fn serve(cli: &Cli, snapshot: Snapshot, tables: Tables, metrics: Arc<Metrics>) -
     // Readiness probes a TCP-based port; UDP-only data planes are Ready once applied.
     let first_port = http_ports.iter().chain(&https_ports).chain(&tcp_ports).chain(&tls_ports).next().copied();
     if first_port.is_none() && udp_ports.is_empty() {
-        tracing::warn!(gateway = snapshot.gateway, "the snapshot has no listener to serve; waiting for one");
+        tracing::warn!(gateway = listening.gateway, "the snapshot has no listener to serve; waiting for one");
     }
-    // Only its ports were needed: the decoded snapshot (~1 KB per route) would otherwise
-    // stay allocated for the life of the process, `run_forever` never returning.
-    drop(snapshot);
     if let Some(admin) = &cli.admin {
         // Ready once a snapshot is applied (it is, by now) and the listeners accept.
         let probe_host =

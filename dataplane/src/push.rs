@@ -29,7 +29,7 @@ use sluice_snapshot::push::{Ack, DataPlaneMessage, Hello, Nack, Resync, control_
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::apply::{Applier, Unapplied};
+use crate::apply::{Applier, Listening, Unapplied};
 use crate::metrics::Metrics;
 use crate::tables::Tables;
 
@@ -104,9 +104,9 @@ fn load_saved(dir: &std::path::Path, gateway: &str) -> Result<Option<Snapshot>> 
     Ok(Some(snapshot))
 }
 
-/// Starts the push client and waits for the first snapshot that applies; returns it and
-/// the tables that the client keeps updating.
-pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Snapshot, Tables)> {
+/// Starts the push client and waits for the first snapshot that applies; returns its
+/// listeners and the tables that the client keeps updating.
+pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(Listening, Tables)> {
     let gateway = args.gateway.clone().context("--gateway is required with --control-plane")?;
     let pod = args
         .pod
