@@ -75,17 +75,15 @@ fn lists_each_clusters_endpoints_and_when_the_tables_were_built() {
 }
 
 /// Started without allocator settings, the data plane runs with the ones its pods get
-/// (glibc reads them at start: the binary starts itself again with them).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// (mimalloc reads them at start: the binary starts itself again with them).
+#[cfg(target_os = "linux")]
 #[test]
 fn runs_with_the_pods_allocator_settings_when_started_without() {
     let plane = DataPlane::start(&catch_all(free_port(), free_port()));
     let environ = std::fs::read(format!("/proc/{}/environ", plane.pid())).unwrap();
-    // glibc edits the value in place while reading it, so only its start is compared.
-    assert!(sluice_snapshot::DATA_PLANE_GLIBC_TUNABLES.starts_with("glibc.malloc."));
-    assert!(
-        environ.split(|b| *b == 0).any(|entry| entry.starts_with(b"GLIBC_TUNABLES=glibc.malloc.")),
-        "{}",
-        String::from_utf8_lossy(&environ)
-    );
+    let entries: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for (name, value) in sluice_snapshot::DATA_PLANE_ALLOCATOR_ENV {
+        let entry = format!("{name}={value}");
+        assert!(entries.contains(&entry.as_bytes()), "{entry} not in {}", String::from_utf8_lossy(&environ));
+    }
 }

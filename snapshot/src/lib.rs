@@ -21,7 +21,7 @@ mod validate;
 pub use delta::DeltaError;
 pub use hash::{Versioner, content_hash, encode_with_version, hash_encoded};
 pub use validate::{
-    ADMIN_PORT, DATA_PLANE_GLIBC_TUNABLES, MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, http_route_problems,
+    ADMIN_PORT, DATA_PLANE_ALLOCATOR_ENV, MAX_RETRY_ATTEMPTS, Piece, Problem, ValidationError, http_route_problems,
     plain_cluster_valid, problems, valid_header_value, valid_hostname, valid_path_value, valid_token, validate,
 };
 

@@ -45,8 +45,8 @@ pub const PUSH_AUDIENCE: &str = "sluice.dev/push";
 const PUSH_TOKEN_SECONDS: i64 = 3600;
 /// The environment variable that carries the push trust bundle (CA certificates, PEM).
 pub const PUSH_CA_ENV: &str = "SLUICE_PUSH_CA";
-/// glibc allocator settings for the data plane (see the constant's own documentation).
-pub const DATA_PLANE_GLIBC_TUNABLES: &str = sluice_snapshot::DATA_PLANE_GLIBC_TUNABLES;
+/// Allocator settings for the data plane (see the constant's own documentation).
+pub const DATA_PLANE_ALLOCATOR_ENV: [(&str, &str); 2] = sluice_snapshot::DATA_PLANE_ALLOCATOR_ENV;
 /// The data plane's `--state-dir` (an emptyDir): the last applied snapshot, so that a
 /// restarted container serves while its controller is unreachable.
 pub const STATE_DIR: &str = "/var/lib/sluice";
@@ -196,23 +196,34 @@ pub fn render(gateway: &GatewayIdentity, infra: &Infra, options: &DeployOptions)
             .chain(config.trusted_hops.into_iter().flat_map(|hops| ["--trusted-hops".to_string(), hops.to_string()]))
             .collect(),
         ),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+        env: Some(
+            [
+                EnvVar {
+                    name: "POD_NAME".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
+                },
+                EnvVar { name: "RUST_LOG".into(), value: Some(log_level), ..Default::default() },
+                EnvVar {
+                    name: PUSH_CA_ENV.into(),
+                    value: Some(options.push_trust_bundle.clone()),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(DATA_PLANE_ALLOCATOR_ENV.iter().map(|(name, value)| EnvVar {
+                name: (*name).into(),
+                value: Some((*value).into()),
                 ..Default::default()
-            },
-            EnvVar { name: "RUST_LOG".into(), value: Some(log_level), ..Default::default() },
-            EnvVar { name: PUSH_CA_ENV.into(), value: Some(options.push_trust_bundle.clone()), ..Default::default() },
-            EnvVar {
-                name: "GLIBC_TUNABLES".into(),
-                value: Some(DATA_PLANE_GLIBC_TUNABLES.into()),
-                ..Default::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ports: Some(ports),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {

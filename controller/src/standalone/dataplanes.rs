@@ -12,18 +12,11 @@ use tokio::process::{Child, Command};
 use super::write_private;
 use crate::push::auth::StaticTokens;
 
-/// Allocator settings for the data planes `sluice run` starts, unless set already. For
-/// mimalloc (the `sluice` program's allocator; others ignore these): give freed memory
-/// back to the system at once instead of a second later (when an idle data plane would
-/// no longer be allocating, so never), and no transparent huge pages (2 MiB pages that a
-/// few live blocks keep resident). 5000 routes: 64 → 30 MB resident, with no throughput
-/// loss measured (docs/standalone.md). For glibc (`--dataplane sluice-dataplane`): what
-/// the deployer sets in a cluster ([`crate::deploy::DATA_PLANE_GLIBC_TUNABLES`]).
-const DATA_PLANE_ALLOCATOR: [(&str, &str); 3] = [
-    ("MIMALLOC_PURGE_DELAY", "0"),
-    ("MIMALLOC_ALLOW_THP", "0"),
-    ("GLIBC_TUNABLES", crate::deploy::DATA_PLANE_GLIBC_TUNABLES),
-];
+/// Allocator settings for the data planes `sluice run` starts, unless set already: those
+/// the deployer sets in a cluster ([`crate::deploy::DATA_PLANE_ALLOCATOR_ENV`]; both
+/// `sluice` and `sluice-dataplane` allocate with mimalloc). 5000 routes: 64 → 30 MB
+/// resident, with no throughput loss measured (docs/standalone.md).
+const DATA_PLANE_ALLOCATOR: [(&str, &str); 2] = crate::deploy::DATA_PLANE_ALLOCATOR_ENV;
 
 /// How data planes are started: the command and what they need to reach the push server.
 pub(super) struct Launch {

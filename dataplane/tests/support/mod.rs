@@ -214,7 +214,8 @@ impl DataPlane {
             )
             .env("RUST_LOG", "warn")
             // The binary's own allocator settings apply (a test can pass its own).
-            .env_remove("GLIBC_TUNABLES")
+            .env_remove("MIMALLOC_PURGE_DELAY")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap()))
             .spawn()
             .unwrap();
