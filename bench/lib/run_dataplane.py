@@ -75,7 +75,7 @@ def tcp_active_opens():
 
 
 def command(proxy, work):
-    release = os.path.join(TARGET, "release")
+    release = os.path.join(TARGET, "dataplane")  # the shipped data plane's profile (bench/dataplane.sh)
     return {
         "nginx": ["nginx", "-c", f"{work}/nginx.conf", "-p", work],
         "haproxy": ["haproxy", "-f", f"{work}/haproxy.cfg"],

@@ -17,7 +17,7 @@ def run(proxy, work):
     mid = ROUTES // 2
     host, url = f"h{mid}.bench.test", f"http://127.0.0.1:{PROXY_PORT}/p{mid}/x"
     if proxy == "sluice":
-        cmd = [f"{TARGET}/release/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1",
+        cmd = [f"{TARGET}/dataplane/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1",
                "--poll-interval-ms", "20"]
     else:
         cmd = ["nginx", "-c", f"{work}/nginx.conf", "-p", work]

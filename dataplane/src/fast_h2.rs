@@ -570,7 +570,9 @@ fn write_response_head(
     let status = parsed.status;
     let mut fields = parsed.fields;
     crate::edits::response(&mut fields, &exchange.route, Some(exchange.backend), &exchange.cors);
-    let mut response = ResponseHeader::build(status, Some(fields.len() + 1)).map_err(|_| (Failure::Upstream, None))?;
+    // HTTP/2 names are lowercase: no map of their original case to keep.
+    let mut response =
+        ResponseHeader::build_no_case(status, Some(fields.len() + 1)).map_err(|_| (Failure::Upstream, None))?;
     for (name, value) in &fields {
         let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value)) else {
             return Err((Failure::Upstream, None));
