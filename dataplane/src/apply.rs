@@ -35,10 +35,11 @@ impl Listening {
 
 impl Applier {
     /// An applier with nothing served yet; `first` gets what serving needs of the first
-    /// snapshot applied, and its tables. With `keep`, the snapshot served and what its tables were compiled
-    /// with are kept, so that deltas apply and the next compile reuses what did not
-    /// change (the push client); without, every snapshot is compiled whole and nothing
-    /// but the tables is held (a snapshot file: a few MB less at 5000 routes).
+    /// snapshot applied, and its tables. With `keep`, the snapshot served and what its
+    /// tables were compiled with are kept, so that deltas apply and the next compile
+    /// reuses what did not change (the push client); without, every snapshot is compiled
+    /// whole and nothing but the tables is held (a snapshot file: a few MB less at 5000
+    /// routes).
     pub(crate) fn new(
         metrics: Arc<Metrics>,
         first: Option<std::sync::mpsc::Sender<(Listening, Tables)>>,

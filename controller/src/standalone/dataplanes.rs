@@ -12,12 +12,6 @@ use tokio::process::{Child, Command};
 use super::write_private;
 use crate::push::auth::StaticTokens;
 
-/// Allocator settings for the data planes `sluice run` starts, unless set already: those
-/// the deployer sets in a cluster ([`crate::deploy::DATA_PLANE_ALLOCATOR_ENV`]; both
-/// `sluice` and `sluice-dataplane` allocate with mimalloc). 5000 routes: 64 → 30 MB
-/// resident, with no throughput loss measured (docs/standalone.md).
-const DATA_PLANE_ALLOCATOR: [(&str, &str); 2] = crate::deploy::DATA_PLANE_ALLOCATOR_ENV;
-
 /// How data planes are started: the command and what they need to reach the push server.
 pub(super) struct Launch {
     /// The program and leading arguments.
@@ -132,7 +126,8 @@ impl DataPlanes {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
-        for (name, value) in DATA_PLANE_ALLOCATOR {
+        // The deployer's allocator settings, unless set already (docs/standalone.md).
+        for (name, value) in crate::deploy::DATA_PLANE_ALLOCATOR_ENV {
             if std::env::var_os(name).is_none() {
                 command.env(name, value);
             }

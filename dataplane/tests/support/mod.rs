@@ -201,7 +201,12 @@ impl DataPlane {
         let snapshot_path = dir.join("snapshot.json");
         std::fs::write(&snapshot_path, serde_json::to_string_pretty(snapshot).unwrap()).unwrap();
         let admin_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"));
+        // The binary's own allocator settings apply (a test can pass its own).
+        for (name, _) in sluice_snapshot::DATA_PLANE_ALLOCATOR_ENV {
+            command.env_remove(name);
+        }
+        let child = command
             .args(["--snapshot", snapshot_path.to_str().unwrap(), "--bind", "127.0.0.1"])
             .args(["--admin", &format!("127.0.0.1:{admin_port}")])
             .args(extra_args)
@@ -213,9 +218,6 @@ impl DataPlane {
                     .unwrap_or_default(),
             )
             .env("RUST_LOG", "warn")
-            // The binary's own allocator settings apply (a test can pass its own).
-            .env_remove("MIMALLOC_PURGE_DELAY")
-            .env_remove("MIMALLOC_ALLOW_THP")
             .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap()))
             .spawn()
             .unwrap();
