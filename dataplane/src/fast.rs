@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -1352,25 +1352,22 @@ pub(crate) async fn first_response_bytes(
 /// Where the first response bytes go: a connection's own buffer, or (HTTP/2 streams) one
 /// taken only once the backend has answered, so that waiting streams hold none.
 pub(crate) trait ResponseBuffer {
-    /// One non-blocking read from `stream` (`WouldBlock` when there is nothing yet).
-    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize>;
+    /// One read from `stream`, through tokio's `poll_read`: a read that leaves the socket
+    /// empty clears its readiness, so the next response is awaited rather than tried with
+    /// a read that can only answer `EAGAIN`.
+    fn poll_read_from(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>>;
 }
 
 impl ResponseBuffer for Vec<u8> {
-    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
-        stream.try_read(self)
+    fn poll_read_from(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut read = ReadBuf::new(self);
+        Pin::new(stream).poll_read(cx, &mut read).map_ok(|()| read.filled().len())
     }
 }
 
 /// One read of what the backend has sent.
 async fn read_when_ready(stream: &mut TcpStream, buf: &mut impl ResponseBuffer) -> std::io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match buf.try_read_from(stream) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            read => return read,
-        }
-    }
+    std::future::poll_fn(|cx| buf.poll_read_from(stream, cx)).await
 }
 
 pub(crate) async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {
@@ -1496,8 +1493,41 @@ impl ChunkedScanner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Whether tokio still holds `stream` readable: the next read would be a syscall (an
+    /// `EAGAIN` when the socket is empty) rather than a wait for the next epoll event.
+    pub(crate) fn readiness_left(stream: &TcpStream) -> bool {
+        let mut tried = false;
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            tried = true;
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+        tried
+    }
+
+    #[tokio::test]
+    async fn a_response_read_that_empties_the_socket_leaves_no_readiness() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut upstream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut backend, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; READ_CHUNK];
+        for round in 0..3 {
+            backend.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            let n = read_when_ready(&mut upstream, &mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"HTTP/1.1 204 No Content\r\n\r\n", "round {round}");
+            // try_read would have left it set: the next response's read would start with
+            // a read answering EAGAIN (one wasted syscall per request).
+            assert!(!readiness_left(&upstream), "round {round}: readiness cleared");
+        }
+        // The control: a try_read of the same response leaves it set.
+        backend.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        upstream.readable().await.unwrap();
+        assert!(upstream.try_read(&mut buf).unwrap() > 0);
+        assert!(readiness_left(&upstream), "try_read keeps the readiness");
+    }
 
     #[test]
     fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {

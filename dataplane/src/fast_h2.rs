@@ -19,8 +19,10 @@
 //! path on and off.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +33,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::http::v2::server::{H2Accept, HttpSession, handshake};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::{RequestHeader, ResponseHeader};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -496,17 +498,19 @@ struct LazyReadBuffer(Option<ReadBuffer>);
 const FIRST_READ: usize = 4096;
 
 impl ResponseBuffer for LazyReadBuffer {
-    fn try_read_from(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
+    fn poll_read_from(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if let Some(buf) = &mut self.0 {
-            return stream.try_read(buf);
+            return buf.0.poll_read_from(stream, cx);
         }
-        let mut first = [0u8; FIRST_READ];
-        let n = stream.try_read(&mut first)?;
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut first);
+        std::task::ready!(Pin::new(stream).poll_read(cx, &mut read))?;
+        let filled = read.filled();
         let buf = self.0.insert(ReadBuffer::take());
-        if let (Some(to), Some(from)) = (buf.get_mut(..n), first.get(..n)) {
-            to.copy_from_slice(from);
+        if let Some(to) = buf.get_mut(..filled.len()) {
+            to.copy_from_slice(filled);
         }
-        Ok(n)
+        Poll::Ready(Ok(filled.len()))
     }
 }
 
@@ -645,21 +649,16 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut backend, _) = listener.accept().await.unwrap();
-        let mut lazy = LazyReadBuffer(None);
-        let nothing = lazy.try_read_from(&upstream).unwrap_err();
-        assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
+        let (mut upstream, mut lazy) = (upstream, LazyReadBuffer(None));
+        let waiting = std::future::poll_fn(|cx| Poll::Ready(lazy.poll_read_from(&mut upstream, cx))).await;
+        assert!(waiting.is_pending(), "nothing to read yet");
         assert!(lazy.0.is_none(), "a stream with nothing to read holds no buffer");
         backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-        let read = loop {
-            upstream.readable().await.unwrap();
-            match lazy.try_read_from(&upstream) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                read => break read.unwrap(),
-            }
-        };
+        let read = std::future::poll_fn(|cx| lazy.poll_read_from(&mut upstream, cx)).await.unwrap();
         let buf = lazy.0.expect("taken with the first bytes");
         assert_eq!(buf.len(), READ_CHUNK);
         assert_eq!(&buf[..read], b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        assert!(!crate::fast::tests::readiness_left(&upstream), "a read that empties the socket clears its readiness");
     }
 
     #[test]
