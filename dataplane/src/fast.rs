@@ -69,11 +69,16 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// `io` within `limit` (`Front::io_timeout`); a timeout is an error like any other I/O
-/// error.
+/// error. The clock is read and the timer made only when `io` has to wait: most writes
+/// (and reads of bytes already there) finish on their first poll.
 pub(crate) async fn within<T>(
     limit: Duration,
     io: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
+    let mut io = std::pin::pin!(io);
+    if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await {
+        return result;
+    }
     match tokio::time::timeout(limit, io).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -419,22 +424,19 @@ impl Connection {
             let mut scanned = 0;
             // A request's clock starts when its head is complete (as Pingora's path's
             // context is made after the head is read): routing counts in its duration.
-            let mut started = Instant::now();
-            let plan = loop {
+            let (plan, started) = loop {
                 let complete = head_end_after(self.buf.get(..self.filled).unwrap_or_default(), scanned);
                 scanned = self.filled;
-                let plan = if complete {
-                    started = Instant::now();
-                    self.plan(front)
-                } else {
-                    Plan::Partial
-                };
-                if !matches!(plan, Plan::Partial) {
-                    break plan;
+                if complete {
+                    let started = Instant::now();
+                    let plan = self.plan(front);
+                    if !matches!(plan, Plan::Partial) {
+                        break (plan, started);
+                    }
                 }
                 if self.filled > MAX_REQUEST_HEADER_BYTES {
                     // Too large for the fast path: Pingora gives the defined answer.
-                    break Plan::HandOver;
+                    break (Plan::HandOver, Instant::now());
                 }
                 let (deadline, slack) = match head_deadline {
                     Some(deadline) => (deadline, Duration::ZERO),
@@ -1505,6 +1507,26 @@ pub(crate) mod tests {
             Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
         });
         tried
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_bounds_io_that_waits_and_passes_io_that_is_ready() {
+        let ready = within(Duration::from_secs(1), async { Ok(7) }).await;
+        assert_eq!(ready.unwrap(), 7);
+        let started = tokio::time::Instant::now();
+        let waits = within(Duration::from_secs(3), std::future::pending::<std::io::Result<()>>()).await;
+        assert_eq!(waits.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(3), "the limit counts from the first wait");
+        // A future that waits once, then finishes: its result, not a timeout.
+        let mut polled = false;
+        let once = std::future::poll_fn(|cx| {
+            if std::mem::replace(&mut polled, true) {
+                return Poll::Ready(Ok(1));
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert_eq!(within(Duration::from_secs(1), once).await.unwrap(), 1);
     }
 
     #[tokio::test]
