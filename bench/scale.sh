@@ -7,6 +7,8 @@
 # the binary deployed in a cluster; sluice: `sluice dataplane`, standalone's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nice cargo build --release -q -p sluice -p sluice-dataplane
+# The data plane with the profile images ship it with (fat LTO); the controller: release.
+nice cargo build --release -q -p sluice
+nice cargo build --profile dataplane -q -p sluice-dataplane
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), commit $(git rev-parse --short HEAD 2>/dev/null || echo none), load $(cut -d' ' -f1-3 /proc/loadavg)"
 exec python3 bench/lib/run_scale.py

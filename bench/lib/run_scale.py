@@ -24,7 +24,7 @@ COUNTS = [int(n) for n in os.environ.get("ROUTES", "5000 10000").split()]
 SETTLE = float(os.environ.get("SETTLE_MS", "3000")) / 1000
 CHANGES = int(os.environ.get("CHANGES", "10"))
 READY_LIMIT = float(os.environ.get("READY_LIMIT", "600"))
-DATAPLANE_BINARY = os.path.join(os.path.dirname(SLUICE), "sluice-dataplane")
+DATAPLANE_BINARY = os.path.join(os.path.dirname(os.path.dirname(SLUICE)), "dataplane", "sluice-dataplane")
 STANDALONE_BINARY = os.environ.get("DATAPLANE", "sluice-dataplane") == "sluice"
 
 
@@ -86,7 +86,7 @@ def run(routes):
 def main():
     for binary in (SLUICE, DATAPLANE_BINARY):
         if not os.access(binary, os.X_OK):
-            sys.exit(f"{binary} is missing: cargo build --release -p sluice -p sluice-dataplane")
+            sys.exit(f"{binary} is missing: cargo build --release -p sluice; cargo build --profile dataplane -p sluice-dataplane")
     print(f"method: standalone `sluice run DIR --quiet` with N HTTPRoutes (one host, one PathPrefix rule, one "
           f"Service backend each); VmRSS of the controller and its data plane ({DATAPLANE_LABEL}) {SETTLE * 1000:g} ms after the "
           f"last route serves, and again after {CHANGES} more routes were added one at a time; snapshot = "

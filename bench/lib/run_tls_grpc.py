@@ -21,6 +21,7 @@ BACKEND_PORT, GRPC_BACKEND_PORT, PROXY_PORT = 18180, 18181, 18182
 HZ = os.sysconf("SC_CLK_TCK")
 HOST = "bench.example.com"
 RELEASE = os.path.join(TARGET, "release")
+DATAPLANE = os.path.join(TARGET, "dataplane")  # the shipped data plane's profile (bench/tls-grpc.sh)
 # A gRPC frame (uncompressed, 4-byte length) holding EchoRequest{message: "hi"}.
 GRPC_BODY = b"\x00\x00\x00\x00\x04\x0a\x02hi"
 
@@ -144,7 +145,7 @@ http {{
 
 def command(proxy, klass, work):
     if proxy == "sluice":
-        return [f"{RELEASE}/sluice-dataplane", "--snapshot", f"{work}/{klass}.json", "--bind", "127.0.0.1"]
+        return [f"{DATAPLANE}/sluice-dataplane", "--snapshot", f"{work}/{klass}.json", "--bind", "127.0.0.1"]
     if proxy == "nginx":
         return ["nginx", "-c", f"{work}/nginx.conf", "-p", work]
     return ["envoy", "-c", f"{work}/envoy.json", "--concurrency", "1", "--log-level", "error",
