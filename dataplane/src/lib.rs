@@ -339,17 +339,29 @@ fn http_l4_buffer() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }
 
-/// Reloads the snapshot file when its content changes. The watcher hashes the bytes it
-/// parses, so a change is never missed, however fast files are replaced or however coarse
-/// file timestamps are. Replace the file atomically (write another file, rename it over)
-/// so that no half-written file is read. A snapshot that does not parse, validate or
-/// compile is logged and the last good one keeps serving.
+/// Reloads the snapshot file when its content changes. Each tick looks at the file's
+/// metadata (device, inode, size, modification and change times); when any of it moved,
+/// or `FULL_CHECK` has passed since the bytes were last read, the watcher reads the file
+/// and compares a hash of the bytes it parses. Reading and hashing every tick cost half a
+/// millisecond per 500 KB snapshot four times a second, on the CPU that serves traffic.
+/// A change is never missed: a rename over the file or a write moves the metadata, and
+/// a rewrite the timestamps cannot tell apart is read within `FULL_CHECK`. Replace the
+/// file atomically (write another file, rename it over) so that no half-written file is
+/// read. A snapshot that does not parse, validate or compile is logged and the last good
+/// one keeps serving.
 fn spawn_file_watcher(path: PathBuf, mut applier: Applier, interval: Duration, initial: &str) {
     let mut last = content_hash(initial.as_bytes());
+    let mut seen = file_stamp(&path);
+    let mut read_at = std::time::Instant::now();
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(interval);
+            let stamp = file_stamp(&path);
+            if stamp.is_some() && stamp == seen && read_at.elapsed() < FULL_CHECK {
+                continue;
+            }
             let Ok(bytes) = std::fs::read(&path) else { continue };
+            (seen, read_at) = (stamp, std::time::Instant::now());
             let hash = content_hash(&bytes);
             if hash == last {
                 continue;
@@ -372,6 +384,18 @@ fn spawn_file_watcher(path: PathBuf, mut applier: Applier, interval: Duration, i
             }
         }
     });
+}
+
+/// How often the snapshot file is read even though its metadata did not move.
+const FULL_CHECK: Duration = Duration::from_secs(10);
+
+/// What tells one version of a file from another without reading it.
+type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
