@@ -10,7 +10,7 @@ that a timer starts at the request `kubectl apply --server-side` sends, not at k
 own start-up. The Gateway is `bench-infra/bench`, routes and the echo backend live in
 `bench-app`. Standard library only.
 """
-import http.client, json, math, multiprocessing, os, ssl, statistics, sys, threading, time
+import datetime, http.client, json, math, multiprocessing, os, ssl, statistics, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse, urlencode
 
@@ -213,7 +213,7 @@ def propagation(address):
             present = preload
         time.sleep(settle)
         latencies, errors, problems = [], 0, []
-        names, applies, after_apply = [], [], []
+        names, applies, after_apply, trace = [], [], [], []
         for i in range(probes):
             name = f"probe-{preload}-{i}"
             names.append(name)
@@ -222,6 +222,7 @@ def propagation(address):
                 errors += 1
                 problems.append("no 404 before the apply")
             obj = route(name, host)
+            wall = datetime.datetime.now(datetime.timezone.utc)
             started = time.perf_counter()
             api.apply(ROUTES, obj)
             applies.append((time.perf_counter() - started) * 1000)
@@ -232,6 +233,8 @@ def propagation(address):
             problems += what
             if seconds is not None:
                 latencies.append(seconds * 1000)
+            trace.append(f"{name} {wall.strftime('%H:%M:%S.%f')} apply_ms={applies[-1]:.1f} "
+                         f"total_ms={'-' if seconds is None else f'{seconds * 1000:.1f}'}")
             time.sleep(gap)
         if problems:
             print(f"  preloaded={preload} problems: {', '.join(sorted(set(problems)))}", flush=True)
@@ -242,6 +245,7 @@ def propagation(address):
               f"after_apply_p99_ms={percentile(after_apply, 0.99):.1f}", flush=True)
         if os.environ.get("VERBOSE"):
             print("  latencies_ms (in probe order): " + " ".join(f"{v:.0f}" for v in latencies), flush=True)
+            print("  probes (apply request sent at UTC):\n    " + "\n    ".join(trace), flush=True)
         print(f"propagation-cluster preloaded={preload} p50_ms={percentile(latencies, 0.5):.1f} "
               f"p99_ms={percentile(latencies, 0.99):.1f} max_ms={max(latencies or [float('nan')]):.1f} errors={errors}",
               flush=True)

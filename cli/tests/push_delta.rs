@@ -83,6 +83,44 @@ fn a_stream_starts_whole_then_gets_deltas_and_a_reconnect_starts_whole_again() {
     assert_eq!(metric(admin, RESYNCS), 0);
 }
 
+/// The generation of the snapshot saved in a `--state-dir` (None while there is none).
+fn saved_generation(state: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(state.join("snapshot.pb")).ok()?;
+    let newline = bytes.iter().position(|b| *b == b'\n')?;
+    let snapshot: sluice_snapshot::Snapshot = prost::Message::decode(&bytes[newline + 1..]).ok()?;
+    Some(snapshot.version?.generation)
+}
+
+/// With --state-dir, the result of deltas is saved shortly after they apply (a burst once,
+/// after its ACKs rather than before each), and a data plane restarted while its
+/// controller is down serves it.
+#[test]
+fn the_result_of_deltas_is_saved_and_served_after_a_restart() {
+    let (backend, _echo) = echo("echo");
+    let controller = Controller::start(0, None);
+    let (port, admin) = (free_port(), free_port());
+    let content = |tag: &str| snapshot(GATEWAY, port, "a.example", backend, tag, "echo");
+    let state = std::env::temp_dir().join(format!("sluice-delta-saved-{}-{port}", std::process::id()));
+    let state_arg = state.to_string_lossy().into_owned();
+    controller.push.publish(GATEWAY, content("v1"));
+    let first = dataplane_with(controller.address, GATEWAY, "pod-0", admin, &["--state-dir", &state_arg]);
+    serves(port, "v1");
+    eventually(Duration::from_secs(5), "the whole snapshot saved", || saved_generation(&state) == Some(1));
+    for tag in ["v2", "v3", "v4"] {
+        controller.push.publish(GATEWAY, content(tag));
+        serves(port, tag);
+    }
+    assert_eq!(metric(admin, APPLIED_DELTAS), 3);
+    eventually(Duration::from_secs(10), "the deltas' result saved", || saved_generation(&state) == Some(4));
+    let push = controller.address;
+    drop(controller);
+    drop(first);
+
+    let _second = dataplane_with(push, GATEWAY, "pod-0", admin, &["--state-dir", &state_arg]);
+    serves(port, "v4");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
 /// The data plane starts from a saved snapshot that claims the controller's content hash
 /// but holds one route more: the controller sends nothing on connect (same content, as
 /// far as it knows), and its next delta, applied to that base, hashes to something else.

@@ -1,7 +1,6 @@
 //! Applying snapshots: validate, compile (reusing what did not change, or patching only
 //! what a delta changes), swap the tables in atomically, remember what is served.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -43,7 +42,6 @@ impl Applier {
     pub(crate) fn new(
         metrics: Arc<Metrics>,
         first: Option<std::sync::mpsc::Sender<(Listening, Tables)>>,
-        state_dir: Option<PathBuf>,
         keep: bool,
     ) -> Applier {
         Applier {
@@ -57,7 +55,6 @@ impl Applier {
             first,
             ports: Vec::new(),
             dropped: Vec::new(),
-            state_dir,
         }
     }
 }
@@ -82,8 +79,6 @@ pub(crate) struct Applier {
     /// The pieces of the current snapshot that are not served (reported in every ACK and
     /// in the Hello of a reconnect).
     pub(crate) dropped: Vec<Dropped>,
-    /// Where applied snapshots are saved (`--state-dir`).
-    pub(crate) state_dir: Option<PathBuf>,
     /// Whether `snapshot` and `layout` are kept (see [`Applier::new`]).
     pub(crate) keep: bool,
 }
@@ -233,10 +228,9 @@ impl Applier {
             )));
         }
         next.version = Some(version.clone());
-        let encoded = self.state_dir.is_some().then(|| prost::Message::encode_to_vec(&next));
         let applied = self.apply(next).map_err(|error| Unapplied::Rejected(Some(version.clone()), error))?;
         self.digests = Some(digests);
-        Ok((applied, encoded))
+        Ok(applied)
     }
 }
 
@@ -290,8 +284,7 @@ impl Applier {
             swap_ms = ms(started.elapsed() - edited_at),
             "delta patched"
         );
-        let encoded = self.state_dir.is_some().then(|| prost::Message::encode_to_vec(&*base));
-        Ok(Ok((version.clone(), encoded)))
+        Ok(Ok(version.clone()))
     }
 }
 
@@ -311,9 +304,8 @@ fn swap_in(tables: &Tables, compiled: crate::tables::Compiled, metrics: &Metrics
     metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A delta's outcome: the new version and, with `--state-dir`, the new snapshot's
-/// encoding (with its version); or what to answer.
-pub(crate) type Applied = Result<(Version, Option<Vec<u8>>), Unapplied>;
+/// A delta's outcome: the new version, or what to answer.
+pub(crate) type Applied = Result<Version, Unapplied>;
 
 /// Why a delta was not applied.
 pub(crate) enum Unapplied {

@@ -171,7 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
             // keeping nothing but the tables: a file's snapshot is compiled whole.
             // (Not a copy of the snapshot kept for `serve`: its listeners are enough.)
             let listening = Listening::of(&snapshot);
-            let mut applier = Applier::new(metrics.clone(), None, None, false);
+            let mut applier = Applier::new(metrics.clone(), None, false);
             applier.install(snapshot).map_err(anyhow::Error::msg)?;
             let tables = applier.tables.clone().context("no tables after the first snapshot")?;
             spawn_file_watcher(path.clone(), applier, Duration::from_millis(cli.poll_interval_ms.max(1)), &text);

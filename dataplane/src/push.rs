@@ -9,8 +9,9 @@
 //!                          jittered exponential backoff (100 ms … 10 s)
 //! ```
 //!
-//! With `--state-dir`, every applied snapshot is also written there (checksummed,
-//! replaced atomically). A data plane that starts while its controller is unreachable
+//! With `--state-dir`, the applied snapshot is also written there (checksummed, replaced
+//! atomically): a whole snapshot at once, the result of deltas [`SAVE_DELAY`] after the
+//! first of them, once for a burst and outside the change's busy moment. A data plane that starts while its controller is unreachable
 //! serves that snapshot at once (`sluice_config_stale 1`) and takes the controller's
 //! as soon as it connects.
 //!
@@ -71,8 +72,62 @@ pub struct PushArgs {
 const SAVED_SNAPSHOT: &str = "snapshot.pb";
 const SAVED_MAGIC: &str = "sluice-snapshot-v1";
 
-/// Writes an applied snapshot, as it was received (`encoded`), to `dir` atomically (a
-/// temporary file renamed over the old one).
+/// How long after an applied delta the snapshot served is saved to `--state-dir`. Encoding
+/// and writing the whole snapshot costs a few milliseconds of CPU at 5000 routes: done
+/// for every delta before its ACK, it competed with the change's first requests (and the
+/// API server's status writes) for the CPU. Deferred, a burst of changes is saved once;
+/// a data plane restarted within this time serves the snapshot before the burst until
+/// its controller answers.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// Saving the snapshot served to `--state-dir`.
+struct Saver {
+    dir: Option<PathBuf>,
+    /// When the snapshot served, changed by deltas since the last save, is to be saved.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Saver {
+    /// A whole snapshot was applied: saved at once, as it was received.
+    fn whole(&mut self, encoded: &[u8]) {
+        let Some(dir) = &self.dir else { return };
+        self.due = None;
+        save_logged(dir, encoded);
+    }
+
+    /// A delta was applied: the snapshot served is saved within [`SAVE_DELAY`].
+    fn changed(&mut self) {
+        if self.dir.is_some() && self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + SAVE_DELAY);
+        }
+    }
+
+    /// Until a save is due; forever when none is.
+    async fn due(&self) {
+        match self.due {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Saves the snapshot served if deltas changed it since the last save.
+    fn flush(&mut self, applier: &Applier) {
+        let (Some(dir), Some(_)) = (&self.dir, self.due.take()) else { return };
+        if let Some(snapshot) = &applier.snapshot {
+            save_logged(dir, &prost::Message::encode_to_vec(snapshot));
+        }
+    }
+}
+
+fn save_logged(dir: &std::path::Path, encoded: &[u8]) {
+    if let Err(error) = save(dir, encoded) {
+        // Serving goes on; only a restart without the controller would miss it.
+        tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
+    }
+}
+
+/// Writes an encoded snapshot to `dir` atomically (a temporary file renamed over the old
+/// one).
 fn save(dir: &std::path::Path, encoded: &[u8]) -> std::io::Result<()> {
     let mut bytes = format!("{SAVED_MAGIC} {}\n", sluice_snapshot::hash_encoded(encoded)).into_bytes();
     bytes.extend_from_slice(encoded);
@@ -128,7 +183,7 @@ pub fn start(url: String, args: PushArgs, metrics: Arc<Metrics>) -> Result<(List
                 return;
             }
         };
-        let mut applier = Applier::new(metrics, Some(first_sender), args.state_dir.clone(), true);
+        let mut applier = Applier::new(metrics, Some(first_sender), true);
         if let Some(dir) = &args.state_dir {
             match load_saved(dir, &gateway) {
                 Ok(Some(saved)) => {
@@ -183,14 +238,18 @@ fn endpoint(url: &str, args: &PushArgs) -> Result<Endpoint> {
 
 async fn run(url: &str, args: &PushArgs, gateway: String, pod: String, mut applier: Applier) {
     let mut backoff = MIN_BACKOFF;
+    let mut saver = Saver { dir: args.state_dir.clone(), due: None };
     loop {
         let started = Instant::now();
         // The CA and the token are read again at every connect: renewed ones take effect.
         let token = args.token_file.as_deref().map(read_token).transpose();
         let connected = match (endpoint(url, args), token) {
-            (Ok(endpoint), Ok(token)) => session(&endpoint, token.as_deref(), &gateway, &pod, &mut applier).await,
+            (Ok(endpoint), Ok(token)) => {
+                session(&endpoint, token.as_deref(), &gateway, &pod, &mut applier, &mut saver).await
+            }
             (Err(error), _) | (_, Err(error)) => Err(error),
         };
+        saver.flush(&applier);
         match connected {
             Ok(received) => {
                 tracing::warn!("the control plane closed the stream; serving the last good snapshot");
@@ -227,6 +286,7 @@ async fn session(
     gateway: &str,
     pod: &str,
     applier: &mut Applier,
+    saver: &mut Saver,
 ) -> Result<bool> {
     let channel = endpoint.connect().await.context("connecting")?;
     let mut client = ConfigPushClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -258,8 +318,14 @@ async fn session(
     // buffer of its own size and the old one is freed here.
     let mut last: Option<bytes::Bytes> = None;
     loop {
-        let next =
-            inbound.message().await.map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
+        let next = tokio::select! {
+            next = inbound.message() => next,
+            () = saver.due() => {
+                saver.flush(applier);
+                continue;
+            }
+        };
+        let next = next.map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?;
         drop(last.take());
         let Some(next) = next else { return Ok(received) };
         let started = Instant::now();
@@ -269,35 +335,30 @@ async fn session(
         {
             last = Some(encoded.clone());
         }
-        let (kind, outcome) = match next.message {
+        let (kind, whole, outcome) = match next.message {
             Some(control_plane_message::Message::Snapshot(encoded)) => {
                 let outcome = match <Snapshot as prost::Message>::decode(encoded.clone()) {
                     Ok(snapshot) => {
                         let offered = snapshot.version.clone();
-                        applier
-                            .apply(snapshot)
-                            .map(|v| (v, applier.state_dir.is_some().then(|| encoded.to_vec())))
-                            .map_err(|e| Unapplied::Rejected(offered, e))
+                        applier.apply(snapshot).map_err(|e| Unapplied::Rejected(offered, e))
                     }
                     Err(error) => Err(Unapplied::Rejected(None, format!("cannot decode the snapshot: {error}"))),
                 };
-                ("snapshot", outcome)
+                ("snapshot", Some(encoded), outcome)
             }
-            Some(control_plane_message::Message::Delta(encoded)) => ("delta", applier.apply_delta(&encoded)),
+            Some(control_plane_message::Message::Delta(encoded)) => ("delta", None, applier.apply_delta(&encoded)),
             None => continue,
         };
         received = true;
         let reply = match outcome {
-            Ok((version, encoded)) => {
+            Ok(version) => {
                 applier.metrics.stale.store(false, Ordering::Relaxed);
                 let counter =
                     if kind == "delta" { &applier.metrics.deltas_applied } else { &applier.metrics.snapshots_applied };
                 counter.fetch_add(1, Ordering::Relaxed);
-                if let (Some(dir), Some(encoded)) = (&applier.state_dir, &encoded)
-                    && let Err(error) = save(dir, encoded)
-                {
-                    // Serving goes on; only a restart without the controller would miss it.
-                    tracing::warn!("cannot save the snapshot in {}: {error}", dir.display());
+                match &whole {
+                    Some(encoded) => saver.whole(encoded),
+                    None => saver.changed(),
                 }
                 let apply_ms = started.elapsed().as_secs_f64() * 1e3;
                 tracing::info!(generation = version.generation, kind, apply_ms, "applied snapshot");
