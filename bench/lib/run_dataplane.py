@@ -83,7 +83,9 @@ def command(proxy, work):
                   "--base-id", str(os.getpid() % 1000)],
         "minimal": [f"{release}/minimal-pingora", f"127.0.0.1:{PROXY_PORT}", f"{work}/minimal.routes",
                     f"127.0.0.1:{TLS_PORT}", f"{work}/tls.crt", f"{work}/tls.key"],
-        "sluice": [f"{release}/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1"]
+        # One serving thread, as every peer here has one worker.
+        "sluice": [f"{release}/sluice-dataplane", "--snapshot", f"{work}/snapshot.json", "--bind", "127.0.0.1",
+                   "--worker-threads", "1"]
         + os.environ.get("SLUICE_ARGS", "").split(),
     }[proxy]
 

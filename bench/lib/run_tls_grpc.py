@@ -145,7 +145,8 @@ http {{
 
 def command(proxy, klass, work):
     if proxy == "sluice":
-        return [f"{DATAPLANE}/sluice-dataplane", "--snapshot", f"{work}/{klass}.json", "--bind", "127.0.0.1"]
+        return [f"{DATAPLANE}/sluice-dataplane", "--snapshot", f"{work}/{klass}.json", "--bind", "127.0.0.1",
+                "--worker-threads", "1"]
     if proxy == "nginx":
         return ["nginx", "-c", f"{work}/nginx.conf", "-p", work]
     return ["envoy", "-c", f"{work}/envoy.json", "--concurrency", "1", "--log-level", "error",

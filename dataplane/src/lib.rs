@@ -110,6 +110,11 @@ pub struct Cli {
     /// filters and URL rewrites); everything else goes through Pingora's proxy either way.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     http1_fast_path: bool,
+    /// Threads serving the HTTP and HTTPS listeners (together), and each TCP and TLS
+    /// passthrough listener; each UDP listener has one. 0: one per CPU this process may
+    /// use (its CPU affinity and cgroup CPU quota).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
     /// Client connections open at most per TCP-based listener port (HTTP, HTTPS, TLS,
     /// TCP); more are closed at accept and counted in sluice_connections_refused_total.
     #[arg(long, default_value_t = 16384)]
@@ -239,6 +244,8 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
         .ok_or_else(|| anyhow::anyhow!("starting the server: no default configuration"))?;
     // Pingora's own bound on tries per request; HTTPRoute retries bound it further.
     conf.max_retries = usize::try_from(sluice_snapshot::MAX_RETRY_ATTEMPTS).unwrap_or(100) + 1;
+    let threads = worker_threads(cli.worker_threads);
+    conf.threads = threads;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     if !http_ports.is_empty() || !https_ports.is_empty() {
@@ -326,8 +333,25 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
         };
         server.add_service(pingora_core::services::background::background_service(&format!("udp-{port}"), app));
     }
-    tracing::info!(http = ?http_ports, https = ?https_ports, tls = ?tls_ports, tcp = ?tcp_ports, udp = ?udp_ports, "serving");
+    tracing::info!(
+        http = ?http_ports,
+        https = ?https_ports,
+        tls = ?tls_ports,
+        tcp = ?tcp_ports,
+        udp = ?udp_ports,
+        threads,
+        "serving"
+    );
     server.run_forever()
+}
+
+/// `--worker-threads`: 0 is one per CPU the process may use (Pingora's default is one
+/// thread per service whatever the machine has).
+fn worker_threads(asked: usize) -> usize {
+    if asked > 0 {
+        return asked;
+    }
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// HTTP and HTTPS connections read straight from the socket: Pingora's default puts a

@@ -751,3 +751,31 @@ fn strips_hop_by_hop_headers() {
         assert_eq!(response.echo(header), None, "{header} must not reach the backend: {}", response.body);
     }
 }
+
+/// The names of the threads of process `pid` (Linux: /proc/PID/task/*/comm).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// `--worker-threads N` serves HTTP on N threads; the default is one per CPU the process
+/// may use, not Pingora's one thread whatever the machine has.
+#[test]
+fn http_is_served_by_the_threads_asked_for_and_by_default_one_per_cpu() {
+    let a = Echo::start("a");
+    let port = free_port();
+    let snapshot = catch_all(port, a.port);
+    let serving = |plane: &DataPlane| {
+        assert_eq!(get(port, "any.example", "/", &[]).status, 200);
+        thread_names(plane.pid()).iter().filter(|name| *name == "Sluice HTTP").count()
+    };
+    let three = DataPlane::start_with(&snapshot, &["--worker-threads", "3"]);
+    assert_eq!(serving(&three), 3);
+    drop(three);
+    let default = DataPlane::start(&snapshot);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(serving(&default), cpus);
+}
