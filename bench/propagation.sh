@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Route propagation in standalone mode (probe semantics of howardjohn/gateway-api-bench):
-# with N routes preloaded, add one HTTPRoute at a time and poll its host every 5 ms until
+# with N routes preloaded, add one HTTPRoute at a time and poll its host every 1 ms until
 # 200. First the peer, Envoy Gateway's standalone mode (`propagation-envoy-gateway ...`
 # lines; `--peer none` skips it), then Sluice. Last lines (N = 0, 1000, 5000, 10000):
 # `propagation preloaded=N p50_ms=A p99_ms=B max_ms=C errors=E`.
-# Knobs: PRELOADS ("0 1000 5000 10000"), PROBES (50), PEER_PROBES (5), POLL_MS (5),
+# Knobs: PRELOADS ("0 1000 5000 10000"), PROBES (50), PEER_PROBES (5), POLL_MS (1),
 # TIMEOUT s (10), PEER_TIMEOUT s (300), PEER_SKIP_MS (30000: larger peer preloads are
 # skipped once a change took longer), GAP_MS (100), SLUICE_FLAGS (extra `sluice run`
 # flags, e.g. "--quiet"), ENVOY_GATEWAY_VERSION (latest v1.9.x), BENCH_LOG_DIR (keep each
