@@ -50,6 +50,12 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How many status writes are in flight at most.
 pub const CONCURRENT_WRITES: usize = 32;
 
+/// How long after a change of the desired statuses the writer starts writing them. A
+/// status write costs the API server, etcd and every watcher of the object CPU; started
+/// at once, they competed with the change's push and its first requests for the CPU.
+/// Changes arriving meanwhile are written together.
+const WRITE_DELAY: Duration = Duration::from_millis(20);
+
 /// The leader-only status writer: writes the latest desired status whenever it changes
 /// (and again after a second while writes fail), only while `leading` is true.
 pub async fn run_writer(
@@ -59,6 +65,8 @@ pub async fn run_writer(
     mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut writer = Writer::new(KubeStatusApi { client }, stores, CONCURRENT_WRITES);
+    // No write starts before this (see WRITE_DELAY).
+    let mut held: Option<tokio::time::Instant> = None;
     loop {
         let retry_at = writer.retry_at();
         tokio::select! {
@@ -68,9 +76,15 @@ pub async fn run_writer(
                 }
                 let latest = desired.borrow_and_update().clone();
                 match latest.filter(|_| *leading.borrow()) {
-                    Some(latest) => writer.set_desired(latest),
+                    Some(latest) => {
+                        writer.set_desired(latest);
+                        held.get_or_insert_with(|| tokio::time::Instant::now() + WRITE_DELAY);
+                    }
                     None => writer.stop(),
                 }
+            }
+            _ = tokio::time::sleep_until(held.unwrap_or_else(tokio::time::Instant::now)), if held.is_some() => {
+                held = None;
             }
             changed = leading.changed() => {
                 // Writing starts with the next desired status the loop sends.
@@ -83,7 +97,9 @@ pub async fn run_writer(
                 writer.retry();
             }
         }
-        writer.start();
+        if held.is_none() {
+            writer.start();
+        }
     }
 }
 
