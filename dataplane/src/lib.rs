@@ -283,7 +283,7 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
         };
         let mut service = pingora_core::services::listening::Service::new("Sluice HTTP".to_string(), app);
         for port in &http_ports {
-            service.add_listener(ListenerConfig::tcp(format!("{}:{port}", cli.bind)).l4_buffer(http_l4_buffer()));
+            service.add_listener(ListenerConfig::tcp(format!("{}:{port}", cli.bind)).l4_buffer(unbuffered_reads()));
         }
         for port in &https_ports {
             let check = tls::HandshakeCheck { tables: tables.clone(), port: *port };
@@ -293,7 +293,7 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
             settings.set_client_cert_verifier(Arc::new(tls::PortVerifier::new(tables.clone(), *port)));
             settings.enable_h2();
             service.add_listener(
-                ListenerConfig::tcp(format!("{}:{port}", cli.bind)).tls(settings).l4_buffer(http_l4_buffer()),
+                ListenerConfig::tcp(format!("{}:{port}", cli.bind)).tls(settings).l4_buffer(unbuffered_reads()),
             );
         }
         server.add_service(service);
@@ -306,7 +306,7 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
             max_connections: cli.max_connections_per_listener.max(1),
         };
         let mut service = pingora_core::services::listening::Service::new(format!("tcp-{port}"), app);
-        service.add_tcp(&format!("{}:{port}", cli.bind));
+        service.add_listener(ListenerConfig::tcp(format!("{}:{port}", cli.bind)).l4_buffer(unbuffered_reads()));
         server.add_service(service);
     }
     for port in &tls_ports {
@@ -319,7 +319,7 @@ fn serve(cli: &Cli, listening: Listening, tables: Tables, metrics: Arc<Metrics>)
             metrics: metrics.tls_port(*port),
         };
         let mut service = pingora_core::services::listening::Service::new(format!("tls-{port}"), app);
-        service.add_tcp(&format!("{}:{port}", cli.bind));
+        service.add_listener(ListenerConfig::tcp(format!("{}:{port}", cli.bind)).l4_buffer(unbuffered_reads()));
         server.add_service(service);
     }
     for port in &udp_ports {
@@ -354,12 +354,12 @@ fn worker_threads(asked: usize) -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-/// HTTP and HTTPS connections read straight from the socket: Pingora's default puts a
-/// 64 KiB read buffer (zeroed, kept for the connection's life) under every accepted
-/// connection, which the fast path's own buffers, Pingora's HTTP sessions and rustls
-/// (whose reads take what one TLS record needs) only copy out of. Writes keep Pingora's
-/// small write buffer.
-fn http_l4_buffer() -> L4BufferSettings {
+/// Every TCP-based listener's connections read straight from the socket: Pingora's
+/// default puts a 64 KiB read buffer (zeroed, kept for the connection's life) under every
+/// accepted connection, which the fast path's own buffers, Pingora's HTTP sessions,
+/// rustls (whose reads take what one TLS record needs), the ClientHello reader and the
+/// TCP relays' copy buffers only copy out of. Writes keep Pingora's small write buffer.
+fn unbuffered_reads() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }
 
