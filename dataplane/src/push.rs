@@ -11,9 +11,9 @@
 //!
 //! With `--state-dir`, the applied snapshot is also written there (checksummed, replaced
 //! atomically): a whole snapshot at once, the result of deltas [`SAVE_DELAY`] after the
-//! first of them, once for a burst and outside the change's busy moment. A data plane that starts while its controller is unreachable
-//! serves that snapshot at once (`sluice_config_stale 1`) and takes the controller's
-//! as soon as it connects.
+//! first of them, once for a burst and outside the change's busy moment. A data plane
+//! that starts while its controller is unreachable serves that snapshot at once
+//! (`sluice_config_stale 1`) and takes the controller's as soon as it connects.
 //!
 //! The client runs on its own thread and runtime, beside Pingora's: the first snapshot
 //! decides which ports the proxy listens on, so the proxy starts after it arrives.
