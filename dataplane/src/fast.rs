@@ -6,7 +6,8 @@
 //! map), lets `crate::decide` route it as Pingora's path does, writes the upstream head
 //! (and the first body bytes) with one write, streams the rest of the body, and passes the
 //! response through with its own framing, on upstream connections kept in a small pool.
-//! Everything else — upgrades, `Expect`, HTTP/2, routes with mirrors, timeouts, retries or
+//! A WebSocket upgrade answered `101` becomes a tunnel between both connections.
+//! Everything else — other upgrades, `Expect`, HTTP/2, routes with mirrors, timeouts, retries or
 //! HTTP/2 or TLS backends (`Route::fast`), anything odd — goes to Pingora's proxy: the
 //! bytes read so far are handed over with the connection, which stays with Pingora from
 //! then on.
@@ -312,6 +313,9 @@ struct Exchange {
     idempotent: bool,
     /// The request body still to come after the head.
     body: RequestBody,
+    /// The client asked to switch protocols (WebSocket): a `101` from the backend turns
+    /// the connection into a tunnel.
+    upgrade: bool,
     log: Option<LogFields>,
     /// CORS fields for the response (the route's policy decided them on the request).
     cors: Vec<cors::Field>,
@@ -470,7 +474,9 @@ impl Connection {
                 }
                 Plan::Proxy(exchange) => {
                     self.consume(exchange.head_len);
-                    let close_requested = exchange.close || *shutdown.borrow();
+                    // After an upgrade the connection is the new protocol's; one the
+                    // backend refused closes too (the client may have sent more already).
+                    let close_requested = exchange.close || exchange.upgrade || *shutdown.borrow();
                     let (status, close) = match self.exchange(front, &exchange, close_requested).await {
                         Ok(outcome) => outcome,
                         Err((error, answered)) => {
@@ -601,7 +607,7 @@ impl Connection {
         let filters = route.filters.iter().chain(route.backends.filters(backend));
         let client = Client { ip: &self.peer.client_ip, tls: self.peer.tls, trusted_hops: front.trusted_hops };
         let headers = forwarded_fields(fields.iter().map(|f| (f.name.as_bytes(), f.value)), front.trusted_hops);
-        upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client);
+        upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client, head.upgrade);
         let log = log();
         Plan::Proxy(Box::new(Exchange {
             route,
@@ -613,6 +619,7 @@ impl Connection {
             head_request: method == "HEAD",
             idempotent: head.method.is_idempotent(),
             body: head.body,
+            upgrade: head.upgrade,
             log,
             cors,
         }))
@@ -670,6 +677,16 @@ impl Connection {
                 }
                 Err(()) => return Err((Failure::Upstream, None)),
             };
+            if head.status == 101 {
+                // Switched (only when asked): both connections become one tunnel until
+                // either side closes; the request is logged when it ends.
+                within(self.io_timeout, self.stream.write_all(&self.out))
+                    .await
+                    .map_err(|_| (Failure::ClientGone, Some(101)))?;
+                within(self.io_timeout, self.stream.flush()).await.map_err(|_| (Failure::ClientGone, Some(101)))?;
+                self.tunnel(stream, head.len, read).await;
+                return Ok((101, true));
+            }
             if head.interim {
                 // 1xx (not 101): forward it and read on for the final response.
                 within(self.io_timeout, self.stream.write_all(&self.out))
@@ -695,6 +712,29 @@ impl Connection {
                 front.pool.put(exchange.endpoint, stream);
             }
             return Ok((head.status, client_close));
+        }
+    }
+
+    /// Relays an upgraded connection (its `101` written): the bytes either side sent
+    /// early first (after the backend's head in `upstream_buf[from..read]`, after the
+    /// request head in `buf`), then both ways until either side closes. No deadline: a
+    /// WebSocket may be quiet for as long as its ends like.
+    async fn tunnel(&mut self, mut upstream: TcpStream, from: usize, read: usize) {
+        let early = self.upstream_buf.get(from..read).unwrap_or_default();
+        if !early.is_empty() && within(self.io_timeout, self.stream.write_all(early)).await.is_err() {
+            return;
+        }
+        let sent = self.buf.get(..self.filled).unwrap_or_default();
+        if !sent.is_empty() && within(self.io_timeout, upstream.write_all(sent)).await.is_err() {
+            return;
+        }
+        self.filled = 0;
+        // The connection's buffers are not needed any more; a tunnel may live for hours.
+        self.buf = Vec::new();
+        self.upstream_buf = Vec::new();
+        self.out = Vec::new();
+        if let Err(error) = tokio::io::copy_bidirectional(&mut self.stream, &mut upstream).await {
+            tracing::debug!(%error, "upgraded connection ended");
         }
     }
 
@@ -742,7 +782,9 @@ impl Connection {
     ) -> Result<Option<ResponseHead>, ()> {
         let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let bytes = self.upstream_buf.get(..read).unwrap_or_default();
-        let Some(parsed) = parse_response(bytes, &mut storage, exchange.head_request)? else { return Ok(None) };
+        let Some(parsed) = parse_response(bytes, &mut storage, exchange.head_request, exchange.upgrade)? else {
+            return Ok(None);
+        };
         let out = &mut self.out;
         out.clear();
         let Parsed { status, reason, len, framing, upstream_keep, interim, mut fields } = parsed;
@@ -762,7 +804,12 @@ impl Connection {
         }
         let date = pingora_core::protocols::http::date::get_cached_date();
         push_field(out, b"date", date.as_bytes());
-        push_field(out, b"connection", if client_close { b"close" } else { b"keep-alive" });
+        let connection: &[u8] = match (status, client_close) {
+            (101, _) => b"upgrade",
+            (_, true) => b"close",
+            (_, false) => b"keep-alive",
+        };
+        push_field(out, b"connection", connection);
         out.extend_from_slice(b"\r\n");
         Ok(Some(ResponseHead { status, len, framing, upstream_keep, client_close, interim: false }))
     }
@@ -914,6 +961,7 @@ pub(crate) fn parse_response<'b>(
     bytes: &'b [u8],
     storage: &mut [httparse::Header<'b>],
     head_request: bool,
+    upgrade_asked: bool,
 ) -> Result<Option<Parsed<'b>>, ()> {
     let mut response = httparse::Response::new(storage);
     let len = match response.parse(bytes) {
@@ -923,6 +971,25 @@ pub(crate) fn parse_response<'b>(
     };
     let (Some(status), Some(version)) = (response.code, response.version) else { return Err(()) };
     let reason = response.reason.unwrap_or("");
+    if status == 101 && upgrade_asked && version == 1 {
+        // The backend switched protocols: its fields go on (`Upgrade` among them), the
+        // proxy writes `Connection` itself; what follows the head is the new protocol's.
+        let fields = response
+            .headers
+            .iter()
+            .filter(|f| !RESPONSE_HOP_BY_HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)))
+            .map(|f| (Cow::Borrowed(f.name.as_bytes()), Cow::Borrowed(f.value)))
+            .collect();
+        return Ok(Some(Parsed {
+            status,
+            reason,
+            len,
+            framing: Framing::Empty,
+            upstream_keep: false,
+            interim: false,
+            fields,
+        }));
+    }
     if (100..200).contains(&status) {
         if status == 101 {
             // Nothing asked to switch protocols.
@@ -1001,6 +1068,8 @@ pub(crate) struct RequestHead<'b> {
     method: http::Method,
     close: bool,
     body: RequestBody,
+    /// An HTTP/1.1 upgrade (WebSocket): `Upgrade` with `Connection: upgrade`, no body.
+    upgrade: bool,
 }
 
 /// How a request body is delimited (RFC 9112 §6); it passes through as it arrives.
@@ -1026,6 +1095,8 @@ impl<'b> RequestHead<'b> {
         let mut close = false;
         let mut length = None;
         let mut chunked = false;
+        let mut upgrade_field = false;
+        let mut upgrade_token = false;
         let mut bytes = 0;
         for field in fields {
             bytes += field.name.len() + field.value.len();
@@ -1052,14 +1123,28 @@ impl<'b> RequestHead<'b> {
                 for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        upgrade_token = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                         // Nominated hop-by-hop fields: Pingora's checks apply.
                         return None;
                     }
                 }
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                // One protocol to switch to; `h2c` (and lists) are Pingora's.
+                let value = field.value.trim_ascii();
+                if upgrade_field || value.is_empty() || value.contains(&b',') || value.eq_ignore_ascii_case(b"h2c") {
+                    return None;
+                }
+                upgrade_field = true;
             } else if HANDED_OVER.iter().any(|h| name.eq_ignore_ascii_case(h)) {
                 return None;
             }
+        }
+        // An upgrade needs both fields (RFC 9110 §7.8), and a request that switches
+        // protocols carries no body of its own; any other shape is Pingora's.
+        if upgrade_field != upgrade_token || (upgrade_field && (close || length.is_some_and(|l| l > 0) || chunked)) {
+            return None;
         }
         if bytes > MAX_REQUEST_HEADER_BYTES || fields.len() > MAX_REQUEST_HEADERS {
             return None;
@@ -1071,11 +1156,12 @@ impl<'b> RequestHead<'b> {
             (Some(0) | None, false) => RequestBody::None,
             (Some(length), false) => RequestBody::Length(length),
         };
-        Some(RequestHead { host: host?, method, close, body })
+        Some(RequestHead { host: host?, method, close, body, upgrade: upgrade_field })
     }
 }
 
-/// Request fields that send the request to Pingora: upgrades, expectations.
+/// Request fields that send the request to Pingora: expectations, HTTP/2 upgrades (and,
+/// from HTTP/2 clients, any `Upgrade`; HTTP/1.1 WebSocket upgrades are the fast path's).
 pub(crate) const HANDED_OVER: [&str; 3] = ["upgrade", "expect", "http2-settings"];
 
 /// Request fields that never reach a backend (RFC 9110 §7.6.1; `connection` itself is
@@ -1156,6 +1242,7 @@ pub(crate) fn upstream_head<'a>(
     filters: impl Iterator<Item = &'a HttpFilter>,
     mut headers: FieldList<'a>,
     client: &Client<'_>,
+    upgrade: bool,
 ) {
     let new_path = edits::request(&mut headers, filters, route.path_prefix.as_deref(), path);
     out.clear();
@@ -1186,6 +1273,11 @@ pub(crate) fn upstream_head<'a>(
         push_field(out, b"x-forwarded-for", forwarded.as_bytes());
     }
     push_field(out, b"x-forwarded-proto", if client.tls { b"https" } else { b"http" });
+    if upgrade {
+        // The client's `Upgrade` went on with the other fields; its `Connection` is
+        // hop-by-hop and is written anew.
+        push_field(out, b"connection", b"upgrade");
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1638,6 +1730,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn websocket_upgrades_take_the_fast_path() {
+        let upgrade = |text| {
+            let fields = Box::leak(Box::new([httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS]));
+            let mut request = httparse::Request::new(fields);
+            request.parse(text).unwrap();
+            RequestHead::read(request.method.unwrap(), request.path.unwrap(), request.headers).map(|h| h.upgrade)
+        };
+        assert_eq!(
+            upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            upgrade(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(upgrade(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(false));
+    }
+
+    #[test]
+    fn a_101_is_passed_on_only_when_an_upgrade_was_asked() {
+        let text = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\r\nframe";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        assert!(parse_response(text, &mut storage, false, false).is_err(), "an unasked 101 is a broken response");
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let parsed = parse_response(text, &mut storage, false, true).unwrap().unwrap();
+        assert_eq!((parsed.status, parsed.interim, parsed.len), (101, false, text.len() - b"frame".len()));
+        let names: Vec<&[u8]> = parsed.fields.iter().map(|(name, _)| name.as_ref()).collect();
+        assert_eq!(names, [&b"Upgrade"[..], b"Sec-WebSocket-Accept"], "Connection is the proxy's to write");
+    }
+
+    #[test]
     fn only_plain_requests_take_the_fast_path() {
         assert_eq!(head("GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n"), Some((http::Method::GET, false)));
         assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), Some((http::Method::GET, true)));
@@ -1648,7 +1771,14 @@ pub(crate) mod tests {
         for text in [
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            // Upgrades of other shapes: to h2c, without `Connection: upgrade` (or the
+            // reverse), with a body, or closing.
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: a, b\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-private\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET /a|b HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -340,7 +340,7 @@ impl Front {
             Client { ip: &connection.peer.client_ip, tls: connection.peer.tls, trusted_hops: self.trusted_hops };
         let filters = route.filters.iter().chain(route.backends.filters(backend));
         let mut head = Vec::with_capacity(512);
-        upstream_head(&mut head, request.method.as_str(), &path, query, &route, filters, headers, &client);
+        upstream_head(&mut head, request.method.as_str(), &path, query, &route, filters, headers, &client, false);
         let log = log();
         Plan::Proxy(Box::new(Exchange {
             route,
@@ -566,7 +566,8 @@ fn write_response_head(
     exchange: &Exchange,
 ) -> Result<Head, (Failure, Option<u16>)> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let parsed = parse_response(bytes, &mut storage, exchange.head_request).map_err(|()| (Failure::Upstream, None))?;
+    let parsed =
+        parse_response(bytes, &mut storage, exchange.head_request, false).map_err(|()| (Failure::Upstream, None))?;
     let Some(parsed) = parsed else { return Ok(Head::Incomplete) };
     if parsed.interim {
         return Ok(Head::Interim(parsed.len));
