@@ -47,10 +47,6 @@ impl UdpEcho {
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn udp_listener(name: &str, port: u16, backends: Option<Vec<WeightedBackend>>) -> Listener {
     Listener {
         name: format!("gateway/test/gw/listener/{name}"),
@@ -151,7 +147,7 @@ fn metric_reaches(plane: &DataPlane, series: &str, least: u64) -> bool {
 #[test]
 fn echo_round_trip() {
     let a = UdpEcho::start("a");
-    let port = free_udp_port();
+    let port = free_port();
     let plane = DataPlane::start(&snapshot(1, port, vec![to("a", 1)], vec![cluster("a", &[a.port])]));
     let socket = client();
     assert_eq!(text(ask(&socket, port, b"hello", 20)), "a:hello");
@@ -164,7 +160,7 @@ fn echo_round_trip() {
 #[test]
 fn zero_weight_backend_never_receives() {
     let (a, b) = (UdpEcho::start("a"), UdpEcho::start("b"));
-    let port = free_udp_port();
+    let port = free_port();
     let _plane = DataPlane::start(&snapshot(
         1,
         port,
@@ -182,7 +178,7 @@ fn zero_weight_backend_never_receives() {
 #[test]
 fn weights_spread_sessions_over_backends() {
     let (a, b) = (UdpEcho::start("a"), UdpEcho::start("b"));
-    let port = free_udp_port();
+    let port = free_port();
     let _plane = DataPlane::start(&snapshot(
         1,
         port,
@@ -200,7 +196,7 @@ fn weights_spread_sessions_over_backends() {
 #[test]
 fn live_swap_keeps_existing_sessions_and_new_clients_use_the_new_tables() {
     let (a, b) = (UdpEcho::start("a"), UdpEcho::start("b"));
-    let port = free_udp_port();
+    let port = free_port();
     let clusters = vec![cluster("a", &[a.port]), cluster("b", &[b.port])];
     let plane = DataPlane::start(&snapshot(1, port, vec![to("a", 1)], clusters.clone()));
     let old = client();
@@ -223,7 +219,7 @@ fn live_swap_keeps_existing_sessions_and_new_clients_use_the_new_tables() {
 #[test]
 fn idle_sessions_expire_and_the_same_client_starts_a_new_one() {
     let (a, b) = (UdpEcho::start("a"), UdpEcho::start("b"));
-    let port = free_udp_port();
+    let port = free_port();
     let clusters = vec![cluster("a", &[a.port]), cluster("b", &[b.port])];
     let plane = DataPlane::start_with(
         &snapshot(1, port, vec![to("a", 1)], clusters.clone()),
@@ -248,7 +244,7 @@ fn idle_sessions_expire_and_the_same_client_starts_a_new_one() {
 #[test]
 fn session_limit_drops_new_clients_and_keeps_live_sessions() {
     let a = UdpEcho::start("a");
-    let port = free_udp_port();
+    let port = free_port();
     let plane = DataPlane::start_with(
         &snapshot(1, port, vec![to("a", 1)], vec![cluster("a", &[a.port])]),
         &["--udp-max-sessions", "2"],
@@ -269,8 +265,7 @@ fn session_limit_drops_new_clients_and_keeps_live_sessions() {
 #[test]
 fn unusable_backends_answer_nothing_while_other_ports_serve() {
     let a = UdpEcho::start("a");
-    let (invalid_port, empty_port, no_route_port, good_port) =
-        (free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port());
+    let (invalid_port, empty_port, no_route_port, good_port) = (free_port(), free_port(), free_port(), free_port());
     let plane = DataPlane::start(&snapshot_of(
         1,
         vec![
@@ -294,7 +289,7 @@ fn unusable_backends_answer_nothing_while_other_ports_serve() {
 #[test]
 fn large_datagrams_round_trip_intact() {
     let echo = UdpEcho::start("");
-    let port = free_udp_port();
+    let port = free_port();
     let _plane = DataPlane::start(&snapshot(1, port, vec![to("echo", 1)], vec![cluster("echo", &[echo.port])]));
     let socket = client();
     assert_eq!(text(ask(&socket, port, b"small", 20)), "small");

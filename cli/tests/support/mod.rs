@@ -15,9 +15,9 @@ use sluice_snapshot::{
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../../../dataplane/tests/support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// `GET path` with `Host: host`; returns the status and the body, or an error text.
 pub fn get(port: u16, host: &str, path: &str) -> Result<(u16, String, String), String> {

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use sluice_snapshot::Snapshot;
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod ports;
+pub use ports::free_port;
 
 /// An HTTP/1.1 backend answering every request with `200` and a body describing it:
 /// `backend=NAME`, `method=`, `path=` (with query), then every header as `name: value`.
