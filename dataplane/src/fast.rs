@@ -7,7 +7,7 @@
 //! (and the first body bytes) with one write, streams the rest of the body, and passes the
 //! response through with its own framing, on upstream connections kept in a small pool.
 //! A WebSocket upgrade answered `101` becomes a tunnel between both connections.
-//! Everything else — other upgrades, `Expect`, HTTP/2, routes with mirrors, timeouts, retries or
+//! Everything else — other upgrades, `Expect`, HTTP/2, routes with mirrors, retries or
 //! HTTP/2 or TLS backends (`Route::fast`), anything odd — goes to Pingora's proxy: the
 //! bytes read so far are handed over with the connection, which stays with Pingora from
 //! then on.
@@ -61,6 +61,25 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const IDLE_SLACK: Duration = Duration::from_secs(5);
 /// Connecting to an endpoint (as the Pingora path's peers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the fast paths wait for a backend: to connect, and for each read (and the
+/// request head's write). A route's Gateway API timeouts bound both, as on Pingora's
+/// path; without them a read may wait `Front::io_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    pub connect: Duration,
+    pub read: Duration,
+}
+
+impl Waits {
+    /// The waits of a request to `route` that has just started.
+    pub(crate) fn of(route: &Route, io_timeout: Duration) -> Waits {
+        match route.backend_wait(Duration::ZERO) {
+            Ok(Some(limit)) => Waits { connect: limit.min(CONNECT_TIMEOUT), read: limit },
+            _ => Waits { connect: CONNECT_TIMEOUT, read: io_timeout },
+        }
+    }
+}
 /// Idle upstream connections kept per endpoint, and for how long. Enough for the
 /// streams of many HTTP/2 connections at once (each in-flight stream holds one): below
 /// the concurrency, every burst would open and close connections.
@@ -316,6 +335,7 @@ struct Exchange {
     /// The client asked to switch protocols (WebSocket): a `101` from the backend turns
     /// the connection into a tunnel.
     upgrade: bool,
+    waits: Waits,
     log: Option<LogFields>,
     /// CORS fields for the response (the route's policy decided them on the request).
     cors: Vec<cors::Field>,
@@ -609,7 +629,9 @@ impl Connection {
         let headers = forwarded_fields(fields.iter().map(|f| (f.name.as_bytes(), f.value)), front.trusted_hops);
         upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client, head.upgrade);
         let log = log();
+        let waits = Waits::of(&route, self.io_timeout);
         Plan::Proxy(Box::new(Exchange {
+            waits,
             route,
             backend,
             endpoint,
@@ -648,10 +670,10 @@ impl Connection {
         let resendable = exchange.idempotent && body.done();
         let head = std::mem::take(&mut self.out);
         let mut buf = std::mem::take(&mut self.upstream_buf);
-        let io_timeout = self.io_timeout;
+        let waits = exchange.waits;
         let source = ClientBody { connection: self, body: &mut body, deadline: body_deadline };
         let sent =
-            first_response_bytes(&front.pool, exchange.endpoint, io_timeout, &head, resendable, &mut buf, source).await;
+            first_response_bytes(&front.pool, exchange.endpoint, waits, &head, resendable, &mut buf, source).await;
         self.out = head;
         self.upstream_buf = buf;
         let (mut stream, mut read, body_cut) = sent?;
@@ -666,7 +688,7 @@ impl Connection {
                     if read == self.upstream_buf.len() {
                         self.upstream_buf.resize(read + READ_CHUNK, 0);
                     }
-                    let n = within(self.io_timeout, stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
+                    let n = within(waits.read, stream.read(self.upstream_buf.get_mut(read..).unwrap_or_default()))
                         .await
                         .map_err(|e| read_failure(&e))?;
                     if n == 0 {
@@ -696,9 +718,8 @@ impl Connection {
                 self.upstream_buf.copy_within(head.len..read, 0);
                 read -= head.len;
                 if read == 0 {
-                    read = within(self.io_timeout, stream.read(&mut self.upstream_buf))
-                        .await
-                        .map_err(|e| read_failure(&e))?;
+                    read =
+                        within(waits.read, stream.read(&mut self.upstream_buf)).await.map_err(|e| read_failure(&e))?;
                     if read == 0 {
                         return Err((Failure::Upstream, None));
                     }
@@ -706,8 +727,10 @@ impl Connection {
                 continue;
             }
             let client_close = head.client_close;
-            let reusable =
-                self.pass_body(&mut stream, &head, read).await.map_err(|()| (Failure::Upstream, Some(head.status)))?;
+            let reusable = self
+                .pass_body(&mut stream, &head, read, waits.read)
+                .await
+                .map_err(|()| (Failure::Upstream, Some(head.status)))?;
             if reusable && !body_cut {
                 front.pool.put(exchange.endpoint, stream);
             }
@@ -816,7 +839,13 @@ impl Connection {
 
     /// Writes the response head (in `out`) and the body to the client. Returns whether
     /// the upstream connection can be reused.
-    async fn pass_body(&mut self, upstream: &mut TcpStream, head: &ResponseHead, read: usize) -> Result<bool, ()> {
+    async fn pass_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        head: &ResponseHead,
+        read: usize,
+        read_wait: Duration,
+    ) -> Result<bool, ()> {
         let mut body = self.upstream_buf.get(head.len..read).unwrap_or_default();
         let mut chunks = ChunkedScanner::default();
         // How much of `body` belongs to this response, and whether it is complete.
@@ -846,7 +875,7 @@ impl Connection {
             within(self.io_timeout, self.stream.flush()).await.map_err(|_| ())?;
         }
         while !done {
-            let n = within(self.io_timeout, upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
+            let n = within(read_wait, upstream.read(&mut self.upstream_buf)).await.map_err(|_| ())?;
             if n == 0 {
                 if rechunk {
                     within(self.io_timeout, self.stream.write_all(b"0\r\n\r\n")).await.map_err(|_| ())?;
@@ -1402,7 +1431,7 @@ impl RequestBodySource for ClientBody<'_> {
 pub(crate) async fn first_response_bytes(
     pool: &UpstreamPool,
     endpoint: SocketAddr,
-    io_timeout: Duration,
+    waits: Waits,
     head: &[u8],
     resendable: bool,
     buf: &mut impl ResponseBuffer,
@@ -1412,9 +1441,9 @@ pub(crate) async fn first_response_bytes(
     for _attempt in 0..2 {
         let (mut stream, reused) = match pool.take(endpoint, !resendable) {
             Some(stream) => (stream, true),
-            None => (connect(endpoint).await.map_err(|e| (e, None))?, false),
+            None => (connect(endpoint, waits.connect).await.map_err(|e| (e, None))?, false),
         };
-        let sent = within(io_timeout, stream.write_all(head)).await.is_ok();
+        let sent = within(waits.read, stream.write_all(head)).await.is_ok();
         if sent {
             match body.send_to(&mut stream).await {
                 Ok(()) => {}
@@ -1423,7 +1452,7 @@ pub(crate) async fn first_response_bytes(
             }
         }
         let read = if sent {
-            match within(io_timeout, read_when_ready(&mut stream, buf)).await {
+            match within(waits.read, read_when_ready(&mut stream, buf)).await {
                 Ok(n) => n,
                 // The backend has the request and is silent: never sent twice.
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(read_failure(&e)),
@@ -1464,8 +1493,8 @@ async fn read_when_ready(stream: &mut TcpStream, buf: &mut impl ResponseBuffer) 
     std::future::poll_fn(|cx| buf.poll_read_from(stream, cx)).await
 }
 
-pub(crate) async fn connect(endpoint: SocketAddr) -> Result<TcpStream, Failure> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+pub(crate) async fn connect(endpoint: SocketAddr, wait: Duration) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(wait, TcpStream::connect(endpoint)).await {
         Err(_) => Err(Failure::UpstreamTimeout),
         Ok(Err(_)) => Err(Failure::ConnectRefused),
         Ok(Ok(stream)) => {

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! A stream is handed over when its route is not one the fast path serves
-//! (`Route::fast`: mirrors, timeouts, retries, HTTP/2 or TLS backends such as gRPC's),
+//! (`Route::fast`: mirrors, retries, HTTP/2 or TLS backends such as gRPC's),
 //! for CONNECT (and extended CONNECT), `Expect`, and whatever Pingora's proxy answers
 //! itself (too many or too large header fields: 431; Host problems or ambiguous framing:
 //! 400). The answers are the same on both paths; the data-plane tests run with the fast
@@ -41,8 +41,9 @@ use crate::cors;
 use crate::decide::{self, Forward};
 use crate::fast::{
     BodyError, ChunkedScanner, Client, Framing, Front, HANDED_OVER, LogFields, MAX_RESPONSE_HEAD_BYTES,
-    MAX_RESPONSE_HEADERS, Peer, READ_CHUNK, RequestBody, RequestBodySource, ResponseBuffer, first_response_bytes,
-    forwarded_fields, parse_length, parse_response, plain_target, read_failure, routed_target, upstream_head, within,
+    MAX_RESPONSE_HEADERS, Peer, READ_CHUNK, RequestBody, RequestBodySource, ResponseBuffer, Waits,
+    first_response_bytes, forwarded_fields, parse_length, parse_response, plain_target, read_failure, routed_target,
+    upstream_head, within,
 };
 use crate::outcome::Failure;
 use crate::proxy::{ambiguous_framing, answer_head, headers_too_large, host_problem, request_host};
@@ -123,6 +124,7 @@ struct Exchange {
     log: Option<LogFields>,
     /// The upstream request head.
     head: Vec<u8>,
+    waits: Waits,
 }
 
 impl Front {
@@ -342,7 +344,9 @@ impl Front {
         let mut head = Vec::with_capacity(512);
         upstream_head(&mut head, request.method.as_str(), &path, query, &route, filters, headers, &client, false);
         let log = log();
+        let waits = Waits::of(&route, self.io_timeout);
         Plan::Proxy(Box::new(Exchange {
+            waits,
             route,
             backend,
             endpoint,
@@ -366,7 +370,7 @@ impl Front {
         let (mut stream, mut read, body_cut) = first_response_bytes(
             &self.pool,
             exchange.endpoint,
-            self.io_timeout,
+            exchange.waits,
             &exchange.head,
             resendable,
             &mut lazy,
@@ -383,7 +387,7 @@ impl Front {
                     if read == buf.len() {
                         buf.resize(read + READ_CHUNK, 0);
                     }
-                    let n = within(self.io_timeout, stream.read(buf.get_mut(read..).unwrap_or_default()))
+                    let n = within(exchange.waits.read, stream.read(buf.get_mut(read..).unwrap_or_default()))
                         .await
                         .map_err(|e| read_failure(&e))?;
                     if n == 0 {
@@ -398,7 +402,7 @@ impl Front {
                 }
                 Head::Written { status, len, framing, upstream_keep } => {
                     let reusable = self
-                        .pass_body(session, &mut stream, &mut buf, len, read, framing)
+                        .pass_body(session, &mut stream, &mut buf, (len, read), framing, exchange.waits.read)
                         .await
                         .map_err(|f| (f, Some(status)))?;
                     if reusable && upstream_keep && !body_cut {
@@ -418,9 +422,9 @@ impl Front {
         session: &mut HttpSession,
         upstream: &mut TcpStream,
         buf: &mut [u8],
-        start: usize,
-        read: usize,
+        (start, read): (usize, usize),
         framing: Framing,
+        read_wait: Duration,
     ) -> Result<bool, Failure> {
         let mut remaining = match framing {
             Framing::Empty => return Ok(read == start),
@@ -458,7 +462,7 @@ impl Front {
             if done {
                 return Ok(!extra && framing != Framing::UntilClose);
             }
-            let n = within(self.io_timeout, upstream.read(buf)).await.map_err(|e| read_failure(&e).0)?;
+            let n = within(read_wait, upstream.read(buf)).await.map_err(|e| read_failure(&e).0)?;
             if n == 0 {
                 if framing != Framing::UntilClose {
                     return Err(Failure::Upstream);

@@ -214,16 +214,10 @@ impl ProxyHttp for SluiceProxy {
             // The tighter of the two Gateway API timeouts bounds connecting and every read
             // from the backend; a timeout answers 504.
             // Retries share the request timeout: each attempt gets what is left of it.
-            let left = (route.request_timeout_ms > 0).then(|| {
-                let spent = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                route.request_timeout_ms.saturating_sub(spent)
-            });
-            if left == Some(0) {
+            let Ok(limit) = route.backend_wait(ctx.started.elapsed()) else {
                 return Err(Error::new_up(ErrorType::ReadTimedout));
-            }
-            let limit = [route.backend_timeout_ms, left.unwrap_or(0)].into_iter().filter(|t| *t > 0).min();
-            if let Some(ms) = limit {
-                let timeout = Duration::from_millis(ms);
+            };
+            if let Some(timeout) = limit {
                 peer.options.total_connection_timeout = Some(timeout);
                 peer.options.read_timeout = Some(timeout);
             }

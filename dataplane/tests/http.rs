@@ -582,6 +582,36 @@ fn mirrors_requests_and_times_out_slow_backends() {
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
+#[test]
+fn gateway_api_timeouts_bound_each_wait_for_the_backend() {
+    let slow = Echo::start_with_delay("slow", Duration::from_millis(1500));
+    let port = free_port();
+    let timed = |name: &str, prefix: &str, request_ms, backend_request_ms| HttpRoute {
+        timeouts: Some(sluice_snapshot::Timeouts { request_ms, backend_request_ms }),
+        ..route(name, &[], path(PathMatchType::Prefix, prefix), vec![to("slow", 1)])
+    };
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![
+            timed("request", "/request", 300, 0),
+            timed("backend", "/backend", 0, 300),
+            // The tighter of both applies.
+            timed("both", "/both", 5000, 300),
+            timed("roomy", "/roomy", 4000, 3000),
+        ],
+        vec![cluster("slow", &[slow.port])],
+    ));
+    for prefix in ["/request", "/backend", "/both"] {
+        let started = Instant::now();
+        assert_eq!(get(port, "x", prefix, &[]).status, 504, "{prefix}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1200), "{prefix} took {took:?}");
+    }
+    // Timeouts that leave the backend room change nothing.
+    let response = get(port, "x", "/roomy", &[]);
+    assert_eq!((response.status, response.echo("backend")), (200, Some("slow")));
+}
+
 /// A backend that keeps every raw request it gets (head and body, de-chunked only as far
 /// as reading until the final chunk) and answers 200.
 fn capturing_backend() -> (u16, std::sync::mpsc::Receiver<String>) {

@@ -13,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sluice_snapshot::{HttpMatch, HttpRoute, PathMatch, PathMatchType, Snapshot, Timeouts, http_filter};
+use sluice_snapshot::{HttpMatch, HttpRoute, PathMatch, PathMatchType, Snapshot, http_filter};
 use support::{DataPlane, catch_all, cluster, free_port, read_chunks, to};
 
 /// A backend that logs every request (head, then the body: `[chunked]` and the decoded
@@ -277,8 +277,9 @@ fn prefix(name: &str, prefix: &str, backend: &str) -> HttpRoute {
 fn routes_for_pingora_and_proxy_answers_share_a_connection_with_forwarded_streams() {
     let backend = Backend::start();
     let port = free_port();
+    // Retries are Pingora's (timeouts are not any more).
     let mut timed = prefix("timed", "/timed", "a");
-    timed.timeouts = Some(Timeouts { request_ms: 5000, backend_request_ms: 0 });
+    timed.retry = Some(sluice_snapshot::Retry { codes: vec![503], attempts: 1, backoff_ms: 10 });
     let mut redirect = prefix("redirect", "/old", "a");
     redirect.backends.clear();
     redirect.filters = vec![sluice_snapshot::HttpFilter {

@@ -1,6 +1,7 @@
 //! HTTP routes, compiled: matches (path, headers, query, method) and actions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use regex::Regex;
 use sluice_snapshot::{HttpFilter, HttpRoute, PathMatchType, ValueMatchType, http_filter};
@@ -28,9 +29,9 @@ pub struct Route {
     pub retry: Option<sluice_snapshot::Retry>,
     /// The rule's CORS policy (HTTPRoute filter `CORS`).
     pub cors: Option<Box<crate::cors::Policy>>,
-    /// The HTTP/1.1 fast path forwards its requests: no mirrors, timeouts or retries,
-    /// and no backend reached over HTTP/2 or TLS (those are Pingora's). Decided here,
-    /// before any request, so that a weighted pick is made by one path only.
+    /// The HTTP/1.1 fast path forwards its requests: no mirrors or retries, and no
+    /// backend reached over HTTP/2 or TLS (those are Pingora's). Decided here, before any
+    /// request, so that a weighted pick is made by one path only.
     pub fast: bool,
 }
 
@@ -124,11 +125,7 @@ pub(crate) fn compile_route(
         .transpose()?;
     let timeouts = route.timeouts.unwrap_or_default();
     let backends = Backends::new(targets);
-    let fast = mirrors.is_empty()
-        && timeouts.request_ms == 0
-        && timeouts.backend_request_ms == 0
-        && route.retry.is_none()
-        && !backends.pingora_only();
+    let fast = mirrors.is_empty() && route.retry.is_none() && !backends.pingora_only();
     Ok(Route {
         fast,
         cors,
@@ -184,6 +181,22 @@ fn full_regex(pattern: &str) -> Result<Regex, String> {
 }
 
 impl Route {
+    /// How long each wait for the backend (connecting, every read) may take under the
+    /// rule's Gateway API timeouts: the tighter of the backend request timeout and what
+    /// is left of the request timeout after `spent`. `Ok(None)`: neither is set;
+    /// `Err(())`: the request timeout has passed. Both request paths use it.
+    pub(crate) fn backend_wait(&self, spent: Duration) -> Result<Option<Duration>, ()> {
+        let left = (self.request_timeout_ms > 0).then(|| {
+            let spent = u64::try_from(spent.as_millis()).unwrap_or(u64::MAX);
+            self.request_timeout_ms.saturating_sub(spent)
+        });
+        if left == Some(0) {
+            return Err(());
+        }
+        let limit = [self.backend_timeout_ms, left.unwrap_or(0)].into_iter().filter(|t| *t > 0).min();
+        Ok(limit.map(Duration::from_millis))
+    }
+
     pub(crate) fn matches(&self, request: &RequestView<'_>) -> bool {
         let path_ok = match &self.path {
             PathMatcher::Exact(value) => request.path == value,
