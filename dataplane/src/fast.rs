@@ -49,6 +49,7 @@ use crate::deadline::DeadlineStream;
 use crate::decide::{self, Forward};
 use crate::edits::{self, HeaderEdits, UNTRUSTED_FORWARDING, forwarded_for};
 use crate::metrics::RouteMetrics;
+use crate::mirror;
 use crate::outcome::{AccessLog, Failure, Finished};
 use crate::path::normalize;
 use crate::proxy::{MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS, SluiceProxy, host_of};
@@ -336,6 +337,8 @@ struct Exchange {
     /// the connection into a tunnel.
     upgrade: bool,
     waits: Waits,
+    /// The mirrors this request is copied to (taken when it is sent).
+    mirrors: Vec<mirror::Target>,
     log: Option<LogFields>,
     /// CORS fields for the response (the route's policy decided them on the request).
     cors: Vec<cors::Field>,
@@ -492,12 +495,12 @@ impl Connection {
                     }
                     close
                 }
-                Plan::Proxy(exchange) => {
+                Plan::Proxy(mut exchange) => {
                     self.consume(exchange.head_len);
                     // After an upgrade the connection is the new protocol's; one the
                     // backend refused closes too (the client may have sent more already).
                     let close_requested = exchange.close || exchange.upgrade || *shutdown.borrow();
-                    let (status, close) = match self.exchange(front, &exchange, close_requested).await {
+                    let (status, close) = match self.exchange(front, &mut exchange, close_requested).await {
                         Ok(outcome) => outcome,
                         Err((error, answered)) => {
                             if error.upstream() {
@@ -630,8 +633,11 @@ impl Connection {
         upstream_head(&mut self.out, method, &path, query, &route, filters, headers, &client, head.upgrade);
         let log = log();
         let waits = Waits::of(&route, self.io_timeout);
+        // An upgraded connection is not mirrored (its copy could not follow the tunnel).
+        let mirrors = if head.upgrade { Vec::new() } else { mirror::pick(&route.mirrors) };
         Plan::Proxy(Box::new(Exchange {
             waits,
+            mirrors,
             route,
             backend,
             endpoint,
@@ -653,7 +659,7 @@ impl Connection {
     async fn exchange(
         &mut self,
         front: &Front,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
         close_requested: bool,
     ) -> Result<(u16, bool), (Failure, Option<u16>)> {
         if self.upstream_buf.len() < READ_CHUNK {
@@ -664,6 +670,17 @@ impl Connection {
         let mut body = BodyLeft::new(exchange.body);
         let first =
             body.take(self.buf.get(..self.filled).unwrap_or_default()).map_err(|()| (Failure::BadRequest, None))?;
+        let mut mirrors = Vec::new();
+        if !exchange.mirrors.is_empty() {
+            let framing = match exchange.body {
+                RequestBody::None => mirror::BodyFraming::None,
+                RequestBody::Length(_) => mirror::BodyFraming::Data,
+                RequestBody::Chunked => mirror::BodyFraming::Chunked,
+            };
+            let head = mirror::mirror_head_raw(&self.out);
+            mirrors = mirror::start(std::mem::take(&mut exchange.mirrors), &head, framing);
+            offer(&mut mirrors, self.buf.get(..first).unwrap_or_default(), body.done());
+        }
         self.out.extend_from_slice(self.buf.get(..first).unwrap_or_default());
         self.consume(first);
         // A request whose whole body is in `out` can be sent again.
@@ -671,9 +688,11 @@ impl Connection {
         let head = std::mem::take(&mut self.out);
         let mut buf = std::mem::take(&mut self.upstream_buf);
         let waits = exchange.waits;
-        let source = ClientBody { connection: self, body: &mut body, deadline: body_deadline };
+        let source = ClientBody { connection: self, body: &mut body, deadline: body_deadline, mirrors: &mut mirrors };
         let sent =
             first_response_bytes(&front.pool, exchange.endpoint, waits, &head, resendable, &mut buf, source).await;
+        // A body that did not arrive whole is never completed towards a mirror.
+        drop(mirrors);
         self.out = head;
         self.upstream_buf = buf;
         let (mut stream, mut read, body_cut) = sent?;
@@ -768,6 +787,7 @@ impl Connection {
         upstream: &mut TcpStream,
         body: &mut BodyLeft,
         deadline: tokio::time::Instant,
+        mirrors: &mut Vec<tokio::sync::mpsc::Sender<mirror::Chunk>>,
     ) -> Result<(), BodyError> {
         if self.buf.len() < READ_CHUNK {
             self.buf.resize(READ_CHUNK, 0);
@@ -790,6 +810,9 @@ impl Connection {
             within(self.io_timeout, upstream.write_all(self.buf.get(..take).unwrap_or_default()))
                 .await
                 .map_err(|_| BodyError::Upstream)?;
+            if !mirrors.is_empty() {
+                offer(mirrors, self.buf.get(..take).unwrap_or_default(), body.done());
+            }
             self.consume(take);
         }
         Ok(())
@@ -1411,6 +1434,8 @@ struct ClientBody<'a> {
     connection: &'a mut Connection,
     body: &'a mut BodyLeft,
     deadline: tokio::time::Instant,
+    /// Feeds of the request's mirrors: each piece of the body is offered to them.
+    mirrors: &'a mut Vec<tokio::sync::mpsc::Sender<mirror::Chunk>>,
 }
 
 impl RequestBodySource for ClientBody<'_> {
@@ -1418,8 +1443,14 @@ impl RequestBodySource for ClientBody<'_> {
         if self.body.done() {
             return Ok(());
         }
-        self.connection.send_body(upstream, self.body, self.deadline).await
+        self.connection.send_body(upstream, self.body, self.deadline, self.mirrors).await
     }
+}
+
+/// Offers body bytes as they pass (and their end) to a request's mirrors.
+fn offer(mirrors: &mut Vec<tokio::sync::mpsc::Sender<mirror::Chunk>>, bytes: &[u8], end: bool) {
+    let chunk = (!bytes.is_empty()).then(|| bytes::Bytes::copy_from_slice(bytes));
+    mirror::offer(mirrors, chunk.as_ref(), end);
 }
 
 /// The upstream exchange both fast paths share: sends `head` (then the body, by

@@ -264,25 +264,17 @@ impl ProxyHttp for SluiceProxy {
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         upstream_request.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        for (cluster, numerator, denominator) in &route.mirrors {
-            if *numerator == 0 || rand::random_range(0..*denominator) >= *numerator {
-                continue;
-            }
-            if let Some((endpoint, in_flight)) = cluster.pick() {
-                let request = upstream_request.clone();
-                let tls = cluster.tls.clone();
-                let body = if crate::mirror::has_body(&request) {
-                    let (feed, body) = tokio::sync::mpsc::channel(crate::mirror::BODY_CHUNKS);
-                    ctx.mirror_bodies.push(feed);
-                    Some(body)
-                } else {
-                    None
-                };
-                tokio::spawn(async move {
-                    crate::mirror::send(endpoint, tls, request, body).await;
-                    drop(in_flight);
-                });
-            }
+        let targets = crate::mirror::pick(&route.mirrors);
+        if !targets.is_empty() {
+            // The client's request says whether a body comes (the upstream request's
+            // framing fields are not final yet: a chunked body has none here).
+            let framing = if !session.is_body_empty() {
+                crate::mirror::BodyFraming::Data
+            } else {
+                crate::mirror::BodyFraming::None
+            };
+            let head = crate::mirror::mirror_head(upstream_request);
+            ctx.mirror_bodies.extend(crate::mirror::start(targets, &head, framing));
         }
         Ok(())
     }

@@ -664,6 +664,14 @@ fn mirrors_request_bodies() {
     assert!(copy.contains("the end of a mirrored body"), "the body did not reach the mirror");
     let mirrored_body = copy.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
     assert_eq!(mirrored_body.matches('x').count(), 100_000, "the mirrored body is incomplete");
+    // A chunked body reaches the mirror in one chunked encoding (not wrapped twice).
+    let text = "POST /chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    assert_eq!(raw(port, text.as_bytes()).status, 200);
+    let copy = mirrored.recv_timeout(Duration::from_secs(5)).expect("the mirror got no chunked request");
+    let (head, body) = copy.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /chunked HTTP/1.1\r\n"), "{head}");
+    assert_eq!(head.to_ascii_lowercase().matches("transfer-encoding: chunked").count(), 1, "{head}");
+    assert_eq!(body, "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     // A body-less request is mirrored with content-length 0, as before.
     assert_eq!(get(port, "x", "/plain", &[]).status, 200);
     let copy = mirrored.recv_timeout(Duration::from_secs(5)).expect("no mirror of the GET");

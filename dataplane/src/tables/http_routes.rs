@@ -29,8 +29,8 @@ pub struct Route {
     pub retry: Option<sluice_snapshot::Retry>,
     /// The rule's CORS policy (HTTPRoute filter `CORS`).
     pub cors: Option<Box<crate::cors::Policy>>,
-    /// The HTTP/1.1 fast path forwards its requests: no mirrors or retries, and no
-    /// backend reached over HTTP/2 or TLS (those are Pingora's). Decided here, before any
+    /// The HTTP/1.1 fast path forwards its requests: no retries, and no backend reached
+    /// over HTTP/2 or TLS (those are Pingora's; mirrors too for HTTP/2 streams). Decided here, before any
     /// request, so that a weighted pick is made by one path only.
     pub fast: bool,
 }
@@ -125,7 +125,7 @@ pub(crate) fn compile_route(
         .transpose()?;
     let timeouts = route.timeouts.unwrap_or_default();
     let backends = Backends::new(targets);
-    let fast = mirrors.is_empty() && route.retry.is_none() && !backends.pingora_only();
+    let fast = route.retry.is_none() && !backends.pingora_only();
     Ok(Route {
         fast,
         cors,
