@@ -144,8 +144,16 @@ fn ready_answers_at_once_while_other_admin_clients_stall() {
 #[test]
 fn connections_beyond_the_listener_cap_are_closed_and_counted() {
     let a = Echo::start("a");
-    let port = free_port();
-    let plane = DataPlane::start_with(&catch_all(port, a.port), &["--max-connections-per-listener", "2"]);
+    // Readiness connects to the lowest port (and hangs up): its connection may be taken
+    // in at any moment and would count there, so the cap is checked on another port.
+    let (one, two) = (free_port(), free_port());
+    let (probed, port) = (one.min(two), one.max(two));
+    let mut snapshot = catch_all(port, a.port);
+    let mut other = snapshot.listeners[0].clone();
+    other.name = "gateway/test/gw/listener/probed".into();
+    other.port = u32::from(probed);
+    snapshot.listeners.push(other);
+    let plane = DataPlane::start_with(&snapshot, &["--max-connections-per-listener", "2"]);
     // Two connections sit open mid-head (within the head deadline).
     let held: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -154,7 +162,13 @@ fn connections_beyond_the_listener_cap_are_closed_and_counted() {
             stream
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both are taken in before the third comes.
+    let open = format!("sluice_connections_open{{port=\"{port}\"}} 2\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !plane.admin("/metrics").contains(&open) {
+        assert!(std::time::Instant::now() < deadline, "never counted open: {}", plane.admin("/metrics"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (response, took) =
         exchange(port, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", Duration::from_secs(3));
     assert_eq!(response.status, 0, "the third connection is closed unanswered: {response:?}");
