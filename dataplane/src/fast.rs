@@ -6,11 +6,12 @@
 //! map), lets `crate::decide` route it as Pingora's path does, writes the upstream head
 //! (and the first body bytes) with one write, streams the rest of the body, and passes the
 //! response through with its own framing, on upstream connections kept in a small pool.
-//! A WebSocket upgrade answered `101` becomes a tunnel between both connections.
-//! Everything else — other upgrades, `Expect`, HTTP/2, routes with mirrors, retries or
-//! HTTP/2 or TLS backends (`Route::fast`), anything odd — goes to Pingora's proxy: the
-//! bytes read so far are handed over with the connection, which stays with Pingora from
-//! then on.
+//! A WebSocket upgrade answered `101` becomes a tunnel between both connections; request
+//! mirrors, Gateway API timeouts and (for body-less requests) retries are served here.
+//! Everything else — other upgrades, `Expect`, HTTP/2, requests with a body to routes
+//! with retries, HTTP/2 or TLS backends (`Route::fast`), anything odd — goes to
+//! Pingora's proxy: the bytes read so far are handed over with the connection, which
+//! stays with Pingora from then on.
 //!
 //! ```text
 //!  accept ─► read head ─► plan (parse, decide) ──────┬─ Proxy ──► upstream (pooled) ─► response ─┐
@@ -75,9 +76,16 @@ pub(crate) struct Waits {
 impl Waits {
     /// The waits of a request to `route` that has just started.
     pub(crate) fn of(route: &Route, io_timeout: Duration) -> Waits {
-        match route.backend_wait(Duration::ZERO) {
-            Ok(Some(limit)) => Waits { connect: limit.min(CONNECT_TIMEOUT), read: limit },
-            _ => Waits { connect: CONNECT_TIMEOUT, read: io_timeout },
+        Waits::after(route, io_timeout, Duration::ZERO).unwrap_or(Waits { connect: CONNECT_TIMEOUT, read: io_timeout })
+    }
+
+    /// The waits of a request that has `spent` that long already (a retry); `None`: the
+    /// request timeout has passed.
+    fn after(route: &Route, io_timeout: Duration, spent: Duration) -> Option<Waits> {
+        match route.backend_wait(spent) {
+            Ok(Some(limit)) => Some(Waits { connect: limit.min(CONNECT_TIMEOUT), read: limit }),
+            Ok(None) => Some(Waits { connect: CONNECT_TIMEOUT, read: io_timeout }),
+            Err(()) => None,
         }
     }
 }
@@ -321,8 +329,11 @@ struct Answer {
 struct Exchange {
     route: Arc<Route>,
     backend: usize,
+    /// The backend's cluster (a retry picks another endpoint of it).
+    cluster: Arc<crate::tables::ClusterTable>,
     endpoint: SocketAddr,
     _in_flight: Option<InFlight>,
+    started: Instant,
     head_len: usize,
     /// The client asked to close after this request.
     close: bool,
@@ -620,10 +631,12 @@ impl Connection {
             Ok(matched) => matched,
             Err(answered) => return answer(answered),
         };
-        if !matched.route.fast {
+        // A rule's retries resend body-less requests only here: a body would have to be
+        // kept for them (Pingora's path keeps up to 64 KiB).
+        if !matched.route.fast || (matched.route.retry.is_some() && head.body != RequestBody::None) {
             return Plan::HandOver;
         }
-        let Forward { route, backend, endpoint, in_flight, cors, .. } = match decide::pick(matched) {
+        let Forward { route, backend, cluster, endpoint, in_flight, cors } = match decide::pick(matched) {
             Ok(forward) => forward,
             Err(answered) => return answer(answered),
         };
@@ -640,8 +653,10 @@ impl Connection {
             mirrors,
             route,
             backend,
+            cluster,
             endpoint,
             _in_flight: in_flight,
+            started: Instant::now(),
             head_len,
             close: head.close,
             head_request: method == "HEAD",
@@ -661,6 +676,45 @@ impl Connection {
         front: &Front,
         exchange: &mut Exchange,
         close_requested: bool,
+    ) -> Result<(u16, bool), (Failure, Option<u16>)> {
+        let Some(retry) = exchange.route.retry.clone() else {
+            return self.attempt(front, exchange, close_requested, &[]).await;
+        };
+        // The rule's retries (a body-less request, see `plan`), as on Pingora's path: a
+        // listed answer or a failed connection is tried again, after the backoff, on an
+        // endpoint the balancing picks, within what is left of the request timeout.
+        let upstream_head = self.out.clone();
+        let mut retries = 0;
+        loop {
+            let codes: &[u32] = if retries < retry.attempts { &retry.codes } else { &[] };
+            match self.attempt(front, exchange, close_requested, codes).await {
+                Err((Failure::Status(_) | Failure::ConnectRefused | Failure::ConnectTimeout, None))
+                    if retries < retry.attempts => {}
+                outcome => return outcome,
+            }
+            retries += 1;
+            exchange.route.metrics.retried();
+            tokio::time::sleep(crate::retry::backoff(retry.backoff_ms)).await;
+            let Some(waits) = Waits::after(&exchange.route, self.io_timeout, exchange.started.elapsed()) else {
+                return Err((Failure::UpstreamTimeout, None));
+            };
+            exchange.waits = waits;
+            if let Some((endpoint, in_flight)) = exchange.cluster.pick() {
+                exchange.endpoint = endpoint;
+                exchange._in_flight = in_flight;
+            }
+            self.out.clone_from(&upstream_head);
+        }
+    }
+
+    /// One attempt of `exchange`: a final answer with a status in `retry_codes` is not
+    /// passed on but returned as `Failure::Status` (its connection dropped).
+    async fn attempt(
+        &mut self,
+        front: &Front,
+        exchange: &mut Exchange,
+        close_requested: bool,
+        retry_codes: &[u32],
     ) -> Result<(u16, bool), (Failure, Option<u16>)> {
         if self.upstream_buf.len() < READ_CHUNK {
             self.upstream_buf.resize(READ_CHUNK, 0);
@@ -744,6 +798,9 @@ impl Connection {
                     }
                 }
                 continue;
+            }
+            if retry_codes.contains(&u32::from(head.status)) {
+                return Err((Failure::Status(head.status), None));
             }
             let client_close = head.client_close;
             let reusable = self
@@ -1526,7 +1583,7 @@ async fn read_when_ready(stream: &mut TcpStream, buf: &mut impl ResponseBuffer) 
 
 pub(crate) async fn connect(endpoint: SocketAddr, wait: Duration) -> Result<TcpStream, Failure> {
     match tokio::time::timeout(wait, TcpStream::connect(endpoint)).await {
-        Err(_) => Err(Failure::UpstreamTimeout),
+        Err(_) => Err(Failure::ConnectTimeout),
         Ok(Err(_)) => Err(Failure::ConnectRefused),
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

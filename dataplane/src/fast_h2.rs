@@ -311,8 +311,8 @@ impl Front {
             Ok(matched) => matched,
             Err(answer) => return Plan::Respond(answer, log()),
         };
-        // Mirrors are only the HTTP/1.1 fast path's.
-        if !matched.route.fast || !matched.route.mirrors.is_empty() {
+        // Mirrors and retries are only the HTTP/1.1 fast path's.
+        if !matched.route.fast || !matched.route.mirrors.is_empty() || matched.route.retry.is_some() {
             return Plan::HandOver;
         }
         let Forward { route, backend, endpoint, in_flight, cors, .. } = match decide::pick(matched) {

@@ -17,6 +17,8 @@ pub(crate) enum Failure {
     /// Connecting or waiting for the backend took too long (a Gateway API timeout or
     /// the idle timeout): 504.
     UpstreamTimeout,
+    /// Connecting took too long (the fast path's; a rule's retry may try again): 504.
+    ConnectTimeout,
     /// The backend broke the exchange (a malformed or missing response): 502.
     Upstream,
     /// The client's request (body) did not arrive in time: 408.
@@ -36,7 +38,7 @@ impl Failure {
     pub(crate) fn status(self) -> u16 {
         match self {
             Failure::ConnectRefused => 503,
-            Failure::UpstreamTimeout => 504,
+            Failure::UpstreamTimeout | Failure::ConnectTimeout => 504,
             Failure::Upstream => 502,
             Failure::ClientTimeout => 408,
             Failure::ClientGone => 0,
@@ -48,7 +50,7 @@ impl Failure {
 
     /// Whether the backend failed (counted in the route's upstream errors).
     pub(crate) fn upstream(self) -> bool {
-        matches!(self, Failure::ConnectRefused | Failure::UpstreamTimeout | Failure::Upstream)
+        matches!(self, Failure::ConnectRefused | Failure::UpstreamTimeout | Failure::ConnectTimeout | Failure::Upstream)
     }
 
     /// A Pingora error as a failure.

@@ -1,5 +1,6 @@
 //! HTTPRoute retries: when a backend answer or a failed connection is retried, and how
-//! long to wait first. The Pingora path runs them (the fast path hands such routes over).
+//! long to wait first. Pingora's path runs them, and the HTTP/1.1 fast path for
+//! body-less requests (`fast::Connection::exchange`).
 
 use std::time::Duration;
 

@@ -29,8 +29,9 @@ pub struct Route {
     pub retry: Option<sluice_snapshot::Retry>,
     /// The rule's CORS policy (HTTPRoute filter `CORS`).
     pub cors: Option<Box<crate::cors::Policy>>,
-    /// The HTTP/1.1 fast path forwards its requests: no retries, and no backend reached
-    /// over HTTP/2 or TLS (those are Pingora's; mirrors too for HTTP/2 streams). Decided here, before any
+    /// The HTTP/1.1 fast path forwards its requests: no backend reached over HTTP/2 or
+    /// TLS (those are Pingora's; for HTTP/2 streams mirrors and retries too, and requests
+    /// with a body to a route with retries are Pingora's on both). Decided here, before any
     /// request, so that a weighted pick is made by one path only.
     pub fast: bool,
 }
@@ -125,7 +126,7 @@ pub(crate) fn compile_route(
         .transpose()?;
     let timeouts = route.timeouts.unwrap_or_default();
     let backends = Backends::new(targets);
-    let fast = route.retry.is_none() && !backends.pingora_only();
+    let fast = !backends.pingora_only();
     Ok(Route {
         fast,
         cors,
