@@ -339,3 +339,23 @@ fn a_backend_breaking_its_response_resets_only_that_stream() {
     assert_eq!(replies[1].status, 503, "connection refused: {replies:?}");
     assert_eq!(text(&replies[2]), "length", "the sibling stream is served: {replies:?}");
 }
+
+#[test]
+fn streams_to_routes_with_timeouts_answer_504_when_the_backend_is_slow() {
+    let slow = support::Echo::start_with_delay("slow", std::time::Duration::from_millis(1500));
+    let backend = Backend::start();
+    let port = free_port();
+    let mut timed = prefix("timed", "/timed", "slow");
+    timed.timeouts = Some(sluice_snapshot::Timeouts { request_ms: 300, backend_request_ms: 0 });
+    let _plane = DataPlane::start(&snapshot(
+        port,
+        vec![timed, prefix("rest", "/length", "a")],
+        vec![cluster("slow", &[slow.port]), cluster("a", &[backend.port])],
+    ));
+    let started = std::time::Instant::now();
+    let replies = exchange(port, vec![ask("GET", "/timed/x"), ask("GET", "/length")]);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [504, 200], "the slow stream times out, the other is served");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(1200), "took {took:?}");
+}
