@@ -76,7 +76,12 @@ pub(crate) struct Waits {
 impl Waits {
     /// The waits of a request to `route` that has just started.
     pub(crate) fn of(route: &Route, io_timeout: Duration) -> Waits {
-        Waits::after(route, io_timeout, Duration::ZERO).unwrap_or(Waits { connect: CONNECT_TIMEOUT, read: io_timeout })
+        Waits::after(route, io_timeout, Duration::ZERO).unwrap_or(Waits::unbounded(io_timeout))
+    }
+
+    /// Without Gateway API timeouts.
+    fn unbounded(io_timeout: Duration) -> Waits {
+        Waits { connect: CONNECT_TIMEOUT, read: io_timeout }
     }
 
     /// The waits of a request that has `spent` that long already (a retry); `None`: the
@@ -84,7 +89,7 @@ impl Waits {
     fn after(route: &Route, io_timeout: Duration, spent: Duration) -> Option<Waits> {
         match route.backend_wait(spent) {
             Ok(Some(limit)) => Some(Waits { connect: limit.min(CONNECT_TIMEOUT), read: limit }),
-            Ok(None) => Some(Waits { connect: CONNECT_TIMEOUT, read: io_timeout }),
+            Ok(None) => Some(Waits::unbounded(io_timeout)),
             Err(()) => None,
         }
     }
@@ -333,7 +338,6 @@ struct Exchange {
     cluster: Arc<crate::tables::ClusterTable>,
     endpoint: SocketAddr,
     _in_flight: Option<InFlight>,
-    started: Instant,
     head_len: usize,
     /// The client asked to close after this request.
     close: bool,
@@ -511,7 +515,7 @@ impl Connection {
                     // After an upgrade the connection is the new protocol's; one the
                     // backend refused closes too (the client may have sent more already).
                     let close_requested = exchange.close || exchange.upgrade || *shutdown.borrow();
-                    let (status, close) = match self.exchange(front, &mut exchange, close_requested).await {
+                    let (status, close) = match self.exchange(front, &mut exchange, close_requested, started).await {
                         Ok(outcome) => outcome,
                         Err((error, answered)) => {
                             if error.upstream() {
@@ -656,7 +660,6 @@ impl Connection {
             cluster,
             endpoint,
             _in_flight: in_flight,
-            started: Instant::now(),
             head_len,
             close: head.close,
             head_request: method == "HEAD",
@@ -676,6 +679,7 @@ impl Connection {
         front: &Front,
         exchange: &mut Exchange,
         close_requested: bool,
+        started: Instant,
     ) -> Result<(u16, bool), (Failure, Option<u16>)> {
         let Some(retry) = exchange.route.retry.clone() else {
             return self.attempt(front, exchange, close_requested, &[]).await;
@@ -695,7 +699,7 @@ impl Connection {
             retries += 1;
             exchange.route.metrics.retried();
             tokio::time::sleep(crate::retry::backoff(retry.backoff_ms)).await;
-            let Some(waits) = Waits::after(&exchange.route, self.io_timeout, exchange.started.elapsed()) else {
+            let Some(waits) = Waits::after(&exchange.route, self.io_timeout, started.elapsed()) else {
                 return Err((Failure::UpstreamTimeout, None));
             };
             exchange.waits = waits;
